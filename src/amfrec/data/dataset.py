@@ -1,0 +1,135 @@
+"""Load a prepared data directory (see docs/ARCHITECTURE.md) into index tensors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from amfrec.errors import AmfrecError
+from amfrec.io import read_json
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    item_id: str
+    title: str
+    year: str | None = None
+    genres: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        """Title, year and genres as one string (the text modality's input)."""
+        parts = [self.title + (f" ({self.year})" if self.year else "")]
+        if self.genres:
+            parts.append("Genres: " + ", ".join(self.genres))
+        return ". ".join(parts)
+
+
+@dataclass
+class Split:
+    """A batch-able split. All ids are item *indices* (1..n_items; 0 = padding)."""
+
+    users: list[str]
+    history: torch.Tensor  # (N, L) long, left-padded with 0, most recent last
+    target: torch.Tensor  # (N,) long
+    candidates: torch.Tensor | None = None  # (N, C) long, prompt order
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def subset(self, idx: torch.Tensor | list[int]) -> Split:
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return Split(
+            users=[self.users[i] for i in idx.tolist()],
+            history=self.history[idx],
+            target=self.target[idx],
+            candidates=None if self.candidates is None else self.candidates[idx],
+        )
+
+
+@dataclass
+class PreparedData:
+    path: Path
+    manifest: dict
+    items: list[ItemInfo]  # index 0 = padding placeholder
+    train: Split
+    valid: Split
+    test: Split
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items) - 1
+
+    @property
+    def max_len(self) -> int:
+        return int(self.manifest["max_len"])
+
+    @property
+    def titles(self) -> list[str]:
+        return [it.title for it in self.items]
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {it.item_id: k for k, it in enumerate(self.items) if k > 0}
+
+    @classmethod
+    def load(cls, path: str | Path) -> PreparedData:
+        path = Path(path)
+        manifest = read_json(path / "manifest.json")
+        items = [ItemInfo(item_id="", title="")]
+        for lineno, row in _read_jsonl(path / "items.jsonl"):
+            items.append(
+                ItemInfo(
+                    item_id=str(row["item_id"]),
+                    title=str(row["title"]),
+                    year=row.get("year"),
+                    genres=tuple(row.get("genres") or ()),
+                )
+            )
+        index = {it.item_id: k for k, it in enumerate(items) if k > 0}
+        max_len = int(manifest["max_len"])
+        return cls(
+            path=path,
+            manifest=manifest,
+            items=items,
+            train=_load_split(path / "train.jsonl", index, max_len, with_candidates=False),
+            valid=_load_split(path / "valid.jsonl", index, max_len, with_candidates=True),
+            test=_load_split(path / "test.jsonl", index, max_len, with_candidates=True),
+        )
+
+
+def _read_jsonl(path: Path):
+    if not path.is_file():
+        raise AmfrecError(f"{path}: file not found (run `amfrec data prepare` first)")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise AmfrecError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+
+
+def _load_split(path: Path, index: dict[str, int], max_len: int, with_candidates: bool) -> Split:
+    users, hist_rows, targets, cands = [], [], [], []
+
+    def lookup(item: str, lineno: int, field: str) -> int:
+        try:
+            return index[str(item)]
+        except KeyError:
+            raise AmfrecError(f"{path}:{lineno}: unknown item id {item!r} in field '{field}'") from None
+
+    for lineno, row in _read_jsonl(path):
+        hist = [lookup(i, lineno, "history") for i in row["history"]][-max_len:]
+        users.append(str(row["user"]))
+        hist_rows.append([0] * (max_len - len(hist)) + hist)
+        targets.append(lookup(row["target"], lineno, "target"))
+        if with_candidates:
+            cands.append([lookup(i, lineno, "candidates") for i in row["candidates"]])
+    return Split(
+        users=users,
+        history=torch.tensor(hist_rows, dtype=torch.long).reshape(len(users), max_len),
+        target=torch.tensor(targets, dtype=torch.long),
+        candidates=torch.tensor(cands, dtype=torch.long) if with_candidates else None,
+    )
