@@ -80,6 +80,7 @@ class PreparedData:
         manifest = read_json(path / "manifest.json")
         items = [ItemInfo(item_id="", title="")]
         for lineno, row in _read_jsonl(path / "items.jsonl"):
+            _require(row, ("item_id", "title"), path / "items.jsonl", lineno)
             items.append(
                 ItemInfo(
                     item_id=str(row["item_id"]),
@@ -111,6 +112,14 @@ def _read_jsonl(path: Path):
                 raise AmfrecError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
 
 
+def _require(row: object, fields: tuple[str, ...], path: Path, lineno: int) -> None:
+    if not isinstance(row, dict):
+        raise AmfrecError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+    for field in fields:
+        if field not in row:
+            raise AmfrecError(f"{path}:{lineno}: missing field '{field}'")
+
+
 def _load_split(path: Path, index: dict[str, int], max_len: int, with_candidates: bool) -> Split:
     users, hist_rows, targets, cands = [], [], [], []
 
@@ -120,13 +129,19 @@ def _load_split(path: Path, index: dict[str, int], max_len: int, with_candidates
         except KeyError:
             raise AmfrecError(f"{path}:{lineno}: unknown item id {item!r} in field '{field}'") from None
 
+    fields = ("user", "history", "target", "candidates") if with_candidates else ("user", "history", "target")
     for lineno, row in _read_jsonl(path):
+        _require(row, fields, path, lineno)
         hist = [lookup(i, lineno, "history") for i in row["history"]][-max_len:]
         users.append(str(row["user"]))
         hist_rows.append([0] * (max_len - len(hist)) + hist)
         targets.append(lookup(row["target"], lineno, "target"))
         if with_candidates:
             cands.append([lookup(i, lineno, "candidates") for i in row["candidates"]])
+            if len(cands[-1]) != len(cands[0]):
+                raise AmfrecError(
+                    f"{path}:{lineno}: {len(cands[-1])} candidates, but line 1 has {len(cands[0])}"
+                )
     return Split(
         users=users,
         history=torch.tensor(hist_rows, dtype=torch.long).reshape(len(users), max_len),

@@ -1,0 +1,123 @@
+"""`amfrec bench`: training throughput of the frozen backbone and its model-FLOP utilisation (DESIGN.md §8).
+
+MFU = achieved FLOP/s / the matrix-multiply peak measured in the same process and dtype. Achieved FLOPs per
+token: 2N forward + 2N backward (frozen weights: input gradients only), N = parameters of the linear layers a
+token passes through; the output head counts only for the positions whose logits are computed. Attention
+score/value products are not counted (small at these lengths), so MFU is slightly understated.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class BenchRow:
+    dtype: str
+    logits: str
+    tokens_per_s: float
+    achieved_gflops: float
+    peak_gflops: float
+
+    @property
+    def mfu(self) -> float:
+        return self.achieved_gflops / self.peak_gflops
+
+
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 10, device: str = "cpu") -> float:
+    """Best-of-`repeats` GFLOP/s of an (n, n) @ (n, n) product in `dtype`."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def linear_params(module: nn.Module) -> int:
+    """Parameters of every nn.Linear weight inside `module` (the FLOP-carrying ones)."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def train_step_tokens_per_s(
+    model: nn.Module, batch_size: int, seq_len: int, answer_len: int | None, steps: int, device: str
+) -> float:
+    """Tokens/s of forward + backward w.r.t. inputs_embeds (the frozen-backbone training step).
+
+    answer_len: logits only on the last `answer_len` positions (None = on every position, the naive way).
+    """
+    emb = model.get_input_embeddings()
+    dtype = emb.weight.dtype
+    ids = torch.randint(0, emb.num_embeddings, (batch_size, seq_len), device=device)
+    times = []
+    for _ in range(steps + 1):  # first step is warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        x = emb(ids).detach().requires_grad_(True)  # (B, T, d): stands in for the soft-token path
+        hidden = model.model(inputs_embeds=x).last_hidden_state  # (B, T, d)
+        h = hidden if answer_len is None else hidden[:, -answer_len:]
+        logits = model.lm_head(h).float()  # (B, A, V)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, -h.shape[1] :].flatten())
+        loss.backward()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return batch_size * seq_len / (sum(times[1:]) / steps)
+
+
+def run_bench(
+    backbone: str = "smollm2-135m",
+    dtypes: list[str] | None = None,
+    seq_len: int = 256,
+    batch_size: int = 4,
+    answer_len: int = 8,
+    steps: int = 5,
+) -> str:
+    """Measure every dtype (answer-only logits, and all-position logits for comparison); return a table."""
+    from amfrec.llm.backbone import load_backbone
+
+    rows: list[BenchRow] = []
+    for name in dtypes or ["bfloat16", "float32"]:
+        if name not in DTYPES:
+            raise ValueError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}")
+        bb = load_backbone(backbone, dtype=name)
+        model, device = bb.model, str(next(bb.model.parameters()).device)
+        peak = matmul_peak_gflops(DTYPES[name], device=device)
+        n_body = linear_params(model.model)
+        n_head = model.lm_head.weight.numel()
+        for logits, a_len in (("answer", answer_len), ("all", None)):
+            tps = train_step_tokens_per_s(model, batch_size, seq_len, a_len, steps, device)
+            head_share = (a_len or seq_len) / seq_len
+            flops_per_token = 4 * (n_body + n_head * head_share)  # 2N forward + 2N input-gradient backward
+            rows.append(BenchRow(name, logits, tps, tps * flops_per_token / 1e9, peak))
+            log.info("%s logits=%s: %.0f tokens/s", name, logits, tps)
+        del bb, model
+    header = (
+        f"backbone {backbone}, batch {batch_size} x {seq_len} tokens, {torch.get_num_threads()} threads\n"
+        "| dtype | logits | train tokens/s | achieved GFLOP/s | matmul peak GFLOP/s | MFU |\n"
+        "|---|---|---:|---:|---:|---:|"
+    )
+    lines = [
+        f"| {r.dtype} | {r.logits} | {r.tokens_per_s:.0f} | {r.achieved_gflops:.0f} | "
+        f"{r.peak_gflops:.0f} | {r.mfu:.1%} |"
+        for r in rows
+    ]
+    return "\n".join([header, *lines])
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()

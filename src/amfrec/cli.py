@@ -1,0 +1,271 @@
+"""Command line: `amfrec <command>`. The only place that reads argv; everything else takes arguments."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from amfrec import __version__
+from amfrec.errors import AmfrecError
+
+log = logging.getLogger("amfrec")
+
+BASELINES = ("popularity", "sasrec", "gru4rec")
+MODELS = (*BASELINES, "amfrec")
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, str]:
+    """`--set train.lr=1e-3` pairs -> {"train.lr": "1e-3"} (values parsed as YAML scalars downstream)."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise AmfrecError(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_data_prepare(a: argparse.Namespace) -> None:
+    from amfrec.data.prepare import prepare
+
+    m = prepare(a.data, a.out, seed=a.seed, max_len=a.max_len, n_candidates=a.n_candidates, kcore=a.kcore)
+    c = m["counts"]
+    print(
+        f"prepared {a.out}: {c['users']} users, {c['items']} items, {c['interactions']} interactions; "
+        f"train {c['train']}, valid {c['valid']}, test {c['test']}"
+    )
+
+
+def cmd_features(a: argparse.Namespace) -> None:
+    from amfrec.features.build import build_features
+
+    out = a.out or Path(a.data) / "features"
+    imports = {}
+    for spec in a.import_npy or []:
+        name, sep, rest = spec.partition("=")
+        matrix, sep2, ids = rest.partition(":")
+        if not sep or not sep2:
+            raise AmfrecError(f"--import expects NAME=MATRIX.npy:IDS, got {spec!r}")
+        imports[name] = {"matrix": Path(matrix), "ids": Path(ids)}
+    m = build_features(
+        Path(a.data),
+        Path(out),
+        modalities=_csv(a.modalities),
+        posters=a.posters,
+        id_from=a.id_from,
+        text_encoder=a.text_encoder,
+        image_encoder=a.image_encoder,
+        import_specs=imports or None,
+        batch_size=a.batch_size,
+        seed=a.seed,
+    )
+    for name, info in m["modalities"].items():
+        print(f"{name:>6}: dim {info['dim']}, present {info['present']}  ({info['encoder']['name']})")
+    print(f"features in {out}")
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    if a.model == "amfrec":
+        from amfrec.llm.pipeline import train_amfrec
+
+        if a.features is None:
+            raise AmfrecError("--features is required for --model amfrec (build it with `amfrec features`)")
+        metrics = train_amfrec(
+            Path(a.data), Path(a.features), a.config, a.seed, Path(a.out), _overrides(a.set), limit=a.limit
+        )
+    else:
+        from amfrec.models.sequential import train_baseline
+
+        metrics = train_baseline(a.model, Path(a.data), a.seed, Path(a.out), _overrides(a.set) or None)
+    print(_metrics_line(metrics))
+    print(f"run directory: {a.out}")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from amfrec.llm.pipeline import evaluate_run
+
+    metrics = evaluate_run(Path(a.run), split=a.split, protocol=a.protocol, limit=a.limit)
+    print(_metrics_line(metrics))
+
+
+def cmd_recommend(a: argparse.Namespace) -> None:
+    from amfrec.llm.pipeline import recommend
+
+    rows = recommend(Path(a.run), history=_csv(a.history), candidates=_csv(a.candidates) if a.candidates else None)
+    for rank, row in enumerate(rows[: a.top], 1):
+        weights = "  ".join(f"{m}={w:.2f}" for m, w in row.get("gate", {}).items())
+        print(f"{rank:>3}. {row['item_id']:>8}  {row['score']:9.3f}  {row['title']}  {weights}")
+
+
+def cmd_experiment(a: argparse.Namespace) -> None:
+    from amfrec.experiment import run_experiment
+
+    table = run_experiment(
+        models=_csv(a.models),
+        data=Path(a.data),
+        features=Path(a.features) if a.features else None,
+        config=a.config,
+        seeds=a.seeds,
+        out=Path(a.out),
+        overrides=_overrides(a.set),
+        limit=a.limit,
+    )
+    print(table)
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    from amfrec.bench import run_bench
+
+    print(
+        run_bench(
+            backbone=a.backbone,
+            dtypes=_csv(a.dtypes),
+            seq_len=a.seq_len,
+            batch_size=a.batch_size,
+            answer_len=a.answer_len,
+            steps=a.steps,
+        )
+    )
+
+
+def cmd_quickstart(a: argparse.Namespace) -> None:
+    from amfrec.quickstart import quickstart
+
+    print(quickstart(data=Path(a.data) if a.data else None, out=Path(a.out), seed=a.seed))
+
+
+def _metrics_line(m: dict) -> str:
+    keys = ["hr@1", "hr@5", "hr@10", "ndcg@10", "mrr", "gen_hr@1", "valid_ratio"]
+    parts = [f"{k} {m[k]:.4f}" for k in keys if k in m]
+    return f"{m.get('model', '?')} [{m.get('split', '?')}, n={m.get('n', '?')}]: " + ", ".join(parts)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="amfrec",
+        description="AMFRec: a frozen LLM recommends the next item from multimodal soft tokens.",
+    )
+    p.add_argument("--version", action="version", version=f"amfrec {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("data", help="prepare a data set: splits and fixed candidate sets")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    dp = dsub.add_parser("prepare", help="RecBole atomic files -> splits, candidates, manifest")
+    dp.add_argument("--data", type=Path, default=None, help="folder with *.inter and *.item (default: ml-100k)")
+    dp.add_argument("--out", type=Path, required=True, help="output folder")
+    dp.add_argument("--seed", type=int, default=1, help="seed of the validation/test candidate sets")
+    dp.add_argument("--max-len", type=int, default=10, help="history length L")
+    dp.add_argument("--n-candidates", type=int, default=20, help="candidates per example (target + negatives)")
+    dp.add_argument("--kcore", type=int, default=0, help="iterative k-core filter (0 = off)")
+    dp.set_defaults(func=cmd_data_prepare)
+
+    f = sub.add_parser("features", help="per-item modality vectors (id, text, image), cached")
+    f.add_argument("--data", type=Path, required=True, help="prepared data folder")
+    f.add_argument("--out", type=Path, default=None, help="feature folder (default: DATA/features)")
+    f.add_argument("--modalities", default="id,text,image", help="comma-separated modalities")
+    f.add_argument("--posters", type=Path, default=None, help="image folder named by item id")
+    f.add_argument("--id-from", type=Path, default=None, help="SASRec run folder (default: train one)")
+    f.add_argument("--text-encoder", default=None, help="HF encoder path or hub id (default: MiniLM-L6)")
+    f.add_argument("--image-encoder", default=None, help="HF vision model path or hub id (default: ResNet-50)")
+    f.add_argument(
+        "--import",
+        dest="import_npy",
+        action="append",
+        metavar="NAME=MATRIX.npy:IDS",
+        help="import a precomputed matrix as modality NAME (repeatable)",
+    )
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--seed", type=int, default=1, help="seed of the on-the-fly SASRec")
+    f.set_defaults(func=cmd_features)
+
+    t = sub.add_parser("train", help="train a model and evaluate it on the fixed candidates")
+    t.add_argument("--model", choices=MODELS, required=True)
+    t.add_argument("--data", type=Path, required=True, help="prepared data folder")
+    t.add_argument("--features", type=Path, default=None, help="feature folder (amfrec)")
+    t.add_argument("--config", default=None, help="YAML config (amfrec; default configs/amfrec.yaml)")
+    t.add_argument("--seed", type=int, default=1)
+    t.add_argument("--out", type=Path, required=True, help="run folder")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.lr=1e-3")
+    t.add_argument("--limit", type=int, default=None, help="evaluate on the first N test examples only")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a trained AMFRec run")
+    e.add_argument("--run", type=Path, required=True)
+    e.add_argument("--split", choices=("valid", "test"), default="test")
+    e.add_argument("--protocol", choices=("score", "generate"), default="score")
+    e.add_argument("--limit", type=int, default=None, help="first N examples only")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("recommend", help="rank candidates for a history with a trained AMFRec run")
+    r.add_argument("--run", type=Path, required=True)
+    r.add_argument("--history", required=True, help="comma-separated item ids, oldest first")
+    r.add_argument("--candidates", default=None, help="comma-separated item ids (default: 19 random + ...)")
+    r.add_argument("--top", type=int, default=10)
+    r.set_defaults(func=cmd_recommend)
+
+    x = sub.add_parser("experiment", help="several models x seeds on the same candidates -> mean/std table")
+    x.add_argument("--models", default="popularity,sasrec,gru4rec,amfrec")
+    x.add_argument("--data", type=Path, required=True, help="raw data folder (prepared once per seed)")
+    x.add_argument("--features", type=Path, default=None)
+    x.add_argument("--config", default=None)
+    x.add_argument("--seeds", type=_ints, default=[1, 2, 3])
+    x.add_argument("--out", type=Path, required=True)
+    x.add_argument("--set", action="append", metavar="KEY=VALUE")
+    x.add_argument("--limit", type=int, default=None)
+    x.set_defaults(func=cmd_experiment)
+
+    b = sub.add_parser("bench", help="backbone training throughput and MFU vs measured matmul peak")
+    b.add_argument("--backbone", default="smollm2-135m")
+    b.add_argument("--dtypes", default="bfloat16,float32")
+    b.add_argument("--seq-len", type=int, default=256)
+    b.add_argument("--batch-size", type=int, default=4)
+    b.add_argument("--answer-len", type=int, default=8, help="positions whose logits are computed")
+    b.add_argument("--steps", type=int, default=5)
+    b.set_defaults(func=cmd_bench)
+
+    q = sub.add_parser("quickstart", help="the whole pipeline on ml-100k, sized for a laptop CPU")
+    q.add_argument("--data", type=Path, default=None, help="ml-100k folder (default: download it)")
+    q.add_argument("--out", type=Path, default=Path("quickstart"))
+    q.add_argument("--seed", type=int, default=1)
+    q.set_defaults(func=cmd_quickstart)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.func(args)
+    except AmfrecError as e:
+        print(f"amfrec: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("amfrec: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

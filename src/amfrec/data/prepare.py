@@ -1,0 +1,254 @@
+"""Turn RecBole atomic files into the prepared data directory of docs/ARCHITECTURE.md.
+
+Steps (DESIGN.md §1):
+1. read `<name>.inter` (user_id, item_id, timestamp) and `<name>.item` (item_id, a title field);
+2. optional iterative k-core filter; users with fewer than 3 interactions are always dropped
+   (`MIN_USER_INTERACTIONS`): the validation and the test target each need at least one preceding item.
+   A user with exactly 3 interactions has no training window (the first item has no predecessor);
+3. sort each user's interactions by (timestamp, item index); item index = position of the item id in the
+   sorted list of kept item ids (numeric order when every id is an integer, else lexicographic);
+4. leave-one-out: the last interaction is the test target, the one before it the validation target, every
+   earlier position with at least one preceding item a training window of at most `max_len` items;
+5. validation and test candidates: the target plus `n_candidates - 1` negatives drawn uniformly without
+   replacement from the items the user never interacted with (any of the user's kept interactions),
+   drawn once with `numpy.random.default_rng(seed)` and shuffled with it;
+6. write items.jsonl, train/valid/test.jsonl and manifest.json into `out` atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+import amfrec
+from amfrec.data.atomic import AtomicTable, read_atomic
+from amfrec.errors import AmfrecError
+from amfrec.io import atomic_dir, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+FORMAT = "amfrec-prepared/1"
+MIN_USER_INTERACTIONS = 3  # first item (history only) + validation target + test target
+INTER_FIELDS = {"user_id": "token", "item_id": "token", "timestamp": "float"}
+TITLE_FIELDS = ("movie_title", "title", "name")
+YEAR_FIELDS = ("release_year", "year")
+GENRE_FIELDS = ("class", "genre", "genres")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_atomic_files(data_dir: Path) -> tuple[Path, Path]:
+    """Return the one `*.inter` and the one `*.item` file in `data_dir` (AmfrecError otherwise)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise AmfrecError(f"{data_dir}: data directory not found")
+    found = []
+    for ext, why in ((".inter", "interactions"), (".item", "item titles, needed for the prompts")):
+        files = sorted(data_dir.glob(f"*{ext}"))
+        if len(files) != 1:
+            names = ", ".join(p.name for p in files) or "none"
+            raise AmfrecError(
+                f"{data_dir}: expected exactly one *{ext} file ({why}), found {len(files)}: {names}"
+            )
+        found.append(files[0])
+    return found[0], found[1]
+
+
+def id_order(ids: list[str]) -> list[str]:
+    """Sort ids numerically when every id is an integer, else lexicographically."""
+    if all(re.fullmatch(r"[+-]?\d+", s) for s in ids):
+        return sorted(ids, key=lambda s: (int(s), s))
+    return sorted(ids)
+
+
+def _first_field(table: AtomicTable, candidates: tuple[str, ...]) -> str | None:
+    return next((f for f in candidates if f in table), None)
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else str(value)
+    return str(value).strip()
+
+
+def _read_items(path: Path) -> dict[str, dict]:
+    """item_id -> {"item_id", "title", "year", "genres"} (year null unless all digits)."""
+    table = read_atomic(path, {"item_id": "token"})
+    title_f = _first_field(table, TITLE_FIELDS)
+    if title_f is None:
+        raise AmfrecError(
+            f"{path}:1: header has no title field (one of {', '.join(TITLE_FIELDS)}); titles are required"
+        )
+    year_f = _first_field(table, YEAR_FIELDS)
+    genre_f = _first_field(table, GENRE_FIELDS)
+    items: dict[str, dict] = {}
+    lines: dict[str, int] = {}
+    for r, item_id in enumerate(table["item_id"]):
+        if item_id in items:
+            raise AmfrecError(f"{table.where(r)}: item id {item_id!r} already given on line {lines[item_id]}")
+        title = _as_text(table[title_f][r])
+        if not title:
+            raise AmfrecError(f"{table.where(r)}: field '{title_f}' (the title) is empty")
+        year = _as_text(table[year_f][r]) if year_f else ""
+        genres = table[genre_f][r] if genre_f else []
+        if isinstance(genres, str):
+            genres = genres.split()
+        items[item_id] = {
+            "item_id": item_id,
+            "title": title,
+            "year": year if year.isdigit() else None,  # e.g. "unkonwn" in ml-100k -> null
+            "genres": [str(g) for g in genres],
+        }
+        lines[item_id] = table.lines[r]
+    return items
+
+
+def _filter(user: np.ndarray, item: np.ndarray, kcore: int) -> np.ndarray:
+    """Boolean mask of kept interactions: iterate until every user has >= max(kcore, 3) and every item
+    >= kcore interactions. user, item: (N,) int codes."""
+    keep = np.ones(len(user), dtype=bool)
+    min_user = max(kcore, MIN_USER_INTERACTIONS)
+    while True:
+        u_cnt = np.bincount(user[keep], minlength=user.max() + 1)
+        i_cnt = np.bincount(item[keep], minlength=item.max() + 1)
+        new = keep & (u_cnt[user] >= min_user) & (i_cnt[item] >= kcore)
+        if new.sum() == keep.sum():
+            return keep
+        keep = new
+
+
+def prepare(
+    data_dir: Path | None,
+    out: Path,
+    seed: int = 1,
+    max_len: int = 10,
+    n_candidates: int = 20,
+    kcore: int = 0,
+) -> dict:
+    """Prepare `data_dir` (None: fetch ml-100k) into `out`; return the manifest (also out/manifest.json)."""
+    # command-line values: a bad one is a user mistake (AmfrecError), not a programming error
+    if seed < 0:
+        raise AmfrecError(f"seed must be >= 0, got {seed}")
+    if max_len < 1:
+        raise AmfrecError(f"max_len must be >= 1, got {max_len}")
+    if n_candidates < 2:
+        raise AmfrecError(f"n_candidates must be >= 2, got {n_candidates}")
+    if kcore < 0:
+        raise AmfrecError(f"kcore must be >= 0, got {kcore}")
+    if data_dir is None:
+        from amfrec.data.fetch import fetch_ml100k
+
+        data_dir = fetch_ml100k()
+    inter_path, item_path = find_atomic_files(Path(data_dir))
+    items = _read_items(item_path)
+    inter = read_atomic(inter_path, INTER_FIELDS)
+    log.info("read %d interactions from %s, %d items from %s", len(inter), inter_path, len(items), item_path)
+
+    # ---- integer codes -------------------------------------------------------------------------
+    raw_items: list[str] = inter["item_id"]
+    for r, item_id in enumerate(raw_items):
+        if item_id not in items:
+            raise AmfrecError(f"{inter.where(r)}: item id {item_id!r} is not in {item_path}")
+    user_ids, user_code = np.unique(np.asarray(inter["user_id"], dtype=object), return_inverse=True)
+    item_ids, item_code = np.unique(np.asarray(raw_items, dtype=object), return_inverse=True)
+    timestamp = np.asarray(inter["timestamp"], dtype=np.float64)
+
+    keep = _filter(user_code, item_code, kcore)
+    n_dropped = int(len(keep) - keep.sum())
+    user_code, item_code, timestamp = user_code[keep], item_code[keep], timestamp[keep]
+    if len(user_code) == 0:
+        raise AmfrecError(
+            f"{inter_path}: no interactions left after filtering (users need >= "
+            f"{max(kcore, MIN_USER_INTERACTIONS)}, items >= {kcore} interactions)"
+        )
+
+    # item index: 1..n_items in id order; user order: the same rule on user ids
+    kept_items = id_order([str(item_ids[c]) for c in np.unique(item_code)])
+    index = {item_id: k for k, item_id in enumerate(kept_items, 1)}
+    code_to_index = np.zeros(len(item_ids), dtype=np.int64)
+    for c, item_id in enumerate(item_ids):
+        code_to_index[c] = index.get(item_id, 0)
+    item_idx = code_to_index[item_code]  # (N,) 1..n_items
+    users = id_order([str(user_ids[c]) for c in np.unique(user_code)])
+    rank = {user_id: r for r, user_id in enumerate(users)}
+    user_rank = np.array([rank.get(user_id, -1) for user_id in user_ids], dtype=np.int64)
+    urank = user_rank[user_code]  # (N,) 0..U-1
+
+    order = np.lexsort((item_idx, timestamp, urank))  # by user, then timestamp, then item index
+    seq_items = item_idx[order]
+    starts = np.searchsorted(urank[order], np.arange(len(users) + 1))  # (U + 1,)
+    n_items = len(kept_items)
+    names = ["<pad>", *kept_items]  # index -> item id
+
+    # ---- split ---------------------------------------------------------------------------------
+    train, valid, test = [], [], []
+    rng = np.random.default_rng(seed)
+    n_neg = n_candidates - 1
+
+    def example(user: str, seq: list[str], t: int) -> dict:
+        return {"user": user, "history": seq[max(0, t - max_len) : t], "target": seq[t]}
+
+    for u, user in enumerate(users):
+        seq = [names[i] for i in seq_items[starts[u] : starts[u + 1]].tolist()]  # item ids, oldest first
+        n = len(seq)
+        train.extend(example(user, seq, t) for t in range(1, n - 2))
+        valid.append(example(user, seq, n - 2))
+        test.append(example(user, seq, n - 1))
+
+    for split in (valid, test):
+        for u, row in enumerate(split):
+            allowed_mask = np.ones(n_items + 1, dtype=bool)  # (n_items + 1,)
+            allowed_mask[0] = False
+            allowed_mask[seq_items[starts[u] : starts[u + 1]]] = False
+            allowed = np.flatnonzero(allowed_mask)  # item indices the user never interacted with
+            if len(allowed) < n_neg:
+                raise AmfrecError(
+                    f"{inter_path}: user {row['user']!r} interacted with {n_items - len(allowed)} of "
+                    f"{n_items} items; cannot draw {n_neg} negatives (lower n_candidates)"
+                )
+            negatives = rng.choice(allowed, size=n_neg, replace=False)
+            cands = np.append(negatives, index[row["target"]])[rng.permutation(n_candidates)]
+            row["candidates"] = [names[i] for i in cands]
+
+    manifest = {
+        "format": FORMAT,
+        "amfrec_version": amfrec.__version__,
+        "seed": seed,
+        "max_len": max_len,
+        "n_candidates": n_candidates,
+        "kcore": kcore,
+        "min_user_interactions": MIN_USER_INTERACTIONS,
+        "inputs": {
+            "inter": {"path": str(inter_path.resolve()), "sha256": _sha256(inter_path)},
+            "item": {"path": str(item_path.resolve()), "sha256": _sha256(item_path)},
+        },
+        "counts": {
+            "users": len(users),
+            "items": n_items,
+            "interactions": len(seq_items),
+            "dropped_interactions": n_dropped,
+            "train": len(train),
+            "valid": len(valid),
+            "test": len(test),
+        },
+    }
+    with atomic_dir(out) as tmp:
+        write_jsonl(tmp / "items.jsonl", (items[i] for i in kept_items))
+        write_jsonl(tmp / "train.jsonl", train)
+        write_jsonl(tmp / "valid.jsonl", valid)
+        write_jsonl(tmp / "test.jsonl", test)
+        write_json(tmp / "manifest.json", manifest)
+    log.info("prepared %s: %s", out, manifest["counts"])
+    return manifest

@@ -1,0 +1,64 @@
+"""The one evaluator: any Recommender on any Split with candidates -> ranking metrics.
+
+Baselines and the AMFRec LLM model are scored by this same code on the same candidate sets.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from amfrec.data.dataset import Split
+from amfrec.metrics import RANK_KS, ranking_metrics, ranks_from_scores
+from amfrec.models.base import Recommender
+
+
+def target_positions(split: Split) -> torch.Tensor:
+    """(N,) long: the column of each example's target in `split.candidates` (N, C).
+
+    Raises ValueError when the split has no candidates or a row holds its target not exactly once.
+    """
+    if split.candidates is None:
+        raise ValueError("split has no candidate sets (only valid/test splits can be evaluated)")
+    hits = split.candidates == split.target.unsqueeze(1)  # (N, C)
+    per_row = hits.sum(dim=1)  # (N,)
+    bad = torch.nonzero(per_row != 1).flatten()
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(
+            f"{bad.numel()} example(s) do not hold their target exactly once among the candidates "
+            f"(first: row {i}, user {split.users[i]!r}, found {int(per_row[i])} times)"
+        )
+    return hits.long().argmax(dim=1)  # (N,)
+
+
+@torch.no_grad()
+def evaluate_ranks(
+    model: Recommender, split: Split, batch_size: int = 256, desc: str = "evaluate"
+) -> torch.Tensor:
+    """(N,) long ranks of the targets among their candidates (1 = best, ties against the model)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    target_pos = target_positions(split)  # (N,)
+    assert split.candidates is not None  # checked by target_positions
+    ranks = []
+    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False):
+        history = split.history[start : start + batch_size]  # (B, L)
+        candidates = split.candidates[start : start + batch_size]  # (B, C)
+        scores = model.score(history, candidates)  # (B, C)
+        if scores.shape != candidates.shape:
+            raise ValueError(
+                f"{model.name}.score returned shape {tuple(scores.shape)}, expected {tuple(candidates.shape)}"
+            )
+        ranks.append(ranks_from_scores(scores.detach().float().cpu(), target_pos[start : start + batch_size]))
+    return torch.cat(ranks)  # (N,)
+
+
+def evaluate(
+    model: Recommender, split: Split, batch_size: int = 256, desc: str = "evaluate"
+) -> dict[str, float | int]:
+    """Score every candidate set of `split` with `model`; return hr@k, ndcg@k (k in 1,3,5,10), mrr and n."""
+    if len(split) == 0:
+        raise ValueError("cannot evaluate an empty split")
+    ranks = evaluate_ranks(model, split, batch_size=batch_size, desc=desc)
+    return {**ranking_metrics(ranks, RANK_KS), "n": len(split)}

@@ -1,0 +1,108 @@
+"""`amfrec experiment`: several models x several seeds on the same candidates -> a mean ± std table.
+
+Per seed the raw data is prepared once (the seed fixes the validation/test candidate sets), every model is
+trained and tested on those very candidates, and the table reports test metrics as mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from pathlib import Path
+
+from amfrec.errors import AmfrecError
+from amfrec.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+TABLE_KEYS = ("hr@1", "hr@5", "hr@10", "ndcg@10", "mrr")
+BASELINES = ("popularity", "sasrec", "gru4rec")
+
+
+def run_experiment(
+    models: list[str],
+    data: Path,
+    features: Path | None,
+    config: str | None,
+    seeds: list[int],
+    out: Path,
+    overrides: dict | None = None,
+    limit: int | None = None,
+    modalities: list[str] | None = None,
+) -> str:
+    """Train and test every model for every seed under `out`; write results.json/results.md; return the table.
+
+    data: raw data folder (RecBole atomic files), prepared once per seed under out/seed<S>/data.
+    features: an existing feature folder to use for AMFRec, or None to build one per seed (the `id` modality
+    from that seed's SASRec run when SASRec is among the models).
+    """
+    from amfrec.data.prepare import prepare
+
+    unknown = [m for m in models if m not in (*BASELINES, "amfrec")]
+    if unknown:
+        raise AmfrecError(f"unknown model(s) {unknown}; choose from {[*BASELINES, 'amfrec']}")
+    if not seeds:
+        raise AmfrecError("--seeds is empty")
+    results: dict[str, list[dict]] = {m: [] for m in models}
+    for seed in seeds:
+        root = out / f"seed{seed}"
+        prepared = root / "data"
+        if not (prepared / "manifest.json").exists():
+            prepare(data, prepared, seed=seed)
+        for model in models:
+            run = root / model
+            if (run / "metrics.json").exists():
+                log.info("%s seed %d: reusing %s", model, seed, run)
+            else:
+                train_one(model, prepared, features, config, seed, run, overrides or {}, limit, modalities)
+            results[model].append(read_json(run / "metrics.json"))
+    table = format_table(results, seeds)
+    write_json(out / "results.json", {"seeds": seeds, "runs": results})
+    (out / "results.md").write_text(table + "\n", encoding="utf-8")
+    return table
+
+
+def train_one(
+    model: str,
+    prepared: Path,
+    features: Path | None,
+    config: str | None,
+    seed: int,
+    run: Path,
+    overrides: dict,
+    limit: int | None,
+    modalities: list[str] | None = None,
+) -> dict:
+    """Train one model on one prepared split; return its test metrics (also in run/metrics.json)."""
+    if model in BASELINES:
+        from amfrec.models.sequential import train_baseline
+
+        return train_baseline(model, prepared, seed, run, overrides or None)
+    from amfrec.features.build import build_features
+    from amfrec.llm.pipeline import train_amfrec
+
+    if features is None:
+        sasrec_run = run.parent / "sasrec"
+        features = run.parent / "features"
+        build_features(
+            prepared,
+            features,
+            modalities=modalities or ["id", "text", "image"],
+            id_from=sasrec_run if (sasrec_run / "item_embeddings.npy").exists() else None,
+            seed=seed,
+        )
+    return train_amfrec(prepared, features, config, seed, run, overrides, limit=limit)
+
+
+def format_table(results: dict[str, list[dict]], seeds: list[int]) -> str:
+    """Markdown table of test metrics, mean ± std over seeds (std over one seed shown as 0)."""
+    head = "| model | " + " | ".join(TABLE_KEYS) + " | n |"
+    lines = [f"Test metrics, mean ± std over seeds {seeds}", head, "|---|" + "---:|" * (len(TABLE_KEYS) + 1)]
+    for model, runs in results.items():
+        cells = []
+        for key in TABLE_KEYS:
+            values = [r[key] for r in runs]
+            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.4f} ± {std:.4f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {runs[0]['n']} |")
+    return "\n".join(lines)

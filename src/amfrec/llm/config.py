@@ -1,0 +1,375 @@
+"""AMFRec configuration: validated dataclasses with str-enums, read from / written to YAML.
+
+`AMFRecConfig(model=ModelConfig(...), train=TrainConfig(...))`; `ModelConfig` holds the projector and gate
+settings. Every dataclass validates itself in `__post_init__` and raises a `ValueError` that names the field
+and the bad value. `AMFRecConfig.from_yaml(path, overrides)` adds the file to the message and raises
+`ConfigError` (both an `AmfrecError`, so the command line shows one line, and a `ValueError`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from amfrec.errors import AmfrecError
+
+
+class ConfigError(AmfrecError, ValueError):
+    """A bad configuration file or override (one line: file, field, problem)."""
+
+
+class FusionMode(str, Enum):
+    GATED = "gated"  # AMFRec: softmax gate over present modalities, one soft token per item
+    TOKENS = "tokens"  # one soft token per modality (T = M tokens per item), no gate
+    MEAN = "mean"  # average of the present modalities' projections, no gate
+    CONCAT = "concat"  # one projector over the concatenated features (absent -> zeros)
+    SINGLE = "single"  # one modality only (`single_modality`)
+    LLARA = "llara"  # LLaRA: the id modality through one MLP, no MoE, no gate
+
+
+class DType(str, Enum):
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class BalanceLoss(str, Enum):
+    SWITCH = "switch"  # K * sum_k f_k * p_k, f_k = fraction of items routed to expert k (Switch / GShard)
+    SOFT = "soft"  # K * sum_k p_k^2: f_k replaced by the mean router probability (fully differentiable)
+
+
+DEFAULT_TEMPLATE = (
+    "This user has watched {history} in the previous. "
+    "Please predict the next {noun} this user will watch. "
+    "Choose the answer from the following {n_candidates} {noun} titles: {candidates}. Answer:"
+)
+
+
+def _enum(cls: type[Enum], value: Any, name: str) -> Any:
+    """Coerce `value` to enum `cls` or raise a ValueError listing the allowed values."""
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in cls)
+        raise ValueError(f"{name}: unknown value {value!r} (expected one of {allowed})") from None
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+
+
+def _number(value: Any, name: str, *, low: float = 0.0, strict: bool = False) -> float:
+    """Return `value` as a float, or raise. Strings such as "1e-4" (which YAML 1.1 reads as text) are parsed."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (strict and value == low):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name}: must be a finite number {op} {low:g}, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class ProjectorConfig:
+    # K experts per modality, each Linear(d_m, hidden) -> GELU -> Linear(hidden, d_llm). K = 1 is "no MoE".
+    n_experts: int = 4
+    hidden: int = 256
+    # None: dense mixture of all K experts; an int k: keep the k most probable experts (renormalised).
+    top_k: int | None = None
+    # Weight of the load-balancing loss added to the LM loss (0 turns it off).
+    aux_weight: float = 0.01
+    balance: BalanceLoss = BalanceLoss.SWITCH
+
+    def __post_init__(self) -> None:
+        _positive_int(self.n_experts, "model.projector.n_experts")
+        _positive_int(self.hidden, "model.projector.hidden")
+        if self.top_k is not None:
+            _positive_int(self.top_k, "model.projector.top_k")
+            if self.top_k > self.n_experts:
+                raise ValueError(
+                    f"model.projector.top_k: {self.top_k} exceeds projector.n_experts ({self.n_experts})"
+                )
+        self.aux_weight = _number(self.aux_weight, "model.projector.aux_weight")
+        self.balance = _enum(BalanceLoss, self.balance, "model.projector.balance")
+
+
+@dataclass
+class GateConfig:
+    # The gate: LayerNorm per modality -> concat (+ presence flags, + user context) -> Linear -> GELU -> Linear(M).
+    hidden: int = 128
+    # Condition the weights on the user: the mean of the history items' normalised features.
+    use_user_context: bool = True
+    # Softmax temperature of the modality weights (< 1 sharper, > 1 flatter).
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        _positive_int(self.hidden, "model.gate.hidden")
+        if not isinstance(self.use_user_context, bool):
+            raise ValueError(f"model.gate.use_user_context: must be true or false, got {self.use_user_context!r}")
+        self.temperature = _number(self.temperature, "model.gate.temperature", strict=True)
+
+
+@dataclass
+class ModelConfig:
+    # Backbone: a name the backbone loader knows ("smollm2-135m"), a hub id or a local path; kept frozen.
+    backbone: str = "smollm2-135m"
+    dtype: DType = DType.FLOAT32
+    # Modalities to use, in this order (the gate's weight columns follow it); must exist in the feature dir.
+    modalities: list[str] = field(default_factory=lambda: ["id", "text", "image"])
+    fusion: FusionMode = FusionMode.GATED
+    # The modality for fusion="single" (required then, ignored otherwise).
+    single_modality: str | None = None
+    # Soft-token norm: "embed_norm" = the backbone's mean input-embedding norm, a float = that norm,
+    # None = the projector's raw output.
+    token_scale: str | float | None = "embed_norm"
+    # Prompt: a template with the slots {history}, {candidates}, {n_candidates}, {noun}.
+    template: str = DEFAULT_TEMPLATE
+    noun: str = "movie"
+    max_len: int = 10  # history items in the prompt
+    n_candidates: int = 20
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.backbone, str) or not self.backbone.strip():
+            raise ValueError(f"model.backbone: must be a non-empty string, got {self.backbone!r}")
+        self.dtype = _enum(DType, self.dtype, "model.dtype")
+        self.fusion = _enum(FusionMode, self.fusion, "model.fusion")
+        if isinstance(self.modalities, str) or not isinstance(self.modalities, Sequence):
+            raise ValueError(f"model.modalities: must be a list of names, got {self.modalities!r}")
+        self.modalities = list(self.modalities)
+        if not self.modalities:
+            raise ValueError("model.modalities: must name at least one modality")
+        for m in self.modalities:
+            if not isinstance(m, str) or not m:
+                raise ValueError(f"model.modalities: {m!r} is not a modality name")
+        dupes = sorted({m for m in self.modalities if self.modalities.count(m) > 1})
+        if dupes:
+            raise ValueError(f"model.modalities: duplicated {', '.join(dupes)}")
+        if self.fusion == FusionMode.SINGLE:
+            if self.single_modality is None:
+                raise ValueError("model.single_modality: required when model.fusion is 'single'")
+            if self.single_modality not in self.modalities:
+                raise ValueError(
+                    f"model.single_modality: {self.single_modality!r} is not in model.modalities "
+                    f"{self.modalities}"
+                )
+        if self.fusion == FusionMode.LLARA and "id" not in self.modalities:
+            raise ValueError("model.modalities: fusion 'llara' needs the 'id' modality")
+        if isinstance(self.token_scale, str):
+            if self.token_scale != "embed_norm":
+                raise ValueError(
+                    f"model.token_scale: expected 'embed_norm', a positive number or null, "
+                    f"got {self.token_scale!r}"
+                )
+        elif self.token_scale is not None:
+            self.token_scale = _number(self.token_scale, "model.token_scale", strict=True)
+        for slot in ("{history}", "{candidates}"):
+            if not isinstance(self.template, str) or slot not in self.template:
+                raise ValueError(f"model.template: the slot {slot} is missing")
+        if not isinstance(self.noun, str) or not self.noun.strip():
+            raise ValueError(f"model.noun: must be a non-empty string, got {self.noun!r}")
+        _positive_int(self.max_len, "model.max_len")
+        _positive_int(self.n_candidates, "model.n_candidates", minimum=2)
+        if isinstance(self.projector, Mapping):
+            self.projector = _build(ProjectorConfig, self.projector, "model.projector")
+        if isinstance(self.gate, Mapping):
+            self.gate = _build(GateConfig, self.gate, "model.gate")
+
+    @property
+    def used_modalities(self) -> list[str]:
+        """The modalities the item encoder actually reads, in gate order."""
+        if self.fusion == FusionMode.SINGLE:
+            return [str(self.single_modality)]
+        if self.fusion == FusionMode.LLARA:
+            return ["id"]
+        return list(self.modalities)
+
+    def check_modalities(self, available: Iterable[str]) -> None:
+        """Raise ValueError naming every configured modality that the feature directory lacks."""
+        available = sorted(available)
+        missing = [m for m in self.used_modalities if m not in available]
+        if missing:
+            raise ValueError(
+                f"model.modalities: {', '.join(repr(m) for m in missing)} not in the features "
+                f"(available: {', '.join(available) or 'none'})"
+            )
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.01  # on matrices only (no decay on biases, norms, scalars), as nanoGPT
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 20  # linear warm-up, then cosine decay to min_lr_ratio * lr at max_steps
+    max_steps: int = 1000  # optimiser steps (each = grad_accum micro-batches of batch_size)
+    min_lr_ratio: float = 0.1
+    batch_size: int = 8
+    grad_accum: int = 1
+    clip: float = 1.0  # max global grad norm (0 disables)
+    eval_every: int = 100  # optimiser steps between validations
+    eval_examples: int | None = 200  # fixed random validation subset (None = the whole split)
+    select_metric: str = "ndcg@10"  # the validation metric that picks the best checkpoint
+    patience: int = 5  # validations without improvement before stopping (0 = never stop early)
+    train_examples: int | None = None  # fixed random subset of the training windows (None = all)
+    n_negatives: int = 19  # training negatives per example: n_negatives + 1 = n_candidates
+    seed: int = 0
+    # Training negatives are re-drawn every epoch (True) or drawn once (False).
+    redraw_negatives: bool = True
+
+    def __post_init__(self) -> None:
+        self.lr = _number(self.lr, "train.lr", strict=True)
+        self.weight_decay = _number(self.weight_decay, "train.weight_decay")
+        if not isinstance(self.betas, Sequence) or len(self.betas) != 2:
+            raise ValueError(f"train.betas: must be two numbers, got {self.betas!r}")
+        b1, b2 = (_number(b, "train.betas") for b in self.betas)
+        if b1 >= 1 or b2 >= 1:
+            raise ValueError(f"train.betas: each must be in [0, 1), got {self.betas!r}")
+        self.betas = (b1, b2)
+        _positive_int(self.warmup_steps, "train.warmup_steps", minimum=0)
+        _positive_int(self.max_steps, "train.max_steps")
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(
+                f"train.warmup_steps: {self.warmup_steps} must be < train.max_steps ({self.max_steps})"
+            )
+        self.min_lr_ratio = _number(self.min_lr_ratio, "train.min_lr_ratio")
+        if self.min_lr_ratio > 1:
+            raise ValueError(f"train.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio!r}")
+        _positive_int(self.batch_size, "train.batch_size")
+        _positive_int(self.grad_accum, "train.grad_accum")
+        self.clip = _number(self.clip, "train.clip")
+        _positive_int(self.eval_every, "train.eval_every")
+        if self.eval_examples is not None:
+            _positive_int(self.eval_examples, "train.eval_examples")
+        if not isinstance(self.select_metric, str) or not self.select_metric:
+            raise ValueError(f"train.select_metric: must be a metric name, got {self.select_metric!r}")
+        _positive_int(self.patience, "train.patience", minimum=0)
+        if self.train_examples is not None:
+            _positive_int(self.train_examples, "train.train_examples")
+        _positive_int(self.n_negatives, "train.n_negatives")
+        _positive_int(self.seed, "train.seed", minimum=0)
+        if not isinstance(self.redraw_negatives, bool):
+            raise ValueError(f"train.redraw_negatives: must be true or false, got {self.redraw_negatives!r}")
+
+
+@dataclass
+class AMFRecConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, Mapping):
+            self.model = _build(ModelConfig, self.model, "model")
+        if isinstance(self.train, Mapping):
+            self.train = _build(TrainConfig, self.train, "train")
+        if self.train.n_negatives + 1 != self.model.n_candidates:
+            raise ValueError(
+                f"train.n_negatives: {self.train.n_negatives} + 1 must equal model.n_candidates "
+                f"({self.model.n_candidates})"
+            )
+
+    # ------------------------------------------------------------------------------------------- dict / yaml
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AMFRecConfig:
+        """Build from a nested dict; unknown keys and bad values raise ValueError naming the field."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"config: expected a mapping at the top level, got {type(d).__name__}")
+        return _build(cls, d, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain nested dict (enums as their values, tuples as lists) that from_dict reads back."""
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    @classmethod
+    def from_yaml(
+        cls, path: str | Path | None, overrides: Mapping[str, Any] | Sequence[str] | None = None
+    ) -> AMFRecConfig:
+        """Read a YAML file (None = the defaults) and apply dotted overrides.
+
+        overrides: {"train.lr": 1e-4} or ["train.lr=1e-4", "model.fusion=mean"] (values parsed as YAML).
+        Raises ConfigError (an AmfrecError and a ValueError) naming the file and the field.
+        """
+        where = str(path) if path is not None else "config"
+        raw: Any = {}
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError(f"{path}: file not found")
+            try:
+                raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as e:
+                mark = getattr(e, "problem_mark", None)
+                line = f":{mark.line + 1}" if mark is not None else ""
+                raise ConfigError(f"{path}{line}: malformed YAML ({getattr(e, 'problem', e)})") from None
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{path}: expected a mapping at the top level")
+        try:
+            raw = apply_overrides(raw, overrides or {})
+            return cls.from_dict(raw)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}") from None
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+    """Return a deep copy of `raw` with dotted keys set: {"model.gate.hidden": 64} or ["model.gate.hidden=64"]."""
+    import copy
+
+    out = copy.deepcopy(dict(raw))
+    if isinstance(overrides, Mapping):
+        items = list(overrides.items())
+    else:
+        items = []
+        for s in overrides:
+            if "=" not in s:
+                raise ValueError(f"override {s!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+            k, v = s.split("=", 1)
+            items.append((k.strip(), yaml.safe_load(v)))
+    for key, value in items:
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {key!r}: {p!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
+    """Instantiate dataclass `cls` from `d`, rejecting unknown keys by their dotted name."""
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{prefix or 'config'}: expected a mapping, got {d!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in d:
+        if k not in names:
+            full = f"{prefix}.{k}" if prefix else str(k)
+            raise ValueError(f"{full}: unknown key (known: {', '.join(sorted(names))})")
+    return cls(**d)
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, Enum):
+        return x.value
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    return x

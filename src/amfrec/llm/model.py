@@ -1,0 +1,281 @@
+"""AMFRecModel: a frozen causal LM reading hybrid prompts whose ``<|item|>`` rows are item soft tokens.
+
+- ``inject``: one vectorised ``masked_scatter`` of the item vectors into the placeholder rows of ``inputs_embeds``.
+- ``forward``: causal-LM loss on the answer tokens only (target title + eos); the output head is applied only at
+  the positions that predict an answer token (DESIGN.md §8), plus ``aux_weight * aux_loss`` of the item encoder.
+- ``score``: log-likelihood of each candidate title (+ eos) after the prompt. The prompt is run once; its key/value
+  cache is repeated along the batch for the C continuations, which run together right-padded. Score = sum of the
+  token log-probs (``score_reduction="mean"`` divides by the number of tokens).
+- ``generate``: greedy decoding from ``inputs_embeds``, first line only (the LLaRA protocol).
+
+The item encoder (``amfrec.llm.fusion``) is called as ``item_encoder(items (B, S), history (B, L))`` and returns
+an object with ``tokens (B, S, T, d_llm)``, ``aux_loss`` (scalar) and ``weights (B, S, M) | None``; ``items`` holds
+per example the non-zero history items (oldest first) then the candidates, 0-padded to S.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from amfrec.llm.backbone import Backbone
+from amfrec.llm.prompt import IGNORE_INDEX, PromptBatch, PromptBuilder, PromptTemplate
+from amfrec.models.base import Recommender
+
+
+class ScoreReduction(str, Enum):
+    SUM = "sum"
+    MEAN = "mean"
+
+
+@dataclass
+class AMFRecOutput:
+    loss: torch.Tensor  # scalar: lm_loss + aux_weight * aux_loss
+    lm_loss: torch.Tensor  # scalar: mean cross-entropy over the answer tokens of the batch
+    aux_loss: torch.Tensor  # scalar: the item encoder's auxiliary (load-balancing) loss
+    weights: torch.Tensor | None  # (B, S, M) gate weights, or None
+    n_answer_tokens: int
+
+
+class AMFRecModel(nn.Module, Recommender):
+    """Frozen backbone + prompt builder + trainable item encoder.
+
+    titles: item titles by index (index 0 = padding, unused). Only ``item_encoder`` is trainable; the backbone
+    stays in eval mode even under ``.train()``.
+    """
+
+    name = "amfrec"
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        item_encoder: nn.Module,
+        titles: list[str],
+        template: PromptTemplate | None = None,
+        tokens_per_item: int = 1,
+        aux_weight: float = 0.01,
+        score_reduction: str = "sum",
+    ) -> None:
+        super().__init__()
+        if aux_weight < 0:
+            raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        if len(titles) < 2:
+            raise ValueError(f"titles must hold padding + at least one item, got {len(titles)}")
+        try:
+            self.score_reduction = ScoreReduction(score_reduction)
+        except ValueError:
+            raise ValueError(
+                f"score_reduction must be one of {[r.value for r in ScoreReduction]}, got {score_reduction!r}"
+            ) from None
+        self.backbone = backbone
+        self.lm = backbone.model  # registered as a submodule so .to(device) moves it; frozen
+        self.item_encoder = item_encoder
+        self.titles = list(titles)
+        self.prompt = PromptBuilder(
+            backbone.tokenizer, template, item_token=backbone.item_token, tokens_per_item=tokens_per_item
+        )
+        self.aux_weight = aux_weight
+        self._cache_kw = _cache_kwarg(self.lm.base_model)
+
+    # ----------------------------------------------------------------- bookkeeping
+    def train(self, mode: bool = True) -> AMFRecModel:
+        super().train(mode)
+        self.lm.eval()  # frozen backbone: never dropout
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The item encoder's parameters (the only ones the optimiser may see)."""
+        return [p for p in self.item_encoder.parameters() if p.requires_grad]
+
+    def parameter_report(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts."""
+        trainable = sum(p.numel() for p in self.trainable_parameters())
+        total = sum(p.numel() for p in self.parameters())
+        return trainable, total
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    def fit(self, data, seed: int) -> dict:
+        raise NotImplementedError("train AMFRec with amfrec.llm.train.train(model, data, config)")
+
+    # ----------------------------------------------------------------- prompt pieces
+    def _items(self, history: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """items (B, S): non-zero history (oldest first) then candidates, 0-padded; valid (B, S) bool."""
+        if (candidates <= 0).any():
+            raise ValueError("candidates must be item indices >= 1 (0 is padding)")
+        full = torch.cat([history, candidates], dim=1)  # (B, L + C)
+        valid = full != 0
+        order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # valid first, order kept
+        items, valid = full.gather(1, order), valid.gather(1, order)
+        width = int(valid.sum(1).max())
+        return items[:, :width], valid[:, :width]
+
+    def _titles(self, idx: torch.Tensor) -> list[list[str]]:
+        """(B, L) item indices -> per-row titles of the non-zero items, in order."""
+        return [[self.titles[i] for i in row if i] for row in idx.tolist()]
+
+    def _item_vectors(
+        self, history: torch.Tensor, candidates: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Soft tokens in placeholder order: (N * T, d), the aux loss, the gate weights."""
+        items, valid = self._items(history, candidates)
+        enc = self.item_encoder(items, history)
+        tokens = enc.tokens  # (B, S, T, d)
+        if tokens.shape[2] != self.prompt.tokens_per_item:
+            raise ValueError(
+                f"item encoder gives {tokens.shape[2]} tokens per item, prompt expects {self.prompt.tokens_per_item}"
+            )
+        vectors = tokens[valid].reshape(-1, tokens.shape[-1])  # (N * T, d), row-major = placeholder order
+        return vectors, enc.aux_loss, enc.weights
+
+    def inject(self, input_ids: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
+        """Token embeddings with placeholder rows replaced by ``item_vectors``.
+
+        input_ids (B, T) long; item_vectors (N, d) in placeholder order (row-major over the batch).
+        Returns inputs_embeds (B, T, d) in the backbone's dtype. Raises ValueError when the number of
+        placeholders differs from N.
+        """
+        embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, d)
+        mask = input_ids == self.prompt.item_token_id  # (B, T)
+        n_slots = int(mask.sum())
+        if n_slots != item_vectors.shape[0]:
+            raise ValueError(
+                f"prompt has {n_slots} {self.prompt.item_token} placeholders but {item_vectors.shape[0]} item "
+                "vectors were given"
+            )
+        if item_vectors.shape[-1] != embeds.shape[-1]:
+            raise ValueError(f"item vectors have dim {item_vectors.shape[-1]}, backbone expects {embeds.shape[-1]}")
+        mask3 = mask.unsqueeze(-1).expand_as(embeds)  # (B, T, d)
+        return embeds.masked_scatter(mask3, item_vectors.to(embeds.dtype))
+
+    def _embed_prompt(
+        self,
+        history: torch.Tensor,
+        candidates: torch.Tensor,
+        answers: list[str] | None,
+    ) -> tuple[PromptBatch, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        history, candidates = history.to(self.device), candidates.to(self.device)
+        batch = self.prompt.build(self._titles(history), self._titles(candidates), answers).to(self.device)
+        vectors, aux, weights = self._item_vectors(history, candidates)
+        return batch, self.inject(batch.input_ids, vectors), aux, weights
+
+    # ----------------------------------------------------------------- training
+    def forward(self, history: torch.Tensor, candidates: torch.Tensor, target: torch.Tensor) -> AMFRecOutput:
+        """Loss on the answer tokens.
+
+        history (B, L) left-padded item indices; candidates (B, C); target (B,) item indices.
+        """
+        answers = [self.titles[t] for t in target.tolist()]
+        batch, embeds, aux, weights = self._embed_prompt(history, candidates, answers)
+        hidden = self._decoder(embeds, batch.attention_mask, _positions(batch.attention_mask))  # (B, T, d)
+        targets = batch.labels[:, 1:]  # (B, T-1): token t+1 is predicted at t
+        sel = targets != IGNORE_INDEX  # (B, T-1)
+        logits = self.lm.get_output_embeddings()(hidden[:, :-1][sel]).float()  # (N, V), answer positions only
+        lm_loss = F.cross_entropy(logits, targets[sel])
+        aux = aux.to(lm_loss.dtype) if torch.is_tensor(aux) else lm_loss.new_tensor(float(aux))
+        return AMFRecOutput(
+            loss=lm_loss + self.aux_weight * aux,
+            lm_loss=lm_loss,
+            aux_loss=aux,
+            weights=weights,
+            n_answer_tokens=int(sel.sum()),
+        )
+
+    # ----------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Log-likelihood of each candidate's title + eos after the prompt: (B, L), (B, C) -> (B, C) float32.
+
+        The prompt's key/value cache is computed once and repeated C times along the batch.
+        """
+        from transformers import DynamicCache
+
+        bsz, n_cand = candidates.shape
+        batch, embeds, _, _ = self._embed_prompt(history, candidates, None)
+        mask = batch.attention_mask  # (B, P)
+        cache = DynamicCache(config=self.lm.config)
+        hidden = self._decoder(embeds, mask, _positions(mask), cache=cache)  # (B, P, d)
+        head = self.lm.get_output_embeddings()
+
+        # Continuations: (B*C, K) right-padded, candidate-major inside each example (b * C + c).
+        cont_list = self.prompt.encode_answers([self.titles[i] for i in candidates.reshape(-1).tolist()])
+        cont = nn.utils.rnn.pad_sequence(
+            [torch.tensor(c, dtype=torch.long) for c in cont_list],
+            batch_first=True,
+            padding_value=self.prompt.pad_id,
+        ).to(self.device)  # (B*C, K)
+        lengths = torch.tensor([len(c) for c in cont_list], device=self.device)  # (B*C,)
+        cmask = torch.arange(cont.shape[1], device=self.device)[None, :] < lengths[:, None]  # (B*C, K)
+
+        # Token 1 is predicted from the prompt's last position; tokens 2..K from the continuation run.
+        first_logp = head(hidden[:, -1]).float().log_softmax(-1)  # (B, V)
+        first = first_logp.repeat_interleave(n_cand, dim=0).gather(1, cont[:, :1])  # (B*C, 1)
+        token_logp = torch.zeros(cont.shape, dtype=torch.float32, device=self.device)  # (B*C, K)
+        token_logp[:, :1] = first
+        if cont.shape[1] > 1:
+            cache.batch_repeat_interleave(n_cand)
+            steps = cont[:, :-1]  # (B*C, K-1) inputs
+            full_mask = torch.cat([mask.repeat_interleave(n_cand, dim=0), cmask[:, :-1].long()], dim=1)
+            start = mask.sum(1).repeat_interleave(n_cand)  # (B*C,) next position id after the prompt
+            pos = start[:, None] + torch.arange(steps.shape[1], device=self.device)[None, :]  # (B*C, K-1)
+            h2 = self._decoder(self.lm.get_input_embeddings()(steps), full_mask, pos, cache=cache)  # (B*C, K-1, d)
+            need = cmask[:, 1:]  # (B*C, K-1): positions whose next token is real
+            logits = head(h2[need]).float()  # (N, V) only where scored
+            picked = logits.gather(1, cont[:, 1:][need][:, None]).squeeze(1) - logits.logsumexp(-1)
+            rest = torch.zeros(need.shape, dtype=torch.float32, device=self.device)
+            rest[need] = picked
+            token_logp[:, 1:] = rest
+        token_logp = token_logp * cmask
+        scores = token_logp.sum(1)  # (B*C,)
+        if self.score_reduction is ScoreReduction.MEAN:
+            scores = scores / lengths
+        return scores.reshape(bsz, n_cand)
+
+    @torch.inference_mode()
+    def generate(self, history: torch.Tensor, candidates: torch.Tensor, max_new_tokens: int = 64) -> list[str]:
+        """Greedy answers (first line, stripped), one string per example."""
+        batch, embeds, _, _ = self._embed_prompt(history, candidates, None)
+        out = self.lm.generate(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention_mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=self.prompt.pad_id,
+            eos_token_id=self.prompt.eos_id,
+        )  # (B, new) — with inputs_embeds only, the output holds only the new tokens
+        texts = self.prompt.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return [(t.strip().splitlines() or [""])[0].strip() for t in texts]
+
+    # ----------------------------------------------------------------- internals
+    def _decoder(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache=None,
+    ) -> torch.Tensor:
+        """Last hidden states (B, T, d) of the backbone's decoder (no output head)."""
+        kwargs = {self._cache_kw: cache, "use_cache": cache is not None}
+        out = self.lm.base_model(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+        )
+        return out.last_hidden_state
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for left-padded rows: 0 at the first real token (B, T)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _cache_kwarg(decoder: nn.Module) -> str:
+    """transformers 5 renamed ``past_key_values`` to ``cache``; use whichever the decoder accepts."""
+    params = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"

@@ -1,0 +1,185 @@
+"""Hybrid prompts: a template with named slots; each item is rendered as ``<title> <|item|>``.
+
+Layout of one example (left-padded, so every prompt ends at the last column; convenient for the shared-cache
+scoring and for generation, which both continue from the last prompt token)::
+
+    [pad ... pad] prompt tokens ... "Answer:" [answer tokens + eos]
+
+The answer (target title + end-of-sequence) is tokenised separately from the prompt and appended, so that training
+(:meth:`PromptBuilder.build` with answers) and candidate scoring (:meth:`PromptBuilder.encode_answers`) tokenise a
+title identically. Placeholders appear in order: history items (oldest first) then candidates, each item as
+``tokens_per_item`` consecutive ``<|item|>`` tokens.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+from amfrec.llm.backbone import ITEM_TOKEN
+
+IGNORE_INDEX = -100
+DEFAULT_TEMPLATE_TEXT = (
+    "This user has watched {history} in the previous. Please predict the next {noun} this user will watch. "
+    "Choose the answer from the following {n_candidates} {noun} titles: {candidates}. Answer:"
+)
+SLOTS = frozenset({"history", "candidates", "n_candidates", "noun", "noun_plural"})
+REQUIRED_SLOTS = frozenset({"history", "candidates"})
+
+
+@dataclass
+class PromptTemplate:
+    """A prompt as data. ``text`` uses the named slots ``{history}``, ``{candidates}`` (required),
+    ``{n_candidates}``, ``{noun}``, ``{noun_plural}`` (optional); ``answer_prefix`` goes before the answer."""
+
+    text: str = DEFAULT_TEMPLATE_TEXT
+    noun: str = "movie"
+    noun_plural: str = ""  # empty = noun + "s"
+    item_separator: str = ", "
+    answer_prefix: str = " "
+
+    def __post_init__(self) -> None:
+        if not self.noun_plural:
+            self.noun_plural = self.noun + "s"
+        found = set()
+        try:
+            parsed = list(string.Formatter().parse(self.text))
+        except ValueError as e:
+            raise ValueError(f"prompt template: malformed braces ({e})") from None
+        for _, name, spec, conv in parsed:
+            if name is None:
+                continue
+            if name == "" or name.isdigit():
+                raise ValueError("prompt template: positional slot '{}' not allowed; use named slots")
+            if name not in SLOTS:
+                raise ValueError(f"prompt template: unknown slot {{{name}}}; allowed: {sorted(SLOTS)}")
+            if spec or conv:
+                raise ValueError(f"prompt template: slot {{{name}}} must not have a format spec or conversion")
+            found.add(name)
+        missing = REQUIRED_SLOTS - found
+        if missing:
+            raise ValueError(f"prompt template: missing required slot(s) {sorted(missing)}")
+        if ITEM_TOKEN in self.text:
+            raise ValueError(f"prompt template: must not contain the placeholder {ITEM_TOKEN} itself")
+
+    def render(self, history: list[str], candidates: list[str]) -> str:
+        """Fill the slots with already-rendered item strings."""
+        return self.text.format(
+            history=self.item_separator.join(history),
+            candidates=self.item_separator.join(candidates),
+            n_candidates=len(candidates),
+            noun=self.noun,
+            noun_plural=self.noun_plural,
+        )
+
+
+@dataclass
+class PromptBatch:
+    """Token tensors of one batch, left-padded.
+
+    input_ids (B, T) long; attention_mask (B, T) long (0 = padding); labels (B, T) long, -100 except the answer
+    tokens (title + eos); n_slots (B,) long, placeholders per example (= items * tokens_per_item);
+    prompt_lengths (B,) long, real (non-pad) prompt tokens without the answer.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    n_slots: torch.Tensor
+    prompt_lengths: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+
+    def to(self, device: torch.device | str) -> PromptBatch:
+        return PromptBatch(
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            labels=self.labels.to(device),
+            n_slots=self.n_slots.to(device),
+            prompt_lengths=self.prompt_lengths.to(device),
+        )
+
+
+class PromptBuilder:
+    """Turns item titles into token ids with ``<|item|>`` placeholders (see the module docstring)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        template: PromptTemplate | None = None,
+        item_token: str = ITEM_TOKEN,
+        tokens_per_item: int = 1,
+    ) -> None:
+        if tokens_per_item < 1:
+            raise ValueError(f"tokens_per_item must be >= 1, got {tokens_per_item}")
+        self.tokenizer = tokenizer
+        self.template = template or PromptTemplate()
+        self.item_token = item_token
+        self.tokens_per_item = tokens_per_item
+        self.item_token_id = tokenizer.convert_tokens_to_ids(item_token)
+        ids = tokenizer(item_token, add_special_tokens=False)["input_ids"]
+        if ids != [self.item_token_id] or self.item_token_id == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer does not encode {item_token!r} as one token (add it as a special token)")
+        if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+            raise ValueError("tokenizer needs eos and pad tokens (load it through amfrec.llm.backbone)")
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.pad_id = int(tokenizer.pad_token_id)
+
+    def clean_title(self, title: str) -> str:
+        """A title as shown in the prompt: no placeholder text inside, whitespace normalised."""
+        return " ".join(title.replace(self.item_token, " ").split())
+
+    def render_item(self, title: str) -> str:
+        return f"{self.clean_title(title)} {self.item_token * self.tokens_per_item}"
+
+    def render(self, history_titles: list[str], candidate_titles: list[str]) -> str:
+        """The prompt text of one example."""
+        return self.template.render(
+            [self.render_item(t) for t in history_titles], [self.render_item(t) for t in candidate_titles]
+        )
+
+    def encode_answers(self, titles: list[str]) -> list[list[int]]:
+        """Token ids of ``answer_prefix + title`` followed by eos, one list per title (one tokenizer call)."""
+        texts = [self.template.answer_prefix + self.clean_title(t) for t in titles]
+        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+        return [ids + [self.eos_id] for ids in encoded]
+
+    def build(
+        self,
+        history_titles: list[list[str]],
+        candidate_titles: list[list[str]],
+        answers: list[str] | None = None,
+    ) -> PromptBatch:
+        """Tokenise a batch of prompts (and answers when given) into a left-padded :class:`PromptBatch`."""
+        if len(history_titles) != len(candidate_titles):
+            raise ValueError(f"{len(history_titles)} histories but {len(candidate_titles)} candidate lists")
+        if answers is not None and len(answers) != len(history_titles):
+            raise ValueError(f"{len(answers)} answers for {len(history_titles)} prompts")
+        texts = [self.render(h, c) for h, c in zip(history_titles, candidate_titles, strict=True)]
+        prompts = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        answer_ids = self.encode_answers(answers) if answers is not None else [[] for _ in prompts]
+        seqs = [torch.tensor(p + a, dtype=torch.long) for p, a in zip(prompts, answer_ids, strict=True)]
+        labels = [
+            torch.tensor([IGNORE_INDEX] * len(p) + a, dtype=torch.long)
+            for p, a in zip(prompts, answer_ids, strict=True)
+        ]
+        input_ids = pad_sequence(seqs, batch_first=True, padding_value=self.pad_id, padding_side="left")
+        attention_mask = pad_sequence(
+            [torch.ones_like(s) for s in seqs], batch_first=True, padding_value=0, padding_side="left"
+        )
+        labels_t = pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX, padding_side="left")
+        n_items = torch.tensor([len(h) + len(c) for h, c in zip(history_titles, candidate_titles, strict=True)])
+        n_slots = n_items * self.tokens_per_item
+        found = ((input_ids == self.item_token_id) & (attention_mask == 1)).sum(dim=1)  # (B,)
+        if not torch.equal(found, n_slots):
+            raise ValueError(
+                f"placeholder count per prompt {found.tolist()} != items * tokens_per_item {n_slots.tolist()}"
+            )
+        return PromptBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels=labels_t,
+            n_slots=n_slots,
+            prompt_lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
+        )

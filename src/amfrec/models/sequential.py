@@ -1,0 +1,343 @@
+"""SASRec and GRU4Rec with one shared trainer (full-softmax next-item loss, early stopping).
+
+Training: every training window (history of <= L items, target) is one example; the network
+encodes the history and predicts the target with a cross-entropy over *all* items (full softmax,
+logits = sequence representation . item embedding table). Only the window's last position is
+used: the windows already cover every (prefix, next item) pair of each user's training sequence,
+so this sees the same pairs as all-positions training on whole sequences, each once per epoch.
+Early stopping on validation ndcg@10 via the shared evaluator; `fit` restores the best epoch.
+Scoring: dot product of the sequence representation with the candidates' item embeddings.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from amfrec.data.dataset import PreparedData
+from amfrec.errors import AmfrecError
+from amfrec.models.base import Recommender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SequentialConfig:
+    """Hyperparameters shared by SASRec and GRU4Rec (max_len comes from the data)."""
+
+    hidden: int = 64
+    layers: int = 2
+    dropout: float = 0.2
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    max_epochs: int = 30
+    patience: int = 3
+    eval_batch_size: int = 1024
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "layers", "batch_size", "max_epochs", "patience", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{type(self).__name__}.{name} must be an integer >= 1, got {value!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"{type(self).__name__}.dropout must be in [0, 1), got {self.dropout!r}")
+        if not float(self.lr) > 0.0:
+            raise ValueError(f"{type(self).__name__}.lr must be > 0, got {self.lr!r}")
+        if not float(self.weight_decay) >= 0.0:
+            raise ValueError(f"{type(self).__name__}.weight_decay must be >= 0, got {self.weight_decay!r}")
+
+
+@dataclass
+class SASRecConfig(SequentialConfig):
+    heads: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.heads, int) or self.heads < 1 or self.hidden % self.heads:
+            raise ValueError(
+                f"SASRecConfig.heads must be an integer >= 1 dividing hidden={self.hidden}, got {self.heads!r}"
+            )
+
+
+@dataclass
+class GRU4RecConfig(SequentialConfig):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks: (B, L) left-padded item indices -> (B, H) sequence representation.
+
+
+class _Block(nn.Module):
+    """Pre-LN transformer block with causal self-attention."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(hidden)
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.proj = nn.Linear(hidden, hidden)
+        self.norm2 = nn.LayerNorm(hidden)
+        self.ffn = nn.Sequential(
+            nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * hidden, hidden)
+        )
+        self.drop = nn.Dropout(dropout)
+        self.attn_dropout = dropout
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """x (B, L, H); allowed (B, 1, L, L) bool, True where query i may attend to key j."""
+        b, n, h = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(h, dim=-1)  # 3 x (B, L, H)
+        q, k, v = (t.view(b, n, self.heads, h // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, L, d)
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, nh, L, d)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, h)))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class SASRecNet(nn.Module):
+    """Causal self-attention over the item sequence; the last position is the representation."""
+
+    def __init__(self, n_items: int, max_len: int, cfg: SASRecConfig) -> None:
+        super().__init__()
+        self.item_emb = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len, cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(_Block(cfg.hidden, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.hidden)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        nn.init.normal_(self.pos_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """history (B, L) -> (B, H)."""
+        b, n = history.shape
+        real = history != 0  # (B, L)
+        x = self.item_emb(history) * (self.item_emb.embedding_dim**0.5) + self.pos_emb.weight[-n:]  # (B, L, H)
+        x = self.drop(x) * real.unsqueeze(-1)
+        causal = torch.tril(torch.ones(n, n, dtype=torch.bool, device=history.device))  # (L, L)
+        eye = torch.eye(n, dtype=torch.bool, device=history.device)
+        # Query i sees real keys j <= i; a padded query sees only itself (no all-masked row -> no NaN).
+        allowed = (causal & real.unsqueeze(1)) | eye  # (B, L, L)
+        allowed = allowed.unsqueeze(1)  # (B, 1, L, L)
+        for block in self.blocks:
+            x = block(x, allowed) * real.unsqueeze(-1)
+        return self.norm(x[:, -1])  # (B, H): most recent position (left padding)
+
+    def item_table(self) -> torch.Tensor:
+        return self.item_emb.weight  # (n_items + 1, H)
+
+
+class GRU4RecNet(nn.Module):
+    """A GRU over the (right-aligned, packed) item sequence; the last hidden state is the representation."""
+
+    def __init__(self, n_items: int, max_len: int, cfg: GRU4RecConfig) -> None:
+        super().__init__()
+        self.item_emb = nn.Embedding(n_items + 1, cfg.hidden, padding_idx=0)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.gru = nn.GRU(
+            cfg.hidden,
+            cfg.hidden,
+            num_layers=cfg.layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.layers > 1 else 0.0,
+        )
+        self.out = nn.Linear(cfg.hidden, cfg.hidden)
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """history (B, L) left-padded -> (B, H)."""
+        b, n = history.shape
+        lengths = (history != 0).sum(dim=1).clamp(min=1)  # (B,)
+        # Left-padded -> right-padded: position p takes column (n - length + p); beyond length -> pad.
+        cols = torch.arange(n, device=history.device).unsqueeze(0) + (n - lengths).unsqueeze(1)  # (B, L)
+        right = history.gather(1, cols.clamp(max=n - 1)) * (cols < n)  # (B, L)
+        x = self.drop(self.item_emb(right))  # (B, L, H)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        _, h_n = self.gru(packed)  # (layers, B, H)
+        return self.out(h_n[-1])  # (B, H)
+
+    def item_table(self) -> torch.Tensor:
+        return self.item_emb.weight  # (n_items + 1, H)
+
+
+# ----------------------------------------------------------------------------------------------
+# Recommender wrappers with the shared trainer.
+
+
+class SequentialRecommender(Recommender):
+    """Shared fit/score/save/load for a network mapping (B, L) histories to (B, H) representations."""
+
+    config_cls: ClassVar[type[SequentialConfig]] = SequentialConfig
+    net_cls: ClassVar[type[nn.Module]]
+    weights_file: ClassVar[str]
+
+    def __init__(self, config: SequentialConfig | None = None) -> None:
+        self.config = config if config is not None else self.config_cls()
+        if not isinstance(self.config, self.config_cls):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}")
+        self.net: nn.Module | None = None
+        self.n_items = 0
+        self.max_len = 0
+
+    def _build(self, n_items: int, max_len: int) -> nn.Module:
+        self.n_items, self.max_len = n_items, max_len
+        self.net = self.net_cls(n_items, max_len, self.config)
+        return self.net
+
+    def _require_net(self) -> nn.Module:
+        if self.net is None:
+            raise RuntimeError(f"{type(self).__name__} used before fit/load")
+        return self.net
+
+    def _logits(self, history: torch.Tensor) -> torch.Tensor:
+        """history (B, L) -> (B, n_items + 1) logits over every item (column 0 = padding)."""
+        net = self._require_net()
+        return net(history) @ net.item_table().T
+
+    def fit(self, data: PreparedData, seed: int) -> dict:
+        """Train on data.train with early stopping on data.valid ndcg@10; restore the best epoch."""
+        from amfrec.evaluate import evaluate  # local: evaluate imports models.base
+
+        cfg = self.config
+        torch.manual_seed(seed)
+        net = self._build(data.n_items, data.max_len)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        gen = torch.Generator().manual_seed(seed)
+        history, target = data.train.history, data.train.target  # (N, L), (N,)
+        n = len(data.train)
+        if n == 0:
+            raise AmfrecError(f"{data.path}: the training split is empty")
+        best: dict[str, Any] = {"epoch": 0, "ndcg@10": -1.0, "state": None}
+        epochs: list[dict] = []
+        t0 = time.perf_counter()
+        for epoch in range(1, cfg.max_epochs + 1):
+            net.train()
+            order = torch.randperm(n, generator=gen)
+            total, seen = 0.0, 0
+            bar = tqdm(range(0, n, cfg.batch_size), desc=f"{self.name} epoch {epoch}", unit="batch", leave=False)
+            for start in bar:
+                idx = order[start : start + cfg.batch_size]
+                logits = self._logits(history[idx])  # (B, n_items + 1)
+                loss = F.cross_entropy(logits[:, 1:], target[idx] - 1)  # column 0 (padding) is no class
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss) * len(idx)
+                seen += len(idx)
+            valid = evaluate(self, data.valid, batch_size=cfg.eval_batch_size, desc=f"{self.name} valid")
+            row = {"epoch": epoch, "loss": total / seen, "valid_ndcg@10": valid["ndcg@10"], "valid_hr@1": valid["hr@1"]}
+            epochs.append(row)
+            log.info(
+                "%s epoch %d: loss %.4f valid ndcg@10 %.4f hr@1 %.4f (%.1fs)",
+                self.name, epoch, row["loss"], valid["ndcg@10"], valid["hr@1"], time.perf_counter() - t0,
+            )  # fmt: skip
+            if valid["ndcg@10"] > best["ndcg@10"]:
+                best = {"epoch": epoch, "ndcg@10": valid["ndcg@10"], "state": copy.deepcopy(net.state_dict())}
+            elif epoch - best["epoch"] >= cfg.patience:  # `patience` epochs without improvement
+                log.info("%s: early stop at epoch %d (best %d)", self.name, epoch, best["epoch"])
+                break
+        net.load_state_dict(best["state"])
+        net.eval()
+        return {
+            "best_epoch": best["epoch"],
+            "best_valid_ndcg@10": best["ndcg@10"],
+            "epochs_run": len(epochs),
+            "train_time_s": round(time.perf_counter() - t0, 3),
+            "epochs": epochs,
+        }
+
+    @torch.no_grad()
+    def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """history (B, L), candidates (B, C) -> (B, C) dot products of representation and item embeddings."""
+        net = self._require_net()
+        net.eval()
+        if history.shape[1] > self.max_len:
+            history = history[:, -self.max_len :]
+        rep = net(history)  # (B, H)
+        cand = net.item_table()[candidates]  # (B, C, H)
+        return torch.einsum("bh,bch->bc", rep, cand)  # (B, C)
+
+    def save(self, out_dir: str | Path) -> None:
+        """Write <name>.safetensors (weights + config, n_items, max_len in the metadata)."""
+        net = self._require_net()
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "model": self.name,
+            "config": json.dumps(dataclasses.asdict(self.config)),
+            "n_items": str(self.n_items),
+            "max_len": str(self.max_len),
+        }
+        state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
+        save_file(state, str(out_dir / self.weights_file), metadata=meta)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, data: PreparedData | None = None) -> SequentialRecommender:
+        """Rebuild from RUN/<name>.safetensors; with `data`, check the item count matches."""
+        path = Path(run_dir) / cls.weights_file
+        if not path.is_file():
+            raise AmfrecError(f"{path}: file not found")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        try:
+            config = cls.config_cls(**json.loads(meta["config"]))
+            n_items, max_len = int(meta["n_items"]), int(meta["max_len"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise AmfrecError(f"{path}: bad or missing metadata ({e})") from None
+        if data is not None and data.n_items != n_items:
+            raise AmfrecError(f"{path}: weights cover {n_items} items, the data has {data.n_items}")
+        model = cls(config)
+        model._build(n_items, max_len).load_state_dict(state)
+        model._require_net().eval()
+        return model
+
+
+class SASRec(SequentialRecommender):
+    """Self-attentive sequential recommendation (Kang & McAuley 2018); its item table is the `id` modality."""
+
+    name = "sasrec"
+    config_cls = SASRecConfig
+    net_cls = SASRecNet
+    weights_file = "sasrec.safetensors"
+    embeddings_file = "item_embeddings.npy"
+
+    def item_embeddings(self) -> torch.Tensor:
+        """(n_items + 1, hidden) float32: the learned item table, row 0 (padding) zeroed."""
+        table = self._require_net().item_table().detach().float().clone()
+        table[0] = 0.0
+        return table
+
+    def save(self, out_dir: str | Path) -> None:
+        """Weights plus item_embeddings.npy (float32, (n_items + 1, hidden), row 0 = zeros)."""
+        super().save(out_dir)
+        np.save(Path(out_dir) / self.embeddings_file, self.item_embeddings().numpy().astype(np.float32))
+
+
+class GRU4Rec(SequentialRecommender):
+    """Session-based recommendation with a GRU (Hidasi et al. 2016), trained with full softmax."""
+
+    name = "gru4rec"
+    config_cls = GRU4RecConfig
+    net_cls = GRU4RecNet
+    weights_file = "gru4rec.safetensors"

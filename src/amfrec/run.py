@@ -1,0 +1,131 @@
+"""Run directories: RUN/config.yaml (resolved), RUN/metrics.json (test), RUN/valid_metrics.json.
+
+Every file is written atomically (temporary file + rename). To make a whole run directory appear
+at once, write into `amfrec.io.atomic_dir(out)` and call `write_run` on the temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from amfrec.errors import AmfrecError
+from amfrec.io import write_json
+from amfrec.metrics import RANK_KS
+
+METRIC_KEYS: tuple[str, ...] = (
+    *(f"hr@{k}" for k in RANK_KS),
+    *(f"ndcg@{k}" for k in RANK_KS),
+    "mrr",
+    "n",
+)
+GEN_METRIC_KEYS: tuple[str, ...] = ("gen_hr@1", "valid_ratio")
+
+
+def metrics_record(
+    metrics: Mapping[str, Any], split: str, seed: int, model: str, wall_time_s: float
+) -> dict[str, Any]:
+    """The flat metrics-file record: METRIC_KEYS (+ GEN_METRIC_KEYS when present), split, seed, model,
+    wall_time_s. Raises ValueError when a ranking metric is missing."""
+    missing = [k for k in METRIC_KEYS if k not in metrics]
+    if missing:
+        raise ValueError(f"metrics lack {missing}")
+    rec: dict[str, Any] = {k: float(metrics[k]) for k in METRIC_KEYS if k != "n"}
+    rec["n"] = int(metrics["n"])
+    rec.update({k: float(metrics[k]) for k in GEN_METRIC_KEYS if k in metrics})
+    rec.update(split=str(split), seed=int(seed), model=str(model), wall_time_s=round(float(wall_time_s), 3))
+    return rec
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses, enums, paths, tuples -> plain YAML/JSON-safe values (recursively)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_plain(dataclasses.asdict(obj))
+    if isinstance(obj, enum.Enum):
+        return to_plain(obj.value)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def write_yaml(path: str | Path, obj: Any) -> None:
+    """Write `obj` (made plain by `to_plain`) as block-style YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(to_plain(obj), sort_keys=False, default_flow_style=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_run(
+    out: str | Path,
+    config: Mapping[str, Any],
+    test_metrics: Mapping[str, Any],
+    valid_metrics: Mapping[str, Any],
+    files: Mapping[str, Callable[[Path], None]] | None = None,
+) -> Path:
+    """Write RUN/config.yaml, RUN/metrics.json (test) and RUN/valid_metrics.json into `out`.
+
+    The metrics must already be flat records (see `metrics_record`). `files` maps a name inside
+    the run directory to a writer `fn(path)`; each writer gets a temporary path beside the final
+    one, which is renamed into place once the writer returns (a file or a directory).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rec in (("metrics.json", test_metrics), ("valid_metrics.json", valid_metrics)):
+        missing = [k for k in (*METRIC_KEYS, "split", "seed", "model", "wall_time_s") if k not in rec]
+        if missing:
+            raise ValueError(f"{name}: record lacks {missing} (build it with metrics_record)")
+    for name, writer in (files or {}).items():
+        final = out / name
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        try:
+            writer(tmp)
+            if final.is_dir():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            if tmp.is_dir():
+                shutil.rmtree(tmp)
+            elif tmp.exists():
+                tmp.unlink()
+    write_yaml(out / "config.yaml", config)
+    write_json(out / "valid_metrics.json", dict(valid_metrics))
+    write_json(out / "metrics.json", dict(test_metrics))
+    return out
+
+
+def load_run_config(run: str | Path) -> dict[str, Any]:
+    """Read RUN/config.yaml; a missing or malformed file raises AmfrecError naming it."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise AmfrecError(f"{path}: file not found (not a run directory?)")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise AmfrecError(f"{path}{where}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
+    if not isinstance(cfg, dict):
+        raise AmfrecError(f"{path}: expected a mapping at the top level, got {type(cfg).__name__}")
+    return cfg

@@ -1,0 +1,84 @@
+"""Shared fixtures.
+
+- `ml100k_dir` (session): the real MovieLens-100K atomic files in ../shared/data/ml-100k (skips if absent).
+- `prepared_ml100k` (session): `prepare(ml100k_dir, seed=1)` run once per session; returns its directory.
+  Tests that use either fixture read real data: mark them `@pytest.mark.e2e`.
+- `tiny_atomic_dir` (session): a small synthetic RecBole data set (30 users, 40 items, 6..14 interactions
+  per user, titles/years/genres), for fast unit tests.
+- `tiny_prepared` (session): `prepare(tiny_atomic_dir, seed=1)` (max_len 10, 20 candidates); load it with
+  `PreparedData.load(tiny_prepared)`.
+Do not modify the directories these fixtures return; copy them first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amfrec.data.prepare import prepare
+
+REPO = Path(__file__).resolve().parents[1]
+ML100K = (REPO / ".." / "shared" / "data" / "ml-100k").resolve()
+
+
+def write_atomic(path: Path, header: list[str], rows: list[list[object]]) -> Path:
+    """Write a RecBole atomic file: a tab-separated `name:type` header, then the rows."""
+    lines = ["\t".join(header)] + ["\t".join(str(v) for v in row) for row in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def make_tiny_atomic(root: Path, n_users: int = 30, n_items: int = 40, seed: int = 0) -> Path:
+    """A small synthetic data set `tiny.inter` / `tiny.item` in `root` (deterministic in `seed`)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    genres = ["Action", "Comedy", "Drama", "Sci-Fi", "Romance"]
+    items = [
+        [i, f"Movie {i}", 1980 + i % 30, " ".join(genres[j] for j in range(len(genres)) if (i >> j) & 1)]
+        for i in range(1, n_items + 1)
+    ]
+    write_atomic(
+        root / "tiny.item",
+        ["item_id:token", "movie_title:token_seq", "release_year:token", "class:token_seq"],
+        items,
+    )
+    rows = []
+    for u in range(1, n_users + 1):
+        n = int(rng.integers(6, 15))
+        # a drifting window over the items gives the data some sequential signal
+        start = int(rng.integers(0, n_items))
+        seq = [(start + 2 * t + int(rng.integers(0, 2))) % n_items + 1 for t in range(n)]
+        for t, item in enumerate(dict.fromkeys(seq)):
+            rows.append([u, item, int(rng.integers(1, 6)), 1_000_000 + 100 * u + 10 * t])
+    write_atomic(
+        root / "tiny.inter", ["user_id:token", "item_id:token", "rating:float", "timestamp:float"], rows
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    if not (ML100K / "ml-100k.inter").is_file():
+        pytest.skip(f"real data not found at {ML100K}")
+    return ML100K
+
+
+@pytest.fixture(scope="session")
+def prepared_ml100k(ml100k_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "ml-100k-seed1"
+    prepare(ml100k_dir, out, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_atomic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_atomic(tmp_path_factory.mktemp("tiny-atomic"))
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tiny_atomic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-prepared") / "seed1"
+    prepare(tiny_atomic_dir, out, seed=1)
+    return out

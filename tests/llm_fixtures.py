@@ -1,0 +1,115 @@
+"""Tiny random causal LM + word-level tokenizer saved to a directory, for LLM tests.
+
+``make_tiny_backbone_dir(path)`` writes a ``LlamaForCausalLM`` (2 layers, hidden 32) and a
+``PreTrainedTokenizerFast`` (word-level, whitespace + single-digit pre-tokenisation, no pad token) with
+``save_pretrained``, so tests load them through the real path code: ``load_backbone(str(path))``.
+``TITLES`` are item titles made only of vocabulary words (index 0 = padding "").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+TITLES = [
+    "",
+    "Toy Story",
+    "Golden Eye",
+    "Four Rooms",
+    "Get Shorty",
+    "Copy Cat",
+    "Twelve Monkeys",
+    "Babe",
+    "Dead Man Walking",
+    "Richard Three",
+    "Seven",
+    "The Usual Suspects",
+    "Mighty Aphrodite",
+]
+HIDDEN = 32
+
+_TEMPLATE_WORDS = (
+    "This user has watched in the previous Please predict next movie this will watch Choose answer from "
+    "following titles Answer movies item book books bought buy"
+).split()
+_PUNCT = list(".,:;!?()[]{}'\"-&/")
+_SPECIAL = ["<unk>", "<s>", "</s>"]
+
+
+def tiny_vocab() -> list[str]:
+    words = {w for t in TITLES for w in t.split()} | set(_TEMPLATE_WORDS)
+    return _SPECIAL + sorted(words) + _PUNCT + [str(d) for d in range(10)]
+
+
+def make_tiny_tokenizer():
+    """A word-level PreTrainedTokenizerFast with bos/eos/unk and deliberately no pad token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(tiny_vocab())}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=True)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+
+
+def make_tiny_model(vocab_size: int, seed: int = 0, tie: bool = True):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tie,
+        initializer_range=0.3,  # large enough that log-probs differ visibly between inputs
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def make_tiny_backbone_dir(path: str | Path, seed: int = 0, tie: bool = True) -> Path:
+    """Save a tiny random LlamaForCausalLM and its tokenizer into ``path``; return ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = make_tiny_tokenizer()
+    model = make_tiny_model(len(tokenizer), seed=seed, tie=tie)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+class StubItemEncoderOutput:
+    """Same fields as amfrec.llm.fusion's ItemEncoderOutput (tokens, aux_loss, weights)."""
+
+    def __init__(self, tokens: torch.Tensor, aux_loss: torch.Tensor, weights: torch.Tensor | None) -> None:
+        self.tokens = tokens
+        self.aux_loss = aux_loss
+        self.weights = weights
+
+
+class StubItemEncoder(torch.nn.Module):
+    """Stand-in item encoder: Embedding -> Linear to T soft tokens of size d_llm per item."""
+
+    def __init__(self, n_items: int, d_llm: int, tokens_per_item: int = 1, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.tokens_per_item = tokens_per_item
+        self.d_llm = d_llm
+        self.emb = torch.nn.Embedding(n_items + 1, 8)
+        self.proj = torch.nn.Linear(8, d_llm * tokens_per_item)
+
+    def forward(self, items: torch.Tensor, history: torch.Tensor) -> StubItemEncoderOutput:
+        b, s = items.shape
+        tokens = self.proj(self.emb(items)).view(b, s, self.tokens_per_item, self.d_llm)  # (B, S, T, d)
+        aux = tokens.pow(2).mean()
+        weights = torch.ones(b, s, 1)
+        return StubItemEncoderOutput(tokens=tokens, aux_loss=aux, weights=weights)

@@ -1,0 +1,154 @@
+"""build_features: caching by content, re-encoding on change, posters -> presence, id and import modalities."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_features_store import make_prepared
+
+import amfrec.features.text as text_mod
+from amfrec.errors import AmfrecError
+from amfrec.features.build import build_features, parse_import_spec, poster_paths
+from amfrec.features.store import load_features
+
+
+class FakeTextEncoder:
+    """Counts encoded texts; vector = (len(text), name length, 1) so the output is checkable by hand."""
+
+    calls: list[int] = []
+
+    def __init__(self, name_or_path: str | None = None) -> None:
+        self.name = name_or_path or "fake"
+
+    def info(self) -> dict:
+        return {"name": self.name, "version": "1", "file_sha256": "0" * 64}
+
+    def dim(self) -> int:
+        return 3
+
+    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
+        FakeTextEncoder.calls.append(len(texts))
+        return np.array([[len(t), len(self.name), 1.0] for t in texts], dtype=np.float32)
+
+
+@pytest.fixture
+def fake_text(monkeypatch: pytest.MonkeyPatch) -> type[FakeTextEncoder]:
+    FakeTextEncoder.calls = []
+    monkeypatch.setattr(text_mod, "TextEncoder", FakeTextEncoder)
+    return FakeTextEncoder
+
+
+def test_text_is_cached_and_reencoded_on_change(
+    tmp_path: Path, fake_text: type[FakeTextEncoder], caplog: pytest.LogCaptureFixture
+) -> None:
+    D, F = make_prepared(tmp_path), tmp_path / "F"
+    m = build_features(D, F, ["text"])
+    assert fake_text.calls == [4]
+    assert m["modalities"]["text"]["present"] == 4 and m["modalities"]["text"]["dim"] == 3
+    mod = load_features(F, 4)["text"]
+    # "Alpha (1990). Genres: Drama" has 27 characters; row 0 is padding
+    assert mod.values[1].tolist() == [27.0, 4.0, 1.0] and mod.values[0].tolist() == [0.0, 0.0, 0.0]
+    assert mod.present.tolist() == [False, True, True, True, True]
+
+    with caplog.at_level(logging.INFO, logger="amfrec.features.build"):
+        build_features(D, F, ["text"])
+    assert fake_text.calls == [4], "second run must not encode"
+    assert "text: cached" in caplog.text
+
+    build_features(D, F, ["text"], text_encoder="other-encoder")  # encoder changed
+    assert fake_text.calls == [4, 4]
+    assert load_features(F, 4)["text"].values[1, 1] == len("other-encoder")
+
+    items = [json.loads(line) for line in (D / "items.jsonl").read_text().splitlines()]
+    items[1]["title"] = "Beta Two"
+    (D / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    build_features(D, F, ["text"], text_encoder="other-encoder")  # input changed
+    assert fake_text.calls == [4, 4, 4]
+    assert load_features(F, 4)["text"].values[2, 0] == len("Beta Two")
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path: Path, fake_text: type[FakeTextEncoder]) -> None:
+    D, F = make_prepared(tmp_path), tmp_path / "F"
+    build_features(D, F, ["text"])
+    np.save(F / "text.npy", np.full((5, 3), np.nan, np.float32))
+    build_features(D, F, ["text"])
+    assert fake_text.calls == [4, 4]
+    assert np.isfinite(load_features(F, 4)["text"].values.numpy()).all()
+
+
+def test_image_presence_follows_poster_files(tmp_path: Path) -> None:
+    item_input = tmp_path / "in" / "x.item"
+    posters = item_input.parent / "posters"  # the default: beside D's input item file
+    posters.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(posters / "10.jpg")
+    Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(posters / "30.png")
+    (posters / "40.jpg").write_bytes(b"\xff\xd8 truncated")  # unreadable -> absent, not a crash
+    D = make_prepared(tmp_path, item_input=item_input)
+    m = build_features(D, tmp_path / "F", ["image"])
+    assert m["modalities"]["image"]["present"] == 2 and m["modalities"]["image"]["dim"] == 1024
+    mod = load_features(tmp_path / "F", 4)["image"]
+    assert mod.present.tolist() == [False, True, False, True, False]
+    assert (mod.values[~mod.present] == 0).all() and (mod.values[mod.present].abs().sum(1) > 0).all()
+
+
+def test_image_without_posters_is_a_clear_error(tmp_path: Path) -> None:
+    D = make_prepared(tmp_path)
+    with pytest.raises(AmfrecError, match="image modality: no picture folder"):
+        build_features(D, tmp_path / "F", ["image"])
+    with pytest.raises(AmfrecError, match="nowhere: picture folder not found"):
+        build_features(D, tmp_path / "F", ["image"], posters=tmp_path / "nowhere")
+
+
+def test_id_from_run_and_wrong_shape(tmp_path: Path) -> None:
+    D, run = make_prepared(tmp_path), tmp_path / "run"
+    run.mkdir()
+    table = np.arange(5 * 8, dtype=np.float32).reshape(5, 8)
+    np.save(run / "item_embeddings.npy", table)
+    m = build_features(D, tmp_path / "F", ["id"], id_from=run)
+    assert m["modalities"]["id"]["dim"] == 8 and m["modalities"]["id"]["present"] == 4
+    mod = load_features(tmp_path / "F", 4)["id"]
+    np.testing.assert_array_equal(mod.values[1:].numpy(), table[1:])
+    np.save(run / "item_embeddings.npy", np.ones((6, 8), np.float32))
+    with pytest.raises(AmfrecError, match=r"item_embeddings\.npy: 6 rows, expected 5"):
+        build_features(D, tmp_path / "F", ["id"], id_from=run)
+
+
+def test_id_trained_on_the_fly(tiny_prepared: Path, tmp_path: Path) -> None:
+    D = tmp_path / "D"
+    shutil.copytree(tiny_prepared, D)
+    m = build_features(D, tmp_path / "F", ["id"], seed=1)
+    entry = m["modalities"]["id"]
+    assert entry["dim"] == 64 and entry["present"] == 40
+    assert np.isfinite(load_features(tmp_path / "F", 40)["id"].values.numpy()).all()
+    m2 = build_features(D, tmp_path / "F", ["id"], seed=1)
+    assert m2["modalities"]["id"]["cache_key"] == entry["cache_key"]
+
+
+def test_import_spec_and_unknown_modality(tmp_path: Path) -> None:
+    D = make_prepared(tmp_path)
+    np.save(tmp_path / "v.npy", np.ones((2, 6), np.float32))
+    (tmp_path / "v.txt").write_text("40\n20\n")
+    name, spec = parse_import_spec(f"visual={tmp_path / 'v.npy'}:{tmp_path / 'v.txt'}")
+    m = build_features(D, tmp_path / "F", [], import_specs={name: spec})
+    assert m["modalities"]["visual"]["dim"] == 6
+    assert load_features(tmp_path / "F", 4)["visual"].present.tolist() == [False, False, True, False, True]
+    with pytest.raises(AmfrecError, match="unknown modality 'audio'"):
+        build_features(D, tmp_path / "F", ["audio"])
+    with pytest.raises(AmfrecError, match="expected NAME=MATRIX.npy:IDS_FILE"):
+        parse_import_spec("visual=v.npy")
+
+
+@pytest.mark.e2e
+def test_ml100k_posters_match_1423_items(prepared_ml100k: Path, ml100k_dir: Path) -> None:
+    from amfrec.data.dataset import PreparedData
+
+    data = PreparedData.load(prepared_ml100k)
+    paths = poster_paths(ml100k_dir / "posters", [it.item_id for it in data.items[1:]])
+    assert len(paths) == 1682 and sum(p is not None for p in paths) == 1423

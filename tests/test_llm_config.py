@@ -1,0 +1,128 @@
+"""AMFRecConfig: defaults, precise validation errors, YAML round trip, overrides, the shipped configs."""
+
+from pathlib import Path
+
+import pytest
+
+from amfrec.errors import AmfrecError
+from amfrec.llm.config import (
+    AMFRecConfig,
+    BalanceLoss,
+    ConfigError,
+    DType,
+    FusionMode,
+    GateConfig,
+    ModelConfig,
+    ProjectorConfig,
+    TrainConfig,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_defaults_and_enums():
+    cfg = AMFRecConfig()
+    assert cfg.model.fusion is FusionMode.GATED and cfg.model.fusion == "gated"
+    assert cfg.model.projector.n_experts == 4 and cfg.model.projector.top_k is None
+    assert cfg.model.dtype is DType.FLOAT32
+    assert cfg.model.used_modalities == ["id", "text", "image"]
+    assert ModelConfig(fusion="llara").used_modalities == ["id"]
+    assert ModelConfig(fusion="single", single_modality="image").used_modalities == ["image"]
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: ModelConfig(fusion="attention"), "model.fusion: unknown value 'attention' (expected one of 'gated'"),
+        (lambda: ModelConfig(fusion="single"), "model.single_modality: required when model.fusion is 'single'"),
+        (lambda: ModelConfig(fusion="single", single_modality="audio"), "model.single_modality: 'audio' is not in"),
+        (lambda: ModelConfig(fusion="llara", modalities=["text"]), "fusion 'llara' needs the 'id' modality"),
+        (lambda: ModelConfig(modalities=[]), "model.modalities: must name at least one modality"),
+        (lambda: ModelConfig(modalities=["id", "id"]), "model.modalities: duplicated id"),
+        (lambda: ModelConfig(token_scale="auto"), "model.token_scale: expected 'embed_norm'"),
+        (lambda: ModelConfig(token_scale=-1.0), "model.token_scale: must be a finite number > 0"),
+        (lambda: ModelConfig(template="no slots"), "model.template: the slot {history} is missing"),
+        (lambda: ModelConfig(dtype="float8"), "model.dtype: unknown value 'float8'"),
+        (lambda: ProjectorConfig(n_experts=0), "model.projector.n_experts: must be an integer >= 1, got 0"),
+        (lambda: ProjectorConfig(n_experts=2, top_k=3), "model.projector.top_k: 3 exceeds"),
+        (lambda: ProjectorConfig(aux_weight=-0.1), "model.projector.aux_weight: must be a finite number >= 0"),
+        (lambda: GateConfig(temperature=0), "model.gate.temperature: must be a finite number > 0, got 0"),
+        (lambda: TrainConfig(lr=-1e-3), "train.lr: must be a finite number > 0, got -0.001"),
+        (lambda: TrainConfig(lr=float("nan")), "train.lr: must be a finite number > 0"),
+        (lambda: TrainConfig(batch_size=2.5), "train.batch_size: must be an integer >= 1, got 2.5"),
+        (lambda: TrainConfig(warmup_steps=10, max_steps=10), "train.warmup_steps: 10 must be < train.max_steps"),
+        (lambda: TrainConfig(betas=(0.9, 1.0)), "train.betas: each must be in [0, 1)"),
+        (lambda: AMFRecConfig(train=TrainConfig(n_negatives=9)), "train.n_negatives: 9 + 1 must equal"),
+    ],
+)
+def test_validation_messages(make, message):
+    with pytest.raises(ValueError) as e:
+        make()
+    assert message in str(e.value)
+
+
+def test_check_modalities_names_the_missing_one():
+    with pytest.raises(ValueError, match=r"model.modalities: 'image' not in the features \(available: id, text\)"):
+        ModelConfig().check_modalities(["id", "text"])
+    ModelConfig(fusion="llara").check_modalities(["id"])  # only the id modality is needed
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ValueError, match=r"model.gate.hiden: unknown key"):
+        AMFRecConfig.from_dict({"model": {"gate": {"hiden": 3}}})
+    with pytest.raises(ValueError, match=r"^optim: unknown key"):
+        AMFRecConfig.from_dict({"optim": {}})
+    with pytest.raises(ValueError, match=r"train.learning_rate: unknown key"):
+        AMFRecConfig.from_dict({"train": {"learning_rate": 1}})
+
+
+def test_dict_and_yaml_round_trip(tmp_path):
+    cfg = AMFRecConfig.from_dict(
+        {
+            "model": {"fusion": "tokens", "projector": {"top_k": 2, "balance": "soft"}, "token_scale": 3.5},
+            "train": {"lr": 3e-4, "betas": [0.8, 0.9], "train_examples": 100},
+        }
+    )
+    assert cfg.model.projector.balance is BalanceLoss.SOFT and cfg.train.betas == (0.8, 0.9)
+    d = cfg.to_dict()
+    assert d["model"]["fusion"] == "tokens" and d["train"]["betas"] == [0.8, 0.9]
+    assert AMFRecConfig.from_dict(d) == cfg
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    assert AMFRecConfig.from_yaml(path) == cfg
+
+
+def test_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.01\n")
+    cfg = AMFRecConfig.from_yaml(path, ["train.lr=1e-4", "model.fusion=mean", "model.gate.hidden=7"])
+    assert cfg.train.lr == 1e-4 and cfg.model.fusion is FusionMode.MEAN and cfg.model.gate.hidden == 7
+    cfg = AMFRecConfig.from_yaml(None, {"model.modalities": ["id"], "model.fusion": "llara"})
+    assert cfg.model.modalities == ["id"]
+
+
+def test_from_yaml_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  fusion: nope\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: model.fusion: unknown value 'nope'") as e:
+        AMFRecConfig.from_yaml(path)
+    assert isinstance(e.value, AmfrecError) and isinstance(e.value, ValueError)
+    path.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: malformed YAML"):
+        AMFRecConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match="file not found"):
+        AMFRecConfig.from_yaml(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        AMFRecConfig.from_yaml(None, ["train.lr"])
+
+
+@pytest.mark.parametrize("name", ["amfrec.yaml", "quickstart.yaml"])
+def test_shipped_configs_load(name):
+    cfg = AMFRecConfig.from_yaml(CONFIGS / name)
+    assert cfg.model.fusion is FusionMode.GATED
+    assert "{history}" in cfg.model.template and "{candidates}" in cfg.model.template
+
+
+def test_amfrec_yaml_spells_out_the_defaults():
+    # configs/amfrec.yaml is the documented default: it must agree with the dataclass defaults
+    assert AMFRecConfig.from_yaml(CONFIGS / "amfrec.yaml").model == AMFRecConfig().model

@@ -1,0 +1,194 @@
+"""AMFRecModel on a tiny random Llama: injection, answer-only loss, shared-cache scoring, generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from llm_fixtures import HIDDEN, TITLES, StubItemEncoder, make_tiny_backbone_dir
+from torch.nn import functional as F
+
+from amfrec.llm.backbone import load_backbone
+from amfrec.llm.model import AMFRecModel
+from amfrec.llm.prompt import IGNORE_INDEX
+from amfrec.models.base import Recommender
+
+N_ITEMS = len(TITLES) - 1
+
+
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory):
+    return load_backbone(str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm"))), device="cpu")
+
+
+def make_model(backbone, tokens_per_item: int = 1, **kw) -> AMFRecModel:
+    enc = StubItemEncoder(N_ITEMS, HIDDEN, tokens_per_item=tokens_per_item)
+    return AMFRecModel(backbone, enc, TITLES, tokens_per_item=tokens_per_item, **kw)
+
+
+# history left-padded with 0, most recent last; candidates (B, C)
+HISTORY = torch.tensor([[0, 0, 1, 2, 3], [0, 0, 0, 0, 4], [5, 6, 7, 8, 9]])
+CANDIDATES = torch.tensor([[4, 10, 8, 11], [1, 12, 3, 2], [10, 11, 12, 1]])
+TARGET = torch.tensor([10, 12, 1])
+
+
+def reference_scores(model: AMFRecModel, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Per candidate: the full prompt + answer sequence through the whole LM, log-probs summed over labels."""
+    bsz, n_cand = candidates.shape
+    out = torch.empty(bsz, n_cand)
+    with torch.no_grad():
+        for b in range(bsz):
+            for c in range(n_cand):
+                h, cand = history[b : b + 1], candidates[b : b + 1]
+                answer = [model.titles[int(candidates[b, c])]]
+                batch = model.prompt.build(model._titles(h), model._titles(cand), answer)
+                vectors, _, _ = model._item_vectors(h, cand)
+                embeds = model.inject(batch.input_ids, vectors)
+                logits = model.lm(inputs_embeds=embeds, attention_mask=batch.attention_mask).logits  # (1, T, V)
+                logp = logits[0, :-1].log_softmax(-1)
+                labels = batch.labels[0, 1:]
+                sel = labels != IGNORE_INDEX
+                out[b, c] = logp[sel].gather(1, labels[sel][:, None]).sum()
+    return out
+
+
+def test_is_recommender_and_parameter_report(backbone):
+    model = make_model(backbone)
+    assert isinstance(model, Recommender)
+    trainable, total = model.parameter_report()
+    assert trainable == sum(p.numel() for p in model.item_encoder.parameters()) == 13 * 8 + 8 * HIDDEN + HIDDEN
+    assert total == trainable + sum(p.numel() for p in backbone.model.parameters())
+    assert {id(p) for p in model.trainable_parameters()} == {id(p) for p in model.item_encoder.parameters()}
+    model.train()
+    assert model.item_encoder.training and not model.lm.training
+    with pytest.raises(NotImplementedError, match="train"):
+        model.fit(None, 0)
+
+
+def test_items_order(backbone):
+    model = make_model(backbone)
+    items, valid = model._items(HISTORY[:2], CANDIDATES[:2])
+    assert items.tolist() == [[1, 2, 3, 4, 10, 8, 11], [4, 1, 12, 3, 2, 0, 0]]
+    assert valid.sum(1).tolist() == [7, 5]
+    with pytest.raises(ValueError, match="candidates"):
+        model._items(HISTORY[:1], torch.tensor([[0, 1]]))
+
+
+def test_inject_count_mismatch_raises(backbone):
+    model = make_model(backbone)
+    batch = model.prompt.build([["Babe"]], [["Seven", "Copy Cat"]])  # 3 placeholders
+    with pytest.raises(ValueError, match=r"3 <\|item\|> placeholders but 2 item vectors"):
+        model.inject(batch.input_ids, torch.zeros(2, HIDDEN))
+
+
+def test_inject_rows(backbone):
+    model = make_model(backbone, tokens_per_item=2)
+    batch = model.prompt.build([["Babe", "Seven"], ["Toy Story"]], [["Copy Cat"], ["Babe"]])
+    n = int(batch.n_slots.sum())
+    assert n == 2 * (3 + 2)
+    vectors = torch.randn(n, HIDDEN)
+    embeds = model.inject(batch.input_ids, vectors)
+    slots = batch.input_ids == model.prompt.item_token_id
+    torch.testing.assert_close(embeds[slots], vectors)  # row-major order = placeholder order
+    table = backbone.model.get_input_embeddings().weight
+    torch.testing.assert_close(embeds[~slots], table[batch.input_ids[~slots]])
+    assert embeds.dtype == table.dtype
+
+
+def test_placeholders_align_with_mask_labels_and_items(backbone):
+    model = make_model(backbone, tokens_per_item=2)
+    batch = model.prompt.build(model._titles(HISTORY), model._titles(CANDIDATES), [TITLES[t] for t in TARGET])
+    slots = batch.input_ids == model.prompt.item_token_id
+    _, valid = model._items(HISTORY, CANDIDATES)
+    assert slots.sum(1).tolist() == (valid.sum(1) * 2).tolist() == batch.n_slots.tolist()
+    assert (batch.attention_mask[slots] == 1).all()
+    assert (batch.labels[slots] == IGNORE_INDEX).all()
+    assert (batch.labels[batch.attention_mask == 0] == IGNORE_INDEX).all()
+
+
+def test_forward_loss_and_gradients(backbone):
+    model = make_model(backbone)
+    before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    out = model(HISTORY, CANDIDATES, TARGET)
+    # hand reference: full logits over the whole sequence, cross-entropy on labels only
+    batch = model.prompt.build(model._titles(HISTORY), model._titles(CANDIDATES), [TITLES[t] for t in TARGET])
+    with torch.no_grad():
+        vectors, aux, _ = model._item_vectors(HISTORY, CANDIDATES)
+        embeds = model.inject(batch.input_ids, vectors)
+        pos = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model.lm(inputs_embeds=embeds, attention_mask=batch.attention_mask, position_ids=pos).logits
+        ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch.labels[:, 1:].reshape(-1))
+    torch.testing.assert_close(out.lm_loss, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, out.lm_loss + 0.01 * aux)
+    assert out.n_answer_tokens == int((batch.labels != IGNORE_INDEX).sum())
+    assert out.weights.shape == (3, 9, 1)
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.item_encoder.parameters())
+    assert all(p.grad is None for p in backbone.model.parameters())
+    after = backbone.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_shared_cache_scores_equal_separate_scoring(backbone):
+    model = make_model(backbone)
+    scores = model.score(HISTORY, CANDIDATES)
+    assert scores.shape == (3, 4) and scores.dtype == torch.float32
+    ref = reference_scores(model, HISTORY, CANDIDATES)
+    torch.testing.assert_close(scores, ref, atol=1e-4, rtol=0)
+    assert scores.std() > 0.1  # the tiny model discriminates, so the comparison can fail
+
+
+def test_shared_cache_scores_multi_token_items(backbone):
+    model = make_model(backbone, tokens_per_item=3)
+    torch.testing.assert_close(
+        model.score(HISTORY, CANDIDATES), reference_scores(model, HISTORY, CANDIDATES), atol=1e-4, rtol=0
+    )
+
+
+def test_padding_in_batch_does_not_change_scores(backbone):
+    model = make_model(backbone)
+    together = model.score(HISTORY, CANDIDATES)
+    for b in range(3):
+        alone = model.score(HISTORY[b : b + 1], CANDIDATES[b : b + 1])
+        torch.testing.assert_close(together[b : b + 1], alone, atol=1e-4, rtol=0)
+
+
+def test_mean_reduction(backbone):
+    total = make_model(backbone).score(HISTORY, CANDIDATES)
+    mean = make_model(backbone, score_reduction="mean").score(HISTORY, CANDIDATES)
+    lengths = torch.tensor([[len(e) for e in make_model(backbone).prompt.encode_answers([TITLES[i] for i in row])]
+                            for row in CANDIDATES.tolist()])
+    torch.testing.assert_close(mean, total / lengths)
+    with pytest.raises(ValueError, match="score_reduction"):
+        make_model(backbone, score_reduction="max")
+
+
+def test_generate_returns_first_lines(backbone):
+    model = make_model(backbone)
+    texts = model.generate(HISTORY, CANDIDATES, max_new_tokens=5)
+    assert len(texts) == 3 and all(isinstance(t, str) and "\n" not in t for t in texts)
+    alone = model.generate(HISTORY[1:2], CANDIDATES[1:2], max_new_tokens=5)
+    assert alone[0] == texts[1]  # left padding does not change greedy output
+
+
+E2E_TITLES = [""] + [
+    "Toy Story (1995)", "GoldenEye (1995)", "Four Rooms (1995)", "Get Shorty (1995)", "Copycat (1995)",
+    "Twelve Monkeys (1995)", "Babe (1995)", "Dead Man Walking (1995)", "Richard III (1995)", "Seven (Se7en) (1995)",
+    "Usual Suspects, The (1995)", "Mighty Aphrodite (1995)", "Postino, Il (1994)", "Mr. Holland's Opus (1995)",
+    "French Twist (1995)", "From Dusk Till Dawn (1996)", "White Balloon, The (1995)", "Antonia's Line (1995)",
+    "Angels and Insects (1995)", "Muppet Treasure Island (1996)", "Braveheart (1995)", "Taxi Driver (1976)",
+    "Rumble in the Bronx (1995)", "Birdcage, The (1996)", "Brothers McMullen, The (1995)",
+]
+
+
+@pytest.mark.e2e
+def test_smollm2_scores_two_examples():
+    bb = load_backbone(device="cpu")
+    enc = StubItemEncoder(len(E2E_TITLES) - 1, bb.hidden_size)
+    model = AMFRecModel(bb, enc, E2E_TITLES)
+    history = torch.tensor([[0, 0, 1, 2, 3, 4, 5, 6, 7, 8], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]])
+    candidates = torch.stack([torch.randperm(25, generator=torch.Generator().manual_seed(s))[:20] + 1 for s in (0, 1)])
+    scores = model.score(history, candidates)
+    assert scores.shape == (2, 20)
+    assert torch.isfinite(scores).all() and (scores < 0).all()
+    alone = model.score(history[:1], candidates[:1])
+    torch.testing.assert_close(scores[:1], alone, atol=1e-3, rtol=0)

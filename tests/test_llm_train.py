@@ -1,0 +1,253 @@
+"""Training loop and checkpoints, against a tiny stand-in model with AMFRecModel's interface.
+
+The stand-in: a real ItemEncoder (trainable) + a frozen Linear "backbone"; score(c) = <frozen(user) + q, token_c>
+with user = the mean of the history tokens and q a frozen query. The toy task (targets always among items 1-3)
+is learnable only through the item encoder.
+"""
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from amfrec.data.dataset import ItemInfo, PreparedData, Split
+from amfrec.errors import AmfrecError
+from amfrec.llm.config import AMFRecConfig, GateConfig, ModelConfig, ProjectorConfig, TrainConfig
+from amfrec.llm.fusion import ItemEncoder
+from amfrec.llm.train import (
+    draw_candidates,
+    generator,
+    load_checkpoint,
+    load_train_state,
+    lr_at,
+    save_checkpoint,
+    train,
+)
+
+N_ITEMS, L, D = 30, 5, 8
+
+
+def _features() -> dict:
+    g = torch.Generator().manual_seed(0)
+    feats = {}
+    for name, d in (("id", 4), ("text", 6)):
+        present = torch.ones(N_ITEMS + 1, dtype=torch.bool)
+        present[0] = False
+        values = torch.randn(N_ITEMS + 1, d, generator=g)
+        values[0] = 0
+        feats[name] = SimpleNamespace(name=name, values=values, present=present)
+    return feats
+
+
+MODEL_CFG = ModelConfig(
+    modalities=["id", "text"],
+    projector=ProjectorConfig(n_experts=2, hidden=8),
+    gate=GateConfig(hidden=8),
+    max_len=L,
+)
+
+
+class StandIn(nn.Module):
+    def __init__(self, encoder_seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # the frozen part is always the same (as a real backbone)
+        self.frozen = nn.Linear(D, D)
+        self.query = nn.Parameter(torch.randn(D))
+        torch.manual_seed(encoder_seed)
+        self.item_encoder = ItemEncoder(_features(), D, MODEL_CFG, token_norm=1.0)
+        self.frozen.requires_grad_(False)
+        self.query.requires_grad_(False)
+        self.backbone = SimpleNamespace(identity={"name": "stand-in", "n_params": 72})
+        self.losses: list[float] = []
+
+    def trainable_parameters(self):
+        return [p for p in self.item_encoder.parameters() if p.requires_grad]
+
+    def parameter_report(self):
+        return sum(p.numel() for p in self.trainable_parameters()), sum(p.numel() for p in self.parameters())
+
+    def score(self, history, candidates):
+        enc = self.item_encoder(torch.cat([history, candidates], 1), history)
+        tok = enc.tokens[:, :, 0]  # (B, L + C, D)
+        valid = (history > 0).float()[..., None]
+        user = (tok[:, : history.shape[1]] * valid).sum(1) / valid.sum(1).clamp(min=1)  # (B, D)
+        q = self.frozen(user) + self.query  # (B, D)
+        return 4.0 * (tok[:, history.shape[1] :] * q[:, None]).sum(-1), enc.aux_loss  # (B, C)
+
+    def forward(self, history, candidates, target):
+        scores, aux = self.score(history, candidates)
+        label = (candidates == target[:, None]).float().argmax(1)
+        loss = nn.functional.cross_entropy(scores, label) + 0.01 * aux
+        self.losses.append(loss.item())
+        return SimpleNamespace(loss=loss, n_tokens=int(candidates.numel() + (history > 0).sum()))
+
+
+def _ndcg10(model, split: Split) -> dict:
+    scores, _ = model.score(split.history, split.candidates)
+    tgt = scores[(split.candidates == split.target[:, None])]  # (N,)
+    rank = (scores >= tgt[:, None]).sum(1).float()  # ties count against the model
+    ndcg = torch.where(rank <= 10, 1 / torch.log2(rank + 1), torch.zeros_like(rank))
+    return {"ndcg@10": ndcg.mean().item()}
+
+
+def _data() -> PreparedData:
+    g = torch.Generator().manual_seed(1)
+
+    def split(n: int, with_cands: bool) -> Split:
+        history = torch.randint(4, N_ITEMS + 1, (n, L), generator=g)
+        history[: n // 4, :2] = 0  # some left padding
+        target = torch.randint(1, 4, (n,), generator=g)
+        cands = draw_candidates(history, target, N_ITEMS, 19, g) if with_cands else None
+        return Split([str(i) for i in range(n)], history, target, cands)
+
+    items = [ItemInfo("", "")] + [ItemInfo(str(i), f"Item {i}") for i in range(1, N_ITEMS + 1)]
+    return PreparedData(Path("."), {"max_len": L}, items, split(96, False), split(32, True), split(8, True))
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(lr=2e-2, warmup_steps=2, max_steps=40, batch_size=8, eval_every=10, eval_examples=None, patience=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def test_draw_candidates_excludes_history_and_target_and_shuffles():
+    history = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]]).repeat(50, 1)  # (100, 5)
+    target = torch.tensor([6, 7]).repeat(50)
+    cands = draw_candidates(history, target, N_ITEMS, 19, generator(0))
+    assert cands.shape == (100, 20)
+    assert ((cands == target[:, None]).sum(1) == 1).all()  # the target exactly once
+    assert not (cands[:, :, None] == history[:, None, :]).any()  # no history item
+    assert (cands >= 1).all() and (cands <= N_ITEMS).all()
+    assert all(len(set(row)) == 20 for row in cands.tolist())  # distinct
+    pos = (cands == target[:, None]).float().argmax(1)
+    assert len(set(pos.tolist())) > 5  # the target is not at a fixed position
+    assert torch.equal(cands, draw_candidates(history, target, N_ITEMS, 19, generator(0)))
+    assert not torch.equal(cands, draw_candidates(history, target, N_ITEMS, 19, generator(1)))
+
+
+def test_draw_candidates_too_few_items():
+    with pytest.raises(ValueError, match="cannot draw 19 negatives"):
+        draw_candidates(torch.tensor([[1, 2, 3]]), torch.tensor([4]), 10, 19, generator(0))
+
+
+# ---------------------------------------------------------------------------------------------- schedule
+def test_lr_schedule_values():
+    cfg = TrainConfig(lr=1.0, warmup_steps=4, max_steps=14, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.2)
+    assert lr_at(3, cfg) == pytest.approx(0.8)
+    assert lr_at(4, cfg) == pytest.approx(1.0)
+    assert lr_at(9, cfg) == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi / 2)))  # halfway: 0.55
+    assert lr_at(14, cfg) == pytest.approx(0.1) and lr_at(99, cfg) == pytest.approx(0.1)
+
+
+def test_optimizer_follows_schedule(tmp_path, monkeypatch):
+    lrs = []
+    original = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    cfg = _cfg(max_steps=6, warmup_steps=2, eval_every=6)
+    train(StandIn(), _data(), cfg, tmp_path, _ndcg10)
+    assert lrs == pytest.approx([lr_at(s, cfg) for s in range(6)])
+
+
+# ---------------------------------------------------------------------------------------------- training
+def test_loss_falls_only_trainable_params_change(tmp_path):
+    model = StandIn()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    before = {n: p.detach().clone() for n, p in model.item_encoder.named_parameters()}
+    data = _data()
+    start = _ndcg10(model, data.valid)["ndcg@10"]
+    info = train(model, data, _cfg(), tmp_path, _ndcg10)
+    first, last = sum(model.losses[:8]) / 8, sum(model.losses[-8:]) / 8
+    assert last < 0.6 * first, (first, last)
+    assert info["best_valid"]["ndcg@10"] > start
+    assert info["steps"] == 40 and info["trainable_params"] < info["total_params"]
+    assert info["tokens_per_s"] > 0
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert p.grad is None, n
+            assert torch.equal(p, frozen[n]), n
+    assert any(not torch.equal(p, before[n]) for n, p in model.item_encoder.named_parameters())
+    # the model ends with the best checkpoint's weights
+    best, _, _ = load_checkpoint(tmp_path / "checkpoint")
+    for k, v in model.item_encoder.state_dict().items():
+        assert torch.equal(v, best[k]), k
+
+
+def test_early_stopping(tmp_path):
+    calls = []
+
+    def flat(model, split):
+        calls.append(1)
+        return {"ndcg@10": 0.5}  # never improves after the first validation
+
+    info = train(StandIn(), _data(), _cfg(patience=2, eval_every=5), tmp_path, flat)
+    assert info["stopped_early"] and info["steps"] == 15 and len(calls) == 3 and info["best_step"] == 5
+
+
+def test_missing_select_metric(tmp_path):
+    with pytest.raises(ValueError, match="train.select_metric: 'ndcg@10' not in"):
+        train(StandIn(), _data(), _cfg(max_steps=3, eval_every=3), tmp_path, lambda m, s: {"hr@1": 0.0})
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip(tmp_path):
+    model = StandIn(encoder_seed=3)
+    cfg = AMFRecConfig(model=MODEL_CFG, train=_cfg())
+    save_checkpoint(model, cfg, tmp_path / "ck")
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["backbone.json", "config.yaml", "trainable.safetensors"]
+    state, config, identity = load_checkpoint(tmp_path / "ck")
+    assert config == cfg and identity == {"name": "stand-in", "n_params": 72}
+    assert state.keys() == model.item_encoder.state_dict().keys()
+    assert not any(k.startswith(("feat", "mask")) for k in state)  # features come from the feature dir
+    other = StandIn(encoder_seed=4)
+    data = _data()
+    assert not torch.equal(other.score(data.test.history, data.test.candidates)[0], model.score(data.test.history, data.test.candidates)[0])
+    other.item_encoder.load_state_dict(state, strict=True)
+    assert torch.equal(other.score(data.test.history, data.test.candidates)[0], model.score(data.test.history, data.test.candidates)[0])
+    with pytest.raises(AmfrecError, match="trainable.safetensors: file not found"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+def test_train_writes_resolved_config(tmp_path):
+    cfg = AMFRecConfig(model=MODEL_CFG, train=_cfg(max_steps=4, eval_every=4))
+    train(StandIn(), _data(), cfg, tmp_path, _ndcg10)
+    _, config, _ = load_checkpoint(tmp_path / "checkpoint")
+    assert config == cfg
+    assert load_train_state(tmp_path / "checkpoint")["train"]["step"] == 4
+
+
+def test_resume_continues_from_saved_step(tmp_path):
+    data, cfg = _data(), _cfg(max_steps=12, eval_every=6, grad_accum=2, batch_size=4)
+    straight = tmp_path / "straight"
+    train(StandIn(), data, cfg, straight, _ndcg10)
+
+    calls = []
+
+    def crash_on_second(model, split):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return _ndcg10(model, split)
+
+    broken = tmp_path / "broken"
+    with pytest.raises(KeyboardInterrupt):
+        train(StandIn(), data, cfg, broken, crash_on_second)
+    assert load_train_state(broken / "last")["train"]["step"] == 6
+
+    model = StandIn(encoder_seed=9)  # a fresh process: different init, overwritten by the checkpoint
+    info = train(model, data, cfg, broken, _ndcg10, resume=True)
+    assert info["steps"] == 12 and len(model.losses) == 6 * 2  # only steps 7..12 ran (2 micro-batches each)
+    a, _, _ = load_checkpoint(straight / "last")
+    b, _, _ = load_checkpoint(broken / "last")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+    assert [e["step"] for e in load_train_state(broken / "last")["train"]["evals"]] == [6, 12]
