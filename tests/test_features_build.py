@@ -1,4 +1,4 @@
-"""build_features: caching by content, re-encoding on change, posters -> presence, id and import modalities."""
+"""build_features: content caching, re-encoding on change, posters -> presence, id and import modalities."""
 
 from __future__ import annotations
 
@@ -120,7 +120,14 @@ def test_id_from_run_and_wrong_shape(tmp_path: Path) -> None:
         build_features(D, tmp_path / "F", ["id"], id_from=run)
 
 
-def test_id_trained_on_the_fly(tiny_prepared: Path, tmp_path: Path) -> None:
+def test_id_trained_on_the_fly(tiny_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import amfrec.models.sequential as seq
+
+    class QuickSASRec(seq.SASRec):  # the real model, 2 epochs to keep the test fast
+        def __init__(self) -> None:
+            super().__init__(seq.SASRecConfig(max_epochs=2))
+
+    monkeypatch.setattr(seq, "SASRec", QuickSASRec)
     D = tmp_path / "D"
     shutil.copytree(tiny_prepared, D)
     m = build_features(D, tmp_path / "F", ["id"], seed=1)

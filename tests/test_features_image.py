@@ -70,3 +70,31 @@ def test_poster_closer_to_its_resized_crop_than_to_20_others(
     to_others = v[1:21] @ v[0]  # (20,)
     assert to_copy > 0.9, to_copy
     assert to_copy > to_others.max() + 0.1, (to_copy, float(to_others.max()))
+
+
+def test_hf_vision_model_by_local_path(tmp_path: Path) -> None:
+    """Any HF vision model: a tiny random ViT saved locally gives its pooled output, bad files absent."""
+    import torch
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+    )
+    model_dir = tmp_path / "vit"
+    ViTModel(cfg).save_pretrained(model_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(tmp_path / f"{k}.png")
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    enc = ImageEncoder(str(model_dir), batch_size=2)
+    values, ok = enc.encode([tmp_path / "0.png", tmp_path / "bad.png", tmp_path / "1.png"], progress=False)
+    assert values.shape == (3, 16) and ok.tolist() == [True, False, True]
+    assert not np.allclose(values[0], values[2]) and (values[1] == 0).all()
+    assert enc.info()["file_sha256"] and enc.info()["name"] == str(model_dir)

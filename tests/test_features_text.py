@@ -1,4 +1,4 @@
-"""Text encoder: mean pooling over the attention mask (tiny random BERT), and signal on real ml-100k titles."""
+"""Text encoder: mean pooling over the attention mask (tiny random BERT), signal on real ml-100k titles."""
 
 from __future__ import annotations
 

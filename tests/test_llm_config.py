@@ -33,9 +33,18 @@ def test_defaults_and_enums():
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: ModelConfig(fusion="attention"), "model.fusion: unknown value 'attention' (expected one of 'gated'"),
-        (lambda: ModelConfig(fusion="single"), "model.single_modality: required when model.fusion is 'single'"),
-        (lambda: ModelConfig(fusion="single", single_modality="audio"), "model.single_modality: 'audio' is not in"),
+        (
+            lambda: ModelConfig(fusion="attention"),
+            "model.fusion: unknown value 'attention' (expected one of 'gated'",
+        ),
+        (
+            lambda: ModelConfig(fusion="single"),
+            "model.single_modality: required when model.fusion is 'single'",
+        ),
+        (
+            lambda: ModelConfig(fusion="single", single_modality="audio"),
+            "model.single_modality: 'audio' is not in",
+        ),
         (lambda: ModelConfig(fusion="llara", modalities=["text"]), "fusion 'llara' needs the 'id' modality"),
         (lambda: ModelConfig(modalities=[]), "model.modalities: must name at least one modality"),
         (lambda: ModelConfig(modalities=["id", "id"]), "model.modalities: duplicated id"),
@@ -45,12 +54,18 @@ def test_defaults_and_enums():
         (lambda: ModelConfig(dtype="float8"), "model.dtype: unknown value 'float8'"),
         (lambda: ProjectorConfig(n_experts=0), "model.projector.n_experts: must be an integer >= 1, got 0"),
         (lambda: ProjectorConfig(n_experts=2, top_k=3), "model.projector.top_k: 3 exceeds"),
-        (lambda: ProjectorConfig(aux_weight=-0.1), "model.projector.aux_weight: must be a finite number >= 0"),
+        (
+            lambda: ProjectorConfig(aux_weight=-0.1),
+            "model.projector.aux_weight: must be a finite number >= 0",
+        ),
         (lambda: GateConfig(temperature=0), "model.gate.temperature: must be a finite number > 0, got 0"),
         (lambda: TrainConfig(lr=-1e-3), "train.lr: must be a finite number > 0, got -0.001"),
         (lambda: TrainConfig(lr=float("nan")), "train.lr: must be a finite number > 0"),
         (lambda: TrainConfig(batch_size=2.5), "train.batch_size: must be an integer >= 1, got 2.5"),
-        (lambda: TrainConfig(warmup_steps=10, max_steps=10), "train.warmup_steps: 10 must be < train.max_steps"),
+        (
+            lambda: TrainConfig(warmup_steps=10, max_steps=10),
+            "train.warmup_steps: 10 must be < train.max_steps",
+        ),
         (lambda: TrainConfig(betas=(0.9, 1.0)), "train.betas: each must be in [0, 1)"),
         (lambda: AMFRecConfig(train=TrainConfig(n_negatives=9)), "train.n_negatives: 9 + 1 must equal"),
     ],
@@ -62,7 +77,9 @@ def test_validation_messages(make, message):
 
 
 def test_check_modalities_names_the_missing_one():
-    with pytest.raises(ValueError, match=r"model.modalities: 'image' not in the features \(available: id, text\)"):
+    with pytest.raises(
+        ValueError, match=r"model.modalities: 'image' not in the features \(available: id, text\)"
+    ):
         ModelConfig().check_modalities(["id", "text"])
     ModelConfig(fusion="llara").check_modalities(["id"])  # only the id modality is needed
 

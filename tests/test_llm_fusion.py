@@ -43,7 +43,9 @@ HIST = torch.tensor([[0, 1, 4], [0, 0, 0]])  # second user: empty history
 def test_gate_masks_absent_exactly_and_handles_all_absent():
     torch.manual_seed(0)
     gate = ModalityGate([4, 5, 3], hidden=8, use_user_context=False, temperature=0.5)
-    present = torch.tensor([[True, True, True], [True, False, True], [False, False, False], [False, True, False]])
+    present = torch.tensor(
+        [[True, True, True], [True, False, True], [False, False, False], [False, True, False]]
+    )
     xs = [torch.randn(4, d) for d in (4, 5, 3)]
     w = gate(gate.features(xs, present), present)
     assert w[1, 1].item() == 0.0 and w[3, 0].item() == 0.0 and w[3, 2].item() == 0.0
@@ -61,11 +63,15 @@ def test_gated_encoder_weights_tokens_and_no_nan():
     assert out.weights.shape == (2, 3, 3)
     w = out.weights
     assert w[0, 1, 2].item() == 0.0  # item 2 has no image
-    assert w[0, 2, 0].item() == 0.0 and w[0, 2, 2].item() == 0.0 and w[0, 2, 1].item() == 1.0  # item 3: text only
+    assert (
+        w[0, 2, 0].item() == 0.0 and w[0, 2, 2].item() == 0.0 and w[0, 2, 1].item() == 1.0
+    )  # item 3: text only
     torch.testing.assert_close(w[0].sum(-1), torch.ones(3))
     # item 5 (nothing present) and padding (0): zero weights, zero token
     assert torch.equal(w[1, 0], torch.zeros(3)) and torch.equal(w[1, 1], torch.zeros(3))
-    assert torch.equal(out.tokens[1, 0], torch.zeros(1, D_LLM)) and torch.equal(out.tokens[1, 1], torch.zeros(1, D_LLM))
+    assert torch.equal(out.tokens[1, 0], torch.zeros(1, D_LLM)) and torch.equal(
+        out.tokens[1, 1], torch.zeros(1, D_LLM)
+    )
     # real items have exactly the token norm
     norms = out.tokens[..., 0, :].norm(dim=-1)
     torch.testing.assert_close(norms[0], torch.full((3,), 2.5))
@@ -140,7 +146,10 @@ def test_mean_mode_averages_present_projections():
     feats = _features()
     enc = ItemEncoder(feats, D_LLM, _cfg(fusion="mean", token_scale=None))
     tok = enc(torch.tensor([[2]])).tokens[0, 0, 0]  # item 2: id and text present
-    want = (enc.projectors["id"](feats["id"].values[2:3])[0] + enc.projectors["text"](feats["text"].values[2:3])[0]) / 2
+    want = (
+        enc.projectors["id"](feats["id"].values[2:3])[0]
+        + enc.projectors["text"](feats["text"].values[2:3])[0]
+    ) / 2
     torch.testing.assert_close(tok, want[0])
 
 
@@ -158,13 +167,21 @@ def test_validation_errors():
         ItemEncoder(feats, D_LLM, _cfg(modalities=["id", "audio"]), token_norm=1.0)
     with pytest.raises(ValueError, match="token_norm"):
         ItemEncoder(feats, D_LLM, _cfg(), token_norm=None)
-    bad = dict(feats, text=SimpleNamespace(name="text", values=torch.zeros(N_ITEMS, 5), present=feats["text"].present))
+    bad = dict(
+        feats,
+        text=SimpleNamespace(name="text", values=torch.zeros(N_ITEMS, 5), present=feats["text"].present),
+    )
     with pytest.raises(ValueError, match="rows"):
         ItemEncoder(bad, D_LLM, _cfg(), token_norm=1.0)
     nan = feats["id"].values.clone()
     nan[1, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        ItemEncoder(dict(feats, id=SimpleNamespace(name="id", values=nan, present=feats["id"].present)), D_LLM, _cfg(), token_norm=1.0)
+        ItemEncoder(
+            dict(feats, id=SimpleNamespace(name="id", values=nan, present=feats["id"].present)),
+            D_LLM,
+            _cfg(),
+            token_norm=1.0,
+        )
     enc = ItemEncoder(feats, D_LLM, _cfg(), token_norm=1.0)
     with pytest.raises(ValueError, match="outside"):
         enc(torch.tensor([[N_ITEMS + 1]]), HIST[:1])

@@ -1,8 +1,8 @@
 """Training loop and checkpoints, against a tiny stand-in model with AMFRecModel's interface.
 
-The stand-in: a real ItemEncoder (trainable) + a frozen Linear "backbone"; score(c) = <frozen(user) + q, token_c>
-with user = the mean of the history tokens and q a frozen query. The toy task (targets always among items 1-3)
-is learnable only through the item encoder.
+The stand-in: a real ItemEncoder (trainable) + a frozen Linear "backbone"; the score of a candidate c is
+<frozen(user) + q, token_c>, user = the mean of the history tokens, q a frozen query. The toy task (targets
+always among items 1-3) is learnable only through the item encoder.
 """
 
 import math
@@ -28,6 +28,15 @@ from amfrec.llm.train import (
 )
 
 N_ITEMS, L, D = 30, 5, 8
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny ops: one thread avoids thread-pool contention on a busy shared machine (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _features() -> dict:
@@ -108,7 +117,9 @@ def _data() -> PreparedData:
 
 
 def _cfg(**kw) -> TrainConfig:
-    base = dict(lr=2e-2, warmup_steps=2, max_steps=40, batch_size=8, eval_every=10, eval_examples=None, patience=0)
+    base = dict(
+        lr=2e-2, warmup_steps=2, max_steps=40, batch_size=8, eval_every=10, eval_examples=None, patience=0
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -203,16 +214,26 @@ def test_checkpoint_round_trip(tmp_path):
     model = StandIn(encoder_seed=3)
     cfg = AMFRecConfig(model=MODEL_CFG, train=_cfg())
     save_checkpoint(model, cfg, tmp_path / "ck")
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["backbone.json", "config.yaml", "trainable.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "backbone.json",
+        "config.yaml",
+        "trainable.safetensors",
+    ]
     state, config, identity = load_checkpoint(tmp_path / "ck")
     assert config == cfg and identity == {"name": "stand-in", "n_params": 72}
     assert state.keys() == model.item_encoder.state_dict().keys()
     assert not any(k.startswith(("feat", "mask")) for k in state)  # features come from the feature dir
     other = StandIn(encoder_seed=4)
     data = _data()
-    assert not torch.equal(other.score(data.test.history, data.test.candidates)[0], model.score(data.test.history, data.test.candidates)[0])
+    assert not torch.equal(
+        other.score(data.test.history, data.test.candidates)[0],
+        model.score(data.test.history, data.test.candidates)[0],
+    )
     other.item_encoder.load_state_dict(state, strict=True)
-    assert torch.equal(other.score(data.test.history, data.test.candidates)[0], model.score(data.test.history, data.test.candidates)[0])
+    assert torch.equal(
+        other.score(data.test.history, data.test.candidates)[0],
+        model.score(data.test.history, data.test.candidates)[0],
+    )
     with pytest.raises(AmfrecError, match="trainable.safetensors: file not found"):
         load_checkpoint(tmp_path / "nowhere")
 

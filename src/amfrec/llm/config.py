@@ -8,11 +8,12 @@ and the bad value. `AMFRecConfig.from_yaml(path, overrides)` adds the file to th
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ class ConfigError(AmfrecError, ValueError):
     """A bad configuration file or override (one line: file, field, problem)."""
 
 
-class FusionMode(str, Enum):
+class FusionMode(StrEnum):
     GATED = "gated"  # AMFRec: softmax gate over present modalities, one soft token per item
     TOKENS = "tokens"  # one soft token per modality (T = M tokens per item), no gate
     MEAN = "mean"  # average of the present modalities' projections, no gate
@@ -34,13 +35,12 @@ class FusionMode(str, Enum):
     LLARA = "llara"  # LLaRA: the id modality through one MLP, no MoE, no gate
 
 
-class DType(str, Enum):
+class DType(StrEnum):
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
-    FLOAT16 = "float16"
 
 
-class BalanceLoss(str, Enum):
+class BalanceLoss(StrEnum):
     SWITCH = "switch"  # K * sum_k f_k * p_k, f_k = fraction of items routed to expert k (Switch / GShard)
     SOFT = "soft"  # K * sum_k p_k^2: f_k replaced by the mean router probability (fully differentiable)
 
@@ -69,12 +69,10 @@ def _positive_int(value: Any, name: str, minimum: int = 1) -> None:
 
 
 def _number(value: Any, name: str, *, low: float = 0.0, strict: bool = False) -> float:
-    """Return `value` as a float, or raise. Strings such as "1e-4" (which YAML 1.1 reads as text) are parsed."""
+    """Return `value` as a float, or raise. Strings like "1e-4" (YAML 1.1 reads them as text) are parsed."""
     if isinstance(value, str):
-        try:
+        with contextlib.suppress(ValueError):
             value = float(value)
-        except ValueError:
-            pass
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < low or (strict and value == low):
         op = ">" if strict else ">="
@@ -108,7 +106,7 @@ class ProjectorConfig:
 
 @dataclass
 class GateConfig:
-    # The gate: LayerNorm per modality -> concat (+ presence flags, + user context) -> Linear -> GELU -> Linear(M).
+    # LayerNorm per modality -> concat (+ presence flags, + user context) -> Linear -> GELU -> Linear(M).
     hidden: int = 128
     # Condition the weights on the user: the mean of the history items' normalised features.
     use_user_context: bool = True
@@ -118,7 +116,9 @@ class GateConfig:
     def __post_init__(self) -> None:
         _positive_int(self.hidden, "model.gate.hidden")
         if not isinstance(self.use_user_context, bool):
-            raise ValueError(f"model.gate.use_user_context: must be true or false, got {self.use_user_context!r}")
+            raise ValueError(
+                f"model.gate.use_user_context: must be true or false, got {self.use_user_context!r}"
+            )
         self.temperature = _number(self.temperature, "model.gate.temperature", strict=True)
 
 
@@ -328,7 +328,7 @@ class AMFRecConfig:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
-    """Return a deep copy of `raw` with dotted keys set: {"model.gate.hidden": 64} or ["model.gate.hidden=64"]."""
+    """A deep copy of `raw` with dotted keys set: {"model.gate.hidden": 64} or ["model.gate.hidden=64"]."""
     import copy
 
     out = copy.deepcopy(dict(raw))

@@ -9,10 +9,10 @@ Fusion modes (`ModelConfig.fusion`), M = the modalities used, P_m = modality m's
 - llara: the id modality through one `MLPProjector(d_id, d_llm, d_llm)` (LLaRA's), no MoE, no gate.
 
 Token scale (`ModelConfig.token_scale`): with a norm s ("embed_norm" = the backbone's mean input-embedding
-norm, passed as `token_norm`; or a fixed float), each projection is first L2-normalised, u_m = P_m(x_m) /
-||P_m(x_m)|| — so the gate's weights are true shares and no modality wins by magnitude — and every output token
-is then L2-normalised and multiplied by s (a constant, not learned): its norm is exactly s, like the
-backbone's own token embeddings. With token_scale None, u_m = P_m(x_m) and tokens are left unscaled.
+norm, passed as `token_norm`; or a fixed float), each projection is first L2-normalised,
+u_m = P_m(x_m) / ||P_m(x_m)|| — so the gate's weights are true shares and no modality wins by magnitude — and
+every output token is then L2-normalised and multiplied by s (a constant, not learned): its norm is exactly s,
+like the backbone's own token embeddings. With token_scale None, u_m = P_m(x_m) and tokens are left unscaled.
 Padding (item index 0) and items with no modality present give zero tokens (and, in gated mode, all-zero
 weights), never NaN.
 """
@@ -59,7 +59,10 @@ class ModalityGate(nn.Module):
 
     def features(self, xs: list[torch.Tensor], present: torch.Tensor) -> torch.Tensor:
         """xs: M tensors (N, d_m); present (N, M) bool -> (N, sum d_m), absent modalities zero."""
-        return torch.cat([norm(x) * present[:, m : m + 1] for m, (norm, x) in enumerate(zip(self.norms, xs))], -1)
+        return torch.cat(
+            [norm(x) * present[:, m : m + 1] for m, (norm, x) in enumerate(zip(self.norms, xs, strict=True))],
+            -1,
+        )
 
     def forward(
         self, feats: torch.Tensor, present: torch.Tensor, context: torch.Tensor | None = None
@@ -98,7 +101,9 @@ class ItemEncoder(nn.Module):
         self.d_llm = d_llm
         if cfg.token_scale == "embed_norm":
             if token_norm is None or not token_norm > 0:
-                raise ValueError(f"token_norm: a positive norm is required for token_scale 'embed_norm', got {token_norm!r}")
+                raise ValueError(
+                    f"token_norm: token_scale 'embed_norm' needs a positive norm, got {token_norm!r}"
+                )
             self.token_norm: float | None = float(token_norm)
         else:
             self.token_norm = cfg.token_scale  # a float or None
@@ -129,12 +134,14 @@ class ItemEncoder(nn.Module):
             self.projectors = nn.ModuleDict(
                 {
                     name: MoEProjector(d, p.hidden, d_llm, p.n_experts, p.top_k, p.balance)
-                    for name, d in zip(self.modalities, dims)
+                    for name, d in zip(self.modalities, dims, strict=True)
                 }
             )
         g = cfg.gate
         self.gate = (
-            ModalityGate(dims, g.hidden, g.use_user_context, g.temperature) if self.mode == FusionMode.GATED else None
+            ModalityGate(dims, g.hidden, g.use_user_context, g.temperature)
+            if self.mode == FusionMode.GATED
+            else None
         )
 
     @property
@@ -149,7 +156,9 @@ class ItemEncoder(nn.Module):
         flat = items.reshape(-1)  # (N,)
         self._check_indices(flat, "items")
         xs = [getattr(self, f"feat{i}")[flat] for i in range(len(self.modalities))]  # M x (N, d_m)
-        present = torch.stack([getattr(self, f"mask{i}")[flat] for i in range(len(self.modalities))], -1)  # (N, M)
+        present = torch.stack(
+            [getattr(self, f"mask{i}")[flat] for i in range(len(self.modalities))], -1
+        )  # (N, M)
         any_present = present.any(-1, keepdim=True)  # (N, 1)
         weights = None
 
@@ -182,11 +191,13 @@ class ItemEncoder(nn.Module):
                 w = self.gate(feats, present, context)  # (N, M)
                 tokens = self._scale(torch.einsum("nm,nmd->nd", w, u))[:, None]  # (N, 1, d_llm)
                 weights = w.reshape(B, S, -1)
-        return ItemEncoderOutput(tokens=tokens.reshape(B, S, tokens.shape[1], self.d_llm), aux_loss=aux, weights=weights)
+        return ItemEncoderOutput(
+            tokens=tokens.reshape(B, S, tokens.shape[1], self.d_llm), aux_loss=aux, weights=weights
+        )
 
     # ---------------------------------------------------------------------------------------------- helpers
     def _user_context(self, history: torch.Tensor | None, B: int, S: int) -> torch.Tensor:
-        """The mean of the history items' gate features, one per user, repeated for its S items -> (B*S, D)."""
+        """The mean of the history items' gate features per user, repeated for its S items -> (B*S, D)."""
         if history is None:
             raise ValueError("ItemEncoder: the gate uses the user context, so `history` (B, L) is required")
         if history.shape[0] != B:

@@ -1,10 +1,10 @@
 """Projectors from a modality's feature space into the LLM's token-embedding space.
 
 `MLPProjector`: LLaRA's `Linear(d_in, h) -> GELU -> Linear(h, d_out)`.
-`MoEProjector`: K experts of that form mixed by a softmax router on the input (optionally top-k, renormalised),
-with a load-balancing auxiliary loss. The experts are stacked ((K, d_in, h), (K, h, d_out)) and run in one
-einsum each: no Python loop over experts. Every expert runs on every row (dense compute) — cheap at K = 4 and
-the item counts of a prompt batch; top-k only changes the mixing weights.
+`MoEProjector`: K experts of that form mixed by a softmax router on the input (optionally top-k,
+renormalised), with a load-balancing auxiliary loss. The experts are stacked ((K, d_in, h), (K, h, d_out))
+and run in one einsum each: no Python loop over experts. Every expert runs on every row (dense compute) —
+cheap at K = 4 and the item counts of a prompt batch; top-k only changes the mixing weights.
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ class MoEProjector(nn.Module):
         out = torch.einsum("nk,nkd->nd", gates, y)  # (N, d_out)
         return out, self._balance_loss(probs, slots, mask), probs
 
-    def _balance_loss(self, probs: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def _balance_loss(
+        self, probs: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor | None
+    ) -> torch.Tensor:
         K = self.n_experts
         w = torch.ones(probs.shape[0], device=probs.device) if mask is None else mask.to(probs.dtype)  # (N,)
         n = w.sum()

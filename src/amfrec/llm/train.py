@@ -5,11 +5,12 @@ The model (`amfrec.llm.model.AMFRecModel` or anything with the same interface) p
   `model.trainable_parameters()` (the only parameters the optimiser sees), `model.parameter_report()`,
   `model.item_encoder` (an nn.Module holding every trainable parameter: its state_dict is the checkpoint).
 
-Loop: AdamW (weight decay on matrices only); linear warm-up then cosine decay (`lr_at`); gradient accumulation;
-global grad-norm clipping; every `eval_every` steps `evaluate_fn(model, split)` on a fixed random validation
-subset, keeping the best checkpoint by `select_metric` (ndcg@10); early stopping after `patience` validations
-without improvement. Each training example gets `n_negatives` negatives drawn uniformly (vectorised) from the
-items outside its history and target, re-drawn every epoch; the candidates are shuffled per example.
+Loop: AdamW (weight decay on matrices only); linear warm-up then cosine decay (`lr_at`); gradient
+accumulation; global grad-norm clipping; every `eval_every` steps `evaluate_fn(model, split)` on a fixed
+random validation subset, keeping the best checkpoint by `select_metric` (ndcg@10); early stopping after
+`patience` validations without improvement. Each training example gets `n_negatives` negatives drawn
+uniformly (vectorised) from the items outside its history and target, re-drawn every epoch; the candidates
+are shuffled per example.
 
 Files under `out`:
   checkpoint/  the best: trainable.safetensors (item_encoder state), config.yaml (resolved), backbone.json
@@ -88,7 +89,7 @@ def generator(*keys: int) -> torch.Generator:
 def draw_candidates(
     history: torch.Tensor, target: torch.Tensor, n_items: int, n_negatives: int, gen: torch.Generator
 ) -> torch.Tensor:
-    """Candidate sets for training: the target plus `n_negatives` distinct items drawn uniformly from the items
+    """Training candidate sets: the target plus `n_negatives` distinct items drawn uniformly from the items
     (1..n_items) that are neither in the history nor the target, in a random order per example.
 
     history (B, L) long (0 = padding), target (B,) long -> candidates (B, n_negatives + 1) long.
@@ -136,7 +137,11 @@ class TrainBatches:
                 sl = slice(start, start + 4096)
                 chunks.append(
                     draw_candidates(
-                        split.history[sl], split.target[sl], n_items, cfg.n_negatives, generator(cfg.seed, 7, i)
+                        split.history[sl],
+                        split.target[sl],
+                        n_items,
+                        cfg.n_negatives,
+                        generator(cfg.seed, 7, i),
                     )
                 )
             self.fixed = torch.cat(chunks)
@@ -150,7 +155,9 @@ class TrainBatches:
         if self.fixed is not None:
             cands = self.fixed[idx]
         else:
-            cands = draw_candidates(history, target, self.n_items, self.cfg.n_negatives, generator(self.cfg.seed, epoch, b))
+            cands = draw_candidates(
+                history, target, self.n_items, self.cfg.n_negatives, generator(self.cfg.seed, epoch, b)
+            )
         return history, cands, target
 
     def epoch_of(self, i: int) -> int:
@@ -227,7 +234,12 @@ def train(
     params = list(model.trainable_parameters())
     _check_trainable(model, params)
     n_trainable, n_total = _param_counts(model, params)
-    log.info("parameters: %s trainable of %s total (%.4f%%)", f"{n_trainable:,}", f"{n_total:,}", 100 * n_trainable / max(n_total, 1))
+    log.info(
+        "parameters: %s trainable of %s total (%.4f%%)",
+        f"{n_trainable:,}",
+        f"{n_total:,}",
+        100 * n_trainable / max(n_total, 1),
+    )
     device = params[0].device
 
     train_split = data.train.subset(fixed_subset(len(data.train), tcfg.train_examples, tcfg.seed))
@@ -250,7 +262,11 @@ def train(
 
     log.info(
         "training on %d examples (%d micro-batches of %d per epoch), %d steps, validation on %d examples",
-        len(train_split), batches.per_epoch, tcfg.batch_size, tcfg.max_steps, len(valid_split),
+        len(train_split),
+        batches.per_epoch,
+        tcfg.batch_size,
+        tcfg.max_steps,
+        len(valid_split),
     )
     model.train()
     t0, seen_examples, seen_tokens, stopped_early = time.perf_counter(), 0, 0, False
@@ -282,9 +298,15 @@ def train(
             loss=f"{loss_sum / tcfg.grad_accum:.4f}",
             lr=f"{lr:.2e}",
             gnorm=f"{float(grad_norm):.2f}",
-            **({"tok/s": f"{seen_tokens / elapsed:.0f}"} if seen_tokens else {"ex/s": f"{seen_examples / elapsed:.2f}"}),
+            **(
+                {"tok/s": f"{seen_tokens / elapsed:.0f}"}
+                if seen_tokens
+                else {"ex/s": f"{seen_examples / elapsed:.2f}"}
+            ),
         )
-        log.debug("step %d loss %.4f lr %.3e grad_norm %.3f", step, loss_sum / tcfg.grad_accum, lr, float(grad_norm))
+        log.debug(
+            "step %d loss %.4f lr %.3e grad_norm %.3f", step, loss_sum / tcfg.grad_accum, lr, float(grad_norm)
+        )
 
         if step % tcfg.eval_every == 0 or step == tcfg.max_steps:
             model.eval()
@@ -293,7 +315,8 @@ def train(
             model.train()
             if tcfg.select_metric not in metrics:
                 raise ValueError(
-                    f"train.select_metric: {tcfg.select_metric!r} not in the validation metrics ({', '.join(metrics)})"
+                    f"train.select_metric: {tcfg.select_metric!r} not in the validation metrics "
+                    f"({', '.join(metrics)})"
                 )
             value = float(metrics[tcfg.select_metric])
             improved = st["best"] is None or value > st["best"]
@@ -306,7 +329,12 @@ def train(
             save_checkpoint(model, full_cfg, out / LAST_DIR, snapshot())
             log.info(
                 "step %d: valid %s %.4f (best %.4f at step %d)%s",
-                step, tcfg.select_metric, value, st["best"], st["best_step"], "" if improved else f", {st['bad_evals']} without improvement",
+                step,
+                tcfg.select_metric,
+                value,
+                st["best"],
+                st["best_step"],
+                "" if improved else f", {st['bad_evals']} without improvement",
             )
             if tcfg.patience and st["bad_evals"] >= tcfg.patience:
                 log.info("early stop at step %d: %d validations without improvement", step, st["bad_evals"])
@@ -343,7 +371,9 @@ def _check_trainable(model: nn.Module, params: list[nn.Parameter]) -> None:
     enc = {id(p) for p in model.item_encoder.parameters()}
     outside = [p for p in params if id(p) not in enc]
     if outside:
-        raise ValueError(f"{len(outside)} trainable parameters are outside model.item_encoder; checkpoints would lose them")
+        raise ValueError(
+            f"{len(outside)} trainable parameters are outside model.item_encoder; checkpoints would lose them"
+        )
     frozen_grad = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in enc]
     if frozen_grad:
         raise ValueError(f"parameters outside the item encoder require grad: {frozen_grad[:3]}")

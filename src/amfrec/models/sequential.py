@@ -1,10 +1,13 @@
 """SASRec and GRU4Rec with one shared trainer (full-softmax next-item loss, early stopping).
 
-Training: every training window (history of <= L items, target) is one example; the network
-encodes the history and predicts the target with a cross-entropy over *all* items (full softmax,
-logits = sequence representation . item embedding table). Only the window's last position is
-used: the windows already cover every (prefix, next item) pair of each user's training sequence,
-so this sees the same pairs as all-positions training on whole sequences, each once per epoch.
+Training: next-item cross-entropy over *all* items (full softmax, logits = sequence representation
+. item embedding table) on the training windows (history of <= L items, target).
+- `positions: all` (default): each window is read as L next-item examples (position p predicts the
+  item at p + 1, the last position predicts the window's target; padded positions are skipped).
+  A (prefix, next item) pair occurs in up to L overlapping windows, so an epoch draws a random
+  ceil(N / L) of the N windows: every pair is seen about once per epoch, at a random context length
+  (as SASRec's own all-position training does) -- about L times cheaper than `last`.
+- `positions: last`: every window, only its last position (the target); one pair = one example.
 Early stopping on validation ndcg@10 via the shared evaluator; `fit` restores the best epoch.
 Scoring: dot product of the sequence representation with the candidates' item embeddings.
 """
@@ -13,8 +16,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +40,11 @@ from amfrec.models.base import Recommender
 log = logging.getLogger(__name__)
 
 
+class TrainPositions(enum.StrEnum):
+    ALL = "all"
+    LAST = "last"
+
+
 @dataclass
 class SequentialConfig:
     """Hyperparameters shared by SASRec and GRU4Rec (max_len comes from the data)."""
@@ -48,8 +58,19 @@ class SequentialConfig:
     max_epochs: int = 30
     patience: int = 3
     eval_batch_size: int = 1024
+    positions: TrainPositions = TrainPositions.ALL
+    num_threads: int | None = None  # torch.set_num_threads during fit; None = leave torch's setting
 
     def __post_init__(self) -> None:
+        try:
+            self.positions = TrainPositions(self.positions)
+        except ValueError:
+            raise ValueError(
+                f"{type(self).__name__}.positions must be one of {[p.value for p in TrainPositions]}, "
+                f"got {self.positions!r}"
+            ) from None
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise ValueError(f"{type(self).__name__}.num_threads must be None or an integer >= 1")
         for name in ("hidden", "layers", "batch_size", "max_epochs", "patience", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -70,7 +91,8 @@ class SASRecConfig(SequentialConfig):
         super().__post_init__()
         if not isinstance(self.heads, int) or self.heads < 1 or self.hidden % self.heads:
             raise ValueError(
-                f"SASRecConfig.heads must be an integer >= 1 dividing hidden={self.hidden}, got {self.heads!r}"
+                f"SASRecConfig.heads must be an integer >= 1 dividing hidden={self.hidden}, "
+                f"got {self.heads!r}"
             )
 
 
@@ -80,11 +102,13 @@ class GRU4RecConfig(SequentialConfig):
 
 
 # ----------------------------------------------------------------------------------------------
-# Networks: (B, L) left-padded item indices -> (B, H) sequence representation.
+# Networks: (B, L) left-padded item indices -> (B, L, H) representation at every position
+# (same left-padded layout; rows at padded positions are meaningless). The last column is the
+# representation of the whole history.
 
 
 class _Block(nn.Module):
-    """Pre-LN transformer block with causal self-attention."""
+    """Pre-LN transformer block: causal self-attention + point-wise FFN of width `hidden` (as SASRec)."""
 
     def __init__(self, hidden: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -93,20 +117,17 @@ class _Block(nn.Module):
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
         self.norm2 = nn.LayerNorm(hidden)
-        self.ffn = nn.Sequential(
-            nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * hidden, hidden)
-        )
+        self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.drop = nn.Dropout(dropout)
-        self.attn_dropout = dropout
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """x (B, L, H); allowed (B, 1, L, L) bool, True where query i may attend to key j."""
         b, n, h = x.shape
         q, k, v = self.qkv(self.norm1(x)).split(h, dim=-1)  # 3 x (B, L, H)
-        q, k, v = (t.view(b, n, self.heads, h // self.heads).transpose(1, 2) for t in (q, k, v))  # (B, nh, L, d)
-        a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=allowed, dropout_p=self.attn_dropout if self.training else 0.0
+        q, k, v = (
+            t.view(b, n, self.heads, h // self.heads).transpose(1, 2) for t in (q, k, v)
         )  # (B, nh, L, d)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, nh, L, d)
         x = x + self.drop(self.proj(a.transpose(1, 2).reshape(b, n, h)))
         return x + self.drop(self.ffn(self.norm2(x)))
 
@@ -127,10 +148,12 @@ class SASRecNet(nn.Module):
             self.item_emb.weight[0].zero_()
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
-        """history (B, L) -> (B, H)."""
+        """history (B, L) -> (B, L, H)."""
         b, n = history.shape
         real = history != 0  # (B, L)
-        x = self.item_emb(history) * (self.item_emb.embedding_dim**0.5) + self.pos_emb.weight[-n:]  # (B, L, H)
+        x = (
+            self.item_emb(history) * (self.item_emb.embedding_dim**0.5) + self.pos_emb.weight[-n:]
+        )  # (B, L, H)
         x = self.drop(x) * real.unsqueeze(-1)
         causal = torch.tril(torch.ones(n, n, dtype=torch.bool, device=history.device))  # (L, L)
         eye = torch.eye(n, dtype=torch.bool, device=history.device)
@@ -139,7 +162,7 @@ class SASRecNet(nn.Module):
         allowed = allowed.unsqueeze(1)  # (B, 1, L, L)
         for block in self.blocks:
             x = block(x, allowed) * real.unsqueeze(-1)
-        return self.norm(x[:, -1])  # (B, H): most recent position (left padding)
+        return self.norm(x)  # (B, L, H)
 
     def item_table(self) -> torch.Tensor:
         return self.item_emb.weight  # (n_items + 1, H)
@@ -165,16 +188,20 @@ class GRU4RecNet(nn.Module):
             self.item_emb.weight[0].zero_()
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
-        """history (B, L) left-padded -> (B, H)."""
+        """history (B, L) left-padded -> (B, L, H) left-padded."""
         b, n = history.shape
         lengths = (history != 0).sum(dim=1).clamp(min=1)  # (B,)
-        # Left-padded -> right-padded: position p takes column (n - length + p); beyond length -> pad.
-        cols = torch.arange(n, device=history.device).unsqueeze(0) + (n - lengths).unsqueeze(1)  # (B, L)
-        right = history.gather(1, cols.clamp(max=n - 1)) * (cols < n)  # (B, L)
+        shift = (n - lengths).unsqueeze(1)  # (B, 1) number of padded columns
+        pos = torch.arange(n, device=history.device).unsqueeze(0)  # (1, L)
+        # Left-padded -> right-padded: position p takes column p + shift; beyond the length -> pad.
+        right = history.gather(1, (pos + shift).clamp(max=n - 1)) * (pos + shift < n)  # (B, L)
         x = self.drop(self.item_emb(right))  # (B, L, H)
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, h_n = self.gru(packed)  # (layers, B, H)
-        return self.out(h_n[-1])  # (B, H)
+        out, _ = self.gru(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=n)  # (B, L, H) right
+        # Back to left-padded: column p takes right column p - shift (padded columns get column 0).
+        left = out.gather(1, (pos - shift).clamp(min=0).unsqueeze(-1).expand(b, n, out.shape[-1]))
+        return self.out(left)  # (B, L, H)
 
     def item_table(self) -> torch.Tensor:
         return self.item_emb.weight  # (n_items + 1, H)
@@ -209,13 +236,28 @@ class SequentialRecommender(Recommender):
             raise RuntimeError(f"{type(self).__name__} used before fit/load")
         return self.net
 
-    def _logits(self, history: torch.Tensor) -> torch.Tensor:
-        """history (B, L) -> (B, n_items + 1) logits over every item (column 0 = padding)."""
+    def _loss(self, history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean full-softmax cross-entropy. history (B, L), target (B,)."""
         net = self._require_net()
-        return net(history) @ net.item_table().T
+        reps = net(history)  # (B, L, H)
+        table = net.item_table()[1:]  # (n_items, H): padding is no class
+        if self.config.positions is TrainPositions.LAST:
+            return F.cross_entropy(reps[:, -1] @ table.T, target - 1)
+        labels = torch.cat([history[:, 1:], target.unsqueeze(1)], dim=1)  # (B, L) next item per position
+        real = history != 0  # (B, L)
+        return F.cross_entropy(reps[real] @ table.T, labels[real] - 1)  # (M, n_items) vs (M,)
 
     def fit(self, data: PreparedData, seed: int) -> dict:
         """Train on data.train with early stopping on data.valid ndcg@10; restore the best epoch."""
+        threads = torch.get_num_threads()
+        if self.config.num_threads is not None:
+            torch.set_num_threads(self.config.num_threads)
+        try:
+            return self._fit(data, seed)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, data: PreparedData, seed: int) -> dict:
         from amfrec.evaluate import evaluate  # local: evaluate imports models.base
 
         cfg = self.config
@@ -227,25 +269,36 @@ class SequentialRecommender(Recommender):
         n = len(data.train)
         if n == 0:
             raise AmfrecError(f"{data.path}: the training split is empty")
+        per_epoch = n if cfg.positions is TrainPositions.LAST else math.ceil(n / data.max_len)
         best: dict[str, Any] = {"epoch": 0, "ndcg@10": -1.0, "state": None}
         epochs: list[dict] = []
         t0 = time.perf_counter()
         for epoch in range(1, cfg.max_epochs + 1):
             net.train()
-            order = torch.randperm(n, generator=gen)
+            order = torch.randperm(n, generator=gen)[:per_epoch]
             total, seen = 0.0, 0
-            bar = tqdm(range(0, n, cfg.batch_size), desc=f"{self.name} epoch {epoch}", unit="batch", leave=False)
+            bar = tqdm(
+                range(0, per_epoch, cfg.batch_size),
+                desc=f"{self.name} epoch {epoch}",
+                unit="batch",
+                leave=False,
+                disable=None,  # no bar when stderr is not a terminal
+            )
             for start in bar:
                 idx = order[start : start + cfg.batch_size]
-                logits = self._logits(history[idx])  # (B, n_items + 1)
-                loss = F.cross_entropy(logits[:, 1:], target[idx] - 1)  # column 0 (padding) is no class
+                loss = self._loss(history[idx], target[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += loss.item() * len(idx)
                 seen += len(idx)
             valid = evaluate(self, data.valid, batch_size=cfg.eval_batch_size, desc=f"{self.name} valid")
-            row = {"epoch": epoch, "loss": total / seen, "valid_ndcg@10": valid["ndcg@10"], "valid_hr@1": valid["hr@1"]}
+            row = {
+                "epoch": epoch,
+                "loss": total / seen,
+                "valid_ndcg@10": valid["ndcg@10"],
+                "valid_hr@1": valid["hr@1"],
+            }
             epochs.append(row)
             log.info(
                 "%s epoch %d: loss %.4f valid ndcg@10 %.4f hr@1 %.4f (%.1fs)",
@@ -273,7 +326,7 @@ class SequentialRecommender(Recommender):
         net.eval()
         if history.shape[1] > self.max_len:
             history = history[:, -self.max_len :]
-        rep = net(history)  # (B, H)
+        rep = net(history)[:, -1]  # (B, H)
         cand = net.item_table()[candidates]  # (B, C, H)
         return torch.einsum("bh,bch->bc", rep, cand)  # (B, C)
 
