@@ -86,14 +86,21 @@ def cmd_train(a: argparse.Namespace) -> None:
 
         if a.features is None:
             raise AmfrecError("--features is required for --model amfrec (build it with `amfrec features`)")
-        metrics = train_amfrec(
-            Path(a.data), Path(a.features), a.config, a.seed, Path(a.out), _overrides(a.set), limit=a.limit
+        result = train_amfrec(
+            Path(a.data),
+            Path(a.features),
+            a.config,
+            a.seed,
+            Path(a.out),
+            _overrides(a.set),
+            limit=a.limit,
+            resume=a.resume,
         )
     else:
-        from amfrec.models.sequential import train_baseline
+        from amfrec.models.train_baselines import train_baseline
 
-        metrics = train_baseline(a.model, Path(a.data), a.seed, Path(a.out), _overrides(a.set) or None)
-    print(_metrics_line(metrics))
+        result = train_baseline(a.model, Path(a.data), a.seed, Path(a.out), _overrides(a.set) or None)
+    print(_metrics_line(result["test"]))
     print(f"run directory: {a.out}")
 
 
@@ -208,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True, help="run folder")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.lr=1e-3")
     t.add_argument("--limit", type=int, default=None, help="evaluate on the first N test examples only")
+    t.add_argument("--resume", action="store_true", help="amfrec: continue from RUN's last checkpoint")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a trained AMFRec run")

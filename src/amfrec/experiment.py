@@ -75,7 +75,7 @@ def train_one(
 ) -> dict:
     """Train one model on one prepared split; return its test metrics (also in run/metrics.json)."""
     if model in BASELINES:
-        from amfrec.models.sequential import train_baseline
+        from amfrec.models.train_baselines import train_baseline
 
         return train_baseline(model, prepared, seed, run, overrides or None)
     from amfrec.features.build import build_features

@@ -1,0 +1,227 @@
+"""Glue for the command line: config + prepared data + features -> AMFRecModel; train, evaluate, recommend.
+
+A run directory holds everything needed to rebuild the model: `config.yaml` (resolved AMFRec config plus the
+data and feature folders it used) and `checkpoint/` (trainable weights, config, backbone identity).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from amfrec import __version__
+from amfrec.data.dataset import PreparedData, Split
+from amfrec.errors import AmfrecError
+from amfrec.evaluate import evaluate
+from amfrec.features.store import load_features
+from amfrec.llm.backbone import load_backbone
+from amfrec.llm.config import AMFRecConfig
+from amfrec.llm.fusion import ItemEncoder
+from amfrec.llm.model import AMFRecModel
+from amfrec.llm.prompt import PromptTemplate
+from amfrec.llm.train import CHECKPOINT_DIR, load_checkpoint, train
+from amfrec.metrics import generation_metrics
+from amfrec.run import load_run_config, metrics_record, write_run
+
+log = logging.getLogger(__name__)
+
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+EVAL_BATCH = 8  # prompts per scoring batch (each expands to 20 continuations)
+
+
+def resolve_config(config: str | Path | None) -> Path:
+    """A YAML path, or the name of a packaged config ("amfrec", "quickstart"); None = "amfrec"."""
+    config = "amfrec" if config is None else str(config)
+    path = Path(config)
+    if path.is_file():
+        return path
+    packaged = PACKAGED_CONFIGS / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and packaged.is_file() and not path.parent.parts[:-1]:
+        return packaged
+    names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+    raise AmfrecError(f"{config}: config file not found (packaged configs: {', '.join(names)})")
+
+
+def build_model(cfg: AMFRecConfig, data: PreparedData, features_dir: Path) -> AMFRecModel:
+    """Load the frozen backbone and the features; build the item encoder and the AMFRec model."""
+    features = load_features(features_dir, data.n_items, names=cfg.model.used_modalities)
+    backbone = load_backbone(cfg.model.backbone, dtype=cfg.model.dtype.value)
+    encoder = ItemEncoder(features, backbone.hidden_size, cfg.model, token_norm=backbone.embed_norm)
+    template = PromptTemplate(text=cfg.model.template, noun=cfg.model.noun)
+    model = AMFRecModel(
+        backbone,
+        encoder.to(backbone.device),
+        data.titles,
+        template,
+        tokens_per_item=encoder.tokens_per_item,
+        aux_weight=cfg.model.projector.aux_weight,
+    )
+    trainable, total = model.parameter_report()
+    log.info("AMFRec: %s trainable of %s parameters (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model
+
+
+def _head(split: Split, limit: int | None) -> Split:
+    return split if limit is None or limit >= len(split) else split.subset(list(range(limit)))
+
+
+def _score(model: AMFRecModel, split: Split, desc: str) -> dict:
+    with torch.inference_mode():
+        return evaluate(model, split, batch_size=EVAL_BATCH, desc=desc)
+
+
+def train_amfrec(
+    data_dir: Path,
+    features_dir: Path,
+    config: str | Path | None,
+    seed: int,
+    out: Path,
+    overrides: dict[str, Any] | None = None,
+    limit: int | None = None,
+    resume: bool = False,
+) -> dict:
+    """Train AMFRec, test the best checkpoint on the fixed candidates, write the run directory `out`.
+
+    limit: evaluate valid/test on their first `limit` examples only (None = all).
+    Returns {"test": record, "valid": record, "info": training summary, "out": out}.
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    config_path = resolve_config(config)
+    cfg = AMFRecConfig.from_yaml(config_path, {**(overrides or {}), "train.seed": seed})
+    data = PreparedData.load(data_dir)
+    if cfg.model.n_candidates != data.valid.candidates.shape[1]:
+        raise AmfrecError(
+            f"{config_path}: model.n_candidates = {cfg.model.n_candidates}, but {data_dir} has "
+            f"{data.valid.candidates.shape[1]} candidates per example"
+        )
+    model = build_model(cfg, data, features_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = train(model, data, cfg, out, evaluate_fn=lambda m, s: _score(m, s, "validate"), resume=resume)
+    weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
+    model.item_encoder.load_state_dict(weights)
+    valid = _score(model, _head(data.valid, limit), "valid")
+    test = _score(model, _head(data.test, limit), "test")
+    wall = time.perf_counter() - t0
+    run_config = {
+        **cfg.to_dict(),
+        "run": {
+            "model": "amfrec",
+            "seed": seed,
+            "data": str(Path(data_dir).resolve()),
+            "features": str(Path(features_dir).resolve()),
+            "config_file": str(config_path),
+            "eval_limit": limit,
+            "amfrec_version": __version__,
+            "backbone": model.backbone.identity,
+        },
+        "train_info": {k: v for k, v in info.items() if k not in ("evals",)},
+    }
+    valid_rec = metrics_record(valid, "valid", seed, "amfrec", wall)
+    test_rec = metrics_record(test, "test", seed, "amfrec", wall)
+    write_run(out, run_config, test_rec, valid_rec)
+    log.info("amfrec seed %d: test hr@1 %.4f ndcg@10 %.4f (%.0f s)", seed, test["hr@1"], test["ndcg@10"], wall)
+    return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
+
+
+def load_run(run: Path) -> tuple[AMFRecModel, PreparedData, dict]:
+    """Rebuild a trained AMFRec model from its run directory: (model, data, run config)."""
+    run_cfg = load_run_config(run)
+    if run_cfg.get("run", {}).get("model") != "amfrec":
+        raise AmfrecError(f"{run / 'config.yaml'}: not an AMFRec run (baselines are evaluated when trained)")
+    weights, cfg, identity = load_checkpoint(run / CHECKPOINT_DIR)
+    data = PreparedData.load(run_cfg["run"]["data"])
+    model = build_model(cfg, data, Path(run_cfg["run"]["features"]))
+    for key in ("name", "file_sha256", "revision", "fingerprint"):
+        if identity.get(key) != model.backbone.identity.get(key):
+            raise AmfrecError(
+                f"{run / CHECKPOINT_DIR / 'backbone.json'}: trained on backbone {identity.get(key)!r} ({key}), "
+                f"but {model.backbone.identity.get(key)!r} was loaded"
+            )
+    model.item_encoder.load_state_dict(weights)
+    return model, data, run_cfg
+
+
+def evaluate_run(run: Path, split: str = "test", protocol: str = "score", limit: int | None = None) -> dict:
+    """Evaluate a trained run on its fixed candidates; writes RUN/<split>_<protocol>_metrics.json."""
+    from amfrec.io import write_json
+
+    t0 = time.perf_counter()
+    model, data, run_cfg = load_run(run)
+    part = _head(data.valid if split == "valid" else data.test, limit)
+    seed = int(run_cfg["run"]["seed"])
+    if protocol == "score":
+        metrics = _score(model, part, split)
+        rec = metrics_record(metrics, split, seed, "amfrec", time.perf_counter() - t0)
+    elif protocol == "generate":
+        outputs = generate_split(model, part)
+        titles = data.titles
+        metrics = generation_metrics(
+            outputs,
+            [[titles[i] for i in row] for row in part.candidates.tolist()],
+            [titles[i] for i in part.target.tolist()],
+        )
+        rec = {**metrics, "n": len(part), "split": split, "seed": seed, "model": "amfrec"}
+        rec["wall_time_s"] = round(time.perf_counter() - t0, 3)
+    else:
+        raise AmfrecError(f"--protocol must be 'score' or 'generate', got {protocol!r}")
+    write_json(run / f"{split}_{protocol}_metrics.json", rec)
+    return rec
+
+
+def generate_split(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH) -> list[str]:
+    """Greedy answers for every example of `split` (the LLaRA generation protocol)."""
+    from tqdm import tqdm
+
+    outputs: list[str] = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(split), batch_size), desc="generate", unit="batch"):
+            part = split.subset(list(range(start, min(start + batch_size, len(split)))))
+            outputs.extend(model.generate(part.history.to(model.device), part.candidates.to(model.device)))
+    return outputs
+
+
+def recommend(run: Path, history: list[str], candidates: list[str] | None = None, seed: int = 0) -> list[dict]:
+    """Rank candidates for one history (item ids as in the data); each row carries the gate weights.
+
+    Without candidates, 19 items the user has not seen are drawn (seed 0) plus the most popular unseen one,
+    since the prompt must list its candidates.
+    """
+    model, data, run_cfg = load_run(run)
+    index = data.index
+
+    def lookup(ids: list[str], what: str) -> list[int]:
+        unknown = [i for i in ids if i not in index]
+        if unknown:
+            raise AmfrecError(f"--{what}: unknown item id(s) {', '.join(unknown[:5])} (not in {data.path})")
+        return [index[i] for i in ids]
+
+    hist = lookup(history, "history")[-data.max_len :]
+    if not hist:
+        raise AmfrecError("--history: give at least one item id")
+    n_cand = data.valid.candidates.shape[1]
+    if candidates:
+        cand = lookup(candidates, "candidates")
+    else:
+        pool = torch.tensor([i for i in range(1, data.n_items + 1) if i not in set(hist)])
+        g = torch.Generator().manual_seed(seed)
+        cand = pool[torch.randperm(len(pool), generator=g)[:n_cand]].tolist()
+    h = torch.tensor([[0] * (data.max_len - len(hist)) + hist], device=model.device)  # (1, L)
+    c = torch.tensor([cand], device=model.device)  # (1, C)
+    with torch.inference_mode():
+        scores = model.score(h, c)[0].float().cpu()  # (C,)
+        enc = model.item_encoder(c, h)
+    weights = enc.weights[0].float().cpu() if enc.weights is not None else None  # (C, M)
+    order = torch.argsort(scores, descending=True).tolist()
+    modalities = list(model.item_encoder.modalities)
+    rows = []
+    for j in order:
+        row = {"item_id": data.items[cand[j]].item_id, "title": data.titles[cand[j]], "score": float(scores[j])}
+        if weights is not None:
+            row["gate"] = {m: float(w) for m, w in zip(modalities, weights[j].tolist())}
+        rows.append(row)
+    return rows

@@ -1,0 +1,169 @@
+"""The shared evaluator with fake deterministic recommenders, and the run directory helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from amfrec.data.dataset import Split
+from amfrec.errors import AmfrecError
+from amfrec.evaluate import evaluate, evaluate_ranks, target_positions
+from amfrec.models.base import Recommender
+from amfrec.run import load_run_config, metrics_record, write_run
+
+
+def make_split(n: int = 7, n_cand: int = 5, max_len: int = 4) -> Split:
+    """History (i, i+1, i+2) left-padded; target = last item + 1; candidates 1..n_cand+... with the
+    target at row-dependent positions (row r puts it at column r % n_cand)."""
+    users = [f"u{r}" for r in range(n)]
+    history = torch.zeros(n, max_len, dtype=torch.long)
+    target = torch.zeros(n, dtype=torch.long)
+    candidates = torch.zeros(n, n_cand, dtype=torch.long)
+    for r in range(n):
+        base = 10 * r + 1
+        history[r, -3:] = torch.tensor([base, base + 1, base + 2])
+        target[r] = base + 3
+        negs = [base + 4 + j for j in range(n_cand - 1)]
+        pos = r % n_cand
+        candidates[r] = torch.tensor(negs[:pos] + [base + 3] + negs[pos:])
+    return Split(users=users, history=history, target=target, candidates=candidates)
+
+
+class Oracle(Recommender):
+    """Knows the rule: the next item is the last history item + 1."""
+
+    name = "oracle"
+
+    def fit(self, data, seed):
+        return {}
+
+    def score(self, history, candidates):
+        return (candidates == history[:, -1:] + 1).float()  # (B, C)
+
+
+class Constant(Recommender):
+    name = "constant"
+
+    def fit(self, data, seed):
+        return {}
+
+    def score(self, history, candidates):
+        return torch.zeros(candidates.shape)
+
+
+class ByIndex(Recommender):
+    """Higher item index = higher score."""
+
+    name = "by_index"
+
+    def fit(self, data, seed):
+        return {}
+
+    def score(self, history, candidates):
+        return candidates.float()
+
+
+class WrongShape(Constant):
+    def score(self, history, candidates):
+        return torch.zeros(candidates.shape[0], candidates.shape[1] + 1)
+
+
+def test_target_positions():
+    split = make_split(n=7, n_cand=5)
+    assert target_positions(split).tolist() == [0, 1, 2, 3, 4, 0, 1]
+
+
+def test_oracle_scores_hr1_of_one():
+    m = evaluate(Oracle(), make_split(), batch_size=3)
+    assert m["n"] == 7
+    assert m["hr@1"] == 1.0 and m["ndcg@10"] == 1.0 and m["mrr"] == 1.0
+
+
+def test_all_equal_scores_rank_last():
+    split = make_split(n_cand=5)
+    assert evaluate_ranks(Constant(), split).tolist() == [5] * 7
+    m = evaluate(Constant(), split)
+    assert m["hr@1"] == 0.0 and m["hr@3"] == 0.0
+    assert m["hr@5"] == 1.0 and m["hr@10"] == 1.0
+    assert m["mrr"] == pytest.approx(1 / 5)
+    assert m["ndcg@10"] == pytest.approx(1 / math.log2(6))
+
+
+def test_ranks_by_hand_and_batch_size_independent():
+    split = make_split(n=7, n_cand=5)
+    # Negatives are base+4.. (all larger than the target base+3): rank = 1 + 4 = 5 everywhere,
+    # unless we flip the sign of the negatives; instead check ranks against a direct computation.
+    split.candidates[0] = torch.tensor([4, 1, 2, 3, 5])  # target 4 at column 0; one larger (5) -> rank 2
+    ranks1 = evaluate_ranks(ByIndex(), split, batch_size=1)
+    ranks7 = evaluate_ranks(ByIndex(), split, batch_size=7)
+    assert ranks1.tolist() == ranks7.tolist()
+    assert ranks1.tolist() == [2] + [5] * 6
+
+
+def test_evaluate_errors():
+    split = make_split()
+    bad = make_split()
+    bad.candidates[2, :] = 999  # target missing
+    with pytest.raises(ValueError, match="row 2, user 'u2'"):
+        evaluate(Oracle(), bad)
+    no_cands = Split(users=split.users, history=split.history, target=split.target, candidates=None)
+    with pytest.raises(ValueError, match="no candidate"):
+        evaluate(Oracle(), no_cands)
+    with pytest.raises(ValueError, match="shape"):
+        evaluate(WrongShape(), split)
+    with pytest.raises(ValueError, match="empty"):
+        evaluate(Oracle(), split.subset([]))
+
+
+# ---- run directory -------------------------------------------------------------------------
+
+
+def test_metrics_record_and_write_run(tmp_path):
+    m = evaluate(Constant(), make_split())
+    rec = metrics_record(m, "test", 3, "constant", 1.23456)
+    assert set(rec) == {
+        *(f"hr@{k}" for k in (1, 3, 5, 10)),
+        *(f"ndcg@{k}" for k in (1, 3, 5, 10)),
+        *("mrr", "n", "split", "seed", "model", "wall_time_s"),
+    }
+    assert rec["split"] == "test" and rec["seed"] == 3 and rec["n"] == 7 and rec["wall_time_s"] == 1.235
+
+    def write_weights(path):
+        path.write_text("w")
+
+    out = tmp_path / "run"
+    cfg = {"model": "constant", "seed": 3, "data": {"path": tmp_path}}
+    write_run(out, cfg, rec, metrics_record(m, "valid", 3, "constant", 1.0), files={"w.txt": write_weights})
+    assert json.loads((out / "metrics.json").read_text()) == rec
+    assert json.loads((out / "valid_metrics.json").read_text())["split"] == "valid"
+    assert (out / "w.txt").read_text() == "w"
+    assert load_run_config(out) == {"model": "constant", "seed": 3, "data": {"path": str(tmp_path)}}
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "valid_metrics.json", "w.txt"]
+
+
+def test_metrics_record_keeps_generation_metrics_and_rejects_missing():
+    m = {**evaluate(Oracle(), make_split()), "gen_hr@1": 0.5, "valid_ratio": 0.75}
+    rec = metrics_record(m, "test", 1, "x", 0.0)
+    assert rec["gen_hr@1"] == 0.5 and rec["valid_ratio"] == 0.75
+    with pytest.raises(ValueError, match="mrr"):
+        metrics_record({k: v for k, v in m.items() if k != "mrr"}, "test", 1, "x", 0.0)
+
+
+def test_write_run_rejects_raw_metrics(tmp_path):
+    m = evaluate(Oracle(), make_split())
+    with pytest.raises(ValueError, match="metrics_record"):
+        write_run(tmp_path / "r", {}, m, m)
+
+
+def test_load_run_config_errors(tmp_path):
+    with pytest.raises(AmfrecError, match="config.yaml: file not found"):
+        load_run_config(tmp_path)
+    (tmp_path / "config.yaml").write_text("model: x\n  bad: [\n")
+    with pytest.raises(AmfrecError, match=r"config.yaml:\d+: malformed YAML"):
+        load_run_config(tmp_path)
+    (tmp_path / "config.yaml").write_text("- a\n- b\n")
+    with pytest.raises(AmfrecError, match="mapping"):
+        load_run_config(tmp_path)
