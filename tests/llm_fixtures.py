@@ -29,16 +29,16 @@ TITLES = [
 ]
 HIDDEN = 32
 
-_TEMPLATE_WORDS = (
+_TEMPLATE_TEXT = (
     "This user has watched in the previous Please predict next movie this will watch Choose answer from "
     "following titles Answer movies item book books bought buy"
-).split()
+)
 _PUNCT = list(".,:;!?()[]{}'\"-&/")
 _SPECIAL = ["<unk>", "<s>", "</s>"]
 
 
 def tiny_vocab() -> list[str]:
-    words = {w for t in TITLES for w in t.split()} | set(_TEMPLATE_WORDS)
+    words = {w for t in TITLES for w in t.split()} | set(_TEMPLATE_TEXT.split())
     return _SPECIAL + sorted(words) + _PUNCT + [str(d) for d in range(10)]
 
 

@@ -121,9 +121,17 @@ def test_overrides(tmp_path):
 def test_from_yaml_errors_name_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  fusion: nope\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: model.fusion: unknown value 'nope'") as e:
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: model.fusion: unknown value 'nope'") as e:
         AMFRecConfig.from_yaml(path)
     assert isinstance(e.value, AmfrecError) and isinstance(e.value, ValueError)
+    path.write_text("train:\n  lr: 0.1\n  batch_size: 0\nmodel:\n  gate:\n    hidden: 8\n    hiden: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:7: model.gate.hiden: unknown key"):
+        AMFRecConfig.from_yaml(path)
+    path.write_text("train:\n  lr: 0.1\n  batch_size: 0\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:3: train.batch_size: must be an integer >= 1, got 0"):
+        AMFRecConfig.from_yaml(path)
+    with pytest.raises(ConfigError, match=r"bad.yaml: train.batch_size: must be an integer >= 1, got -1"):
+        AMFRecConfig.from_yaml(path, ["train.batch_size=-1"])  # from the override: no file line
     path.write_text("model: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:2: malformed YAML"):
         AMFRecConfig.from_yaml(path)

@@ -43,7 +43,9 @@ def reference_scores(model: AMFRecModel, history: torch.Tensor, candidates: torc
                 batch = model.prompt.build(model._titles(h), model._titles(cand), answer)
                 vectors, _, _ = model._item_vectors(h, cand)
                 embeds = model.inject(batch.input_ids, vectors)
-                logits = model.lm(inputs_embeds=embeds, attention_mask=batch.attention_mask).logits  # (1, T, V)
+                logits = model.lm(
+                    inputs_embeds=embeds, attention_mask=batch.attention_mask
+                ).logits  # (1, T, V)
                 logp = logits[0, :-1].log_softmax(-1)
                 labels = batch.labels[0, 1:]
                 sel = labels != IGNORE_INDEX
@@ -55,7 +57,9 @@ def test_is_recommender_and_parameter_report(backbone):
     model = make_model(backbone)
     assert isinstance(model, Recommender)
     trainable, total = model.parameter_report()
-    assert trainable == sum(p.numel() for p in model.item_encoder.parameters()) == 13 * 8 + 8 * HIDDEN + HIDDEN
+    assert (
+        trainable == sum(p.numel() for p in model.item_encoder.parameters()) == 13 * 8 + 8 * HIDDEN + HIDDEN
+    )
     assert total == trainable + sum(p.numel() for p in backbone.model.parameters())
     assert {id(p) for p in model.trainable_parameters()} == {id(p) for p in model.item_encoder.parameters()}
     model.train()
@@ -155,8 +159,12 @@ def test_padding_in_batch_does_not_change_scores(backbone):
 def test_mean_reduction(backbone):
     total = make_model(backbone).score(HISTORY, CANDIDATES)
     mean = make_model(backbone, score_reduction="mean").score(HISTORY, CANDIDATES)
-    lengths = torch.tensor([[len(e) for e in make_model(backbone).prompt.encode_answers([TITLES[i] for i in row])]
-                            for row in CANDIDATES.tolist()])
+    lengths = torch.tensor(
+        [
+            [len(e) for e in make_model(backbone).prompt.encode_answers([TITLES[i] for i in row])]
+            for row in CANDIDATES.tolist()
+        ]
+    )
     torch.testing.assert_close(mean, total / lengths)
     with pytest.raises(ValueError, match="score_reduction"):
         make_model(backbone, score_reduction="max")
@@ -171,12 +179,31 @@ def test_generate_returns_first_lines(backbone):
 
 
 E2E_TITLES = [""] + [
-    "Toy Story (1995)", "GoldenEye (1995)", "Four Rooms (1995)", "Get Shorty (1995)", "Copycat (1995)",
-    "Twelve Monkeys (1995)", "Babe (1995)", "Dead Man Walking (1995)", "Richard III (1995)", "Seven (Se7en) (1995)",
-    "Usual Suspects, The (1995)", "Mighty Aphrodite (1995)", "Postino, Il (1994)", "Mr. Holland's Opus (1995)",
-    "French Twist (1995)", "From Dusk Till Dawn (1996)", "White Balloon, The (1995)", "Antonia's Line (1995)",
-    "Angels and Insects (1995)", "Muppet Treasure Island (1996)", "Braveheart (1995)", "Taxi Driver (1976)",
-    "Rumble in the Bronx (1995)", "Birdcage, The (1996)", "Brothers McMullen, The (1995)",
+    "Toy Story (1995)",
+    "GoldenEye (1995)",
+    "Four Rooms (1995)",
+    "Get Shorty (1995)",
+    "Copycat (1995)",
+    "Twelve Monkeys (1995)",
+    "Babe (1995)",
+    "Dead Man Walking (1995)",
+    "Richard III (1995)",
+    "Seven (Se7en) (1995)",
+    "Usual Suspects, The (1995)",
+    "Mighty Aphrodite (1995)",
+    "Postino, Il (1994)",
+    "Mr. Holland's Opus (1995)",
+    "French Twist (1995)",
+    "From Dusk Till Dawn (1996)",
+    "White Balloon, The (1995)",
+    "Antonia's Line (1995)",
+    "Angels and Insects (1995)",
+    "Muppet Treasure Island (1996)",
+    "Braveheart (1995)",
+    "Taxi Driver (1976)",
+    "Rumble in the Bronx (1995)",
+    "Birdcage, The (1996)",
+    "Brothers McMullen, The (1995)",
 ]
 
 
@@ -186,9 +213,22 @@ def test_smollm2_scores_two_examples():
     enc = StubItemEncoder(len(E2E_TITLES) - 1, bb.hidden_size)
     model = AMFRecModel(bb, enc, E2E_TITLES)
     history = torch.tensor([[0, 0, 1, 2, 3, 4, 5, 6, 7, 8], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]])
-    candidates = torch.stack([torch.randperm(25, generator=torch.Generator().manual_seed(s))[:20] + 1 for s in (0, 1)])
+    candidates = torch.stack(
+        [torch.randperm(25, generator=torch.Generator().manual_seed(s))[:20] + 1 for s in (0, 1)]
+    )
     scores = model.score(history, candidates)
     assert scores.shape == (2, 20)
     assert torch.isfinite(scores).all() and (scores < 0).all()
     alone = model.score(history[:1], candidates[:1])
     torch.testing.assert_close(scores[:1], alone, atol=1e-3, rtol=0)
+
+
+def test_chunked_continuations_equal_one_pass(backbone):
+    one_pass = make_model(backbone, score_chunk_rows=1000).score(HISTORY, CANDIDATES)
+    chunked = make_model(backbone, score_chunk_rows=4).score(HISTORY, CANDIDATES)  # 1 example per pass
+    torch.testing.assert_close(chunked, one_pass, atol=1e-5, rtol=0)
+    two = make_model(backbone, score_chunk_rows=8).score(HISTORY, CANDIDATES)  # 2 + 1 examples
+    torch.testing.assert_close(two, one_pass, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        one_pass, reference_scores(make_model(backbone), HISTORY, CANDIDATES), atol=1e-4, rtol=0
+    )

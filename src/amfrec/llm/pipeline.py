@@ -51,7 +51,7 @@ def build_model(cfg: AMFRecConfig, data: PreparedData, features_dir: Path) -> AM
     features = load_features(features_dir, data.n_items, names=cfg.model.used_modalities)
     backbone = load_backbone(cfg.model.backbone, dtype=cfg.model.dtype.value)
     encoder = ItemEncoder(features, backbone.hidden_size, cfg.model, token_norm=backbone.embed_norm)
-    template = PromptTemplate(text=cfg.model.template, noun=cfg.model.noun)
+    template = PromptTemplate(text=cfg.model.template, noun=cfg.model.noun, noun_plural=cfg.model.noun_plural)
     model = AMFRecModel(
         backbone,
         encoder.to(backbone.device),

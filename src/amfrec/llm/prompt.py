@@ -5,10 +5,10 @@ scoring and for generation, which both continue from the last prompt token)::
 
     [pad ... pad] prompt tokens ... "Answer:" [answer tokens + eos]
 
-The answer (target title + end-of-sequence) is tokenised separately from the prompt and appended, so that training
-(:meth:`PromptBuilder.build` with answers) and candidate scoring (:meth:`PromptBuilder.encode_answers`) tokenise a
-title identically. Placeholders appear in order: history items (oldest first) then candidates, each item as
-``tokens_per_item`` consecutive ``<|item|>`` tokens.
+The answer (target title + end-of-sequence) is tokenised separately from the prompt and appended, so that
+training (:meth:`PromptBuilder.build` with answers) and candidate scoring
+(:meth:`PromptBuilder.encode_answers`) tokenise a title identically. Placeholders appear in order: history
+items (oldest first) then candidates, each item as ``tokens_per_item`` consecutive ``<|item|>`` tokens.
 """
 
 from __future__ import annotations
@@ -57,7 +57,9 @@ class PromptTemplate:
             if name not in SLOTS:
                 raise ValueError(f"prompt template: unknown slot {{{name}}}; allowed: {sorted(SLOTS)}")
             if spec or conv:
-                raise ValueError(f"prompt template: slot {{{name}}} must not have a format spec or conversion")
+                raise ValueError(
+                    f"prompt template: slot {{{name}}} must not have a format spec or conversion"
+                )
             found.add(name)
         missing = REQUIRED_SLOTS - found
         if missing:
@@ -80,8 +82,8 @@ class PromptTemplate:
 class PromptBatch:
     """Token tensors of one batch, left-padded.
 
-    input_ids (B, T) long; attention_mask (B, T) long (0 = padding); labels (B, T) long, -100 except the answer
-    tokens (title + eos); n_slots (B,) long, placeholders per example (= items * tokens_per_item);
+    input_ids (B, T) long; attention_mask (B, T) long (0 = padding); labels (B, T) long, -100 except the
+    answer tokens (title + eos); n_slots (B,) long, placeholders per example (= items * tokens_per_item);
     prompt_lengths (B,) long, real (non-pad) prompt tokens without the answer.
     """
 
@@ -120,7 +122,9 @@ class PromptBuilder:
         self.item_token_id = tokenizer.convert_tokens_to_ids(item_token)
         ids = tokenizer(item_token, add_special_tokens=False)["input_ids"]
         if ids != [self.item_token_id] or self.item_token_id == tokenizer.unk_token_id:
-            raise ValueError(f"tokenizer does not encode {item_token!r} as one token (add it as a special token)")
+            raise ValueError(
+                f"tokenizer does not encode {item_token!r} as one token (add it as a special token)"
+            )
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("tokenizer needs eos and pad tokens (load it through amfrec.llm.backbone)")
         self.eos_id = int(tokenizer.eos_token_id)
@@ -169,7 +173,9 @@ class PromptBuilder:
             [torch.ones_like(s) for s in seqs], batch_first=True, padding_value=0, padding_side="left"
         )
         labels_t = pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX, padding_side="left")
-        n_items = torch.tensor([len(h) + len(c) for h, c in zip(history_titles, candidate_titles, strict=True)])
+        n_items = torch.tensor(
+            [len(h) + len(c) for h, c in zip(history_titles, candidate_titles, strict=True)]
+        )
         n_slots = n_items * self.tokens_per_item
         found = ((input_ids == self.item_token_id) & (attention_mask == 1)).sum(dim=1)  # (B,)
         if not torch.equal(found, n_slots):

@@ -1,0 +1,273 @@
+"""Popularity, SASRec, GRU4Rec and train_baseline (unit tests on tiny synthetic data; one e2e on ml-100k)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from amfrec.data.dataset import ItemInfo, PreparedData, Split
+from amfrec.errors import AmfrecError
+from amfrec.evaluate import evaluate
+from amfrec.models.popularity import Popularity, training_interaction_counts
+from amfrec.models.sequential import (
+    GRU4Rec,
+    GRU4RecConfig,
+    GRU4RecNet,
+    SASRec,
+    SASRecConfig,
+    SASRecNet,
+)
+from amfrec.models.train_baselines import train_baseline
+from amfrec.run import load_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def left_pad(seq: list[int], max_len: int) -> list[int]:
+    seq = seq[-max_len:]
+    return [0] * (max_len - len(seq)) + seq
+
+
+def cyclic_data(n_items: int = 30, n_users: int = 60, seq_len: int = 16, max_len: int = 5, n_cand: int = 10):
+    """Every user walks the item cycle 1 -> 2 -> ... -> n_items -> 1 from a random start: the next
+    item is a deterministic function of the last one. Leave-one-out split as in DESIGN.md section 1."""
+    g = torch.Generator().manual_seed(0)
+    items = [ItemInfo("", "")] + [ItemInfo(str(i), f"Item {i}") for i in range(1, n_items + 1)]
+    rows: dict[str, list] = {"train": [], "valid": [], "test": []}
+    for u in range(n_users):
+        start = int(torch.randint(0, n_items, (1,), generator=g))
+        seq = [(start + t) % n_items + 1 for t in range(seq_len)]
+        for t in range(1, seq_len - 2):
+            rows["train"].append((f"u{u}", left_pad(seq[:t], max_len), seq[t], None))
+        for name, t in (("valid", seq_len - 2), ("test", seq_len - 1)):
+            others = [i for i in range(1, n_items + 1) if i != seq[t]]
+            negs = [others[j] for j in torch.randperm(len(others), generator=g)[: n_cand - 1].tolist()]
+            pos = int(torch.randint(0, n_cand, (1,), generator=g))
+            rows[name].append((f"u{u}", left_pad(seq[:t], max_len), seq[t], negs[:pos] + [seq[t]] + negs[pos:]))
+
+    def split(name: str) -> Split:
+        r = rows[name]
+        return Split(
+            users=[x[0] for x in r],
+            history=torch.tensor([x[1] for x in r]),
+            target=torch.tensor([x[2] for x in r]),
+            candidates=None if name == "train" else torch.tensor([x[3] for x in r]),
+        )
+
+    manifest = {"max_len": max_len, "seed": 0, "n_candidates": n_cand}
+    return PreparedData(Path("synthetic"), manifest, items, split("train"), split("valid"), split("test"))
+
+
+@pytest.fixture(scope="module")
+def cyclic() -> PreparedData:
+    return cyclic_data()
+
+
+# ---- Popularity ------------------------------------------------------------------------------
+
+
+def test_popularity_counts_by_hand():
+    # User a: 1 2 3 (train targets 2, 3 with first item 1); user b: 3 4 (train target 4, first item 3).
+    train = Split(
+        users=["a", "a", "b"],
+        history=torch.tensor([[0, 0, 1], [0, 1, 2], [0, 0, 3]]),
+        target=torch.tensor([2, 3, 4]),
+    )
+    counts = training_interaction_counts(train, n_items=5)
+    assert counts.tolist() == [0, 1, 1, 2, 1, 0]
+
+
+def test_popularity_scores_and_roundtrip(cyclic, tmp_path):
+    model = Popularity()
+    info = model.fit(cyclic, seed=1)
+    n_train_interactions = len(cyclic.train) + len(set(cyclic.train.users))
+    assert info["interactions"] == n_train_interactions
+    cands = torch.tensor([[1, 2, 3]])
+    expected = model.counts[cands]
+    assert torch.equal(model.score(torch.zeros(1, 5, dtype=torch.long), cands), expected)
+    model.save(tmp_path)
+    again = Popularity.load(tmp_path, cyclic)
+    assert torch.equal(again.score(torch.zeros(1, 5, dtype=torch.long), cands), expected)
+
+
+# ---- configs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "match"),
+    [
+        (SASRecConfig, {"heads": 3}, "heads"),
+        (SASRecConfig, {"hidden": 0}, "hidden"),
+        (SASRecConfig, {"dropout": 1.0}, "dropout"),
+        (GRU4RecConfig, {"lr": 0.0}, "lr"),
+        (GRU4RecConfig, {"patience": 0}, "patience"),
+        (GRU4RecConfig, {"positions": "first"}, "positions"),
+        (GRU4RecConfig, {"num_threads": 0}, "num_threads"),
+    ],
+)
+def test_config_validation(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+@pytest.mark.parametrize(("name", "cls"), [("sasrec", SASRecConfig), ("gru4rec", GRU4RecConfig)])
+def test_config_files_match_defaults(name, cls):
+    on_disk = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+    assert on_disk == dataclasses.asdict(cls())
+
+
+# ---- networks --------------------------------------------------------------------------------
+
+
+def test_sasrec_is_causal():
+    torch.manual_seed(0)
+    net = SASRecNet(20, 6, SASRecConfig(hidden=16, layers=2, heads=2, dropout=0.0)).eval()
+    h = torch.tensor([[0, 0, 3, 4, 5, 6]])
+    changed = h.clone()
+    changed[0, -1] = 7
+    out, out2 = net(h), net(changed)  # (1, 6, 16)
+    assert torch.allclose(out[0, :5], out2[0, :5], atol=1e-6)  # earlier positions don't see the future
+    assert not torch.allclose(out[0, 5], out2[0, 5])
+    assert torch.isfinite(out).all()
+
+
+def test_gru4rec_left_padding_matches_plain_gru():
+    torch.manual_seed(0)
+    net = GRU4RecNet(20, 6, GRU4RecConfig(hidden=8, layers=2, dropout=0.0)).eval()
+    h = torch.tensor([[0, 0, 0, 3, 4, 5], [1, 2, 3, 4, 5, 6]])
+    out = net(h)  # (2, 6, 8)
+    for row, n in ((0, 3), (1, 6)):
+        seq = h[row, -n:].unsqueeze(0)  # (1, n)
+        plain, _ = net.gru(net.item_emb(seq))  # (1, n, 8)
+        assert torch.allclose(out[row, -n:], net.out(plain)[0], atol=1e-6)
+
+
+# ---- learning a deterministic next item -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cls", "cfg"),
+    [
+        (SASRec, SASRecConfig(hidden=32, heads=2, dropout=0.0, lr=1e-2, batch_size=64, max_epochs=10, patience=3)),
+        (GRU4Rec, GRU4RecConfig(hidden=32, dropout=0.0, lr=1e-2, batch_size=64, max_epochs=10, patience=3)),
+        (
+            SASRec,
+            SASRecConfig(
+                hidden=32, dropout=0.0, lr=1e-2, batch_size=64, max_epochs=8, patience=8, positions="last"
+            ),
+        ),
+    ],
+    ids=["sasrec", "gru4rec", "sasrec-last"],
+)
+def test_sequential_models_learn_the_cycle(cyclic, cls, cfg):
+    model = cls(cfg)
+    info = model.fit(cyclic, seed=1)
+    assert 1 <= info["best_epoch"] <= info["epochs_run"] <= cfg.max_epochs
+    test = evaluate(model, cyclic.test)
+    assert test["hr@1"] >= 0.9, test
+    assert info["best_valid_ndcg@10"] >= 0.9
+
+
+def test_early_stopping_restores_best_epoch(cyclic):
+    model = SASRec(SASRecConfig(hidden=16, dropout=0.0, lr=1e-2, batch_size=64, max_epochs=6, patience=1))
+    info = model.fit(cyclic, seed=3)
+    best = max(e["valid_ndcg@10"] for e in info["epochs"])
+    assert info["best_valid_ndcg@10"] == best
+    assert evaluate(model, cyclic.valid)["ndcg@10"] == pytest.approx(best)
+    # patience=1 stops at the first epoch without improvement
+    ndcg = [e["valid_ndcg@10"] for e in info["epochs"]]
+    assert all(b > a for a, b in zip(ndcg[:-2], ndcg[1:-1], strict=True))
+
+
+def test_fit_is_seeded(cyclic):
+    cfg = GRU4RecConfig(hidden=8, lr=1e-2, batch_size=64, max_epochs=2, patience=2)
+    a, b = GRU4Rec(cfg), GRU4Rec(cfg)
+    a.fit(cyclic, seed=5)
+    b.fit(cyclic, seed=5)
+    h, c = cyclic.test.history, cyclic.test.candidates
+    assert torch.equal(a.score(h, c), b.score(h, c))
+
+
+def test_sasrec_save_load_and_item_embeddings(cyclic, tmp_path):
+    model = SASRec(SASRecConfig(hidden=16, lr=1e-2, batch_size=64, max_epochs=1))
+    model.fit(cyclic, seed=1)
+    emb = model.item_embeddings()
+    assert emb.shape == (cyclic.n_items + 1, 16) and emb.dtype == torch.float32
+    assert torch.count_nonzero(emb[0]) == 0 and torch.count_nonzero(emb[1:]) > 0
+    model.save(tmp_path)
+    assert (tmp_path / "sasrec.safetensors").is_file()
+    npy = np.load(tmp_path / "item_embeddings.npy")
+    assert npy.dtype == np.float32 and np.array_equal(npy, emb.numpy())
+    again = SASRec.load(tmp_path, cyclic)
+    assert again.config == model.config
+    h, c = cyclic.test.history, cyclic.test.candidates
+    assert torch.equal(again.score(h, c), model.score(h, c))
+    other = cyclic_data(n_items=31)
+    with pytest.raises(AmfrecError, match="31"):
+        SASRec.load(tmp_path, other)
+    with pytest.raises(AmfrecError, match="not found"):
+        GRU4Rec.load(tmp_path, cyclic)
+
+
+# ---- train_baseline --------------------------------------------------------------------------
+
+
+def test_train_baseline_writes_the_run_directory(tiny_prepared, tmp_path):
+    out = tmp_path / "run"
+    res = train_baseline("sasrec", tiny_prepared, 2, out, {"max_epochs": 2, "hidden": 16})
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "config.yaml",
+        "item_embeddings.npy",
+        "metrics.json",
+        "sasrec.safetensors",
+        "train.log",
+        "valid_metrics.json",
+    ]
+    test = json.loads((out / "metrics.json").read_text())
+    assert test == res["test"] and test["split"] == "test" and test["seed"] == 2 and test["model"] == "sasrec"
+    assert json.loads((out / "valid_metrics.json").read_text())["split"] == "valid"
+    cfg = load_run_config(out)
+    assert cfg["model"] == "sasrec" and cfg["seed"] == 2
+    assert cfg["model_config"]["hidden"] == 16 and cfg["model_config"]["positions"] == "all"
+    assert cfg["data"]["path"] == str(Path(tiny_prepared).resolve())
+    assert "sasrec epoch 1" in (out / "train.log").read_text()
+    assert SASRec.load(out).item_embeddings().shape[1] == 16
+
+
+def test_train_baseline_popularity(tiny_prepared, tmp_path):
+    res = train_baseline("popularity", tiny_prepared, 1, tmp_path / "pop")
+    assert (tmp_path / "pop" / "popularity.safetensors").is_file()
+    assert 0.0 <= res["test"]["hr@1"] <= 1.0 and res["test"]["n"] == res["valid"]["n"]
+
+
+def test_train_baseline_user_errors(tiny_prepared, tmp_path):
+    with pytest.raises(AmfrecError, match="unknown baseline"):
+        train_baseline("bert4rec", tiny_prepared, 1, tmp_path / "a")
+    with pytest.raises(AmfrecError, match="unknown config field"):
+        train_baseline("sasrec", tiny_prepared, 1, tmp_path / "b", {"hiden": 8})
+    with pytest.raises(AmfrecError, match="heads"):
+        train_baseline("sasrec", tiny_prepared, 1, tmp_path / "c", {"heads": 5})
+    with pytest.raises(AmfrecError, match="not found"):
+        train_baseline("gru4rec", tmp_path / "missing", 1, tmp_path / "d")
+    assert not list(tmp_path.iterdir())  # no run directory, no temporary leftovers
+
+
+@pytest.mark.e2e
+def test_sasrec_beats_popularity_on_ml100k(prepared_ml100k, tmp_path):
+    data = PreparedData.load(prepared_ml100k)
+    pop = Popularity()
+    pop.fit(data, seed=1)
+    pop_test = evaluate(pop, data.test)
+    sasrec = SASRec(SASRecConfig(max_epochs=3, patience=3))
+    sasrec.fit(data, seed=1)
+    sas_test = evaluate(sasrec, data.test)
+    assert pop_test["hr@1"] > 0.05 + 0.05  # popularity is itself clearly above chance (1/20)
+    assert sas_test["hr@1"] > pop_test["hr@1"] + 0.1, (sas_test, pop_test)
+    assert sas_test["ndcg@10"] > pop_test["ndcg@10"] + 0.1
