@@ -49,7 +49,9 @@ def cyclic_data(n_items: int = 30, n_users: int = 60, seq_len: int = 16, max_len
             others = [i for i in range(1, n_items + 1) if i != seq[t]]
             negs = [others[j] for j in torch.randperm(len(others), generator=g)[: n_cand - 1].tolist()]
             pos = int(torch.randint(0, n_cand, (1,), generator=g))
-            rows[name].append((f"u{u}", left_pad(seq[:t], max_len), seq[t], negs[:pos] + [seq[t]] + negs[pos:]))
+            rows[name].append(
+                (f"u{u}", left_pad(seq[:t], max_len), seq[t], negs[:pos] + [seq[t]] + negs[pos:])
+            )
 
     def split(name: str) -> Split:
         r = rows[name]
@@ -154,8 +156,11 @@ def test_gru4rec_left_padding_matches_plain_gru():
 @pytest.mark.parametrize(
     ("cls", "cfg"),
     [
-        (SASRec, SASRecConfig(hidden=32, heads=2, dropout=0.0, lr=1e-2, batch_size=64, max_epochs=10, patience=3)),
-        (GRU4Rec, GRU4RecConfig(hidden=32, dropout=0.0, lr=1e-2, batch_size=64, max_epochs=10, patience=3)),
+        (
+            SASRec,
+            SASRecConfig(hidden=32, heads=2, dropout=0.0, lr=1e-2, batch_size=64, max_epochs=10, patience=3),
+        ),
+        (GRU4Rec, GRU4RecConfig(hidden=32, dropout=0.0, lr=1e-2, batch_size=64, max_epochs=20, patience=3)),
         (
             SASRec,
             SASRecConfig(
@@ -239,6 +244,18 @@ def test_train_baseline_writes_the_run_directory(tiny_prepared, tmp_path):
     assert cfg["data"]["path"] == str(Path(tiny_prepared).resolve())
     assert "sasrec epoch 1" in (out / "train.log").read_text()
     assert SASRec.load(out).item_embeddings().shape[1] == 16
+
+
+def test_train_baseline_parses_command_line_strings(tiny_prepared, tmp_path):
+    ov = {"lr": "3e-3", "hidden": "16", "max_epochs": "1", "dropout": "0", "num_threads": "null"}
+    train_baseline("gru4rec", tiny_prepared, 1, tmp_path / "g", ov)
+    cfg = load_run_config(tmp_path / "g")["model_config"]
+    assert cfg["lr"] == 0.003 and cfg["hidden"] == 16 and cfg["dropout"] == 0.0 and cfg["num_threads"] is None
+    assert (tmp_path / "g" / "gru4rec.safetensors").is_file()
+    with pytest.raises(AmfrecError, match="'lr': expected a number"):
+        train_baseline("gru4rec", tiny_prepared, 1, tmp_path / "h", {"lr": "fast"})
+    with pytest.raises(AmfrecError, match="hidden must be an integer"):
+        train_baseline("gru4rec", tiny_prepared, 1, tmp_path / "h", {"hidden": "1.5"})
 
 
 def test_train_baseline_popularity(tiny_prepared, tmp_path):

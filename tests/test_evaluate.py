@@ -16,8 +16,8 @@ from amfrec.run import load_run_config, metrics_record, write_run
 
 
 def make_split(n: int = 7, n_cand: int = 5, max_len: int = 4) -> Split:
-    """History (i, i+1, i+2) left-padded; target = last item + 1; candidates 1..n_cand+... with the
-    target at row-dependent positions (row r puts it at column r % n_cand)."""
+    """Row r: history (b, b+1, b+2) left-padded with b = 10r + 1; target b+3 (= last item + 1);
+    negatives b+4, b+5, ... (all above the target); the target sits at column r % n_cand."""
     users = [f"u{r}" for r in range(n)]
     history = torch.zeros(n, max_len, dtype=torch.long)
     target = torch.zeros(n, dtype=torch.long)
@@ -94,9 +94,8 @@ def test_all_equal_scores_rank_last():
 
 def test_ranks_by_hand_and_batch_size_independent():
     split = make_split(n=7, n_cand=5)
-    # Negatives are base+4.. (all larger than the target base+3): rank = 1 + 4 = 5 everywhere,
-    # unless we flip the sign of the negatives; instead check ranks against a direct computation.
-    split.candidates[0] = torch.tensor([4, 1, 2, 3, 5])  # target 4 at column 0; one larger (5) -> rank 2
+    # ByIndex: every negative index is above the target's -> rank 5, except row 0 made by hand:
+    split.candidates[0] = torch.tensor([4, 1, 2, 3, 5])  # target 4 at column 0; only 5 is larger -> rank 2
     ranks1 = evaluate_ranks(ByIndex(), split, batch_size=1)
     ranks7 = evaluate_ranks(ByIndex(), split, batch_size=7)
     assert ranks1.tolist() == ranks7.tolist()
@@ -141,7 +140,12 @@ def test_metrics_record_and_write_run(tmp_path):
     assert json.loads((out / "valid_metrics.json").read_text())["split"] == "valid"
     assert (out / "w.txt").read_text() == "w"
     assert load_run_config(out) == {"model": "constant", "seed": 3, "data": {"path": str(tmp_path)}}
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "valid_metrics.json", "w.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml",
+        "metrics.json",
+        "valid_metrics.json",
+        "w.txt",
+    ]
 
 
 def test_metrics_record_keeps_generation_metrics_and_rejects_missing():

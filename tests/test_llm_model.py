@@ -22,7 +22,7 @@ def backbone(tmp_path_factory):
 
 def make_model(backbone, tokens_per_item: int = 1, **kw) -> AMFRecModel:
     enc = StubItemEncoder(N_ITEMS, HIDDEN, tokens_per_item=tokens_per_item)
-    return AMFRecModel(backbone, enc, TITLES, tokens_per_item=tokens_per_item, **kw)
+    return AMFRecModel(backbone, enc, TITLES, **kw)  # T taken from enc.tokens_per_item
 
 
 # history left-padded with 0, most recent last; candidates (B, C)
@@ -75,6 +75,13 @@ def test_items_order(backbone):
     assert valid.sum(1).tolist() == [7, 5]
     with pytest.raises(ValueError, match="candidates"):
         model._items(HISTORY[:1], torch.tensor([[0, 1]]))
+
+
+def test_tokens_per_item_mismatch_raises(backbone):
+    enc = StubItemEncoder(N_ITEMS, HIDDEN, tokens_per_item=2)
+    model = AMFRecModel(backbone, enc, TITLES, tokens_per_item=1)
+    with pytest.raises(ValueError, match="2 tokens per item, prompt expects 1"):
+        model.score(HISTORY, CANDIDATES)
 
 
 def test_inject_count_mismatch_raises(backbone):
@@ -231,4 +238,30 @@ def test_chunked_continuations_equal_one_pass(backbone):
     torch.testing.assert_close(two, one_pass, atol=1e-5, rtol=0)
     torch.testing.assert_close(
         one_pass, reference_scores(make_model(backbone), HISTORY, CANDIDATES), atol=1e-4, rtol=0
+    )
+
+
+@pytest.mark.parametrize(("fusion", "n_tokens"), [("gated", 1), ("tokens", 2)])
+def test_build_amfrec_with_real_item_encoder(backbone, fusion, n_tokens):
+    from types import SimpleNamespace
+
+    from amfrec.llm.config import ModelConfig
+    from amfrec.llm.model import build_amfrec
+
+    torch.manual_seed(0)
+    n = len(TITLES)
+    feats = {
+        m: SimpleNamespace(values=torch.randn(n, d), present=torch.ones(n, dtype=torch.bool))
+        for m, d in [("id", 8), ("text", 6)]
+    }
+    cfg = ModelConfig(modalities=["id", "text"], fusion=fusion, noun="film")
+    model = build_amfrec(cfg, feats, TITLES, backbone=backbone)
+    assert model.prompt.tokens_per_item == n_tokens
+    assert model.prompt.template.noun == "film" and model.aux_weight == cfg.projector.aux_weight
+    out = model(HISTORY, CANDIDATES, TARGET)
+    out.loss.backward()
+    assert all(p.grad is None for p in backbone.model.parameters())
+    assert any(p.grad is not None for p in model.trainable_parameters())
+    torch.testing.assert_close(
+        model.score(HISTORY, CANDIDATES), reference_scores(model, HISTORY, CANDIDATES), atol=1e-4, rtol=0
     )

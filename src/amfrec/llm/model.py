@@ -47,8 +47,11 @@ class AMFRecOutput:
 class AMFRecModel(nn.Module, Recommender):
     """Frozen backbone + prompt builder + trainable item encoder.
 
-    titles: item titles by index (index 0 = padding, unused). Only ``item_encoder`` is trainable; the backbone
-    stays in eval mode even under ``.train()``.
+    titles: item titles by index (index 0 = padding, unused). tokens_per_item: placeholders per item (None =
+    ``item_encoder.tokens_per_item``, else 1). aux_weight multiplies the encoder's aux loss. score_reduction:
+    "sum" (default) or "mean" token log-prob per candidate. score_chunk_rows: continuation rows per scoring
+    pass (memory bound). Only ``item_encoder`` is trainable; the backbone stays in eval mode under
+    ``.train()``.
     """
 
     name = "amfrec"
@@ -59,7 +62,7 @@ class AMFRecModel(nn.Module, Recommender):
         item_encoder: nn.Module,
         titles: list[str],
         template: PromptTemplate | None = None,
-        tokens_per_item: int = 1,
+        tokens_per_item: int | None = None,
         aux_weight: float = 0.01,
         score_reduction: str = "sum",
         score_chunk_rows: int = 40,
@@ -81,6 +84,8 @@ class AMFRecModel(nn.Module, Recommender):
         self.lm = backbone.model  # registered as a submodule so .to(device) moves it; frozen
         self.item_encoder = item_encoder
         self.titles = list(titles)
+        if tokens_per_item is None:  # the item encoder knows its T (fusion "tokens": one per modality)
+            tokens_per_item = int(getattr(item_encoder, "tokens_per_item", 1))
         self.prompt = PromptBuilder(
             backbone.tokenizer, template, item_token=backbone.item_token, tokens_per_item=tokens_per_item
         )
@@ -316,3 +321,26 @@ def _cache_kwarg(decoder: nn.Module) -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache``; use whichever the decoder accepts."""
     params = inspect.signature(decoder.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
+
+
+def build_amfrec(
+    cfg,
+    features: dict,
+    titles: list[str],
+    device: str | None = None,
+    backbone: Backbone | None = None,
+) -> AMFRecModel:
+    """An AMFRecModel from a ``ModelConfig`` (``amfrec.llm.config``), loaded features and item titles.
+
+    features: name -> Modality (``values (n_items + 1, d_m)``, ``present (n_items + 1,)``). backbone: an
+    already loaded one to reuse (else ``load_backbone(cfg.backbone, cfg.dtype, device)``).
+    """
+    from amfrec.llm.backbone import load_backbone
+    from amfrec.llm.fusion import ItemEncoder
+
+    if backbone is None:
+        backbone = load_backbone(cfg.backbone, dtype=str(cfg.dtype), device=device)
+    template = PromptTemplate(text=cfg.template, noun=cfg.noun, noun_plural=cfg.noun_plural)
+    encoder = ItemEncoder(features, backbone.hidden_size, cfg, token_norm=backbone.embed_norm)
+    model = AMFRecModel(backbone, encoder, titles, template=template, aux_weight=cfg.projector.aux_weight)
+    return model.to(backbone.device)

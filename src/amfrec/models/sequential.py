@@ -78,6 +78,10 @@ class SequentialConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{type(self).__name__}.{name} must be an integer >= 1, got {value!r}")
+        for name in ("dropout", "lr", "weight_decay"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{type(self).__name__}.{name} must be a finite number, got {value!r}")
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"{type(self).__name__}.dropout must be in [0, 1), got {self.dropout!r}")
         if not float(self.lr) > 0.0:
@@ -101,7 +105,7 @@ class SASRecConfig(SequentialConfig):
 
 @dataclass
 class GRU4RecConfig(SequentialConfig):
-    pass
+    lr: float = 3e-3  # chosen on ml-100k validation ndcg@10 (0.754 vs 0.696 at 1e-3, seed 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,7 +176,7 @@ class SASRecNet(nn.Module):
 
 
 class GRU4RecNet(nn.Module):
-    """A GRU over the (right-aligned, packed) item sequence; the last hidden state is the representation."""
+    """A GRU over the (right-aligned, packed) item sequence; its output at the last position represents it."""
 
     def __init__(self, n_items: int, max_len: int, cfg: GRU4RecConfig) -> None:
         super().__init__()
@@ -186,8 +190,11 @@ class GRU4RecNet(nn.Module):
             dropout=cfg.dropout if cfg.layers > 1 else 0.0,
         )
         self.out = nn.Linear(cfg.hidden, cfg.hidden)
-        # Item table keeps nn.Embedding's N(0, 1) init (row 0 zero): with SASRec's small 0.02 init the GRU
-        # plateaus for several epochs before it starts to learn.
+        # Item table ~ N(0, 0.1): with 0.02 (SASRec's) the GRU plateaus for epochs before it learns; with
+        # N(0, 1) it learns fast but generalises worse (ml-100k validation ndcg@10 0.754 vs 0.712).
+        nn.init.normal_(self.item_emb.weight, std=0.1)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """history (B, L) left-padded -> (B, L, H) left-padded."""

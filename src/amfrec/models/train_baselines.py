@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from amfrec import __version__
 from amfrec.data.dataset import PreparedData
 from amfrec.errors import AmfrecError
@@ -28,14 +30,30 @@ def _popularity(overrides: Mapping[str, Any]) -> tuple[Recommender, dict]:
     return Popularity(), {}
 
 
+def _coerce(name: str, key: str, value: Any, default: Any) -> Any:
+    """A command-line string ("3e-3", "64", "null") -> the field's type, judged by its default value."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise AmfrecError(f"{name} config field '{key}': cannot parse {value!r}") from None
+    if isinstance(default, float) and isinstance(value, int | str) and not isinstance(value, bool):
+        try:
+            value = float(value)  # YAML reads "3e-3" as a string and "1" as an int
+        except ValueError:
+            raise AmfrecError(f"{name} config field '{key}': expected a number, got {value!r}") from None
+    return value
+
+
 def _sequential(model_cls: type, config_cls: type) -> Callable[[Mapping[str, Any]], tuple[Recommender, dict]]:
     def build(overrides: Mapping[str, Any]) -> tuple[Recommender, dict]:
-        fields = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = sorted(set(overrides) - fields)
+        fields = {f.name: f.default for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(overrides) - set(fields))
         if unknown:
             raise AmfrecError(f"{model_cls.name}: unknown config field(s) {unknown}; known: {sorted(fields)}")
+        values = {k: _coerce(model_cls.name, k, v, fields[k]) for k, v in overrides.items()}
         try:
-            config = config_cls(**overrides)
+            config = config_cls(**values)
         except ValueError as e:
             raise AmfrecError(f"{model_cls.name} config: {e}") from None
         return model_cls(config), dataclasses.asdict(config)
@@ -57,6 +75,8 @@ def train_baseline(
     evaluator, and write the run directory `out` atomically (config.yaml, metrics.json,
     valid_metrics.json, train.log, model weights; SASRec also item_embeddings.npy).
 
+    `overrides` sets config fields; string values (from the command line) are parsed as YAML scalars
+    and converted to the field's type.
     Returns {"test": test record, "valid": valid record, "info": training info, "out": out}.
     """
     if name not in BASELINES:
