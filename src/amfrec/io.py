@@ -39,7 +39,9 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
         tmp.rename(out)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` atomically (temporary file beside it, then rename)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -55,12 +57,12 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write `obj` as indented, key-sorted JSON, atomically."""
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     """Write one compact JSON object per line, atomically."""
-    _atomic_write_text(Path(path), "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+    write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
 
 
 def read_json(path: str | Path) -> Any:

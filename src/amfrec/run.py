@@ -6,12 +6,10 @@ at once, write into `amfrec.io.atomic_dir(out)` and call `write_run` on the temp
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ from typing import Any
 import yaml
 
 from amfrec.errors import AmfrecError
-from amfrec.io import write_json
+from amfrec.io import write_json, write_text
 from amfrec.metrics import RANK_KS
 
 METRIC_KEYS: tuple[str, ...] = (
@@ -63,18 +61,7 @@ def to_plain(obj: Any) -> Any:
 
 def write_yaml(path: str | Path, obj: Any) -> None:
     """Write `obj` (made plain by `to_plain`) as block-style YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(to_plain(obj), sort_keys=False, default_flow_style=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_text(path, yaml.safe_dump(to_plain(obj), sort_keys=False, default_flow_style=False))
 
 
 def write_run(
