@@ -61,7 +61,6 @@ def train_step_tokens_per_s(
     answer_len: logits only on the last `answer_len` positions (None = on every position, the naive way).
     """
     emb = model.get_input_embeddings()
-    dtype = emb.weight.dtype
     ids = torch.randint(0, emb.num_embeddings, (batch_size, seq_len), device=device)
     times = []
     for _ in range(steps + 1):  # first step is warm-up

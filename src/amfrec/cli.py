@@ -99,7 +99,9 @@ def cmd_train(a: argparse.Namespace) -> None:
     else:
         from amfrec.models.train_baselines import train_baseline
 
-        result = train_baseline(a.model, Path(a.data), a.seed, Path(a.out), _overrides(a.set) or None)
+        result = train_baseline(
+            a.model, Path(a.data), a.seed, Path(a.out), _overrides(a.set) or None, limit=a.limit
+        )
     print(_metrics_line(result["test"]))
     print(f"run directory: {a.out}")
 
@@ -114,7 +116,9 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_recommend(a: argparse.Namespace) -> None:
     from amfrec.llm.pipeline import recommend
 
-    rows = recommend(Path(a.run), history=_csv(a.history), candidates=_csv(a.candidates) if a.candidates else None)
+    rows = recommend(
+        Path(a.run), history=_csv(a.history), candidates=_csv(a.candidates) if a.candidates else None
+    )
     for rank, row in enumerate(rows[: a.top], 1):
         weights = "  ".join(f"{m}={w:.2f}" for m, w in row.get("gate", {}).items())
         print(f"{rank:>3}. {row['item_id']:>8}  {row['score']:9.3f}  {row['title']}  {weights}")
@@ -179,11 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="prepare a data set: splits and fixed candidate sets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dp = dsub.add_parser("prepare", help="RecBole atomic files -> splits, candidates, manifest")
-    dp.add_argument("--data", type=Path, default=None, help="folder with *.inter and *.item (default: ml-100k)")
+    dp.add_argument(
+        "--data", type=Path, default=None, help="folder with *.inter and *.item (default: ml-100k)"
+    )
     dp.add_argument("--out", type=Path, required=True, help="output folder")
     dp.add_argument("--seed", type=int, default=1, help="seed of the validation/test candidate sets")
     dp.add_argument("--max-len", type=int, default=10, help="history length L")
-    dp.add_argument("--n-candidates", type=int, default=20, help="candidates per example (target + negatives)")
+    dp.add_argument(
+        "--n-candidates", type=int, default=20, help="candidates per example (target + negatives)"
+    )
     dp.add_argument("--kcore", type=int, default=0, help="iterative k-core filter (0 = off)")
     dp.set_defaults(func=cmd_data_prepare)
 
@@ -194,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--posters", type=Path, default=None, help="image folder named by item id")
     f.add_argument("--id-from", type=Path, default=None, help="SASRec run folder (default: train one)")
     f.add_argument("--text-encoder", default=None, help="HF encoder path or hub id (default: MiniLM-L6)")
-    f.add_argument("--image-encoder", default=None, help="HF vision model path or hub id (default: ResNet-50)")
+    f.add_argument(
+        "--image-encoder", default=None, help="HF vision model path or hub id (default: ResNet-50)"
+    )
     f.add_argument(
         "--import",
         dest="import_npy",
@@ -214,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--out", type=Path, required=True, help="run folder")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.lr=1e-3")
-    t.add_argument("--limit", type=int, default=None, help="evaluate on the first N test examples only")
+    t.add_argument("--limit", type=int, default=None, help="evaluate on the first N valid/test examples only")
     t.add_argument("--resume", action="store_true", help="amfrec: continue from RUN's last checkpoint")
     t.set_defaults(func=cmd_train)
 
@@ -263,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     try:
         args.func(args)
     except AmfrecError as e:

@@ -21,7 +21,7 @@ BASELINES = ("popularity", "sasrec", "gru4rec")
 
 def run_experiment(
     models: list[str],
-    data: Path,
+    data: Path | None,
     features: Path | None,
     config: str | None,
     seeds: list[int],
@@ -32,7 +32,8 @@ def run_experiment(
 ) -> str:
     """Train and test every model for every seed under `out`; write results.json/results.md; return the table.
 
-    data: raw data folder (RecBole atomic files), prepared once per seed under out/seed<S>/data.
+    data: raw data folder (RecBole atomic files; None = obtain ml-100k), prepared once per seed under
+    out/seed<S>/data.
     features: an existing feature folder to use for AMFRec, or None to build one per seed (the `id` modality
     from that seed's SASRec run when SASRec is among the models).
     """
@@ -77,7 +78,7 @@ def train_one(
     if model in BASELINES:
         from amfrec.models.train_baselines import train_baseline
 
-        return train_baseline(model, prepared, seed, run, overrides or None)
+        return train_baseline(model, prepared, seed, run, None, limit=limit)
     from amfrec.features.build import build_features
     from amfrec.llm.pipeline import train_amfrec
 

@@ -39,6 +39,10 @@ class Split:
     def __len__(self) -> int:
         return len(self.users)
 
+    def head(self, n: int | None) -> Split:
+        """The first `n` examples (all when n is None or >= len)."""
+        return self if n is None or n >= len(self) else self.subset(list(range(n)))
+
     def subset(self, idx: torch.Tensor | list[int]) -> Split:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Split(

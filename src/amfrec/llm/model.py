@@ -5,8 +5,9 @@
 - ``forward``: causal-LM loss on the answer tokens only (target title + eos); the output head is applied only
   at the positions that predict an answer token (DESIGN.md §8), plus ``aux_weight * aux_loss`` of the item
   encoder.
-- ``score``: log-likelihood of each candidate title (+ eos) after the prompt. The prompt is run once; its
-  key/value cache is repeated along the batch for the C continuations, which run together right-padded.
+- ``score``: log-likelihood of each candidate title (+ eos) after the prompt. The prompt is run once into a
+  key/value cache; the C continuations of an example are then packed into one sequence that attends to that
+  cache through a 4D "tree" mask (each continuation sees the prompt and itself only), so no cache is copied.
   Score = sum of the token log-probs (``score_reduction="mean"`` divides by the number of tokens).
 - ``generate``: greedy decoding from ``inputs_embeds``, first line only (the LLaRA protocol).
 
@@ -49,8 +50,8 @@ class AMFRecModel(nn.Module, Recommender):
 
     titles: item titles by index (index 0 = padding, unused). tokens_per_item: placeholders per item (None =
     ``item_encoder.tokens_per_item``, else 1). aux_weight multiplies the encoder's aux loss. score_reduction:
-    "sum" (default) or "mean" token log-prob per candidate. score_chunk_rows: continuation rows per scoring
-    pass (memory bound). Only ``item_encoder`` is trainable; the backbone stays in eval mode under
+    "sum" (default) or "mean" token log-prob per candidate. score_chunk_rows: continuation rows (examples * C)
+    per packed scoring pass (memory bound). Only ``item_encoder`` is trainable; the backbone stays in eval mode under
     ``.train()``.
     """
 
@@ -207,75 +208,100 @@ class AMFRecModel(nn.Module, Recommender):
     def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """Log-likelihood of each candidate's title + eos after the prompt: (B, L), (B, C) -> (B, C) float32.
 
-        The prompt runs once for the whole batch; its key/value cache is repeated C times along the batch and
-        the C right-padded continuations run together, ``score_chunk_rows`` continuation rows per pass (the
-        repeated cache is the memory peak: rows x layers x 2 x prompt length x kv width).
+        Two backbone passes per batch, no copy of the prompt's key/value cache ("tree attention"):
+
+        1. the prompt (B, P), left-padded, filling the cache; its last position predicts every candidate's
+           first token;
+        2. the C continuations of an example packed one after another into one row (B, Q) (Q = the longest
+           example's sum over its candidates of title tokens + eos - 1; shorter rows are padded), with a 4D
+           boolean mask over [cache | packed]: a continuation token sees the example's prompt and the earlier
+           tokens of its own continuation only, and its position ids restart after the prompt for each
+           continuation. Each continuation thus sees exactly what it would see appended to the prompt alone.
+
+        ``score_chunk_rows`` bounds the continuation rows (examples * C) per packed pass; the peak memory of a
+        pass is its packed tokens' activations plus one cache (not C copies).
         """
         from transformers import DynamicCache
 
         bsz, n_cand = candidates.shape
         batch, embeds, _, _ = self._embed_prompt(history, candidates, None)
-        mask = batch.attention_mask  # (B, P)
+        pmask = batch.attention_mask.bool()  # (B, P)
         cache = DynamicCache(config=self.lm.config)
-        hidden = self._decoder(embeds, mask, _positions(mask), cache=cache)  # (B, P, d)
+        hidden = self._decoder(embeds, pmask.long(), _positions(pmask), cache=cache)  # (B, P, d)
 
         # Continuations: (B*C, K) right-padded, row b * C + c = candidate c of example b.
         cont_list = self.prompt.encode_answers([self.titles[i] for i in candidates.reshape(-1).tolist()])
+        lengths = torch.tensor([len(c) for c in cont_list], device=self.device)  # (B*C,)
         cont = nn.utils.rnn.pad_sequence(
             [torch.tensor(c, dtype=torch.long) for c in cont_list],
             batch_first=True,
             padding_value=self.prompt.pad_id,
         ).to(self.device)  # (B*C, K)
-        lengths = torch.tensor([len(c) for c in cont_list], device=self.device)  # (B*C,)
-        cmask = torch.arange(cont.shape[1], device=self.device)[None, :] < lengths[:, None]  # (B*C, K)
+        cols = torch.arange(cont.shape[1], device=self.device)[None, :]  # (1, K)
+        cmask = cols < lengths[:, None]  # (B*C, K) real tokens
 
-        # Token 1 is predicted at the prompt's last position; tokens 2..K by the continuation pass.
+        # Token 1 is predicted at the prompt's last position; tokens 2..K by the packed pass.
         token_logp = torch.zeros(cont.shape, dtype=torch.float32, device=self.device)  # (B*C, K)
         first_logp = self.lm.get_output_embeddings()(hidden[:, -1]).float().log_softmax(-1)  # (B, V)
         token_logp[:, 0] = first_logp.repeat_interleave(n_cand, dim=0).gather(1, cont[:, :1]).squeeze(1)
         if cont.shape[1] > 1:
-            per = max(1, self.score_chunk_rows // n_cand)  # examples per continuation pass
+            per = max(1, self.score_chunk_rows // n_cand)  # examples per packed pass
             if per >= bsz:
-                cache.batch_repeat_interleave(n_cand)
-                token_logp[:, 1:] = self._continuation_logprobs(cache, mask, cont, cmask, n_cand)
+                token_logp[:, 1:] = self._packed_logprobs(cache, pmask, cont, lengths, n_cand)
             else:
                 layers = [(kv[0], kv[1]) for kv in cache]
                 for s in range(0, bsz, per):
                     e, rows = min(bsz, s + per), slice(s * n_cand, min(bsz, s + per) * n_cand)
                     part = DynamicCache(
-                        ddp_cache_data=[
-                            (k[s:e].repeat_interleave(n_cand, 0), v[s:e].repeat_interleave(n_cand, 0))
-                            for k, v in layers
-                        ],
-                        config=self.lm.config,
-                    )
-                    token_logp[rows, 1:] = self._continuation_logprobs(
-                        part, mask[s:e], cont[rows], cmask[rows], n_cand
+                        ddp_cache_data=[(k[s:e], v[s:e]) for k, v in layers], config=self.lm.config
+                    )  # views of the examples' rows, no copy
+                    token_logp[rows, 1:] = self._packed_logprobs(
+                        part, pmask[s:e], cont[rows], lengths[rows], n_cand
                     )
         scores = (token_logp * cmask).sum(1)  # (B*C,)
         if self.score_reduction is ScoreReduction.MEAN:
             scores = scores / lengths
         return scores.reshape(bsz, n_cand)
 
-    def _continuation_logprobs(
-        self, cache, prompt_mask: torch.Tensor, cont: torch.Tensor, cmask: torch.Tensor, n_cand: int
+    def _packed_logprobs(
+        self, cache, prompt_mask: torch.Tensor, cont: torch.Tensor, lengths: torch.Tensor, n_cand: int
     ) -> torch.Tensor:
-        """Log-probs of tokens 2..K of each continuation (R, K-1), given a cache already repeated to R rows.
+        """Log-probs of tokens 2..K of each continuation (R, K-1), R = E * C rows of E examples.
 
-        prompt_mask (R / C, P); cont, cmask (R, K). Padded positions get 0.
+        cache: the E prompts' cache (E, P); prompt_mask (E, P) bool; cont (R, K) right-padded; lengths (R,).
+        The inputs cont[r, :lengths[r]-1] of an example's C rows are packed into one row of the (E, Q) packed
+        sequence, in row order; padded positions of the result get 0.
         """
-        steps = cont[:, :-1]  # (R, K-1) inputs
-        full_mask = torch.cat([prompt_mask.repeat_interleave(n_cand, dim=0), cmask[:, :-1].long()], dim=1)
-        start = prompt_mask.sum(1).repeat_interleave(n_cand)  # (R,) first position id after the prompt
-        pos = start[:, None] + torch.arange(steps.shape[1], device=cont.device)[None, :]  # (R, K-1)
-        hidden = self._decoder(
-            self.lm.get_input_embeddings()(steps), full_mask, pos, cache=cache
-        )  # (R, K-1, d)
-        need = cmask[:, 1:]  # (R, K-1): positions whose next token is real
-        logits = self.lm.get_output_embeddings()(hidden[need]).float()  # (N, V), scored positions only
-        picked = logits.gather(1, cont[:, 1:][need][:, None]).squeeze(1) - logits.logsumexp(-1)  # (N,)
-        out = torch.zeros(need.shape, dtype=torch.float32, device=cont.device)
-        out[need] = picked
+        n_ex, n_prompt = prompt_mask.shape
+        dev = cont.device
+        k_len = cont.shape[1]
+        steps = lengths - 1  # (R,) inputs per continuation (its last token is only predicted)
+        in_mask = torch.arange(k_len - 1, device=dev)[None, :] < steps[:, None]  # (R, K-1)
+        per_ex = steps.view(n_ex, n_cand).sum(1)  # (E,) packed tokens per example
+        q_len = max(1, int(per_ex.max()))
+        packed = torch.arange(q_len, device=dev)[None, :] < per_ex[:, None]  # (E, Q) real packed slots
+        # Row-major order of in_mask (example, candidate, step) = row-major order of packed: scatter by masks.
+        ids = torch.full((n_ex, q_len), self.prompt.pad_id, dtype=torch.long, device=dev)  # (E, Q)
+        ids[packed] = cont[:, :-1][in_mask]
+        seg = torch.full((n_ex, q_len), -1, dtype=torch.long, device=dev)  # (E, Q) candidate; -1 = pad
+        seg[packed] = torch.arange(n_cand, device=dev).repeat(n_ex)[:, None].expand_as(in_mask)[in_mask]
+        step = torch.zeros((n_ex, q_len), dtype=torch.long, device=dev)  # (E, Q) index in continuation
+        step[packed] = torch.arange(k_len - 1, device=dev)[None, :].expand_as(in_mask)[in_mask]
+
+        # Query i sees key j of the packed row iff same candidate and j at or before i (pads see pads).
+        same = seg[:, :, None] == seg[:, None, :]  # (E, Q, Q)
+        causal = torch.ones(q_len, q_len, dtype=torch.bool, device=dev).tril()  # (Q, Q)
+        mask4 = torch.cat(
+            [prompt_mask[:, None, :].expand(n_ex, q_len, n_prompt), same & causal], dim=-1
+        )[:, None]  # (E, 1, Q, P + Q) bool, True = attend
+        pos = prompt_mask.sum(1, keepdim=True) + step  # (E, Q) positions restart after the prompt
+        hidden = self._decoder(self.lm.get_input_embeddings()(ids), mask4, pos, cache=cache)  # (E, Q, d)
+
+        logits = self.lm.get_output_embeddings()(hidden[packed]).float()  # (N, V), real slots only
+        targets = cont[:, 1:][in_mask]  # (N,) the token each packed input predicts
+        picked = logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(-1)  # (N,)
+        out = torch.zeros(in_mask.shape, dtype=torch.float32, device=dev)  # (R, K-1)
+        out[in_mask] = picked
         return out
 
     @torch.inference_mode()

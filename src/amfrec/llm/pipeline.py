@@ -18,6 +18,7 @@ from amfrec.data.dataset import PreparedData, Split
 from amfrec.errors import AmfrecError
 from amfrec.evaluate import evaluate
 from amfrec.features.store import load_features
+from amfrec.io import write_json
 from amfrec.llm.backbone import load_backbone
 from amfrec.llm.config import AMFRecConfig
 from amfrec.llm.fusion import ItemEncoder
@@ -61,12 +62,13 @@ def build_model(cfg: AMFRecConfig, data: PreparedData, features_dir: Path) -> AM
         aux_weight=cfg.model.projector.aux_weight,
     )
     trainable, total = model.parameter_report()
-    log.info("AMFRec: %s trainable of %s parameters (%.3f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    log.info(
+        "AMFRec: %s trainable of %s parameters (%.3f%%)",
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
     return model
-
-
-def _head(split: Split, limit: int | None) -> Split:
-    return split if limit is None or limit >= len(split) else split.subset(list(range(limit)))
 
 
 def _score(model: AMFRecModel, split: Split, desc: str) -> dict:
@@ -104,8 +106,8 @@ def train_amfrec(
     info = train(model, data, cfg, out, evaluate_fn=lambda m, s: _score(m, s, "validate"), resume=resume)
     weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
     model.item_encoder.load_state_dict(weights)
-    valid = _score(model, _head(data.valid, limit), "valid")
-    test = _score(model, _head(data.test, limit), "test")
+    valid = _score(model, data.valid.head(limit), "valid")
+    test = _score(model, data.test.head(limit), "test")
     wall = time.perf_counter() - t0
     run_config = {
         **cfg.to_dict(),
@@ -119,12 +121,15 @@ def train_amfrec(
             "amfrec_version": __version__,
             "backbone": model.backbone.identity,
         },
-        "train_info": {k: v for k, v in info.items() if k not in ("evals",)},
+        "train_info": {k: v for k, v in info.items() if k not in ("evals", "losses")},
     }
     valid_rec = metrics_record(valid, "valid", seed, "amfrec", wall)
     test_rec = metrics_record(test, "test", seed, "amfrec", wall)
+    write_json(out / "train_history.json", {"losses": info["losses"], "evals": info["evals"]})
     write_run(out, run_config, test_rec, valid_rec)
-    log.info("amfrec seed %d: test hr@1 %.4f ndcg@10 %.4f (%.0f s)", seed, test["hr@1"], test["ndcg@10"], wall)
+    log.info(
+        "amfrec seed %d: test hr@1 %.4f ndcg@10 %.4f (%.0f s)", seed, test["hr@1"], test["ndcg@10"], wall
+    )
     return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
 
 
@@ -139,8 +144,8 @@ def load_run(run: Path) -> tuple[AMFRecModel, PreparedData, dict]:
     for key in ("name", "file_sha256", "revision", "fingerprint"):
         if identity.get(key) != model.backbone.identity.get(key):
             raise AmfrecError(
-                f"{run / CHECKPOINT_DIR / 'backbone.json'}: trained on backbone {identity.get(key)!r} ({key}), "
-                f"but {model.backbone.identity.get(key)!r} was loaded"
+                f"{run / CHECKPOINT_DIR / 'backbone.json'}: trained on backbone {key} "
+                f"{identity.get(key)!r}, but {model.backbone.identity.get(key)!r} was loaded"
             )
     model.item_encoder.load_state_dict(weights)
     return model, data, run_cfg
@@ -148,11 +153,9 @@ def load_run(run: Path) -> tuple[AMFRecModel, PreparedData, dict]:
 
 def evaluate_run(run: Path, split: str = "test", protocol: str = "score", limit: int | None = None) -> dict:
     """Evaluate a trained run on its fixed candidates; writes RUN/<split>_<protocol>_metrics.json."""
-    from amfrec.io import write_json
-
     t0 = time.perf_counter()
     model, data, run_cfg = load_run(run)
-    part = _head(data.valid if split == "valid" else data.test, limit)
+    part = (data.valid if split == "valid" else data.test).head(limit)
     seed = int(run_cfg["run"]["seed"])
     if protocol == "score":
         metrics = _score(model, part, split)
@@ -185,7 +188,9 @@ def generate_split(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATC
     return outputs
 
 
-def recommend(run: Path, history: list[str], candidates: list[str] | None = None, seed: int = 0) -> list[dict]:
+def recommend(
+    run: Path, history: list[str], candidates: list[str] | None = None, seed: int = 0
+) -> list[dict]:
     """Rank candidates for one history (item ids as in the data); each row carries the gate weights.
 
     Without candidates, 19 items the user has not seen are drawn (seed 0) plus the most popular unseen one,
@@ -220,8 +225,12 @@ def recommend(run: Path, history: list[str], candidates: list[str] | None = None
     modalities = list(model.item_encoder.modalities)
     rows = []
     for j in order:
-        row = {"item_id": data.items[cand[j]].item_id, "title": data.titles[cand[j]], "score": float(scores[j])}
+        row = {
+            "item_id": data.items[cand[j]].item_id,
+            "title": data.titles[cand[j]],
+            "score": float(scores[j]),
+        }
         if weights is not None:
-            row["gate"] = {m: float(w) for m, w in zip(modalities, weights[j].tolist())}
+            row["gate"] = {m: float(w) for m, w in zip(modalities, weights[j].tolist(), strict=True)}
         rows.append(row)
     return rows

@@ -271,6 +271,7 @@ def train(
     model.train()
     t0, seen_examples, seen_tokens, stopped_early = time.perf_counter(), 0, 0, False
     start_step = st["step"]
+    losses: list[float] = []  # per optimiser step, this session (not restored on resume)
     bar = tqdm(total=tcfg.max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     while st["step"] < tcfg.max_steps:
         step = st["step"]
@@ -292,6 +293,7 @@ def train(
         opt.step()
         opt.zero_grad(set_to_none=True)
         st["step"] = step = step + 1
+        losses.append(loss_sum / tcfg.grad_accum)
         elapsed = time.perf_counter() - t0
         bar.update(1)
         bar.set_postfix(
@@ -358,6 +360,7 @@ def train(
         "trainable_params": n_trainable,
         "total_params": n_total,
         "wall_time_s": wall,
+        "losses": losses,
         "examples_per_s": seen_examples / wall if wall > 0 else None,
         "tokens_per_s": seen_tokens / wall if wall > 0 and seen_tokens else None,
         "evals": st["evals"],

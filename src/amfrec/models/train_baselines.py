@@ -69,14 +69,19 @@ BASELINES: dict[str, Callable[[Mapping[str, Any]], tuple[Recommender, dict]]] = 
 
 
 def train_baseline(
-    name: str, data_dir: str | Path, seed: int, out: str | Path, overrides: Mapping[str, Any] | None = None
+    name: str,
+    data_dir: str | Path,
+    seed: int,
+    out: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    limit: int | None = None,
 ) -> dict:
     """Fit baseline `name` on the prepared data in `data_dir`, evaluate valid and test with the shared
     evaluator, and write the run directory `out` atomically (config.yaml, metrics.json,
     valid_metrics.json, train.log, model weights; SASRec also item_embeddings.npy).
 
     `overrides` sets config fields; string values (from the command line) are parsed as YAML scalars
-    and converted to the field's type.
+    and converted to the field's type. `limit`: evaluate on the first `limit` valid/test examples only.
     Returns {"test": test record, "valid": valid record, "info": training info, "out": out}.
     """
     if name not in BASELINES:
@@ -98,8 +103,8 @@ def train_baseline(
             log.info("train %s seed %d on %s (%d train windows, %d items)", name, seed, data_dir,
                      len(data.train), data.n_items)  # fmt: skip
             info = model.fit(data, seed)
-            valid = evaluate(model, data.valid, desc=f"{name} valid")
-            test = evaluate(model, data.test, desc=f"{name} test")
+            valid = evaluate(model, data.valid.head(limit), desc=f"{name} valid")
+            test = evaluate(model, data.test.head(limit), desc=f"{name} test")
             wall = time.perf_counter() - t0
             valid_rec = metrics_record(valid, "valid", seed, name, wall)
             test_rec = metrics_record(test, "test", seed, name, wall)
@@ -115,6 +120,7 @@ def train_baseline(
                     "inputs": data.manifest.get("inputs"),
                 },
                 "model_config": model_config,
+                "eval_limit": limit,
                 "amfrec_version": __version__,
                 "train_info": {k: v for k, v in info.items() if k != "epochs"},
             }

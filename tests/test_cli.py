@@ -1,0 +1,101 @@
+"""The command line: every command listed; user mistakes give one line on stderr, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amfrec.cli import build_parser, main
+
+COMMANDS = ("data", "features", "train", "evaluate", "recommend", "experiment", "bench", "quickstart")
+
+
+def test_help_lists_every_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "amfrec.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for command in COMMANDS:
+        assert command in out
+
+
+def test_every_command_parses() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(COMMANDS) <= set(sub.choices)
+
+
+def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("amfrec: error: ") and "\n" not in err, err
+    return err
+
+
+def test_missing_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    err = one_line_error(
+        capsys, ["data", "prepare", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "D")]
+    )
+    assert "nope" in err
+    assert not (tmp_path / "D").exists()
+
+
+def test_malformed_row_names_file_and_line(tiny_atomic_dir: Path, tmp_path: Path, capsys) -> None:
+    data = tmp_path / "raw"
+    shutil.copytree(tiny_atomic_dir, data)
+    lines = (data / "tiny.inter").read_text().splitlines()
+    lines[5] = lines[5].replace("\t", " ", 1)  # one column too few
+    (data / "tiny.inter").write_text("\n".join(lines) + "\n")
+    err = one_line_error(capsys, ["data", "prepare", "--data", str(data), "--out", str(tmp_path / "D")])
+    assert "tiny.inter:6" in err
+    assert not (tmp_path / "D").exists()
+
+
+def test_amfrec_without_features(tiny_prepared: Path, tmp_path: Path, capsys) -> None:
+    err = one_line_error(
+        capsys, ["train", "--model", "amfrec", "--data", str(tiny_prepared), "--out", str(tmp_path / "R")]
+    )
+    assert "--features" in err
+
+
+def test_unknown_config_name(tiny_prepared: Path, tmp_path: Path, capsys) -> None:
+    argv = ["train", "--model", "amfrec", "--data", str(tiny_prepared), "--features", str(tmp_path)]
+    err = one_line_error(capsys, [*argv, "--config", "nosuch", "--out", str(tmp_path / "R")])
+    assert "nosuch" in err and "quickstart" in err
+
+
+def test_nan_in_imported_features(tiny_prepared: Path, tmp_path: Path, capsys) -> None:
+    ids = [json.loads(line)["item_id"] for line in (tiny_prepared / "items.jsonl").open()]
+    matrix = np.ones((len(ids), 8), dtype=np.float32)
+    matrix[3, 2] = np.nan
+    np.save(tmp_path / "m.npy", matrix)
+    (tmp_path / "ids.json").write_text(json.dumps(ids))
+    spec = f"vis={tmp_path / 'm.npy'}:{tmp_path / 'ids.json'}"
+    err = one_line_error(
+        capsys,
+        [
+            "features",
+            "--data",
+            str(tiny_prepared),
+            "--modalities",
+            "vis",
+            "--import",
+            spec,
+            "--out",
+            str(tmp_path / "F"),
+        ],
+    )
+    assert "m.npy" in err
+
+
+def test_baseline_train_writes_run(tiny_prepared: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "pop"
+    assert main(["train", "--model", "popularity", "--data", str(tiny_prepared), "--out", str(run)]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["model"] == "popularity" and metrics["split"] == "test"
+    assert "popularity [test" in capsys.readouterr().out
