@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from amfrec.cli import build_parser, main
+from amfrec.errors import AmfrecError
 
 COMMANDS = ("data", "features", "train", "evaluate", "recommend", "experiment", "bench", "quickstart")
 
@@ -99,3 +100,15 @@ def test_baseline_train_writes_run(tiny_prepared: Path, tmp_path: Path, capsys) 
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["model"] == "popularity" and metrics["split"] == "test"
     assert "popularity [test" in capsys.readouterr().out
+
+
+def test_set_values_are_parsed_as_yaml() -> None:
+    from amfrec.cli import _overrides
+
+    assert _overrides(["train.max_steps=8", "model.modalities=[id, text]", "model.noun=book"]) == {
+        "train.max_steps": 8,
+        "model.modalities": ["id", "text"],
+        "model.noun": "book",
+    }
+    with pytest.raises(AmfrecError, match="KEY=VALUE"):
+        _overrides(["novalue"])

@@ -265,3 +265,41 @@ def test_build_amfrec_with_real_item_encoder(backbone, fusion, n_tokens):
     torch.testing.assert_close(
         model.score(HISTORY, CANDIDATES), reference_scores(model, HISTORY, CANDIDATES), atol=1e-4, rtol=0
     )
+
+
+@pytest.fixture(scope="module")
+def eager_backbone(tmp_path_factory):
+    bb = load_backbone(str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm_eager"))), device="cpu")
+    bb.model.set_attn_implementation("eager")
+    return bb
+
+
+def test_packed_scoring_with_eager_attention(backbone, eager_backbone):
+    assert backbone.model.config._attn_implementation == "sdpa"  # the bool-mask path of the other tests
+    model = make_model(eager_backbone)
+    assert model.lm.config._attn_implementation == "eager"  # additive float mask
+    scores = model.score(HISTORY, CANDIDATES)
+    torch.testing.assert_close(scores, reference_scores(model, HISTORY, CANDIDATES), atol=1e-4, rtol=0)
+    torch.testing.assert_close(scores, make_model(backbone).score(HISTORY, CANDIDATES), atol=1e-4, rtol=0)
+
+
+def test_custom_mask_forms(backbone, eager_backbone):
+    mask = torch.tensor([[True, False], [True, True]])[None, None]  # (1, 1, 2, 2)
+    assert torch.equal(make_model(backbone)._custom_mask(mask), mask)
+    additive = make_model(eager_backbone)._custom_mask(mask)
+    low = torch.finfo(additive.dtype).min
+    assert additive.tolist() == [[[[0.0, low], [0.0, 0.0]]]]
+
+
+def test_scores_with_eos_only_and_long_continuations(backbone):
+    # "" encodes to eos alone (no packed tokens); the long title dominates the packed length Q.
+    titles = list(TITLES)
+    titles[3] = ""
+    titles[4] = "Dead Man Walking Toy Story Golden Eye Seven The Usual Suspects"
+    enc = StubItemEncoder(N_ITEMS, HIDDEN)
+    model = AMFRecModel(backbone, enc, titles)
+    assert model.prompt.encode_answers([""]) == [[model.prompt.eos_id]]
+    candidates = torch.tensor([[3, 4, 1, 2], [3, 3, 3, 3], [5, 4, 3, 7]])
+    scores = model.score(HISTORY, candidates)
+    torch.testing.assert_close(scores, reference_scores(model, HISTORY, candidates), atol=1e-4, rtol=0)
+    assert scores[1].unique().numel() == 1  # identical eos-only candidates: one score

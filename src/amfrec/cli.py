@@ -27,14 +27,19 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _overrides(pairs: list[str] | None) -> dict[str, str]:
-    """`--set train.lr=1e-3` pairs -> {"train.lr": "1e-3"} (values parsed as YAML scalars downstream)."""
-    out: dict[str, str] = {}
+def _overrides(pairs: list[str] | None) -> dict[str, object]:
+    """`--set train.max_steps=8` pairs -> {"train.max_steps": 8} (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, object] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise AmfrecError(f"--set expects KEY=VALUE, got {pair!r}")
-        out[key.strip()] = value.strip()
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise AmfrecError(f"--set {pair}: the value is not valid YAML") from None
     return out
 
 

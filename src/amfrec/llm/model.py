@@ -50,9 +50,9 @@ class AMFRecModel(nn.Module, Recommender):
 
     titles: item titles by index (index 0 = padding, unused). tokens_per_item: placeholders per item (None =
     ``item_encoder.tokens_per_item``, else 1). aux_weight multiplies the encoder's aux loss. score_reduction:
-    "sum" (default) or "mean" token log-prob per candidate. score_chunk_rows: continuation rows (examples * C)
-    per packed scoring pass (memory bound). Only ``item_encoder`` is trainable; the backbone stays in eval mode under
-    ``.train()``.
+    "sum" (default) or "mean" token log-prob per candidate. score_chunk_rows: continuation rows (examples *
+    C) per packed scoring pass (memory bound). Only ``item_encoder`` is trainable; the backbone stays in eval
+    mode under ``.train()``.
     """
 
     name = "amfrec"
@@ -225,9 +225,10 @@ class AMFRecModel(nn.Module, Recommender):
 
         bsz, n_cand = candidates.shape
         batch, embeds, _, _ = self._embed_prompt(history, candidates, None)
-        pmask = batch.attention_mask.bool()  # (B, P)
+        mask = batch.attention_mask  # (B, P)
         cache = DynamicCache(config=self.lm.config)
-        hidden = self._decoder(embeds, pmask.long(), _positions(pmask), cache=cache)  # (B, P, d)
+        hidden = self._decoder(embeds, mask, _positions(mask), cache=cache)  # (B, P, d)
+        pmask = mask.bool()  # (B, P)
 
         # Continuations: (B*C, K) right-padded, row b * C + c = candidate c of example b.
         cont_list = self.prompt.encode_answers([self.titles[i] for i in candidates.reshape(-1).tolist()])
@@ -291,11 +292,11 @@ class AMFRecModel(nn.Module, Recommender):
         # Query i sees key j of the packed row iff same candidate and j at or before i (pads see pads).
         same = seg[:, :, None] == seg[:, None, :]  # (E, Q, Q)
         causal = torch.ones(q_len, q_len, dtype=torch.bool, device=dev).tril()  # (Q, Q)
-        mask4 = torch.cat(
-            [prompt_mask[:, None, :].expand(n_ex, q_len, n_prompt), same & causal], dim=-1
-        )[:, None]  # (E, 1, Q, P + Q) bool, True = attend
+        sees_prompt = prompt_mask[:, None, :].expand(n_ex, q_len, n_prompt)  # (E, Q, P)
+        mask = torch.cat([sees_prompt, same & causal], dim=-1)  # (E, Q, P + Q) bool, True = attend
         pos = prompt_mask.sum(1, keepdim=True) + step  # (E, Q) positions restart after the prompt
-        hidden = self._decoder(self.lm.get_input_embeddings()(ids), mask4, pos, cache=cache)  # (E, Q, d)
+        embeds = self.lm.get_input_embeddings()(ids)  # (E, Q, d)
+        hidden = self._decoder(embeds, self._custom_mask(mask[:, None]), pos, cache=cache)  # (E, Q, d)
 
         logits = self.lm.get_output_embeddings()(hidden[packed]).float()  # (N, V), real slots only
         targets = cont[:, 1:][in_mask]  # (N,) the token each packed input predicts
@@ -303,6 +304,23 @@ class AMFRecModel(nn.Module, Recommender):
         out = torch.zeros(in_mask.shape, dtype=torch.float32, device=dev)  # (R, K-1)
         out[in_mask] = picked
         return out
+
+    def _custom_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A 4D bool mask (B, 1, Q, KV), True = attend, in the form the backbone's attention takes as-is.
+
+        "sdpa": bool; "eager": additive float (0 / dtype min) in the backbone's dtype. Other implementations
+        (flash attention, ...) do not take an arbitrary 4D mask: ValueError.
+        """
+        impl = getattr(self.lm.config, "_attn_implementation", None) or "eager"
+        if impl == "sdpa":
+            return mask
+        if impl == "eager":
+            dtype = self.lm.get_input_embeddings().weight.dtype
+            zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+            return zeros.masked_fill(~mask, torch.finfo(dtype).min)
+        raise ValueError(
+            f"candidate scoring needs attn_implementation 'sdpa' or 'eager' (custom 4D mask), got {impl!r}"
+        )
 
     @torch.inference_mode()
     def generate(
