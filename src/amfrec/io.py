@@ -76,3 +76,28 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise AmfrecError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """Read a YAML file whose top level is a mapping (an empty file gives {}).
+
+    A missing file, malformed YAML (with its line) or another top level raises AmfrecError naming the file.
+    """
+    import yaml
+
+    from amfrec.errors import AmfrecError
+
+    path = Path(path)
+    if not path.is_file():
+        raise AmfrecError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise AmfrecError(f"{path}{line}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise AmfrecError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw

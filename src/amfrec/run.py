@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from amfrec.errors import AmfrecError
-from amfrec.io import write_json, write_text
+from amfrec.io import read_yaml_mapping, write_json, write_text
 from amfrec.metrics import RANK_KS
 
 METRIC_KEYS: tuple[str, ...] = (
@@ -107,12 +107,4 @@ def load_run_config(run: str | Path) -> dict[str, Any]:
     path = Path(run) / "config.yaml"
     if not path.is_file():
         raise AmfrecError(f"{path}: file not found (not a run directory?)")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise AmfrecError(f"{path}{where}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
-    if not isinstance(cfg, dict):
-        raise AmfrecError(f"{path}: expected a mapping at the top level, got {type(cfg).__name__}")
-    return cfg
+    return read_yaml_mapping(path)

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from amfrec.errors import AmfrecError
+from amfrec.io import read_yaml_mapping
 
 
 class ConfigError(AmfrecError, ValueError):
@@ -314,17 +315,11 @@ class AMFRecConfig:
         text = ""
         if path is not None:
             path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"{path}: file not found")
             try:
-                text = path.read_text(encoding="utf-8")
-                raw = yaml.safe_load(text) or {}
-            except yaml.YAMLError as e:
-                mark = getattr(e, "problem_mark", None)
-                line = f":{mark.line + 1}" if mark is not None else ""
-                raise ConfigError(f"{path}{line}: malformed YAML ({getattr(e, 'problem', e)})") from None
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{path}: expected a mapping at the top level")
+                raw = read_yaml_mapping(path)
+            except AmfrecError as e:
+                raise ConfigError(str(e)) from None
+            text = path.read_text(encoding="utf-8")
         try:
             raw = apply_overrides(raw, overrides or {})
             return cls.from_dict(raw)

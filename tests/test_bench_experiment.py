@@ -1,0 +1,55 @@
+"""`amfrec bench` on a tiny random backbone (FLOP accounting, table) and `amfrec experiment` on tiny data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from llm_fixtures import make_tiny_backbone_dir
+
+from amfrec.bench import linear_params, run_bench, train_step_tokens_per_s
+from amfrec.errors import AmfrecError
+from amfrec.experiment import format_table, run_experiment
+from amfrec.llm.backbone import load_backbone
+
+
+def test_linear_params_counts_only_linear_weights() -> None:
+    net = torch.nn.Sequential(
+        torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3), torch.nn.Linear(3, 2, bias=False)
+    )
+    assert linear_params(net) == 4 * 3 + 3 * 2
+
+
+def test_bench_table_on_tiny_backbone(tmp_path: Path) -> None:
+    path = make_tiny_backbone_dir(tmp_path / "tiny")
+    model = load_backbone(str(path)).model
+    assert train_step_tokens_per_s(model, batch_size=2, seq_len=8, answer_len=2, steps=1, device="cpu") > 0
+    assert all(p.grad is None for p in model.parameters())  # input gradients only: the backbone stays frozen
+    table = run_bench(str(path), dtypes=["float32"], seq_len=8, batch_size=2, answer_len=2, steps=1)
+    lines = table.splitlines()
+    assert lines[1].startswith("| dtype | logits | train tokens/s")
+    rows = [line.split("|") for line in lines[3:]]
+    assert [r[2].strip() for r in rows] == ["answer", "all"]
+    for r in rows:
+        assert float(r[3]) > 0 and float(r[5]) > 0 and r[6].strip().endswith("%")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        run_bench(str(path), dtypes=["float8"])
+
+
+def test_experiment_table_over_seeds(tiny_atomic_dir: Path, tmp_path: Path) -> None:
+    table = run_experiment(["popularity"], tiny_atomic_dir, None, None, [1, 2], tmp_path / "exp")
+    runs = json.loads((tmp_path / "exp" / "results.json").read_text())["runs"]["popularity"]
+    assert [r["seed"] for r in runs] == [1, 2]
+    assert (tmp_path / "exp" / "seed2" / "popularity" / "metrics.json").is_file()
+    assert "| popularity |" in table and (tmp_path / "exp" / "results.md").read_text().strip() == table
+    with pytest.raises(AmfrecError, match="unknown model"):
+        run_experiment(["bert4rec"], tiny_atomic_dir, None, None, [1], tmp_path / "x")
+
+
+def test_format_table_mean_and_std() -> None:
+    runs = {"m": [{"hr@1": 0.2, "hr@5": 0.5, "hr@10": 0.7, "ndcg@10": 0.4, "mrr": 0.3, "n": 10},
+                  {"hr@1": 0.4, "hr@5": 0.5, "hr@10": 0.9, "ndcg@10": 0.6, "mrr": 0.5, "n": 10}]}  # fmt: skip
+    row = format_table(runs, [1, 2]).splitlines()[-1]
+    assert row.startswith("| m | 0.3000 ± 0.1414 | 0.5000 ± 0.0000 | 0.8000 ± 0.1414")
