@@ -146,7 +146,8 @@ def main() -> None:
         print(
             f"{dtype}: {len(history)} examples, prompt {prompts.prompt_lengths.float().mean():.0f} tokens on "
             f"average, continuations {sum(map(len, conts)) / len(conts):.1f} tokens "
-            f"(max {max(map(len, conts))})"
+            f"(max {max(map(len, conts))})",
+            flush=True,
         )
         methods = {
             "old repeat-cache": lambda h, c, m=model: old_score(m, h, c),
@@ -167,14 +168,19 @@ def main() -> None:
             for name, t in times.items():
                 ref_diff = float((scores[name] - reference).abs().max())
                 rows.append((name, dtype, bs, min(t), statistics.median(t), diff, ref_diff))
+                print("  " + _row(*rows[-1]), flush=True)
 
     print(
         "\n| method | dtype | batch | s/example best | s/example median | max abs diff old vs new "
         "| max abs diff vs float32 new |"
     )
     print("|---|---|---|---|---|---|---|")
-    for name, dtype, bs, best, med, diff, ref_diff in rows:
-        print(f"| {name} | {dtype} | {bs} | {best:.3f} | {med:.3f} | {diff:.1e} | {ref_diff:.1e} |")
+    for row in rows:
+        print(_row(*row))
+
+
+def _row(name: str, dtype: str, bs: int, best: float, med: float, diff: float, ref_diff: float) -> str:
+    return f"| {name} | {dtype} | {bs} | {best:.3f} | {med:.3f} | {diff:.1e} | {ref_diff:.1e} |"
 
 
 if __name__ == "__main__":
