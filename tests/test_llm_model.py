@@ -131,6 +131,7 @@ def test_forward_loss_and_gradients(backbone):
     torch.testing.assert_close(out.lm_loss, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out.loss, out.lm_loss + 0.01 * aux)
     assert out.n_answer_tokens == int((batch.labels != IGNORE_INDEX).sum())
+    assert out.n_tokens == int(batch.attention_mask.sum())
     assert out.weights.shape == (3, 9, 1)
     out.loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.item_encoder.parameters())

@@ -43,6 +43,7 @@ class AMFRecOutput:
     aux_loss: torch.Tensor  # scalar: the item encoder's auxiliary (load-balancing) loss
     weights: torch.Tensor | None  # (B, S, M) gate weights, or None
     n_answer_tokens: int
+    n_tokens: int  # real (non-padding) prompt + answer tokens: the throughput unit
 
 
 class AMFRecModel(nn.Module, Recommender):
@@ -201,6 +202,7 @@ class AMFRecModel(nn.Module, Recommender):
             aux_loss=aux,
             weights=weights,
             n_answer_tokens=int(sel.sum()),
+            n_tokens=int(batch.attention_mask.sum()),
         )
 
     # ----------------------------------------------------------------- inference
