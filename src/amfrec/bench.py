@@ -34,7 +34,7 @@ class BenchRow:
         return self.achieved_gflops / self.peak_gflops
 
 
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 10, device: str = "cpu") -> float:
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
     """Best-of-`repeats` GFLOP/s of an (n, n) @ (n, n) product in `dtype`."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
