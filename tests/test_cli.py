@@ -112,3 +112,18 @@ def test_set_values_are_parsed_as_yaml() -> None:
     }
     with pytest.raises(AmfrecError, match="KEY=VALUE"):
         _overrides(["novalue"])
+
+
+def test_evaluate_reloads_a_baseline_run(tiny_prepared: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "pop"
+    assert main(["train", "--model", "popularity", "--data", str(tiny_prepared), "--out", str(run)]) == 0
+    assert main(["evaluate", "--run", str(run), "--split", "test"]) == 0
+    again = json.loads((run / "test_score_metrics.json").read_text())
+    saved = json.loads((run / "metrics.json").read_text())
+    assert {k: again[k] for k in ("hr@1", "ndcg@10", "mrr", "n")} == {
+        k: saved[k] for k in ("hr@1", "ndcg@10", "mrr", "n")
+    }
+    err = one_line_error(capsys, ["evaluate", "--run", str(run), "--protocol", "generate"])
+    assert "scoring only" in err
+    err = one_line_error(capsys, ["evaluate", "--run", str(tmp_path / "nothing")])
+    assert "config.yaml" in err

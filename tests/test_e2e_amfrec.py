@@ -90,3 +90,14 @@ def test_generation_protocol(amfrec_run: Path) -> None:
     assert rec["n"] == 2 and rec["split"] == "valid"
     assert 0.0 <= rec["gen_hr@1"] <= rec["valid_ratio"] <= 1.0
     assert (amfrec_run / "valid_generate_metrics.json").is_file()
+
+
+def test_sasrec_run_reloads_to_identical_metrics(amfrec_run: Path) -> None:
+    from amfrec.models.train_baselines import evaluate_baseline_run
+
+    run = amfrec_run.parent / "sasrec"
+    saved = json.loads((run / "metrics.json").read_text())
+    again = evaluate_baseline_run(run, split="test", limit=LIMIT)
+    assert {k: again[k] for k in ("hr@1", "ndcg@10", "mrr", "n")} == {
+        k: saved[k] for k in ("hr@1", "ndcg@10", "mrr", "n")
+    }

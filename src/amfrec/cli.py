@@ -112,9 +112,18 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from amfrec.llm.pipeline import evaluate_run
+    from amfrec.run import load_run_config
 
-    metrics = evaluate_run(Path(a.run), split=a.split, protocol=a.protocol, limit=a.limit)
+    if load_run_config(a.run).get("model") in BASELINES:
+        from amfrec.models.train_baselines import evaluate_baseline_run
+
+        if a.protocol != "score":
+            raise AmfrecError(f"--protocol {a.protocol}: baselines are evaluated by scoring only")
+        metrics = evaluate_baseline_run(Path(a.run), split=a.split, limit=a.limit)
+    else:
+        from amfrec.llm.pipeline import evaluate_run
+
+        metrics = evaluate_run(Path(a.run), split=a.split, protocol=a.protocol, limit=a.limit)
     print(_metrics_line(metrics))
 
 
@@ -233,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="amfrec: continue from RUN's last checkpoint")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="evaluate a trained AMFRec run")
+    e = sub.add_parser("evaluate", help="evaluate a trained run again on its fixed candidates")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--split", choices=("valid", "test"), default="test")
     e.add_argument("--protocol", choices=("score", "generate"), default="score")

@@ -131,3 +131,30 @@ def train_baseline(
             handler.close()
             pkg_log.setLevel(old_level)
     return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
+
+
+LOADERS: dict[str, Callable[[Path, PreparedData], Recommender]] = {
+    "popularity": Popularity.load,
+    "sasrec": SASRec.load,
+    "gru4rec": GRU4Rec.load,
+}
+
+
+def evaluate_baseline_run(run: str | Path, split: str = "test", limit: int | None = None) -> dict:
+    """Reload a baseline run and score its fixed candidates again; writes RUN/<split>_score_metrics.json."""
+    from amfrec.io import write_json
+    from amfrec.run import load_run_config
+
+    t0 = time.perf_counter()
+    run = Path(run)
+    cfg = load_run_config(run)
+    name = cfg.get("model")
+    if name not in LOADERS:
+        raise AmfrecError(f"{run / 'config.yaml'}: model {name!r} is not a baseline run")
+    data = PreparedData.load(cfg["data"]["path"])
+    model = LOADERS[name](run, data)
+    part = (data.valid if split == "valid" else data.test).head(limit)
+    metrics = evaluate(model, part, desc=f"{name} {split}")
+    rec = metrics_record(metrics, split, int(cfg["seed"]), name, time.perf_counter() - t0)
+    write_json(run / f"{split}_score_metrics.json", rec)
+    return rec
