@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +75,10 @@ class PreparedData:
     def titles(self) -> list[str]:
         return [it.title for it in self.items]
 
-    @property
+    @functools.cached_property
     def index(self) -> dict[str, int]:
-        return {it.item_id: k for k, it in enumerate(self.items) if k > 0}
+        """Item id -> item index (built once)."""
+        return _index(self.items)
 
     @classmethod
     def load(cls, path: str | Path) -> PreparedData:
@@ -93,7 +95,7 @@ class PreparedData:
                     genres=tuple(row.get("genres") or ()),
                 )
             )
-        index = {it.item_id: k for k, it in enumerate(items) if k > 0}
+        index = _index(items)
         max_len = int(manifest["max_len"])
         return cls(
             path=path,
@@ -103,6 +105,10 @@ class PreparedData:
             valid=_load_split(path / "valid.jsonl", index, max_len, with_candidates=True),
             test=_load_split(path / "test.jsonl", index, max_len, with_candidates=True),
         )
+
+
+def _index(items: list[ItemInfo]) -> dict[str, int]:
+    return {it.item_id: k for k, it in enumerate(items) if k > 0}
 
 
 def _read_jsonl(path: Path):
