@@ -29,8 +29,10 @@ def test_bench_table_on_tiny_backbone(tmp_path: Path) -> None:
     assert all(p.grad is None for p in model.parameters())  # input gradients only: the backbone stays frozen
     table = run_bench(str(path), dtypes=["float32"], seq_len=8, batch_size=2, answer_len=2, steps=1)
     lines = table.splitlines()
-    assert lines[1].startswith("| dtype | logits | train tokens/s")
-    rows = [line.split("|") for line in lines[3:]]
+    assert lines[0].startswith("dtype probe (CPU, 256x256 matmul): float32 ")
+    assert "dtype auto -> " in lines[0] and lines[1].startswith("CPU flags: ")
+    assert lines[3].startswith("| dtype | logits | train tokens/s")
+    rows = [line.split("|") for line in lines[5:]]
     assert [r[2].strip() for r in rows] == ["answer", "all"]
     for r in rows:
         assert float(r[3]) > 0 and float(r[5]) > 0 and r[6].strip().endswith("%")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from amfrec.hardware import cpu_flags, matmul_gflops, probe_matmul_gflops, resolve_dtype
 from amfrec.llm.backbone import TORCH_DTYPES, load_backbone
 from amfrec.llm.config import DType
 
@@ -34,19 +35,9 @@ class BenchRow:
         return self.achieved_gflops / self.peak_gflops
 
 
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 10, device: str = "cpu") -> float:
-    """Best-of-`repeats` GFLOP/s of an (n, n) @ (n, n) product in `dtype`."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 5, device: str = "cpu") -> float:
+    """Best-of-`repeats` GFLOP/s of an (n, n) @ (n, n) product in `dtype` (the MFU denominator)."""
+    return matmul_gflops(dtype, n=n, repeats=repeats, device=device)
 
 
 def linear_params(module: nn.Module) -> int:
@@ -86,11 +77,20 @@ def run_bench(
     answer_len: int = 8,
     steps: int = 5,
 ) -> str:
-    """Measure every dtype (answer-only logits, and all-position logits for comparison); return a table."""
+    """Measure every dtype (answer-only logits, and all-position logits for comparison); return a table.
+
+    dtypes: names among "auto", "float32", "bfloat16" (default ["auto"]: the dtype the probe picks). The
+    table is preceded by the dtype probe's two numbers, the choice of "auto" and the CPU's SIMD flags.
+    """
     rows: list[BenchRow] = []
-    for name in dtypes or ["bfloat16", "float32"]:
+    names = dtypes or ["auto"]
+    for name in names:
         if name not in DType.__members__.values():
             raise ValueError(f"unknown dtype {name!r}; choose from {[d.value for d in DType]}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    auto_choice, auto_reason = resolve_dtype("auto", device)
+    resolved = list(dict.fromkeys(auto_choice if n == "auto" else n for n in names))
+    for name in resolved:
         bb = load_backbone(backbone, dtype=name)
         model, device = bb.model, str(bb.device)
         peak = matmul_peak_gflops(TORCH_DTYPES[DType(name)], device=device)
@@ -103,7 +103,15 @@ def run_bench(
             rows.append(BenchRow(name, logits, tps, tps * flops_per_token / 1e9, peak))
             log.info("%s logits=%s: %.0f tokens/s", name, logits, tps)
         del bb, model
+    probe = probe_matmul_gflops() if device == "cpu" else None
+    probe_line = (
+        f"dtype probe (CPU, 256x256 matmul): float32 {probe['float32']:.1f} GFLOP/s, "
+        f"bfloat16 {probe['bfloat16']:.1f} GFLOP/s; {auto_reason}\n"
+        if probe
+        else f"{auto_reason}\n"
+    )
     header = (
+        probe_line + f"CPU flags: {cpu_flags() or 'unknown'}\n"
         f"backbone {backbone}, batch {batch_size} x {seq_len} tokens, {torch.get_num_threads()} threads\n"
         "| dtype | logits | train tokens/s | achieved GFLOP/s | matmul peak GFLOP/s | MFU |\n"
         "|---|---|---:|---:|---:|---:|"

@@ -269,7 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="backbone training throughput and MFU vs measured matmul peak")
     b.add_argument("--backbone", default="smollm2-135m")
-    b.add_argument("--dtypes", default="bfloat16,float32")
+    b.add_argument(
+        "--dtypes",
+        default="auto",
+        help="comma-separated: auto (the dtype the probe picks), float32, bfloat16 (default: auto)",
+    )
     b.add_argument("--seq-len", type=int, default=256)
     b.add_argument("--batch-size", type=int, default=4)
     b.add_argument("--answer-len", type=int, default=8, help="positions whose logits are computed")
@@ -290,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    import torch
+
+    from amfrec.hardware import use_all_cores
+
+    threads = torch.get_num_threads()
+    log.debug("torch threads: %d (the CPUs this process may use)", use_all_cores())
     try:
         args.func(args)
     except AmfrecError as e:
@@ -298,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("amfrec: interrupted", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(threads)  # callers in the same process (tests) get their setting back
     return 0
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from amfrec.errors import AmfrecError
+from amfrec.hardware import pick_dtype
 from amfrec.io import atomic_dir
 from amfrec.llm.config import DType
 
@@ -76,14 +77,15 @@ def default_cache_dir() -> Path:
 
 def load_backbone(
     name_or_path: str = DEFAULT_BACKBONE,
-    dtype: str = "float32",
+    dtype: str = "auto",
     device: str | None = None,
     cache_dir: Path | None = None,
 ) -> Backbone:
     """Load a frozen causal LM.
 
     name_or_path: ``"smollm2-135m"`` (offline default, the GGUF package), a local directory, or a hub id.
-    dtype: ``"float32"`` or ``"bfloat16"``. device: ``None`` = CUDA when available, else CPU.
+    dtype: ``"auto"`` (measured: :func:`amfrec.hardware.pick_dtype`), ``"float32"`` or ``"bfloat16"``.
+    device: ``None`` = CUDA when available, else CPU.
     cache_dir: where converted GGUF weights are cached (default: :func:`default_cache_dir`).
     """
     try:
@@ -91,6 +93,7 @@ def load_backbone(
     except ValueError:
         raise ValueError(f"dtype must be one of {[d.value for d in DType]}, got {dtype!r}") from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dt = DType(pick_dtype(dt.value, device))
     start = time.perf_counter()
     if name_or_path == DEFAULT_BACKBONE:
         model, tokenizer, identity = _load_smollm2(dt, Path(cache_dir) if cache_dir else default_cache_dir())

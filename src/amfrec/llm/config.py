@@ -37,6 +37,7 @@ class FusionMode(StrEnum):
 
 
 class DType(StrEnum):
+    AUTO = "auto"  # measured per machine (amfrec.hardware): bfloat16 only where it is faster
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
 
@@ -127,7 +128,7 @@ class GateConfig:
 class ModelConfig:
     # Backbone: a name the backbone loader knows ("smollm2-135m"), a hub id or a local path; kept frozen.
     backbone: str = "smollm2-135m"
-    dtype: DType = DType.FLOAT32
+    dtype: DType = DType.AUTO  # never fixed in a packaged config: CPUs differ 70x in bf16 speed
     # Modalities to use, in this order (the gate's weight columns follow it); must exist in the feature dir.
     modalities: list[str] = field(default_factory=lambda: ["id", "text", "image"])
     fusion: FusionMode = FusionMode.GATED

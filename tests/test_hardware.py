@@ -1,0 +1,93 @@
+"""dtype "auto" is chosen by measurement; an explicit dtype is respected; threads follow the affinity mask."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from llm_fixtures import make_tiny_backbone_dir
+
+from amfrec import hardware
+from amfrec.hardware import resolve_dtype
+
+
+def fake_probe(monkeypatch: pytest.MonkeyPatch, fp32: float, bf16: float) -> None:
+    monkeypatch.setattr(hardware, "probe_matmul_gflops", lambda: {"float32": fp32, "bfloat16": bf16})
+
+
+def test_auto_picks_float32_where_bf16_is_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_probe(monkeypatch, fp32=72.0, bf16=1.0)
+    choice, reason = resolve_dtype("auto", "cpu")
+    assert choice == "float32"
+    assert reason == "dtype auto -> float32: bf16 matmul 1 GFLOP/s vs fp32 72 GFLOP/s"
+
+
+def test_auto_picks_bfloat16_where_it_is_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_probe(monkeypatch, fp32=213.0, bf16=865.0)
+    choice, reason = resolve_dtype("auto", "cpu")
+    assert choice == "bfloat16"
+    assert "865" in reason and "213" in reason
+
+
+@pytest.mark.parametrize("explicit", ["float32", "bfloat16"])
+def test_explicit_dtype_is_respected(monkeypatch: pytest.MonkeyPatch, explicit: str) -> None:
+    for fp32, bf16 in ((72.0, 1.0), (213.0, 865.0)):
+        fake_probe(monkeypatch, fp32, bf16)
+        assert resolve_dtype(explicit, "cpu")[0] == explicit
+
+
+def test_explicit_slow_bfloat16_warns_with_both_numbers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_probe(monkeypatch, fp32=72.0, bf16=1.0)
+    with caplog.at_level(logging.WARNING, logger="amfrec.hardware"):
+        resolve_dtype("bfloat16", "cpu")
+    assert "1 GFLOP/s" in caplog.text and "72 GFLOP/s" in caplog.text
+    caplog.clear()
+    fake_probe(monkeypatch, fp32=213.0, bf16=865.0)
+    with caplog.at_level(logging.WARNING, logger="amfrec.hardware"):
+        resolve_dtype("bfloat16", "cpu")
+    assert caplog.text == ""
+
+
+def test_unknown_dtype_is_refused() -> None:
+    with pytest.raises(ValueError, match="float8"):
+        resolve_dtype("float8", "cpu")
+
+
+def test_backbone_loads_in_the_dtype_auto_picks(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from amfrec.llm.backbone import load_backbone
+
+    tiny_dir = make_tiny_backbone_dir(tmp_path / "tiny")
+    fake_probe(monkeypatch, fp32=72.0, bf16=1.0)
+    assert load_backbone(str(tiny_dir), dtype="auto", device="cpu").dtype == torch.float32
+    fake_probe(monkeypatch, fp32=213.0, bf16=865.0)
+    assert load_backbone(str(tiny_dir), dtype="auto", device="cpu").dtype == torch.bfloat16
+    assert load_backbone(str(tiny_dir), dtype="float32", device="cpu").dtype == torch.float32
+
+
+def test_the_real_probe_measures_both_dtypes() -> None:
+    g = hardware.probe_matmul_gflops()
+    assert set(g) == {"float32", "bfloat16"} and all(v > 0 for v in g.values())
+
+
+def test_use_all_cores_follows_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    monkeypatch.setattr(hardware.os, "sched_getaffinity", lambda pid: {0})
+    try:
+        assert hardware.use_all_cores() == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cli_leaves_the_thread_count_as_it_found_it(tmp_path) -> None:
+    from amfrec.cli import main
+
+    torch.set_num_threads(1)
+    try:
+        assert main(["data", "prepare", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "D")]) == 2
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(hardware.usable_cores())
