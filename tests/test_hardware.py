@@ -87,7 +87,8 @@ def test_cli_leaves_the_thread_count_as_it_found_it(tmp_path) -> None:
 
     torch.set_num_threads(1)
     try:
-        assert main(["data", "prepare", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "D")]) == 2
+        argv = ["data", "prepare", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "D")]
+        assert main(argv) == 2
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(hardware.usable_cores())

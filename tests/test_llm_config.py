@@ -1,20 +1,26 @@
 """AMFRecConfig: defaults, precise validation errors, YAML round trip, overrides, the shipped configs."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from amfrec.errors import AmfrecError
 from amfrec.llm.config import (
+    ITEM_TOKEN_USER_TEMPLATE,
     AMFRecConfig,
+    AnswerHead,
     BalanceLoss,
     ConfigError,
     DType,
     FusionMode,
     GateConfig,
+    LossItems,
     ModelConfig,
     ProjectorConfig,
     TrainConfig,
+    UserToken,
 )
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -24,7 +30,12 @@ def test_defaults_and_enums():
     cfg = AMFRecConfig()
     assert cfg.model.fusion is FusionMode.GATED and cfg.model.fusion == "gated"
     assert cfg.model.projector.n_experts == 4 and cfg.model.projector.top_k is None
-    assert cfg.model.dtype is DType.FLOAT32
+    assert cfg.model.dtype is DType.AUTO
+    assert cfg.model.answer is AnswerHead.ITEM_TOKEN and not cfg.model.prompt_candidates
+    assert cfg.model.user_token is UserToken.SASREC and cfg.model.collab_score and not cfg.model.no_llm
+    assert cfg.model.template == ITEM_TOKEN_USER_TEMPLATE  # None resolves to the head's default
+    assert not cfg.model.gate.use_user_context
+    assert cfg.train.loss_items is LossItems.CATALOGUE
     assert cfg.model.used_modalities == ["id", "text", "image"]
     assert ModelConfig(fusion="llara").used_modalities == ["id"]
     assert ModelConfig(fusion="single", single_modality="image").used_modalities == ["image"]
@@ -145,9 +156,25 @@ def test_from_yaml_errors_name_the_file(tmp_path):
 def test_shipped_configs_load(name):
     cfg = AMFRecConfig.from_yaml(CONFIGS / name)
     assert cfg.model.fusion is FusionMode.GATED
-    assert "{history}" in cfg.model.template and "{candidates}" in cfg.model.template
+    assert "{history}" in cfg.model.template
+    assert ("{candidates}" in cfg.model.template) == cfg.model.prompt_candidates
+    assert ("{user}" in cfg.model.template) == (cfg.model.user_token is not None)
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
 
 
 def test_amfrec_yaml_spells_out_the_defaults():
-    # configs/amfrec.yaml is the documented default: it must agree with the dataclass defaults
-    assert AMFRecConfig.from_yaml(CONFIGS / "amfrec.yaml").model == AMFRecConfig().model
+    # configs/amfrec.yaml is the documented default: it names every key, and its model section agrees with the
+    # dataclass defaults except for the deliberate CPU-budget setting lm_layers (the train section sets the
+    # schedule of the shipped recipe, so only its keys are checked).
+    raw = yaml.safe_load((CONFIGS / "amfrec.yaml").read_text(encoding="utf-8"))
+    assert set(raw) == {"model", "train"}
+    assert set(raw["model"]) == _field_names(ModelConfig)
+    assert set(raw["model"]["projector"]) == _field_names(ProjectorConfig)
+    assert set(raw["model"]["gate"]) == _field_names(GateConfig)
+    assert set(raw["train"]) == _field_names(TrainConfig)
+    cfg = AMFRecConfig.from_yaml(CONFIGS / "amfrec.yaml")
+    assert cfg.model.lm_layers is not None
+    assert cfg.model == dataclasses.replace(AMFRecConfig().model, lm_layers=cfg.model.lm_layers)

@@ -30,9 +30,16 @@ def _features(seed: int = 0) -> dict:
     return feats
 
 
+# The gate's user context exists with the title head only (the item_token head shares one item table).
+TITLE_HEAD = {"answer": "title", "prompt_candidates": True, "user_token": None, "collab_score": False}
+
+
 def _cfg(**kw) -> ModelConfig:
     kw.setdefault("projector", ProjectorConfig(n_experts=3, hidden=8))
     kw.setdefault("gate", GateConfig(hidden=8, use_user_context=True))
+    if kw["gate"].use_user_context:
+        for key, value in TITLE_HEAD.items():
+            kw.setdefault(key, value)
     return ModelConfig(**kw)
 
 

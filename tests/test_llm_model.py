@@ -1,4 +1,9 @@
-"""AMFRecModel on a tiny random Llama: injection, answer-only loss, shared-cache scoring, generation."""
+"""AMFRecModel on a tiny random Llama: injection, answer-only loss, shared-cache scoring, generation.
+
+These tests exercise the title head (LLaRA: title log-likelihood, tree-attention scoring, generation), so
+``make_model`` builds ``answer="title"`` models with the default title template (candidates listed). The
+item_token head is tested in test_llm_item_token.py.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,10 @@ from llm_fixtures import HIDDEN, TITLES, StubItemEncoder, make_tiny_backbone_dir
 from torch.nn import functional as F
 
 from amfrec.llm.backbone import load_backbone
+from amfrec.llm.config import AnswerHead, default_template
 from amfrec.llm.model import AMFRecModel
-from amfrec.llm.prompt import IGNORE_INDEX
+from amfrec.llm.prompt import IGNORE_INDEX, PromptTemplate
+from amfrec.llm.scoring import _custom_mask
 from amfrec.models.base import Recommender
 
 N_ITEMS = len(TITLES) - 1
@@ -20,9 +27,15 @@ def backbone(tmp_path_factory):
     return load_backbone(str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm"))), device="cpu")
 
 
-def make_model(backbone, tokens_per_item: int = 1, **kw) -> AMFRecModel:
-    enc = StubItemEncoder(N_ITEMS, HIDDEN, tokens_per_item=tokens_per_item)
-    return AMFRecModel(backbone, enc, TITLES, **kw)  # T taken from enc.tokens_per_item
+TITLE_TEMPLATE = default_template(AnswerHead.TITLE, prompt_candidates=True, user_token=False)
+
+
+def make_model(backbone, tokens_per_item: int = 1, titles: list[str] = TITLES, **kw) -> AMFRecModel:
+    """A title-head model (candidates listed in the prompt) with a stub item encoder."""
+    kw.setdefault("answer", "title")
+    kw.setdefault("template", PromptTemplate(text=TITLE_TEMPLATE))
+    enc = StubItemEncoder(len(titles) - 1, HIDDEN, tokens_per_item=tokens_per_item)
+    return AMFRecModel(backbone, enc, titles, **kw)  # T taken from enc.tokens_per_item
 
 
 # history left-padded with 0, most recent last; candidates (B, C)
@@ -56,12 +69,15 @@ def reference_scores(model: AMFRecModel, history: torch.Tensor, candidates: torc
 def test_is_recommender_and_parameter_report(backbone):
     model = make_model(backbone)
     assert isinstance(model, Recommender)
+    assert model.answer is AnswerHead.TITLE and model.prompt.template.has_candidates
     trainable, total = model.parameter_report()
-    assert (
-        trainable == sum(p.numel() for p in model.item_encoder.parameters()) == 13 * 8 + 8 * HIDDEN + HIDDEN
-    )
+    n_encoder = sum(p.numel() for p in model.item_encoder.parameters())
+    assert n_encoder == 13 * 8 + 8 * HIDDEN + HIDDEN
+    assert trainable == n_encoder + 1  # + the head's log_scale (no user projector, no collab weight)
     assert total == trainable + sum(p.numel() for p in backbone.model.parameters())
-    assert {id(p) for p in model.trainable_parameters()} == {id(p) for p in model.item_encoder.parameters()}
+    assert {id(p) for p in model.trainable_parameters()} == {id(p) for p in model.adapter.parameters()}
+    assert model.item_encoder is model.adapter.item_encoder
+    assert model.adapter.user is None and model.adapter.collab_weight is None
     model.train()
     assert model.item_encoder.training and not model.lm.training
     with pytest.raises(NotImplementedError, match="train"):
@@ -87,7 +103,7 @@ def test_tokens_per_item_mismatch_raises(backbone):
 def test_inject_count_mismatch_raises(backbone):
     model = make_model(backbone)
     batch = model.prompt.build([["Babe"]], [["Seven", "Copy Cat"]])  # 3 placeholders
-    with pytest.raises(ValueError, match=r"3 <\|item\|> placeholders but 2 item vectors"):
+    with pytest.raises(ValueError, match=r"3 <\|item\|> placeholders but 2 vectors"):
         model.inject(batch.input_ids, torch.zeros(2, HIDDEN))
 
 
@@ -184,6 +200,9 @@ def test_generate_returns_first_lines(backbone):
     assert len(texts) == 3 and all(isinstance(t, str) and "\n" not in t for t in texts)
     alone = model.generate(HISTORY[1:2], CANDIDATES[1:2], max_new_tokens=5)
     assert alone[0] == texts[1]  # left padding does not change greedy output
+    item_token = AMFRecModel(backbone, StubItemEncoder(N_ITEMS, HIDDEN), TITLES)  # the default head
+    with pytest.raises(ValueError, match="title"):
+        item_token.generate(HISTORY, CANDIDATES, max_new_tokens=5)
 
 
 E2E_TITLES = [""] + [
@@ -219,7 +238,7 @@ E2E_TITLES = [""] + [
 def test_smollm2_scores_two_examples():
     bb = load_backbone(device="cpu")
     enc = StubItemEncoder(len(E2E_TITLES) - 1, bb.hidden_size)
-    model = AMFRecModel(bb, enc, E2E_TITLES)
+    model = AMFRecModel(bb, enc, E2E_TITLES, answer="title", template=PromptTemplate(text=TITLE_TEMPLATE))
     history = torch.tensor([[0, 0, 1, 2, 3, 4, 5, 6, 7, 8], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]])
     candidates = torch.stack(
         [torch.randperm(25, generator=torch.Generator().manual_seed(s))[:20] + 1 for s in (0, 1)]
@@ -255,8 +274,17 @@ def test_build_amfrec_with_real_item_encoder(backbone, fusion, n_tokens):
         m: SimpleNamespace(values=torch.randn(n, d), present=torch.ones(n, dtype=torch.bool))
         for m, d in [("id", 8), ("text", 6)]
     }
-    cfg = ModelConfig(modalities=["id", "text"], fusion=fusion, noun="film")
+    cfg = ModelConfig(
+        modalities=["id", "text"],
+        fusion=fusion,
+        noun="film",
+        answer="title",
+        prompt_candidates=True,
+        user_token=None,
+        collab_score=False,
+    )
     model = build_amfrec(cfg, feats, TITLES, backbone=backbone)
+    assert model.answer is AnswerHead.TITLE
     assert model.prompt.tokens_per_item == n_tokens
     assert model.prompt.template.noun == "film" and model.aux_weight == cfg.projector.aux_weight
     out = model(HISTORY, CANDIDATES, TARGET)
@@ -286,8 +314,8 @@ def test_packed_scoring_with_eager_attention(backbone, eager_backbone):
 
 def test_custom_mask_forms(backbone, eager_backbone):
     mask = torch.tensor([[True, False], [True, True]])[None, None]  # (1, 1, 2, 2)
-    assert torch.equal(make_model(backbone)._custom_mask(mask), mask)
-    additive = make_model(eager_backbone)._custom_mask(mask)
+    assert torch.equal(_custom_mask(make_model(backbone), mask), mask)
+    additive = _custom_mask(make_model(eager_backbone), mask)
     low = torch.finfo(additive.dtype).min
     assert additive.tolist() == [[[[0.0, low], [0.0, 0.0]]]]
 
@@ -297,8 +325,7 @@ def test_scores_with_eos_only_and_long_continuations(backbone):
     titles = list(TITLES)
     titles[3] = ""
     titles[4] = "Dead Man Walking Toy Story Golden Eye Seven The Usual Suspects"
-    enc = StubItemEncoder(N_ITEMS, HIDDEN)
-    model = AMFRecModel(backbone, enc, titles)
+    model = make_model(backbone, titles=titles)
     assert model.prompt.encode_answers([""]) == [[model.prompt.eos_id]]
     candidates = torch.tensor([[3, 4, 1, 2], [3, 3, 3, 3], [5, 4, 3, 7]])
     scores = model.score(HISTORY, candidates)

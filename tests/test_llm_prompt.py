@@ -6,8 +6,8 @@ import pytest
 import torch
 from llm_fixtures import make_tiny_backbone_dir
 
-from amfrec.llm.backbone import ITEM_TOKEN, load_backbone
-from amfrec.llm.prompt import IGNORE_INDEX, PromptBuilder, PromptTemplate
+from amfrec.llm.backbone import ITEM_TOKEN, USER_TOKEN, load_backbone
+from amfrec.llm.prompt import IGNORE_INDEX, PromptBuilder, PromptTemplate, position_ids
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +21,12 @@ def tok(tmp_path_factory):
     ("text", "match"),
     [
         ("{history} {candidates} {colour}", "unknown slot"),
-        ("{history} only", "missing"),
+        ("{candidates} only", "missing"),
         ("{history} {candidates} {}", "positional"),
         ("{history} {candidates:>10}", "format spec"),
         ("{history} {candidates} {", "malformed"),
         ("{history} {candidates} <|item|>", "placeholder"),
+        ("{history} <|user|>", "placeholder"),
     ],
 )
 def test_template_validation(text, match):
@@ -126,3 +127,26 @@ def test_build_length_mismatch(tok):
     with pytest.raises(ValueError, match="answers"):
         b.build([["Babe"]], [["Seven"]], answers=["a", "b"])
     assert torch.is_tensor(b.build([["Babe"]], [["Seven"]]).input_ids)
+
+
+def test_optional_slots_and_user_placeholder(tok):
+    t = PromptTemplate(text="A user {user} watched {history}. Next:")
+    assert t.has_user and not t.has_candidates
+    assert PromptTemplate().has_candidates and not PromptTemplate().has_user
+    assert t.render(["a"], ["b"]) == f"A user {USER_TOKEN} watched a. Next:"
+    b = PromptBuilder(tok, t, tokens_per_item=2)
+    assert b.user_token_id == tok.convert_tokens_to_ids(USER_TOKEN) != b.item_token_id
+    assert PromptBuilder(tok).user_token_id == -1  # no {user} slot
+    assert b.clean_title(f"Bad{USER_TOKEN}Title") == "Bad Title"
+    # no {candidates}: the candidates are not rendered and their placeholders not counted
+    batch = b.build([["Toy Story", "Babe"], ["Seven"]], [["Golden Eye", "Copy Cat"], ["Babe"]])
+    assert batch.n_slots.tolist() == [4, 2]
+    assert (batch.input_ids == b.item_token_id).sum(1).tolist() == [4, 2]
+    assert (batch.input_ids == b.user_token_id).sum(1).tolist() == [1, 1]
+    golden = tok.convert_tokens_to_ids("Golden")
+    assert not (batch.input_ids == golden).any()
+
+
+def test_position_ids_start_at_the_first_real_token():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]

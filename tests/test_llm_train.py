@@ -1,6 +1,7 @@
 """Training loop and checkpoints, against a tiny stand-in model with AMFRecModel's interface.
 
-The stand-in: a real ItemEncoder (trainable) + a frozen Linear "backbone"; the score of a candidate c is
+The stand-in: a real ItemEncoder (trainable, as the stand-in's ``adapter``: the trainer's contract is that
+every trainable weight lives in ``model.adapter``) + a frozen Linear "backbone"; the score of a candidate c is
 <frozen(user) + q, token_c>, user = the mean of the history tokens, q a frozen query. The toy task (targets
 always among items 1-3) is learnable only through the item encoder.
 """
@@ -66,20 +67,20 @@ class StandIn(nn.Module):
         self.frozen = nn.Linear(D, D)
         self.query = nn.Parameter(torch.randn(D))
         torch.manual_seed(encoder_seed)
-        self.item_encoder = ItemEncoder(_features(), D, MODEL_CFG, token_norm=1.0)
+        self.adapter = ItemEncoder(_features(), D, MODEL_CFG, token_norm=1.0)  # all the trainable weights
         self.frozen.requires_grad_(False)
         self.query.requires_grad_(False)
         self.backbone = SimpleNamespace(identity={"name": "stand-in", "n_params": 72})
         self.losses: list[float] = []
 
     def trainable_parameters(self):
-        return [p for p in self.item_encoder.parameters() if p.requires_grad]
+        return [p for p in self.adapter.parameters() if p.requires_grad]
 
     def parameter_report(self):
         return sum(p.numel() for p in self.trainable_parameters()), sum(p.numel() for p in self.parameters())
 
     def score(self, history, candidates):
-        enc = self.item_encoder(torch.cat([history, candidates], 1), history)
+        enc = self.adapter(torch.cat([history, candidates], 1), history)
         tok = enc.tokens[:, :, 0]  # (B, L + C, D)
         valid = (history > 0).float()[..., None]
         user = (tok[:, : history.shape[1]] * valid).sum(1) / valid.sum(1).clamp(min=1)  # (B, D)
@@ -173,7 +174,7 @@ def test_optimizer_follows_schedule(tmp_path, monkeypatch):
 def test_loss_falls_only_trainable_params_change(tmp_path):
     model = StandIn()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    before = {n: p.detach().clone() for n, p in model.item_encoder.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.adapter.named_parameters()}
     data = _data()
     start = _ndcg10(model, data.valid)["ndcg@10"]
     info = train(model, data, _cfg(), tmp_path, _ndcg10)
@@ -186,10 +187,10 @@ def test_loss_falls_only_trainable_params_change(tmp_path):
         if n in frozen:
             assert p.grad is None, n
             assert torch.equal(p, frozen[n]), n
-    assert any(not torch.equal(p, before[n]) for n, p in model.item_encoder.named_parameters())
+    assert any(not torch.equal(p, before[n]) for n, p in model.adapter.named_parameters())
     # the model ends with the best checkpoint's weights
     best, _, _ = load_checkpoint(tmp_path / "checkpoint")
-    for k, v in model.item_encoder.state_dict().items():
+    for k, v in model.adapter.state_dict().items():
         assert torch.equal(v, best[k]), k
 
 
@@ -221,7 +222,7 @@ def test_checkpoint_round_trip(tmp_path):
     ]
     state, config, identity = load_checkpoint(tmp_path / "ck")
     assert config == cfg and identity == {"name": "stand-in", "n_params": 72}
-    assert state.keys() == model.item_encoder.state_dict().keys()
+    assert state.keys() == model.adapter.state_dict().keys()
     assert not any(k.startswith(("feat", "mask")) for k in state)  # features come from the feature dir
     other = StandIn(encoder_seed=4)
     data = _data()
@@ -229,7 +230,7 @@ def test_checkpoint_round_trip(tmp_path):
         other.score(data.test.history, data.test.candidates)[0],
         model.score(data.test.history, data.test.candidates)[0],
     )
-    other.item_encoder.load_state_dict(state, strict=True)
+    other.adapter.load_state_dict(state, strict=True)
     assert torch.equal(
         other.score(data.test.history, data.test.candidates)[0],
         model.score(data.test.history, data.test.candidates)[0],
@@ -276,12 +277,15 @@ def test_resume_continues_from_saved_step(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- real model
 def test_with_real_amfrec_model_on_tiny_backbone(tmp_path):
-    """train() drives the real AMFRecModel (tiny random Llama): frozen weights kept, checkpoint reloads."""
+    """train() drives the real AMFRecModel (tiny random Llama, the default item_token head with a frozen tiny
+    SASRec as user token and collaborative score): frozen weights kept, checkpoint (the adapter) reloads."""
     from llm_fixtures import TITLES, make_tiny_backbone_dir
 
     from amfrec.evaluate import evaluate
     from amfrec.llm.backbone import load_backbone
-    from amfrec.llm.model import AMFRecModel
+    from amfrec.llm.collab import CollaborativeNet
+    from amfrec.llm.model import build_amfrec
+    from amfrec.models.sequential import SASRecConfig, SASRecNet
 
     bb = load_backbone(str(make_tiny_backbone_dir(tmp_path / "bb")), device="cpu")
     n = len(TITLES) - 1
@@ -323,21 +327,28 @@ def test_with_real_amfrec_model_on_tiny_backbone(tmp_path):
     data = PreparedData(
         Path("."), {"max_len": 3, "n_candidates": 4}, items, split(16, False), split(4, True), split(4, True)
     )
-    enc = ItemEncoder(feats, bb.hidden_size, cfg.model, token_norm=bb.embed_norm)
-    model = AMFRecModel(bb, enc, TITLES, tokens_per_item=enc.tokens_per_item)
+    assert cfg.model.user_token is not None and cfg.model.collab_score  # the defaults
+    torch.manual_seed(0)
+    collab = CollaborativeNet(SASRecNet(n, 3, SASRecConfig(hidden=8, layers=1, heads=1)))
+    model = build_amfrec(cfg.model, feats, TITLES, backbone=bb, collab=collab)
     frozen = {k: v.clone() for k, v in model.lm.state_dict().items()}
-    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    frozen_collab = {k: v.clone() for k, v in collab.state_dict().items()}
+    before = {k: v.clone() for k, v in model.adapter.state_dict().items()}
     info = train(model, data, cfg, tmp_path / "run", lambda m, s: evaluate(m, s, batch_size=4))
     assert info["steps"] == 4
     for k, v in model.lm.state_dict().items():
         assert torch.equal(v, frozen[k]), k
     assert all(p.grad is None for p in model.lm.parameters())
-    assert any(not torch.equal(v, before[k]) for k, v in enc.state_dict().items())
+    for k, v in collab.state_dict().items():
+        assert torch.equal(v, frozen_collab[k]), k
+    assert all(p.grad is None and not p.requires_grad for p in collab.parameters())
+    assert any(not torch.equal(v, before[k]) for k, v in model.adapter.state_dict().items())
     state, config, identity = load_checkpoint(tmp_path / "run" / "checkpoint")
     assert config == cfg and identity["hidden_size"] == bb.hidden_size
-    enc2 = ItemEncoder(feats, bb.hidden_size, config.model, token_norm=bb.embed_norm)
-    enc2.load_state_dict(state, strict=True)
-    model2 = AMFRecModel(bb, enc2, TITLES, tokens_per_item=enc2.tokens_per_item)
+    assert state.keys() == model.adapter.state_dict().keys()  # no backbone or collaborative weights
+    assert {"log_scale", "collab_weight"} <= set(state) and any(k.startswith("user.") for k in state)
+    model2 = build_amfrec(config.model, feats, TITLES, backbone=bb, collab=collab)
+    model2.adapter.load_state_dict(state, strict=True)
     torch.testing.assert_close(
         model2.score(data.test.history, data.test.candidates),
         model.score(data.test.history, data.test.candidates),

@@ -82,14 +82,18 @@ def train_one(
     from amfrec.features.build import build_features
     from amfrec.llm.pipeline import train_amfrec
 
+    sasrec_run = run.parent / "sasrec"
+    if not (sasrec_run / "item_embeddings.npy").exists():  # AMFRec's id modality and user token read it
+        from amfrec.models.train_baselines import train_baseline
+
+        train_baseline("sasrec", prepared, seed, sasrec_run, None, limit=limit)
     if features is None:
-        sasrec_run = run.parent / "sasrec"
         features = run.parent / "features"
         build_features(
             prepared,
             features,
             modalities=modalities or ["id", "text", "image"],
-            id_from=sasrec_run if (sasrec_run / "item_embeddings.npy").exists() else None,
+            id_from=sasrec_run,
             seed=seed,
         )
     return train_amfrec(prepared, features, config, seed, run, overrides, limit=limit)

@@ -69,7 +69,8 @@ def probe_matmul_gflops() -> dict[str, float]:
 def cpu_flags() -> str:
     """The CPU's SIMD flags that decide bfloat16 speed (avx2, avx512*, amx*), or "" when unknown."""
     try:
-        text = open("/proc/cpuinfo", encoding="utf-8").read()
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            text = f.read()
     except OSError:
         return ""
     flags: set[str] = set()

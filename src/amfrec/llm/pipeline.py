@@ -20,10 +20,9 @@ from amfrec.evaluate import evaluate
 from amfrec.features.store import load_features
 from amfrec.io import write_json
 from amfrec.llm.backbone import load_backbone
+from amfrec.llm.collab import collab_run_from_features, load_collaborative
 from amfrec.llm.config import AMFRecConfig
-from amfrec.llm.fusion import ItemEncoder
-from amfrec.llm.model import AMFRecModel
-from amfrec.llm.prompt import PromptTemplate
+from amfrec.llm.model import AMFRecModel, build_amfrec
 from amfrec.llm.train import CHECKPOINT_DIR, load_checkpoint, train
 from amfrec.metrics import generation_metrics
 from amfrec.run import load_run_config, metrics_record, write_run
@@ -48,19 +47,17 @@ def resolve_config(config: str | Path | None) -> Path:
 
 
 def build_model(cfg: AMFRecConfig, data: PreparedData, features_dir: Path) -> AMFRecModel:
-    """Load the frozen backbone and the features; build the item encoder and the AMFRec model."""
+    """Load the frozen backbone, the features and (for a user token) the frozen collaborative run; build the
+    AMFRec model."""
     features = load_features(features_dir, data.n_items, names=cfg.model.used_modalities)
     backbone = load_backbone(cfg.model.backbone, dtype=cfg.model.dtype.value)
-    encoder = ItemEncoder(features, backbone.hidden_size, cfg.model, token_norm=backbone.embed_norm)
-    template = PromptTemplate(text=cfg.model.template, noun=cfg.model.noun, noun_plural=cfg.model.noun_plural)
-    model = AMFRecModel(
-        backbone,
-        encoder.to(backbone.device),
-        data.titles,
-        template,
-        tokens_per_item=encoder.tokens_per_item,
-        aux_weight=cfg.model.projector.aux_weight,
-    )
+    collab = None
+    if cfg.model.user_token is not None:
+        run = collab_run_from_features(features_dir)
+        collab = load_collaborative(cfg.model.user_token.value, run, data.n_items).to(backbone.device)
+        log.info("user token: the frozen %s of %s", cfg.model.user_token.value, run)
+    model = build_amfrec(cfg.model, features, data.titles, backbone=backbone, collab=collab)
+    model.loss_items = cfg.train.loss_items
     trainable, total = model.parameter_report()
     log.info(
         "AMFRec: %s trainable of %s parameters (%.3f%%)",
@@ -105,7 +102,7 @@ def train_amfrec(
     out.mkdir(parents=True, exist_ok=True)
     info = train(model, data, cfg, out, evaluate_fn=lambda m, s: _score(m, s, "validate"), resume=resume)
     weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
-    model.item_encoder.load_state_dict(weights)
+    model.adapter.load_state_dict(weights)
     valid = _score(model, data.valid.head(limit), "valid")
     test = _score(model, data.test.head(limit), "test")
     wall = time.perf_counter() - t0
@@ -123,13 +120,15 @@ def train_amfrec(
         },
         "train_info": {k: v for k, v in info.items() if k not in ("evals", "losses")},
     }
-    valid_rec = metrics_record(valid, "valid", seed, "amfrec", wall)
-    test_rec = metrics_record(test, "test", seed, "amfrec", wall)
+    name = "amfrec-no_llm" if cfg.model.no_llm else "amfrec"
+    valid_rec = metrics_record(valid, "valid", seed, name, wall)
+    test_rec = metrics_record(test, "test", seed, name, wall)
     write_json(out / "train_history.json", {"losses": info["losses"], "evals": info["evals"]})
     write_run(out, run_config, test_rec, valid_rec)
     log.info(
-        "amfrec seed %d: test hr@1 %.4f ndcg@10 %.4f (%.0f s)", seed, test["hr@1"], test["ndcg@10"], wall
-    )
+        "%s seed %d: test hr@1 %.4f ndcg@10 %.4f (%.0f s, training %.0f s)",
+        name, seed, test["hr@1"], test["ndcg@10"], wall, info["wall_time_s"],
+    )  # fmt: skip
     return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
 
 
@@ -147,7 +146,7 @@ def load_run(run: Path) -> tuple[AMFRecModel, PreparedData, dict]:
                 f"{run / CHECKPOINT_DIR / 'backbone.json'}: trained on backbone {key} "
                 f"{identity.get(key)!r}, but {model.backbone.identity.get(key)!r} was loaded"
             )
-    model.item_encoder.load_state_dict(weights)
+    model.adapter.load_state_dict(weights)
     return model, data, run_cfg
 
 
@@ -161,6 +160,11 @@ def evaluate_run(run: Path, split: str = "test", protocol: str = "score", limit:
         metrics = _score(model, part, split)
         rec = metrics_record(metrics, split, seed, "amfrec", time.perf_counter() - t0)
     elif protocol == "generate":
+        if model.answer != "title":
+            raise AmfrecError(
+                f"{run}: --protocol generate needs a run trained with model.answer: title "
+                f"(this one has {model.answer.value!r}; use --protocol score)"
+            )
         outputs = generate_split(model, part)
         titles = data.titles
         metrics = generation_metrics(
@@ -193,8 +197,8 @@ def recommend(
 ) -> list[dict]:
     """Rank candidates for one history (item ids as in the data); each row carries the gate weights.
 
-    Without candidates, 19 items the user has not seen are drawn (seed 0) plus the most popular unseen one,
-    since the prompt must list its candidates.
+    Without candidates: the item_token head ranks every item the history does not hold (one backbone pass);
+    the title head, whose prompt must list its candidates, gets 20 unseen items drawn with `seed`.
     """
     model, data, run_cfg = load_run(run)
     index = data.index
@@ -208,13 +212,14 @@ def recommend(
     hist = lookup(history, "history")[-data.max_len :]
     if not hist:
         raise AmfrecError("--history: give at least one item id")
-    n_cand = data.valid.candidates.shape[1]
     if candidates:
         cand = lookup(candidates, "candidates")
     else:
         pool = torch.tensor([i for i in range(1, data.n_items + 1) if i not in set(hist)])
-        g = torch.Generator().manual_seed(seed)
-        cand = pool[torch.randperm(len(pool), generator=g)[:n_cand]].tolist()
+        cand = pool.tolist()
+        if model.answer == "title":
+            g = torch.Generator().manual_seed(seed)
+            cand = pool[torch.randperm(len(pool), generator=g)[: data.valid.candidates.shape[1]]].tolist()
     h = torch.tensor([[0] * (data.max_len - len(hist)) + hist], device=model.device)  # (1, L)
     c = torch.tensor([cand], device=model.device)  # (1, C)
     with torch.inference_mode():

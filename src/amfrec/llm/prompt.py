@@ -1,4 +1,5 @@
-"""Hybrid prompts: a template with named slots; each item is rendered as ``<title> <|item|>``.
+"""Hybrid prompts: a template with named slots; each item is rendered as ``<title> <|item|>``; the optional
+``{user}`` slot is the one ``<|user|>`` placeholder of the collaborative user token.
 
 Layout of one example (left-padded, so every prompt ends at the last column; convenient for the shared-cache
 scoring and for generation, which both continue from the last prompt token)::
@@ -19,21 +20,27 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from amfrec.llm.backbone import ITEM_TOKEN
+from amfrec.llm.backbone import ITEM_TOKEN, USER_TOKEN
 
 IGNORE_INDEX = -100
 DEFAULT_TEMPLATE_TEXT = (
     "This user has watched {history} in the previous. Please predict the next {noun} this user will watch. "
     "Choose the answer from the following {n_candidates} {noun} titles: {candidates}. Answer:"
 )
-SLOTS = frozenset({"history", "candidates", "n_candidates", "noun", "noun_plural"})
-REQUIRED_SLOTS = frozenset({"history", "candidates"})
+SLOTS = frozenset({"history", "candidates", "n_candidates", "noun", "noun_plural", "user"})
+REQUIRED_SLOTS = frozenset({"history"})
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for left-padded rows: 0 at the first real token. (B, T) -> (B, T) long."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @dataclass
 class PromptTemplate:
-    """A prompt as data. ``text`` uses the named slots ``{history}``, ``{candidates}`` (required),
-    ``{n_candidates}``, ``{noun}``, ``{noun_plural}`` (optional); ``answer_prefix`` goes before the answer."""
+    """A prompt as data. ``text`` uses the named slots ``{history}`` (required), ``{candidates}``,
+    ``{user}``, ``{n_candidates}``, ``{noun}``, ``{noun_plural}`` (optional); ``answer_prefix`` goes before
+    the answer."""
 
     text: str = DEFAULT_TEMPLATE_TEXT
     noun: str = "movie"
@@ -61,17 +68,28 @@ class PromptTemplate:
                     f"prompt template: slot {{{name}}} must not have a format spec or conversion"
                 )
             found.add(name)
+        self.slots = frozenset(found)
         missing = REQUIRED_SLOTS - found
         if missing:
             raise ValueError(f"prompt template: missing required slot(s) {sorted(missing)}")
-        if ITEM_TOKEN in self.text:
-            raise ValueError(f"prompt template: must not contain the placeholder {ITEM_TOKEN} itself")
+        for token in (ITEM_TOKEN, USER_TOKEN):
+            if token in self.text:
+                raise ValueError(f"prompt template: must not contain the placeholder {token} itself")
+
+    @property
+    def has_candidates(self) -> bool:
+        return "candidates" in self.slots
+
+    @property
+    def has_user(self) -> bool:
+        return "user" in self.slots
 
     def render(self, history: list[str], candidates: list[str]) -> str:
         """Fill the slots with already-rendered item strings."""
         return self.text.format(
             history=self.item_separator.join(history),
             candidates=self.item_separator.join(candidates),
+            user=USER_TOKEN,
             n_candidates=len(candidates),
             noun=self.noun,
             noun_plural=self.noun_plural,
@@ -120,11 +138,13 @@ class PromptBuilder:
         self.item_token = item_token
         self.tokens_per_item = tokens_per_item
         self.item_token_id = tokenizer.convert_tokens_to_ids(item_token)
-        ids = tokenizer(item_token, add_special_tokens=False)["input_ids"]
-        if ids != [self.item_token_id] or self.item_token_id == tokenizer.unk_token_id:
-            raise ValueError(
-                f"tokenizer does not encode {item_token!r} as one token (add it as a special token)"
-            )
+        self.user_token_id = tokenizer.convert_tokens_to_ids(USER_TOKEN) if self.template.has_user else -1
+        for token in (item_token, USER_TOKEN) if self.template.has_user else (item_token,):
+            ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+            if ids != [tokenizer.convert_tokens_to_ids(token)] or ids[0] == tokenizer.unk_token_id:
+                raise ValueError(
+                    f"tokenizer does not encode {token!r} as one token (add it as a special token)"
+                )
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("tokenizer needs eos and pad tokens (load it through amfrec.llm.backbone)")
         self.eos_id = int(tokenizer.eos_token_id)
@@ -132,7 +152,7 @@ class PromptBuilder:
 
     def clean_title(self, title: str) -> str:
         """A title as shown in the prompt: no placeholder text inside, whitespace normalised."""
-        return " ".join(title.replace(self.item_token, " ").split())
+        return " ".join(title.replace(self.item_token, " ").replace(USER_TOKEN, " ").split())
 
     def render_item(self, title: str) -> str:
         return f"{self.clean_title(title)} {self.item_token * self.tokens_per_item}"
@@ -155,7 +175,10 @@ class PromptBuilder:
         candidate_titles: list[list[str]],
         answers: list[str] | None = None,
     ) -> PromptBatch:
-        """Tokenise a batch of prompts (and answers when given) into a left-padded :class:`PromptBatch`."""
+        """Tokenise a batch of prompts (and answers when given) into a left-padded :class:`PromptBatch`.
+
+        A template without ``{candidates}`` ignores ``candidate_titles`` (their placeholders are not counted).
+        """
         if len(history_titles) != len(candidate_titles):
             raise ValueError(f"{len(history_titles)} histories but {len(candidate_titles)} candidate lists")
         if answers is not None and len(answers) != len(history_titles):
@@ -173,8 +196,9 @@ class PromptBuilder:
             [torch.ones_like(s) for s in seqs], batch_first=True, padding_value=0, padding_side="left"
         )
         labels_t = pad_sequence(labels, batch_first=True, padding_value=IGNORE_INDEX, padding_side="left")
+        listed = self.template.has_candidates
         n_items = torch.tensor(
-            [len(h) + len(c) for h, c in zip(history_titles, candidate_titles, strict=True)]
+            [len(h) + len(c) * listed for h, c in zip(history_titles, candidate_titles, strict=True)]
         )
         n_slots = n_items * self.tokens_per_item
         found = ((input_ids == self.item_token_id) & (attention_mask == 1)).sum(dim=1)  # (B,)

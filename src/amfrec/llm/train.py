@@ -3,7 +3,8 @@
 The model (`amfrec.llm.model.AMFRecModel` or anything with the same interface) provides:
   `model(history (B, L), candidates (B, C), target (B,)) -> output with .loss` (scalar, to minimise),
   `model.trainable_parameters()` (the only parameters the optimiser sees), `model.parameter_report()`,
-  `model.item_encoder` (an nn.Module holding every trainable parameter: its state_dict is the checkpoint).
+  `model.adapter` (an nn.Module holding every trainable parameter: its state_dict is the checkpoint).
+Each step logs the loss, and at every validation the head's learned scale (and collaborative weight).
 
 Loop: AdamW (weight decay on matrices only); linear warm-up then cosine decay (`lr_at`); gradient
 accumulation; global grad-norm clipping; every `eval_every` steps `evaluate_fn(model, split)` on a fixed
@@ -13,7 +14,7 @@ uniformly (vectorised) from the items outside its history and target, re-drawn e
 are shuffled per example.
 
 Files under `out`:
-  checkpoint/  the best: trainable.safetensors (item_encoder state), config.yaml (resolved), backbone.json
+  checkpoint/  the best: trainable.safetensors (adapter state), config.yaml (resolved), backbone.json
                (the backbone's identity), state.pt (optimizer, step, best metric, ...: tensors and plain
                containers only, loaded with weights_only=True)
   last/        the same for the latest validation: `resume=True` continues from here (else from checkpoint/).
@@ -166,8 +167,8 @@ class TrainBatches:
 
 # ---------------------------------------------------------------------------------------------- checkpoint
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The item encoder's state_dict (its feature buffers are non-persistent, so: the trainable weights)."""
-    return {k: v.detach().cpu().contiguous() for k, v in model.item_encoder.state_dict().items()}
+    """The adapter's state_dict (the feature buffers are non-persistent, so: the trainable weights)."""
+    return {k: v.detach().cpu().contiguous() for k, v in model.adapter.state_dict().items()}
 
 
 def backbone_identity(model: nn.Module) -> dict:
@@ -194,7 +195,7 @@ def save_checkpoint(
 
 
 def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], AMFRecConfig, dict]:
-    """-> (item_encoder state_dict, resolved config, backbone identity). Missing files raise AmfrecError."""
+    """-> (adapter state_dict, resolved config, backbone identity). Missing files raise AmfrecError."""
     directory = Path(directory)
     for name in (TRAINABLE_FILE, CONFIG_FILE, BACKBONE_FILE):
         if not (directory / name).is_file():
@@ -221,7 +222,7 @@ def train(
     *,
     resume: bool = False,
 ) -> dict:
-    """Train the model's item encoder; return a summary dict (also the best validation metrics).
+    """Train the model's adapter; return a summary dict (also the best validation metrics).
 
     cfg: a TrainConfig, or the whole AMFRecConfig (then it is written to checkpoint/config.yaml).
     evaluate_fn(model, split) -> metrics dict holding cfg.select_metric (higher = better); it is called on a
@@ -251,7 +252,7 @@ def train(
     if resume:
         src = out / LAST_DIR if (out / LAST_DIR / STATE_FILE).is_file() else out / CHECKPOINT_DIR
         weights, _, _ = load_checkpoint(src)
-        model.item_encoder.load_state_dict(weights, strict=True)
+        model.adapter.load_state_dict(weights, strict=True)
         saved = load_train_state(src)
         opt.load_state_dict(saved["optimizer"])
         st = saved["train"]
@@ -330,13 +331,14 @@ def train(
                 st["bad_evals"] += 1
             save_checkpoint(model, full_cfg, out / LAST_DIR, snapshot())
             log.info(
-                "step %d: valid %s %.4f (best %.4f at step %d)%s",
+                "step %d: valid %s %.4f (best %.4f at step %d)%s%s",
                 step,
                 tcfg.select_metric,
                 value,
                 st["best"],
                 st["best_step"],
                 "" if improved else f", {st['bad_evals']} without improvement",
+                _head_state(model),
             )
             if tcfg.patience and st["bad_evals"] >= tcfg.patience:
                 log.info("early stop at step %d: %d validations without improvement", step, st["bad_evals"])
@@ -347,7 +349,7 @@ def train(
 
     if (out / CHECKPOINT_DIR / TRAINABLE_FILE).is_file():
         weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
-        model.item_encoder.load_state_dict(weights, strict=True)
+        model.adapter.load_state_dict(weights, strict=True)
     model.eval()
     return {
         "best_step": st["best_step"],
@@ -368,18 +370,31 @@ def train(
 
 
 def _check_trainable(model: nn.Module, params: list[nn.Parameter]) -> None:
-    """Every trainable parameter must live in model.item_encoder (the checkpoint holds nothing else)."""
+    """Every trainable parameter must live in model.adapter (the checkpoint holds nothing else)."""
     if not params:
         raise ValueError("model.trainable_parameters() is empty: nothing to train")
-    enc = {id(p) for p in model.item_encoder.parameters()}
+    enc = {id(p) for p in model.adapter.parameters()}
     outside = [p for p in params if id(p) not in enc]
     if outside:
         raise ValueError(
-            f"{len(outside)} trainable parameters are outside model.item_encoder; checkpoints would lose them"
+            f"{len(outside)} trainable parameters are outside model.adapter; checkpoints would lose them"
         )
     frozen_grad = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in enc]
     if frozen_grad:
-        raise ValueError(f"parameters outside the item encoder require grad: {frozen_grad[:3]}")
+        raise ValueError(f"parameters outside the adapter require grad: {frozen_grad[:3]}")
+
+
+def _head_state(model: nn.Module) -> str:
+    """ ", scale s, collab weight w" of an item_token head (its learned scalars), or ""."""
+    if getattr(model, "answer", None) != "item_token":
+        return ""
+    adapter = model.adapter
+    parts = []
+    if hasattr(adapter, "log_scale"):
+        parts.append(f"scale {float(adapter.log_scale.detach().exp()):.2f}")
+    if getattr(adapter, "collab_weight", None) is not None:
+        parts.append(f"collab weight {float(adapter.collab_weight.detach()):.3f}")
+    return "; " + ", ".join(parts) if parts else ""
 
 
 def _param_counts(model: nn.Module, params: list[nn.Parameter]) -> tuple[int, int]:
