@@ -25,7 +25,8 @@ from torch import nn
 from amfrec.data.dataset import PreparedData
 from amfrec.data.prepare import prepare
 from amfrec.llm.backbone import load_backbone
-from amfrec.llm.model import AMFRecModel, _positions
+from amfrec.llm.model import AMFRecModel
+from amfrec.llm.prompt import position_ids
 
 
 class RandomItemEncoderOutput:
@@ -55,10 +56,10 @@ def old_score(model: AMFRecModel, history: torch.Tensor, candidates: torch.Tenso
     from transformers import DynamicCache
 
     bsz, n_cand = candidates.shape
-    batch, embeds, _, _ = model._embed_prompt(history, candidates, None)
+    batch, embeds, _, _ = model.embed_prompt(history, candidates, None)
     mask = batch.attention_mask  # (B, P)
     cache = DynamicCache(config=model.lm.config)
-    hidden = model._decoder(embeds, mask, _positions(mask), cache=cache)  # (B, P, d)
+    hidden = model.decoder(embeds, mask, position_ids(mask), cache=cache)  # (B, P, d)
     cont_list = model.prompt.encode_answers([model.titles[i] for i in candidates.reshape(-1).tolist()])
     cont = nn.utils.rnn.pad_sequence(
         [torch.tensor(c, dtype=torch.long) for c in cont_list],
@@ -100,7 +101,7 @@ def _old_continuation(model, cache, prompt_mask, cont, cmask, n_cand) -> torch.T
     full_mask = torch.cat([prompt_mask.repeat_interleave(n_cand, dim=0), cmask[:, :-1].long()], dim=1)
     start = prompt_mask.sum(1).repeat_interleave(n_cand)  # (R,)
     pos = start[:, None] + torch.arange(steps.shape[1], device=cont.device)[None, :]  # (R, K-1)
-    hidden = model._decoder(model.lm.get_input_embeddings()(steps), full_mask, pos, cache=cache)
+    hidden = model.decoder(model.lm.get_input_embeddings()(steps), full_mask, pos, cache=cache)
     need = cmask[:, 1:]  # (R, K-1)
     logits = model.lm.get_output_embeddings()(hidden[need]).float()  # (N, V)
     picked = logits.gather(1, cont[:, 1:][need][:, None]).squeeze(1) - logits.logsumexp(-1)
@@ -140,7 +141,8 @@ def main() -> None:
     rows, reference = [], None  # reference: float32 scores of the new method (exact to ~1e-5)
     for dtype in args.dtypes:
         bb = load_backbone("smollm2-135m", dtype=dtype, device="cpu")
-        model = AMFRecModel(bb, RandomItemEncoder(data.n_items, bb.hidden_size), data.titles).eval()
+        model = AMFRecModel(bb, RandomItemEncoder(data.n_items, bb.hidden_size), data.titles, answer="title")
+        model = model.eval()
         prompts = model.prompt.build(model._titles(history), model._titles(candidates))
         conts = model.prompt.encode_answers([data.titles[i] for i in candidates.reshape(-1).tolist()])
         print(

@@ -335,15 +335,7 @@ class AMFRecModel(nn.Module, Recommender):
             if not bool(hit.any(1).all()):
                 raise ValueError("loss_items 'candidates': every candidate set must hold its target")
             loss = F.cross_entropy(logits, hit.float().argmax(1))
-        aux = aux.to(loss.dtype) if torch.is_tensor(aux) else loss.new_tensor(float(aux))
-        return AMFRecOutput(
-            loss=loss + self.aux_weight * aux,
-            lm_loss=loss,
-            aux_loss=aux,
-            weights=weights,
-            n_answer_tokens=int(target.shape[0]),
-            n_tokens=n_tokens,
-        )
+        return self._output(loss, aux, weights, int(target.shape[0]), n_tokens)
 
     # ----------------------------------------------------------------- training
     def forward(self, history: torch.Tensor, candidates: torch.Tensor, target: torch.Tensor) -> AMFRecOutput:
@@ -357,14 +349,20 @@ class AMFRecModel(nn.Module, Recommender):
         sel = targets != IGNORE_INDEX  # (B, T-1)
         logits = self.lm.get_output_embeddings()(hidden[:, :-1][sel]).float()  # (N, V), answer positions only
         lm_loss = F.cross_entropy(logits, targets[sel])
-        aux = aux.to(lm_loss.dtype) if torch.is_tensor(aux) else lm_loss.new_tensor(float(aux))
+        return self._output(lm_loss, aux, weights, int(sel.sum()), int(batch.attention_mask.sum()))
+
+    def _output(
+        self, loss: torch.Tensor, aux, weights: torch.Tensor | None, n_answer: int, n_tokens: int
+    ) -> AMFRecOutput:
+        """The head's loss plus aux_weight * the item encoder's aux loss, with the counts."""
+        aux = aux.to(loss.dtype) if torch.is_tensor(aux) else loss.new_tensor(float(aux))
         return AMFRecOutput(
-            loss=lm_loss + self.aux_weight * aux,
-            lm_loss=lm_loss,
+            loss=loss + self.aux_weight * aux,
+            lm_loss=loss,
             aux_loss=aux,
             weights=weights,
-            n_answer_tokens=int(sel.sum()),
-            n_tokens=int(batch.attention_mask.sum()),
+            n_answer_tokens=n_answer,
+            n_tokens=n_tokens,
         )
 
     # ----------------------------------------------------------------- inference
