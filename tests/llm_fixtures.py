@@ -113,3 +113,18 @@ class StubItemEncoder(torch.nn.Module):
         aux = tokens.pow(2).mean()
         weights = torch.ones(b, s, 1)
         return StubItemEncoderOutput(tokens=tokens, aux_loss=aux, weights=weights)
+
+
+def random_features(n_items: int, dims: tuple[tuple[str, int], ...] = (("id", 4), ("text", 6))) -> dict:
+    """Random modality features {name: (values (n_items + 1, d), present (n_items + 1,))}, row 0 = padding."""
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(0)
+    feats = {}
+    for name, dim in dims:
+        present = torch.ones(n_items + 1, dtype=torch.bool)
+        present[0] = False
+        values = torch.randn(n_items + 1, dim, generator=g)
+        values[0] = 0.0
+        feats[name] = SimpleNamespace(name=name, values=values, present=present)
+    return feats

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir
+from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features
 from torch.nn import functional as F
 
 from amfrec.llm.backbone import USER_TOKEN, Backbone, load_backbone
@@ -38,15 +38,7 @@ def backbone(tmp_path_factory: pytest.TempPathFactory) -> Backbone:
 
 
 def features() -> dict[str, SimpleNamespace]:
-    g = torch.Generator().manual_seed(0)
-    feats = {}
-    for name, dim in (("id", 4), ("text", 6)):
-        present = torch.ones(N_ITEMS + 1, dtype=torch.bool)
-        present[0] = False
-        values = torch.randn(N_ITEMS + 1, dim, generator=g)
-        values[0] = 0.0
-        feats[name] = SimpleNamespace(name=name, values=values, present=present)
-    return feats
+    return random_features(N_ITEMS)
 
 
 def encoder_config(fusion: str = "gated") -> ModelConfig:

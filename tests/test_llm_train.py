@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from llm_fixtures import random_features
 from torch import nn
 
 from amfrec.data.dataset import ItemInfo, PreparedData, Split
@@ -41,15 +42,7 @@ def _one_thread():
 
 
 def _features() -> dict:
-    g = torch.Generator().manual_seed(0)
-    feats = {}
-    for name, d in (("id", 4), ("text", 6)):
-        present = torch.ones(N_ITEMS + 1, dtype=torch.bool)
-        present[0] = False
-        values = torch.randn(N_ITEMS + 1, d, generator=g)
-        values[0] = 0
-        feats[name] = SimpleNamespace(name=name, values=values, present=present)
-    return feats
+    return random_features(N_ITEMS)
 
 
 MODEL_CFG = ModelConfig(
