@@ -167,8 +167,9 @@ def _field_names(cls: type) -> set[str]:
 
 def test_amfrec_yaml_spells_out_the_defaults():
     # configs/amfrec.yaml is the documented default: it names every key, and its model section agrees with the
-    # dataclass defaults except for the deliberate CPU-budget setting lm_layers (the train section sets the
-    # schedule of the shipped recipe, so only its keys are checked).
+    # dataclass defaults except for the recipe's choices lm_layers (a CPU budget) and query_head (chosen on
+    # validation; the dataclass keeps the LM's own logits as the default) -- the train section sets the
+    # schedule of the shipped recipe, so only its keys are checked.
     raw = yaml.safe_load((CONFIGS / "amfrec.yaml").read_text(encoding="utf-8"))
     assert set(raw) == {"model", "train"}
     assert set(raw["model"]) == _field_names(ModelConfig)
@@ -176,5 +177,6 @@ def test_amfrec_yaml_spells_out_the_defaults():
     assert set(raw["model"]["gate"]) == _field_names(GateConfig)
     assert set(raw["train"]) == _field_names(TrainConfig)
     cfg = AMFRecConfig.from_yaml(CONFIGS / "amfrec.yaml")
-    assert cfg.model.lm_layers is not None
-    assert cfg.model == dataclasses.replace(AMFRecConfig().model, lm_layers=cfg.model.lm_layers)
+    assert cfg.model.lm_layers is not None and cfg.model.query_head
+    recipe = {"lm_layers": cfg.model.lm_layers, "query_head": True}
+    assert cfg.model == dataclasses.replace(AMFRecConfig().model, **recipe)

@@ -71,6 +71,7 @@ def make_model(
     no_llm: bool = False,
     loss_items: str = "catalogue",
     fusion: str = "gated",
+    query_head: bool = False,
 ) -> AMFRecModel:
     """An item_token model (history-only default template); same seeds -> same weights."""
     torch.manual_seed(0)
@@ -86,6 +87,7 @@ def make_model(
         collab_score=collab_score,
         no_llm=no_llm,
         loss_items=loss_items,
+        query_head=query_head,
     )
     with torch.no_grad():
         model.adapter.log_scale.fill_(math.log(SCALE))
@@ -342,3 +344,16 @@ def test_build_amfrec_from_the_default_head_config(backbone: Backbone) -> None:
     assert float(model.adapter.log_scale.detach().exp()) == pytest.approx(cfg.score_scale)
     scores = model.score(HISTORY, CANDIDATES)
     assert scores.shape == CANDIDATES.shape and torch.isfinite(scores).all()
+
+
+def test_query_head_starts_as_the_identity_and_learns(backbone: Backbone) -> None:
+    """query_head: W q + b with W = I, b = 0 at start (the LM's own logits); then W gets a gradient and a
+    changed W changes the scores exactly as the hand-computed cosine with W q says."""
+    plain, headed = make_model(backbone), make_model(backbone, query_head=True)
+    torch.testing.assert_close(headed.score(HISTORY, CANDIDATES), plain.score(HISTORY, CANDIDATES))
+    headed.train()
+    headed(HISTORY, CANDIDATES, TARGET).loss.backward()
+    assert headed.adapter.query.weight.grad is not None and headed.adapter.query.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        headed.adapter.query.weight.mul_(-1.0)  # W = -I: every cosine flips sign
+    torch.testing.assert_close(headed.score(HISTORY, CANDIDATES), -plain.score(HISTORY, CANDIDATES))
