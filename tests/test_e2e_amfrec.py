@@ -55,7 +55,8 @@ def amfrec_run(prepared_ml100k: Path, tmp_path_factory: pytest.TempPathFactory) 
 @pytest.fixture(scope="module")
 def title_run(amfrec_run: Path, prepared_ml100k: Path) -> Path:
     title = ("model.answer=title", "model.prompt_candidates=true", "model.user_token=null")
-    title += ("model.collab_score=false", "train.max_steps=3", "train.warmup_steps=1", "train.eval_every=3")
+    title += ("model.collab_score=false", "model.query_head=false")
+    title += ("train.max_steps=3", "train.warmup_steps=1", "train.eval_every=3")
     title += ("train.batch_size=2", "train.eval_examples=2")
     return _train(prepared_ml100k, amfrec_run.parent / "F", amfrec_run.parent / "title", title)
 
