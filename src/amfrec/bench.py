@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from amfrec.hardware import cpu_flags, matmul_gflops, probe_matmul_gflops, resolve_dtype
+from amfrec.hardware import cpu_flags, matmul_gflops, probe_matmul_gflops, resolve_dtype, sync
 from amfrec.llm.backbone import TORCH_DTYPES, load_backbone
 from amfrec.llm.config import DType
 
@@ -62,7 +62,7 @@ def train_step_tokens_per_s(
     ids = torch.randint(0, emb.num_embeddings, (batch_size, seq_len), device=device)
     times = []
     for _ in range(steps + 1):  # first step is warm-up
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         x = emb(ids).detach().requires_grad_(True)  # (B, T, d): stands in for the soft-token path
         hidden = model.model(inputs_embeds=x).last_hidden_state  # (B, T, d)
@@ -70,7 +70,7 @@ def train_step_tokens_per_s(
         logits = model.lm_head(h).float()  # (B, A, V)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, -h.shape[1] :].flatten())
         loss.backward()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return batch_size * seq_len / (sum(times[1:]) / steps)
 
@@ -128,8 +128,3 @@ def run_bench(
         for r in rows
     ]
     return "\n".join([header, *lines])
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()

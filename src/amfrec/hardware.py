@@ -49,10 +49,10 @@ def matmul_gflops(
     a @ b  # warm-up (kernel selection, page faults)
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / max(best, 1e-9) / 1e9
 
@@ -124,6 +124,7 @@ def pick_dtype(requested: str, device: str | torch.device = "cpu") -> str:
     return choice
 
 
-def _sync(device: str | torch.device) -> None:
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU. For timing."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

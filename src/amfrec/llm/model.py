@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from amfrec.llm.backbone import Backbone
-from amfrec.llm.config import AnswerHead, LossItems
+from amfrec.llm.config import AnswerHead, LossItems, coerce_enum, default_template
 from amfrec.llm.projector import MLPProjector
 from amfrec.llm.prompt import IGNORE_INDEX, PromptBatch, PromptBuilder, PromptTemplate, position_ids
 from amfrec.llm.scoring import ScoreReduction, score_titles
@@ -44,7 +44,7 @@ class AMFRecOutput:
 
 
 class Adapter(nn.Module):
-    """Every trainable weight of AMFRec: item encoder, optional user projector, the head's two scalars.
+    """Every trainable weight of AMFRec: item encoder, optional user projector and query map, head scalars.
 
     user_projector maps the collaborative representation (B, H) into the LM's space (None = no user token).
     log_scale: log of the cosine scale s (init log(score_scale)); collab_weight: the weight w of the
@@ -110,9 +110,9 @@ class AMFRecModel(nn.Module, Recommender):
             raise ValueError(f"score_chunk_rows must be >= 1, got {score_chunk_rows}")
         if len(titles) < 2:
             raise ValueError(f"titles must hold padding + at least one item, got {len(titles)}")
-        self.answer = _choice(AnswerHead, answer, "answer")
-        self.loss_items = _choice(LossItems, loss_items, "loss_items")
-        self.score_reduction = _choice(ScoreReduction, score_reduction, "score_reduction")
+        self.answer = coerce_enum(AnswerHead, answer, "answer")
+        self.loss_items = coerce_enum(LossItems, loss_items, "loss_items")
+        self.score_reduction = coerce_enum(ScoreReduction, score_reduction, "score_reduction")
         if (user_token or collab_score) and collab is None:
             raise ValueError("a user token or the collaborative score needs `collab` (a CollaborativeNet)")
         if self.answer is AnswerHead.TITLE and (collab_score or no_llm):
@@ -125,8 +125,6 @@ class AMFRecModel(nn.Module, Recommender):
         if tokens_per_item is None:  # the item encoder knows its T (fusion "tokens": one per modality)
             tokens_per_item = int(getattr(item_encoder, "tokens_per_item", 1))
         if template is None:
-            from amfrec.llm.config import default_template
-
             text = default_template(self.answer, self.answer is AnswerHead.TITLE, user_token)
             template = PromptTemplate(text=text)
         if template.has_user != user_token:
@@ -305,7 +303,8 @@ class AMFRecModel(nn.Module, Recommender):
     ) -> torch.Tensor:
         """Scores of items: q (B, d); out (n_items + 1, d) output vectors; items (B, C) or None = 1..n_items.
 
-        s * cos(q, out[c]) (+ w * collab(rep, c)) -> (B, C) or (B, n_items).
+        s * cos(W q + b, out[c]) (+ w * collab(rep, c)) -> (B, C) or (B, n_items); W q + b only with the
+        query map (``query_head``), else q itself.
         """
         if self.adapter.query is not None:
             q = self.adapter.query(q)  # (B, d)
@@ -370,8 +369,8 @@ class AMFRecModel(nn.Module, Recommender):
     def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """(B, L), (B, C) -> (B, C) float32, higher = better.
 
-        item_token: one backbone pass (q), then s * cos(q, e_c) (+ w * collab). title: the log-likelihood of
-        each candidate's title + eos after the prompt (``amfrec.llm.scoring.score_titles``).
+        item_token: one backbone pass (q), then ``item_logits`` over the candidates. title: the
+        log-likelihood of each candidate's title + eos after the prompt (``amfrec.llm.scoring.score_titles``).
         """
         if self.answer is AnswerHead.TITLE:
             return score_titles(self, history, candidates)
@@ -415,13 +414,6 @@ class AMFRecModel(nn.Module, Recommender):
         return out.last_hidden_state
 
 
-def _choice(enum_cls, value, name: str):
-    try:
-        return enum_cls(value)
-    except ValueError:
-        raise ValueError(f"{name} must be one of {[e.value for e in enum_cls]}, got {value!r}") from None
-
-
 def _cache_kwarg(decoder: nn.Module) -> str:
     """transformers 5 renamed ``past_key_values`` to ``cache``; use whichever the decoder accepts."""
     params = inspect.signature(decoder.forward).parameters
@@ -435,12 +427,14 @@ def build_amfrec(
     device: str | None = None,
     backbone: Backbone | None = None,
     collab: nn.Module | None = None,
+    loss_items: str = "catalogue",
 ) -> AMFRecModel:
     """An AMFRecModel from a ``ModelConfig`` (``amfrec.llm.config``), loaded features and item titles.
 
     features: name -> Modality (``values (n_items + 1, d_m)``, ``present (n_items + 1,)``). backbone: an
     already loaded one to reuse (else ``load_backbone(cfg.backbone, cfg.dtype, device)``). collab: the frozen
-    ``CollaborativeNet`` that ``cfg.user_token`` / ``cfg.collab_score`` need.
+    ``CollaborativeNet`` that ``cfg.user_token`` / ``cfg.collab_score`` need. loss_items: the training
+    softmax of the item_token head (``TrainConfig.loss_items``).
     """
     from amfrec.llm.backbone import load_backbone, truncate_layers
     from amfrec.llm.fusion import ItemEncoder
@@ -464,5 +458,6 @@ def build_amfrec(
         no_llm=cfg.no_llm,
         query_head=cfg.query_head,
         score_scale=cfg.score_scale,
+        loss_items=loss_items,
     )
     return model.to(backbone.device)

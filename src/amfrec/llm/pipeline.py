@@ -56,8 +56,9 @@ def build_model(cfg: AMFRecConfig, data: PreparedData, features_dir: Path) -> AM
         run = collab_run_from_features(features_dir)
         collab = load_collaborative(cfg.model.user_token.value, run, data.n_items).to(backbone.device)
         log.info("user token: the frozen %s of %s", cfg.model.user_token.value, run)
-    model = build_amfrec(cfg.model, features, data.titles, backbone=backbone, collab=collab)
-    model.loss_items = cfg.train.loss_items
+    model = build_amfrec(
+        cfg.model, features, data.titles, backbone=backbone, collab=collab, loss_items=cfg.train.loss_items
+    )
     trainable, total = model.parameter_report()
     log.info(
         "AMFRec: %s trainable of %s parameters (%.3f%%)",
@@ -215,7 +216,8 @@ def recommend(
     if candidates:
         cand = lookup(candidates, "candidates")
     else:
-        pool = torch.tensor([i for i in range(1, data.n_items + 1) if i not in set(hist)])
+        seen = set(hist)
+        pool = torch.tensor([i for i in range(1, data.n_items + 1) if i not in seen])
         cand = pool.tolist()
         if model.answer == "title":
             g = torch.Generator().manual_seed(seed)
