@@ -171,3 +171,51 @@ def test_load_run_config_errors(tmp_path):
     (tmp_path / "config.yaml").write_text("- a\n- b\n")
     with pytest.raises(AmfrecError, match="mapping"):
         load_run_config(tmp_path)
+
+
+def test_slice_metrics_by_hand() -> None:
+    from amfrec.evaluate import slice_metrics
+
+    ranks = torch.tensor([1, 3, 2, 1])
+    out = slice_metrics(
+        ranks, {"cold": torch.tensor([True, True, False, False]), "none": torch.zeros(4, dtype=bool)}
+    )
+    assert out["none"] == {"n": 0}
+    cold = out["cold"]  # ranks 1 and 3
+    assert cold["n"] == 2
+    assert cold["hr@1"] == pytest.approx(0.5)
+    assert cold["hr@3"] == pytest.approx(1.0)
+    assert cold["mrr"] == pytest.approx((1 + 1 / 3) / 2)
+    assert cold["ndcg@3"] == pytest.approx((1 + 1 / math.log2(4)) / 2)
+    with pytest.raises(ValueError, match="shape"):
+        slice_metrics(ranks, {"bad": torch.ones(3, dtype=bool)})
+
+
+def test_evaluate_reports_slices_and_records_keep_them() -> None:
+    split = make_split(n=6, n_cand=5)
+    mask = torch.tensor([True, False, True, False, False, False])
+    metrics = evaluate(Oracle(), split, batch_size=4, slices={"cold": mask})
+    assert metrics["slices"]["cold"]["n"] == 2 and metrics["slices"]["cold"]["hr@1"] == 1.0
+    rec = metrics_record(metrics, "test", 1, "oracle", 0.5)
+    assert rec["slices"]["cold"]["n"] == 2
+
+
+def test_item_train_counts_and_cold_slice_against_the_raw_files(tiny_prepared) -> None:
+    """Slow reference: count every item over train.jsonl's targets and each user's first item."""
+    from amfrec.data.dataset import PreparedData
+
+    data = PreparedData.load(tiny_prepared)
+    rows = [json.loads(line) for line in (tiny_prepared / "train.jsonl").open()]
+    counts: dict[str, int] = {}
+    first_seen: set[str] = set()
+    for row in rows:
+        counts[row["target"]] = counts.get(row["target"], 0) + 1
+        if row["user"] not in first_seen:  # the user's first window: its history is the first item alone
+            first_seen.add(row["user"])
+            counts[row["history"][0]] = counts.get(row["history"][0], 0) + 1
+    for k, item in enumerate(data.items[1:], 1):
+        assert int(data.item_train_counts[k]) == counts.get(item.item_id, 0), item.item_id
+    cold = data.slices(data.test)["cold"]
+    want = [counts.get(data.items[t].item_id, 0) <= data.cold_threshold for t in data.test.target.tolist()]
+    assert cold.tolist() == want
+    assert data.cold_threshold == 5  # the default written by prepare

@@ -126,7 +126,7 @@ def test_each_mode_shape_padding_and_gradients(fusion, kw, T):
     assert enc.tokens_per_item == T
     out = enc(ITEMS, HIST)
     assert out.tokens.shape == (2, 3, T, D_LLM)
-    assert (out.weights is not None) == (fusion == "gated")
+    assert (out.weights is not None) == (fusion in ("gated", "mean"))
     assert torch.equal(out.tokens[1, 1], torch.zeros(T, D_LLM))  # padding
     assert torch.isfinite(out.tokens).all()
     # the token norm is fixed, so use a direction-sensitive loss (a random linear read-out)
@@ -158,6 +158,11 @@ def test_mean_mode_averages_present_projections():
         + enc.projectors["text"](feats["text"].values[2:3])[0]
     ) / 2
     torch.testing.assert_close(tok, want[0])
+    # its weights are the equal shares of the present modalities (id, text, image order), by hand
+    weights = enc(torch.tensor([[1, 2, 3, 5]])).weights[0]  # (4, 3)
+    third = 1 / 3
+    expected = torch.tensor([[third, third, third], [0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(weights, expected)
 
 
 def test_features_are_non_persistent_buffers():

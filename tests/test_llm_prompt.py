@@ -119,7 +119,15 @@ def test_builder_rejects_tokenizer_without_item_token(tmp_path):
     with pytest.raises(ValueError, match="one token"):
         PromptBuilder(raw)
     with pytest.raises(ValueError, match="tokens_per_item"):
-        PromptBuilder(raw, tokens_per_item=0)
+        PromptBuilder(raw, tokens_per_item=-1)
+
+
+def test_titles_only_prompt_has_no_placeholders(tok):
+    b = PromptBuilder(tok, tokens_per_item=0)
+    assert b.render(["Babe", "Seven"], ["Heat"]).count(b.item_token) == 0
+    batch = b.build([["Babe", "Seven"]], [["Heat"]])
+    assert batch.n_slots.tolist() == [0]
+    assert int((batch.input_ids == b.item_token_id).sum()) == 0
 
 
 def test_build_length_mismatch(tok):

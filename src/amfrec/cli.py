@@ -49,7 +49,15 @@ def _overrides(pairs: list[str] | None) -> dict[str, object]:
 def cmd_data_prepare(a: argparse.Namespace) -> None:
     from amfrec.data.prepare import prepare
 
-    m = prepare(a.data, a.out, seed=a.seed, max_len=a.max_len, n_candidates=a.n_candidates, kcore=a.kcore)
+    m = prepare(
+        a.data,
+        a.out,
+        seed=a.seed,
+        max_len=a.max_len,
+        n_candidates=a.n_candidates,
+        kcore=a.kcore,
+        **({} if a.cold_threshold is None else {"cold_threshold": a.cold_threshold}),
+    )
     c = m["counts"]
     print(
         f"prepared {a.out}: {c['users']} users, {c['items']} items, {c['interactions']} interactions; "
@@ -119,11 +127,15 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
         if a.protocol != "score":
             raise AmfrecError(f"--protocol {a.protocol}: baselines are evaluated by scoring only")
+        if a.corrupt:
+            raise AmfrecError("--corrupt: baselines read no modality features (AMFRec runs only)")
         metrics = evaluate_baseline_run(Path(a.run), split=a.split, limit=a.limit)
     else:
         from amfrec.llm.pipeline import evaluate_run
 
-        metrics = evaluate_run(Path(a.run), split=a.split, protocol=a.protocol, limit=a.limit)
+        metrics = evaluate_run(
+            Path(a.run), split=a.split, protocol=a.protocol, limit=a.limit, corrupt=a.corrupt
+        )
     print(_metrics_line(metrics))
 
 
@@ -152,6 +164,13 @@ def cmd_experiment(a: argparse.Namespace) -> None:
         limit=a.limit,
     )
     print(table)
+
+
+def cmd_report(a: argparse.Namespace) -> None:
+    from amfrec.report import write_report
+
+    path = write_report(Path(a.exp), Path(a.out) if a.out else None)
+    print(f"report: {path}")
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
@@ -207,6 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-candidates", type=int, default=20, help="candidates per example (target + negatives)"
     )
     dp.add_argument("--kcore", type=int, default=0, help="iterative k-core filter (0 = off)")
+    dp.add_argument(
+        "--cold-threshold",
+        type=int,
+        default=None,
+        help="cold-start slice: targets with at most this many training interactions (default 5)",
+    )
     dp.set_defaults(func=cmd_data_prepare)
 
     f = sub.add_parser("features", help="per-item modality vectors (id, text, image), cached")
@@ -247,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--split", choices=("valid", "test"), default="test")
     e.add_argument("--protocol", choices=("score", "generate"), default="score")
     e.add_argument("--limit", type=int, default=None, help="first N examples only")
+    e.add_argument(
+        "--corrupt",
+        default=None,
+        metavar="MODALITY=HOW",
+        help="replace one modality's features at test time: noise | zero | shuffle (e.g. image=noise)",
+    )
     e.set_defaults(func=cmd_evaluate)
 
     r = sub.add_parser("recommend", help="rank candidates for a history with a trained AMFRec run")
@@ -266,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--set", action="append", metavar="KEY=VALUE")
     x.add_argument("--limit", type=int, default=None)
     x.set_defaults(func=cmd_experiment)
+
+    rp = sub.add_parser(
+        "report", help="report.md + PNG plots (metrics, curves, gate, robustness) of an experiment"
+    )
+    rp.add_argument("--exp", type=Path, required=True, help="experiment folder (amfrec experiment --out)")
+    rp.add_argument("--out", type=Path, default=None, help="output folder (default: EXP/report)")
+    rp.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="backbone training throughput and MFU vs measured matmul peak")
     b.add_argument("--backbone", default="smollm2-135m")

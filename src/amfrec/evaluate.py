@@ -54,11 +54,35 @@ def evaluate_ranks(
     return torch.cat(ranks)  # (N,)
 
 
+def slice_metrics(ranks: torch.Tensor, slices: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """Metrics on each named subset of the examples. ranks: (N,) long; each mask: (N,) bool.
+
+    A slice with no example reports only its count ({"n": 0}).
+    """
+    out: dict[str, dict] = {}
+    for name, mask in slices.items():
+        if mask.shape != ranks.shape:
+            raise ValueError(f"slice {name!r}: mask shape {tuple(mask.shape)} != ranks {tuple(ranks.shape)}")
+        n = int(mask.sum())
+        out[name] = {**ranking_metrics(ranks[mask], RANK_KS), "n": n} if n else {"n": 0}
+    return out
+
+
 def evaluate(
-    model: Recommender, split: Split, batch_size: int = 256, desc: str = "evaluate"
-) -> dict[str, float | int]:
-    """Score every candidate set of `split` with `model`; return hr@k, ndcg@k (k in 1,3,5,10), mrr and n."""
+    model: Recommender,
+    split: Split,
+    batch_size: int = 256,
+    desc: str = "evaluate",
+    slices: dict[str, torch.Tensor] | None = None,
+) -> dict:
+    """Score every candidate set of `split` with `model`; return hr@k, ndcg@k (k in 1,3,5,10), mrr and n.
+
+    slices: named (N,) bool masks (e.g. `PreparedData.slices(split)`); their metrics go under "slices".
+    """
     if len(split) == 0:
         raise ValueError("cannot evaluate an empty split")
     ranks = evaluate_ranks(model, split, batch_size=batch_size, desc=desc)
-    return {**ranking_metrics(ranks, RANK_KS), "n": len(split)}
+    out: dict = {**ranking_metrics(ranks, RANK_KS), "n": len(split)}
+    if slices:
+        out["slices"] = slice_metrics(ranks, slices)
+    return out

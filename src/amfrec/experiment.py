@@ -18,6 +18,58 @@ log = logging.getLogger(__name__)
 TABLE_KEYS = ("hr@1", "hr@5", "hr@10", "ndcg@10", "mrr")
 BASELINES = ("popularity", "sasrec", "gru4rec")
 
+# The ablations of AMFRec (DESIGN.md section 6), as named config overrides on top of the experiment's
+# config: `--models amfrec:no_llm` trains the recipe with these settings into the run folder `amfrec-no_llm`.
+# Title-head variants list the candidates in the prompt (~4x longer prompts) and read every LM layer (the
+# title is the LM's own vocabulary); `title` trains 48 steps of 8 windows to fit a CPU budget.
+_TITLE = {
+    "model.answer": "title",
+    "model.prompt_candidates": True,
+    "model.collab_score": False,
+    "model.query_head": False,
+    "model.lm_layers": None,
+}
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "no_llm": (
+        "the control: the LM replaced by the mean of the prompt's soft tokens",
+        {"model.no_llm": True},
+    ),
+    "mean": ("mean fusion of the modality projections (no gate)", {"model.fusion": "mean"}),
+    "concat": ("one projector over the concatenated features (no gate)", {"model.fusion": "concat"}),
+    "id_only": ("the id modality alone", {"model.fusion": "single", "model.single_modality": "id"}),
+    "text_only": ("the text modality alone", {"model.fusion": "single", "model.single_modality": "text"}),
+    "image_only": ("the image modality alone", {"model.fusion": "single", "model.single_modality": "image"}),
+    "title": (
+        "gated soft tokens, LLaRA's title answer (scored by title likelihood)",
+        {
+            **_TITLE,
+            "train.max_steps": 48,
+            "train.batch_size": 8,
+            "train.eval_every": 16,
+            "train.eval_examples": 100,
+        },
+    ),  # fmt: skip
+    "zero_shot": (
+        "the frozen LM alone: titles only, no soft tokens, no training; scored by title likelihood",
+        {**_TITLE, "model.soft_tokens": False, "model.user_token": None, "train.max_steps": 0},
+    ),
+}
+
+
+def parse_model(spec: str) -> tuple[str, str | None]:
+    """`sasrec` -> ("sasrec", None); `amfrec:no_llm` -> ("amfrec", "no_llm"). Raises AmfrecError."""
+    base, sep, variant = spec.partition(":")
+    if base not in (*BASELINES, "amfrec") or (sep and base != "amfrec"):
+        raise AmfrecError(f"unknown model {spec!r}; choose from {[*BASELINES, 'amfrec', 'amfrec:VARIANT']}")
+    if sep and variant not in VARIANTS:
+        raise AmfrecError(f"unknown AMFRec variant {variant!r} in {spec!r}; choose from {sorted(VARIANTS)}")
+    return base, (variant or None)
+
+
+def run_name(spec: str) -> str:
+    """The run folder and metrics name of a model spec: `amfrec:no_llm` -> `amfrec-no_llm`."""
+    return spec.replace(":", "-")
+
 
 def run_experiment(
     models: list[str],
@@ -39,24 +91,23 @@ def run_experiment(
     """
     from amfrec.data.prepare import prepare
 
-    unknown = [m for m in models if m not in (*BASELINES, "amfrec")]
-    if unknown:
-        raise AmfrecError(f"unknown model(s) {unknown}; choose from {[*BASELINES, 'amfrec']}")
+    for spec in models:
+        parse_model(spec)
     if not seeds:
         raise AmfrecError("--seeds is empty")
-    results: dict[str, list[dict]] = {m: [] for m in models}
+    results: dict[str, list[dict]] = {run_name(m): [] for m in models}
     for seed in seeds:
         root = out / f"seed{seed}"
         prepared = root / "data"
         if not (prepared / "manifest.json").exists():
             prepare(data, prepared, seed=seed)
         for model in models:
-            run = root / model
+            run = root / run_name(model)
             if (run / "metrics.json").exists():
                 log.info("%s seed %d: reusing %s", model, seed, run)
             else:
                 train_one(model, prepared, features, config, seed, run, overrides or {}, limit, modalities)
-            results[model].append(read_json(run / "metrics.json"))
+            results[run_name(model)].append(read_json(run / "metrics.json"))
     table = format_table(results, seeds)
     write_json(out / "results.json", {"seeds": seeds, "runs": results})
     (out / "results.md").write_text(table + "\n", encoding="utf-8")
@@ -74,7 +125,9 @@ def train_one(
     limit: int | None,
     modalities: list[str] | None = None,
 ) -> dict:
-    """Train one model on one prepared split; return its test metrics (also in run/metrics.json)."""
+    """Train one model (`sasrec`, `amfrec`, `amfrec:VARIANT`) on one prepared split; return its test metrics
+    (also in run/metrics.json). A variant's overrides go on top of `overrides`."""
+    model, variant = parse_model(model)
     if model in BASELINES:
         from amfrec.models.train_baselines import train_baseline
 
@@ -96,7 +149,10 @@ def train_one(
             id_from=sasrec_run,
             seed=seed,
         )
-    return train_amfrec(prepared, features, config, seed, run, overrides, limit=limit)
+    if variant is not None:
+        overrides = {**overrides, **VARIANTS[variant][1]}
+    name = "amfrec" if variant is None else run_name(f"amfrec:{variant}")
+    return train_amfrec(prepared, features, config, seed, run, overrides, limit=limit, name=name)
 
 
 def format_table(results: dict[str, list[dict]], seeds: list[int]) -> str:

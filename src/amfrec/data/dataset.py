@@ -12,6 +12,10 @@ import torch
 from amfrec.errors import AmfrecError
 from amfrec.io import read_json
 
+# A valid/test example is "cold" when its target has at most this many training interactions (the slice
+# where text and images should matter most); prepared data may set its own (manifest "cold_threshold").
+DEFAULT_COLD_THRESHOLD = 5
+
 
 @dataclass(frozen=True)
 class ItemInfo:
@@ -74,6 +78,28 @@ class PreparedData:
     @property
     def titles(self) -> list[str]:
         return [it.title for it in self.items]
+
+    @property
+    def cold_threshold(self) -> int:
+        return int(self.manifest.get("cold_threshold", DEFAULT_COLD_THRESHOLD))
+
+    @functools.cached_property
+    def item_train_counts(self) -> torch.Tensor:
+        """(n_items + 1,) long: each item's interactions in the training part of the sequences.
+
+        Every training window's target, plus each user's first item (which is only ever a history item: it
+        is the whole history of the user's first window).
+        """
+        n = self.n_items + 1
+        first = self.train.history[(self.train.history > 0).sum(dim=1) == 1, -1]  # (U,)
+        return torch.bincount(self.train.target, minlength=n) + torch.bincount(first, minlength=n)
+
+    def slices(self, split: Split) -> dict[str, torch.Tensor]:
+        """Named (N,) bool masks over `split`'s examples that metrics are also reported on.
+
+        cold: the target has <= `cold_threshold` training interactions.
+        """
+        return {"cold": self.item_train_counts[split.target] <= self.cold_threshold}
 
     @functools.cached_property
     def index(self) -> dict[str, int]:

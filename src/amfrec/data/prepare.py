@@ -26,6 +26,7 @@ import numpy as np
 
 import amfrec
 from amfrec.data.atomic import AtomicTable, read_atomic
+from amfrec.data.dataset import DEFAULT_COLD_THRESHOLD
 from amfrec.errors import AmfrecError
 from amfrec.io import atomic_dir, write_json, write_jsonl
 
@@ -136,8 +137,13 @@ def prepare(
     max_len: int = 10,
     n_candidates: int = 20,
     kcore: int = 0,
+    cold_threshold: int = DEFAULT_COLD_THRESHOLD,
 ) -> dict:
-    """Prepare `data_dir` (None: fetch ml-100k) into `out`; return the manifest (also out/manifest.json)."""
+    """Prepare `data_dir` (None: fetch ml-100k) into `out`; return the manifest (also out/manifest.json).
+
+    cold_threshold: a valid/test example is in the "cold" slice when its target has at most this many
+    training interactions (every model on this data is reported on the same slice).
+    """
     # command-line values: a bad one is a user mistake (AmfrecError), not a programming error
     if seed < 0:
         raise AmfrecError(f"seed must be >= 0, got {seed}")
@@ -147,6 +153,8 @@ def prepare(
         raise AmfrecError(f"n_candidates must be >= 2, got {n_candidates}")
     if kcore < 0:
         raise AmfrecError(f"kcore must be >= 0, got {kcore}")
+    if cold_threshold < 0:
+        raise AmfrecError(f"cold_threshold must be >= 0, got {cold_threshold}")
     if data_dir is None:
         from amfrec.data.fetch import fetch_ml100k
 
@@ -229,6 +237,7 @@ def prepare(
         "max_len": max_len,
         "n_candidates": n_candidates,
         "kcore": kcore,
+        "cold_threshold": cold_threshold,
         "min_user_interactions": MIN_USER_INTERACTIONS,
         "inputs": {
             "inter": {"path": str(inter_path.resolve()), "sha256": _sha256(inter_path)},

@@ -189,6 +189,8 @@ class ModelConfig:
     query_head: bool = False
     # Initial value of the learned scale of the cosine scores (the softmax temperature's inverse).
     score_scale: float = 10.0
+    # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).
+    soft_tokens: bool = True
     # Prompt: a template with the slots {history} (required), {candidates} (iff candidates are listed),
     # {user} (iff user_token), {n_candidates}, {noun}, {noun_plural}; null = the default for the head.
     template: str | None = None
@@ -240,7 +242,7 @@ class ModelConfig:
         self.answer = coerce_enum(AnswerHead, self.answer, "model.answer")
         if self.user_token is not None:
             self.user_token = coerce_enum(UserToken, self.user_token, "model.user_token")
-        for name in ("prompt_candidates", "collab_score", "no_llm", "query_head"):
+        for name in ("prompt_candidates", "collab_score", "no_llm", "query_head", "soft_tokens"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model.{name}: must be true or false, got {getattr(self, name)!r}")
         self.score_scale = _number(self.score_scale, "model.score_scale", strict=True)
@@ -257,6 +259,8 @@ class ModelConfig:
                 "model.gate.use_user_context: must be false with answer 'item_token' (one item table "
                 "scores every user)"
             )
+        if not self.soft_tokens and self.answer != AnswerHead.TITLE:
+            raise ValueError("model.soft_tokens: false needs answer 'title' (item_token scores soft tokens)")
         if self.collab_score and self.user_token is None:
             raise ValueError("model.collab_score: needs model.user_token (the collaborative run)")
         if self.template is None:
@@ -329,8 +333,8 @@ class TrainConfig:
             raise ValueError(f"train.betas: each must be in [0, 1), got {self.betas!r}")
         self.betas = (b1, b2)
         _positive_int(self.warmup_steps, "train.warmup_steps", minimum=0)
-        _positive_int(self.max_steps, "train.max_steps")
-        if self.warmup_steps >= self.max_steps:
+        _positive_int(self.max_steps, "train.max_steps", minimum=0)  # 0 = no training (zero-shot)
+        if self.max_steps and self.warmup_steps >= self.max_steps:
             raise ValueError(
                 f"train.warmup_steps: {self.warmup_steps} must be < train.max_steps ({self.max_steps})"
             )

@@ -35,7 +35,7 @@ from amfrec.llm.projector import MLPProjector, MoEProjector
 class ItemEncoderOutput:
     tokens: torch.Tensor  # (B, S, T, d_llm) float32 soft tokens
     aux_loss: torch.Tensor  # () load-balancing loss, NOT multiplied by projector.aux_weight
-    weights: torch.Tensor | None  # (B, S, M) modality weights (gated mode only)
+    weights: torch.Tensor | None  # (B, S, M) modality weights (gated: the gate's; mean: equal shares)
 
 
 class ModalityGate(nn.Module):
@@ -180,9 +180,10 @@ class ItemEncoder(nn.Module):
             aux = torch.stack(auxes).mean()
             if self.mode == FusionMode.TOKENS:
                 tokens = self._scale(u)  # (N, M, d_llm)
-            elif self.mode == FusionMode.MEAN:
+            elif self.mode == FusionMode.MEAN:  # weights: the equal shares of the present modalities
                 count = present.sum(-1, keepdim=True).clamp(min=1).to(u.dtype)  # (N, 1)
                 tokens = self._scale(u.sum(1) / count)[:, None]  # (N, 1, d_llm)
+                weights = (present.to(u.dtype) / count).reshape(B, S, -1)
             elif self.mode == FusionMode.SINGLE:
                 tokens = self._scale(u[:, 0])[:, None]
             else:  # gated

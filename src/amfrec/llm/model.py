@@ -207,6 +207,9 @@ class AMFRecModel(nn.Module, Recommender):
         table: the item_token head's (n_items + 1, T, d) table to read from; None = encode the prompt's items
         (the title head, whose gate may use the user context).
         """
+        if self.prompt.tokens_per_item == 0:  # titles only: nothing to inject
+            zero = torch.zeros((), device=self.device)
+            return zero.new_zeros((0, self.backbone.hidden_size)), zero, None
         items, valid = self._items(history, candidates)
         if table is not None:
             tokens, aux, weights = table[items], torch.zeros((), device=items.device), None  # (B, S, T, d)
@@ -449,7 +452,7 @@ def build_amfrec(
         encoder,
         titles,
         template=template,
-        tokens_per_item=encoder.tokens_per_item,
+        tokens_per_item=encoder.tokens_per_item if cfg.soft_tokens else 0,
         aux_weight=cfg.projector.aux_weight,
         answer=cfg.answer,
         collab=collab,

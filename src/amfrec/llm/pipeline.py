@@ -17,6 +17,7 @@ from amfrec import __version__
 from amfrec.data.dataset import PreparedData, Split
 from amfrec.errors import AmfrecError
 from amfrec.evaluate import evaluate
+from amfrec.features.corrupt import corrupt_features, parse_corruption
 from amfrec.features.store import load_features
 from amfrec.io import write_json
 from amfrec.llm.backbone import load_backbone
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EVAL_BATCH = 8  # prompts per scoring batch (each expands to 20 continuations)
+GATE_FILE = "gate_weights.json"
 
 
 def resolve_config(config: str | Path | None) -> Path:
@@ -46,10 +48,16 @@ def resolve_config(config: str | Path | None) -> Path:
     raise AmfrecError(f"{config}: config file not found (packaged configs: {', '.join(names)})")
 
 
-def build_model(cfg: AMFRecConfig, data: PreparedData, features_dir: Path) -> AMFRecModel:
+def build_model(
+    cfg: AMFRecConfig, data: PreparedData, features_dir: Path, corrupt: str | None = None
+) -> AMFRecModel:
     """Load the frozen backbone, the features and (for a user token) the frozen collaborative run; build the
-    AMFRec model."""
+    AMFRec model. corrupt: `MODALITY=noise|zero|shuffle`, that modality's features replaced (test time)."""
     features = load_features(features_dir, data.n_items, names=cfg.model.used_modalities)
+    if corrupt is not None:
+        name, how = parse_corruption(corrupt)
+        features = corrupt_features(features, name, how, seed=cfg.train.seed)
+        log.info("corrupted the %s features: %s", name, how.value)
     backbone = load_backbone(cfg.model.backbone, dtype=cfg.model.dtype.value)
     collab = None
     if cfg.model.user_token is not None:
@@ -69,9 +77,11 @@ def build_model(cfg: AMFRecConfig, data: PreparedData, features_dir: Path) -> AM
     return model
 
 
-def _score(model: AMFRecModel, split: Split, desc: str) -> dict:
+def _score(model: AMFRecModel, split: Split, desc: str, data: PreparedData | None = None) -> dict:
+    """Evaluate on `split`; with `data`, also on its named slices (the cold-start slice)."""
     with torch.inference_mode():
-        return evaluate(model, split, batch_size=EVAL_BATCH, desc=desc)
+        slices = data.slices(split) if data is not None else None
+        return evaluate(model, split, batch_size=EVAL_BATCH, desc=desc, slices=slices)
 
 
 def train_amfrec(
@@ -83,10 +93,12 @@ def train_amfrec(
     overrides: dict[str, Any] | None = None,
     limit: int | None = None,
     resume: bool = False,
+    name: str | None = None,
 ) -> dict:
     """Train AMFRec, test the best checkpoint on the fixed candidates, write the run directory `out`.
 
     limit: evaluate valid/test on their first `limit` examples only (None = all).
+    name: the model name in the metrics files (default "amfrec", or "amfrec-no_llm" for the control).
     Returns {"test": record, "valid": record, "info": training summary, "out": out}.
     """
     t0 = time.perf_counter()
@@ -104,8 +116,8 @@ def train_amfrec(
     info = train(model, data, cfg, out, evaluate_fn=lambda m, s: _score(m, s, "validate"), resume=resume)
     weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
     model.adapter.load_state_dict(weights)
-    valid = _score(model, data.valid.head(limit), "valid")
-    test = _score(model, data.test.head(limit), "test")
+    valid = _score(model, data.valid.head(limit), "valid", data)
+    test = _score(model, data.test.head(limit), "test", data)
     wall = time.perf_counter() - t0
     run_config = {
         **cfg.to_dict(),
@@ -121,10 +133,11 @@ def train_amfrec(
         },
         "train_info": {k: v for k, v in info.items() if k not in ("evals", "losses")},
     }
-    name = "amfrec-no_llm" if cfg.model.no_llm else "amfrec"
+    name = name or ("amfrec-no_llm" if cfg.model.no_llm else "amfrec")
     valid_rec = metrics_record(valid, "valid", seed, name, wall)
     test_rec = metrics_record(test, "test", seed, name, wall)
     write_json(out / "train_history.json", {"losses": info["losses"], "evals": info["evals"]})
+    write_gate_weights(model, out / GATE_FILE)
     write_run(out, run_config, test_rec, valid_rec)
     log.info(
         "%s seed %d: test hr@1 %.4f ndcg@10 %.4f (%.0f s, training %.0f s)",
@@ -133,14 +146,37 @@ def train_amfrec(
     return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
 
 
-def load_run(run: Path) -> tuple[AMFRecModel, PreparedData, dict]:
-    """Rebuild a trained AMFRec model from its run directory: (model, data, run config)."""
+def write_gate_weights(model: AMFRecModel, path: Path) -> None:
+    """RUN/gate_weights.json: every item's modality weights (the gate's; mean fusion's equal shares) and which
+    modalities it has, for the report's plots. Nothing is written for fusions without per-modality weights."""
+    with torch.inference_mode():
+        _, _, weights = model.item_table()  # (n_items + 1, M) | None
+    if weights is None:
+        return
+    enc = model.item_encoder
+    present = torch.stack([getattr(enc, f"mask{i}") for i in range(len(enc.modalities))], -1)  # (n+1, M)
+    write_json(
+        path,
+        {
+            "modalities": list(enc.modalities),
+            "fusion": enc.mode.value,
+            "weights": [[round(w, 5) for w in row] for row in weights[1:].float().cpu().tolist()],
+            "present": present[1:].cpu().tolist(),
+        },
+    )
+
+
+def load_run(run: Path, corrupt: str | None = None) -> tuple[AMFRecModel, PreparedData, dict]:
+    """Rebuild a trained AMFRec model from its run directory: (model, data, run config).
+
+    corrupt: `MODALITY=noise|zero|shuffle` replaces that modality's features (see amfrec.features.corrupt).
+    """
     run_cfg = load_run_config(run)
     if run_cfg.get("run", {}).get("model") != "amfrec":
         raise AmfrecError(f"{run / 'config.yaml'}: not an AMFRec run (baselines are evaluated when trained)")
     weights, cfg, identity = load_checkpoint(run / CHECKPOINT_DIR)
     data = PreparedData.load(run_cfg["run"]["data"])
-    model = build_model(cfg, data, Path(run_cfg["run"]["features"]))
+    model = build_model(cfg, data, Path(run_cfg["run"]["features"]), corrupt=corrupt)
     for key in ("name", "file_sha256", "revision", "fingerprint"):
         if identity.get(key) != model.backbone.identity.get(key):
             raise AmfrecError(
@@ -151,14 +187,22 @@ def load_run(run: Path) -> tuple[AMFRecModel, PreparedData, dict]:
     return model, data, run_cfg
 
 
-def evaluate_run(run: Path, split: str = "test", protocol: str = "score", limit: int | None = None) -> dict:
-    """Evaluate a trained run on its fixed candidates; writes RUN/<split>_<protocol>_metrics.json."""
+def evaluate_run(
+    run: Path,
+    split: str = "test",
+    protocol: str = "score",
+    limit: int | None = None,
+    corrupt: str | None = None,
+) -> dict:
+    """Evaluate a trained run on its fixed candidates; writes RUN/<split>_<protocol>_metrics.json, or
+    RUN/<split>_<protocol>_corrupt-<modality>-<how>_metrics.json with `corrupt` (then the record also holds
+    the mean modality weights over the catalogue under "gate_mean")."""
     t0 = time.perf_counter()
-    model, data, run_cfg = load_run(run)
+    model, data, run_cfg = load_run(run, corrupt=corrupt)
     part = (data.valid if split == "valid" else data.test).head(limit)
     seed = int(run_cfg["run"]["seed"])
     if protocol == "score":
-        metrics = _score(model, part, split)
+        metrics = _score(model, part, split, data)
         rec = metrics_record(metrics, split, seed, "amfrec", time.perf_counter() - t0)
     elif protocol == "generate":
         if model.answer != "title":
@@ -177,7 +221,17 @@ def evaluate_run(run: Path, split: str = "test", protocol: str = "score", limit:
         rec["wall_time_s"] = round(time.perf_counter() - t0, 3)
     else:
         raise AmfrecError(f"--protocol must be 'score' or 'generate', got {protocol!r}")
-    write_json(run / f"{split}_{protocol}_metrics.json", rec)
+    stem = f"{split}_{protocol}"
+    if corrupt is not None:
+        name, how = parse_corruption(corrupt)
+        stem += f"_corrupt-{name}-{how.value}"
+        rec["corrupt"] = f"{name}={how.value}"
+        with torch.inference_mode():
+            _, _, weights = model.item_table()  # (n_items + 1, M) | None
+        if weights is not None:
+            mods = model.item_encoder.modalities
+            rec["gate_mean"] = dict(zip(mods, weights[1:].float().mean(0).tolist(), strict=True))
+    write_json(run / f"{stem}_metrics.json", rec)
     return rec
 
 

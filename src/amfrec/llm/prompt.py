@@ -131,8 +131,8 @@ class PromptBuilder:
         item_token: str = ITEM_TOKEN,
         tokens_per_item: int = 1,
     ) -> None:
-        if tokens_per_item < 1:
-            raise ValueError(f"tokens_per_item must be >= 1, got {tokens_per_item}")
+        if tokens_per_item < 0:
+            raise ValueError(f"tokens_per_item must be >= 0 (0 = titles only), got {tokens_per_item}")
         self.tokenizer = tokenizer
         self.template = template or PromptTemplate()
         self.item_token = item_token
@@ -155,6 +155,8 @@ class PromptBuilder:
         return " ".join(title.replace(self.item_token, " ").replace(USER_TOKEN, " ").split())
 
     def render_item(self, title: str) -> str:
+        if self.tokens_per_item == 0:  # titles only (the zero-shot LM)
+            return self.clean_title(title)
         return f"{self.clean_title(title)} {self.item_token * self.tokens_per_item}"
 
     def render(self, history_titles: list[str], candidate_titles: list[str]) -> str:

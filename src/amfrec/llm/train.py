@@ -269,6 +269,8 @@ def train(
         tcfg.max_steps,
         len(valid_split),
     )
+    if tcfg.max_steps == 0 and not resume:  # no training (zero-shot): the initial adapter is the model
+        save_checkpoint(model, full_cfg, out / CHECKPOINT_DIR, snapshot())
     model.train()
     t0, seen_examples, seen_tokens, stopped_early = time.perf_counter(), 0, 0, False
     start_step = st["step"]

@@ -103,12 +103,13 @@ def train_baseline(
             log.info("train %s seed %d on %s (%d train windows, %d items)", name, seed, data_dir,
                      len(data.train), data.n_items)  # fmt: skip
             info = model.fit(data, seed)
-            valid = evaluate(model, data.valid.head(limit), desc=f"{name} valid")
-            test = evaluate(model, data.test.head(limit), desc=f"{name} test")
+            valid_part, test_part = data.valid.head(limit), data.test.head(limit)
+            valid = evaluate(model, valid_part, desc=f"{name} valid", slices=data.slices(valid_part))
+            test = evaluate(model, test_part, desc=f"{name} test", slices=data.slices(test_part))
             wall = time.perf_counter() - t0
             valid_rec = metrics_record(valid, "valid", seed, name, wall)
             test_rec = metrics_record(test, "test", seed, name, wall)
-            log.info("%s seed %d: test %s", name, seed, {k: round(v, 4) for k, v in test.items()})
+            log.info("%s seed %d: test hr@1 %.4f ndcg@10 %.4f", name, seed, test["hr@1"], test["ndcg@10"])
             config = {
                 "model": name,
                 "seed": seed,
@@ -154,7 +155,7 @@ def evaluate_baseline_run(run: str | Path, split: str = "test", limit: int | Non
     data = PreparedData.load(cfg["data"]["path"])
     model = LOADERS[name](run, data)
     part = (data.valid if split == "valid" else data.test).head(limit)
-    metrics = evaluate(model, part, desc=f"{name} {split}")
+    metrics = evaluate(model, part, desc=f"{name} {split}", slices=data.slices(part))
     rec = metrics_record(metrics, split, int(cfg["seed"]), name, time.perf_counter() - t0)
     write_json(run / f"{split}_score_metrics.json", rec)
     return rec

@@ -1,0 +1,150 @@
+"""The report's pictures (matplotlib, no display needed). Each function draws one PNG from the runs that
+`amfrec.results.collect_runs` found and returns False when there is nothing to draw.
+
+Every file is written atomically: drawn to a temporary name beside the target, then renamed.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from amfrec.results import RunRecord, mean_std  # noqa: E402
+
+DPI = 110
+
+
+def _save(fig, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def plot_metrics(groups: dict[str, list[RunRecord]], path: Path) -> bool:
+    """Grouped bars of test hr@1 and ndcg@10 per model, std over seeds as error bars."""
+    if not groups:
+        return False
+    models = list(groups)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(models) + 2), 4.2))
+    width = 0.38
+    for k, (key, color) in enumerate((("hr@1", "tab:blue"), ("ndcg@10", "tab:orange"))):
+        stats = [mean_std([r.test[key] for r in groups[m]]) for m in models]
+        xs = [i + (k - 0.5) * width for i in range(len(models))]
+        ax.bar(
+            xs, [s[0] for s in stats], width, yerr=[s[1] for s in stats], capsize=3, label=key, color=color
+        )
+    ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
+    ax.set_ylabel("test metric (mean over seeds)")
+    ax.set_ylim(0, 1)
+    n = groups[models[0]][0].test["n"]
+    ax.set_title(f"Test metrics on the same candidates ({n} users; error bars: std over seeds)")
+    ax.legend(loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def plot_valid_curves(groups: dict[str, list[RunRecord]], path: Path) -> bool:
+    """Validation metric against the training step, one line per AMFRec model (mean over seeds)."""
+    curves = {}
+    metric = None
+    for model, runs in groups.items():
+        per_step: dict[int, list[float]] = {}
+        for r in runs:
+            for e in (r.history or {}).get("evals", []):
+                key = next((k for k in e if k not in ("step", "loss")), None)
+                if key is None:
+                    continue
+                metric = metric or key
+                per_step.setdefault(int(e["step"]), []).append(float(e[key]))
+        if per_step:
+            steps = sorted(per_step)
+            curves[model] = (steps, [statistics.mean(per_step[s]) for s in steps])
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for model, (steps, values) in curves.items():
+        ax.plot(steps, values, marker="o", label=model)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"validation {metric} (eval subset, mean over seeds)")
+    ax.set_title("Validation during training")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def plot_gate_weights(groups: dict[str, list[RunRecord]], path: Path) -> bool:
+    """Box plots of each modality's weight per item: all items (left), items without an image (right)."""
+    gated = {m: [r.gate for r in runs if r.gate] for m, runs in groups.items()}
+    gated = {m: g for m, g in gated.items() if g and g[0].get("fusion") == "gated"}
+    if not gated:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, no_image in zip(axes, (False, True), strict=True):
+        data, labels = [], []
+        for model, gates in gated.items():
+            mods = gates[0]["modalities"]
+            img = mods.index("image") if "image" in mods else None
+            for k, mod in enumerate(mods):
+                values = [
+                    w[k]
+                    for g in gates
+                    for w, p in zip(g["weights"], g["present"], strict=True)
+                    if not no_image or (img is not None and not p[img])
+                ]
+                if values:
+                    data.append(values)
+                    labels.append(mod if len(gated) == 1 else f"{model}\n{mod}")
+        if data:
+            ax.boxplot(data, tick_labels=labels, showmeans=True)
+        ax.set_title("all items" if not no_image else "items without an image (poster)")
+        ax.set_xlabel("modality")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("gate weight per item (pooled over seeds)")
+    fig.suptitle(f"Modality gate weights ({', '.join(gated)}; triangle: mean)")
+    _save(fig, path)
+    return True
+
+
+def plot_robustness(groups: dict[str, list[RunRecord]], path: Path) -> bool:
+    """Test hr@1 clean and under each corruption, grouped by model."""
+    models = [m for m, runs in groups.items() if any(r.corrupt for r in runs)]
+    if not models:
+        return False
+    specs = sorted({s for m in models for r in groups[m] for s in r.corrupt})
+    series = ["clean", *specs]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(models) + 2), 4.2))
+    width = 0.8 / len(series)
+    for k, name in enumerate(series):
+        values = []
+        for m in models:
+            rs = [r for r in groups[m] if r.corrupt]
+            hits = [
+                r.test["hr@1"] if name == "clean" else r.corrupt[name]["hr@1"]
+                for r in rs
+                if name == "clean" or name in r.corrupt
+            ]
+            values.append(statistics.mean(hits) if hits else 0.0)
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(models))]
+        ax.bar(xs, values, width, label=name)
+    ax.set_xticks(range(len(models)), models)
+    ax.set_ylabel("test hr@1")
+    ax.set_title("Test hr@1 with the image features corrupted at test time")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    _save(fig, path)
+    return True

@@ -1,0 +1,178 @@
+"""An experiment folder's results, read back: run records, and the report's markdown tables.
+
+An experiment folder (`amfrec experiment --out DIR`) holds DIR/seed<S>/<run>/ per model and seed. Each run
+has metrics.json (test, with the cold-start slice under "slices") and may have train_history.json (AMFRec:
+the validation curve), gate_weights.json (AMFRec: every item's modality weights) and
+test_score_corrupt-<modality>-<how>_metrics.json (`amfrec evaluate --corrupt`). The tables here show what
+was found, mean ± std over seeds; `amfrec.plots` draws it and `amfrec.report` writes both out.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amfrec.errors import AmfrecError
+from amfrec.io import read_json
+
+ORDER = ("popularity", "sasrec", "gru4rec", "amfrec")  # then the AMFRec variants, by name
+CORRUPT_FILE = re.compile(r"test_score_corrupt-(?P<modality>[^-]+)-(?P<how>\w+)_metrics\.json")
+
+
+@dataclass
+class RunRecord:
+    """What one run folder holds for the report (None / empty where a file is absent)."""
+
+    model: str  # the run folder's name, e.g. "amfrec-no_llm"
+    seed: int
+    test: dict
+    history: dict | None = None  # train_history.json: {"losses": [...], "evals": [{"step", metric...}]}
+    gate: dict | None = None  # gate_weights.json: {"modalities", "weights" (n, M), "present" (n, M)}
+    corrupt: dict[str, dict] = field(default_factory=dict)  # "image=noise" -> test record
+
+
+def _optional_json(path: Path) -> Any:
+    return read_json(path) if path.is_file() else None
+
+
+def collect_runs(exp: Path) -> list[RunRecord]:
+    """Every DIR/seed<S>/<run>/metrics.json, in model order then seed. Raises AmfrecError when none."""
+    exp = Path(exp)
+    if not exp.is_dir():
+        raise AmfrecError(f"{exp}: experiment folder not found")
+    runs = []
+    for metrics in sorted(exp.glob("seed*/*/metrics.json")):
+        run, seed_dir = metrics.parent, metrics.parent.parent
+        seed = seed_dir.name.removeprefix("seed")
+        if not seed.isdigit():
+            continue
+        corrupt = {}
+        for path in sorted(run.glob("test_score_corrupt-*_metrics.json")):
+            m = CORRUPT_FILE.fullmatch(path.name)
+            if m:
+                corrupt[f"{m['modality']}={m['how']}"] = read_json(path)
+        runs.append(
+            RunRecord(
+                model=run.name,
+                seed=int(seed),
+                test=read_json(metrics),
+                history=_optional_json(run / "train_history.json"),
+                gate=_optional_json(run / "gate_weights.json"),
+                corrupt=corrupt,
+            )
+        )
+    if not runs:
+        raise AmfrecError(f"{exp}: no seed*/<run>/metrics.json inside (not an experiment folder?)")
+    rank = {name: k for k, name in enumerate(ORDER)}
+    return sorted(runs, key=lambda r: (rank.get(r.model, len(ORDER)), r.model, r.seed))
+
+
+def by_model(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Runs grouped by model, in the order of `runs`."""
+    out: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        out.setdefault(r.model, []).append(r)
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """(mean, sample std); the std of one value is 0."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _cell(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def image_weight(gate: dict, without_image: bool = False) -> float | None:
+    """The mean weight on the image modality over the catalogue (or over items without an image)."""
+    if "image" not in gate["modalities"]:
+        return None
+    m = gate["modalities"].index("image")
+    rows = [w for w, p in zip(gate["weights"], gate["present"], strict=True) if not without_image or not p[m]]
+    return statistics.mean(w[m] for w in rows) if rows else None
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def metrics_table(groups: dict[str, list[RunRecord]], keys: tuple[str, ...]) -> str:
+    head = "| model | seeds | " + " | ".join(keys) + " | n |"
+    lines = [head, "|---|---|" + "---:|" * (len(keys) + 1)]
+    for model, runs in groups.items():
+        cells = " | ".join(_cell([r.test[k] for r in runs]) for k in keys)
+        seeds = ",".join(str(r.seed) for r in runs)
+        lines.append(f"| {model} | {seeds} | {cells} | {runs[0].test['n']} |")
+    return "\n".join(lines)
+
+
+def cold_table(groups: dict[str, list[RunRecord]]) -> str:
+    """hr@1 / ndcg@10 on all test users and on the cold-start slice, with the slice's size."""
+    lines = [
+        "| model | hr@1 all | hr@1 cold | ndcg@10 all | ndcg@10 cold | cold users |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for model, runs in groups.items():
+        cold = [r.test.get("slices", {}).get("cold", {}) for r in runs]
+        if not all("hr@1" in c for c in cold):
+            continue
+        sizes = sorted({c["n"] for c in cold})
+        lines.append(
+            f"| {model} | {_cell([r.test['hr@1'] for r in runs])} | {_cell([c['hr@1'] for c in cold])} | "
+            f"{_cell([r.test['ndcg@10'] for r in runs])} | {_cell([c['ndcg@10'] for c in cold])} | "
+            f"{'/'.join(map(str, sizes))} of {runs[0].test['n']} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _mean_or_dash(values: list[float]) -> str:
+    return f"{statistics.mean(values):.3f}" if values else "–"
+
+
+def robustness_table(groups: dict[str, list[RunRecord]]) -> str:
+    """Per model and corruption: hr@1 clean and corrupted, the drop, and the mean image weight both ways."""
+    lines = [
+        "| model | corruption | seeds | hr@1 clean | hr@1 corrupted | drop | img weight clean | corrupted |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for model, runs in groups.items():
+        for spec in sorted({s for r in runs for s in r.corrupt}):
+            rs = [r for r in runs if spec in r.corrupt]
+            clean = [r.test["hr@1"] for r in rs]
+            bad = [r.corrupt[spec]["hr@1"] for r in rs]
+            w_clean = [w for r in rs if r.gate and (w := image_weight(r.gate)) is not None]
+            w_bad = [
+                r.corrupt[spec]["gate_mean"]["image"]
+                for r in rs
+                if "image" in r.corrupt[spec].get("gate_mean", {})
+            ]
+            lines.append(
+                f"| {model} | {spec} | {','.join(str(r.seed) for r in rs)} | {statistics.mean(clean):.4f} | "
+                f"{statistics.mean(bad):.4f} | {statistics.mean(clean) - statistics.mean(bad):+.4f} | "
+                f"{_mean_or_dash(w_clean)} | {_mean_or_dash(w_bad)} |"
+            )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def gate_table(groups: dict[str, list[RunRecord]]) -> str:
+    """Mean weight per modality over all items and over items without an image (pooled over seeds)."""
+    lines = ["| model | items (count) | mean weight per modality |", "|---|---|---|"]
+    for model, runs in groups.items():
+        gates = [r.gate for r in runs if r.gate]
+        if not gates:
+            continue
+        mods = gates[0]["modalities"]
+        for label, no_image in (("all", False), ("without image", True)):
+            rows = [
+                w
+                for g in gates
+                for w, p in zip(g["weights"], g["present"], strict=True)
+                if not no_image or ("image" in mods and not p[mods.index("image")])
+            ]
+            if not rows:
+                continue
+            means = ", ".join(f"{m} {statistics.mean(w[k] for w in rows):.3f}" for k, m in enumerate(mods))
+            lines.append(f"| {model} | {label} ({len(rows) // len(gates)}) | {means} |")
+    return "\n".join(lines) if len(lines) > 2 else ""

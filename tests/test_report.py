@@ -1,0 +1,81 @@
+"""`amfrec report`: tables with hand-computed means, PNGs that open, sections only where there is data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from amfrec.cli import main
+from amfrec.report import write_report
+
+KEYS = ("hr@1", "hr@3", "hr@5", "hr@10", "ndcg@1", "ndcg@3", "ndcg@5", "ndcg@10", "mrr")
+
+
+def _metrics(hr1: float, cold_hr1: float) -> dict:
+    m = {k: hr1 for k in KEYS} | {"n": 10, "split": "test", "seed": 1, "model": "m", "wall_time_s": 1.0}
+    m["slices"] = {"cold": {k: cold_hr1 for k in KEYS} | {"n": 2}}
+    return m
+
+
+def _write(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+@pytest.fixture
+def exp(tmp_path: Path) -> Path:
+    """Two seeds of sasrec and of amfrec; AMFRec with curves, gate weights and one corrupted evaluation."""
+    root = tmp_path / "exp"
+    for seed, (s_hr, a_hr) in {1: (0.4, 0.5), 2: (0.6, 0.7)}.items():
+        _write(root / f"seed{seed}" / "sasrec" / "metrics.json", _metrics(s_hr, 0.0))
+        run = root / f"seed{seed}" / "amfrec"
+        _write(run / "metrics.json", _metrics(a_hr, 0.5))
+        _write(run / "train_history.json", {"losses": [1.0], "evals": [
+            {"step": 5, "loss": 1.0, "ndcg@10": 0.5}, {"step": 10, "loss": 0.9, "ndcg@10": 0.6}]})  # fmt: skip
+        _write(run / "gate_weights.json", {
+            "modalities": ["id", "text", "image"], "fusion": "gated",
+            "weights": [[0.5, 0.3, 0.2], [0.6, 0.4, 0.0]], "present": [[1, 1, 1], [1, 1, 0]]})  # fmt: skip
+        corrupted = _metrics(a_hr - 0.1, 0.5) | {"gate_mean": {"id": 0.6, "text": 0.3, "image": 0.1}}
+        _write(run / "test_score_corrupt-image-noise_metrics.json", corrupted)
+    return root
+
+
+def test_report_tables_and_pngs(exp: Path) -> None:
+    path = write_report(exp)
+    text = path.read_text()
+    # mean ± sample std by hand: sasrec hr@1 (0.4, 0.6) -> 0.5 ± 0.1414; amfrec (0.5, 0.7) -> 0.6 ± 0.1414
+    assert "| sasrec | 1,2 | 0.5000 ± 0.1414 |" in text
+    assert "| amfrec | 1,2 | 0.6000 ± 0.1414 |" in text
+    assert text.index("| sasrec |") < text.index("| amfrec |")
+    assert "2 of 10 |" in text  # cold users beside the cold metrics
+    # robustness: clean 0.6, corrupted 0.5, drop +0.1; image weight clean = mean(0.2, 0.0) = 0.1
+    assert "| amfrec | image=noise | 1,2 | 0.6000 | 0.5000 | +0.1000 | 0.100 | 0.100 |" in text
+    assert "| amfrec | without image (1) | id 0.600, text 0.400, image 0.000 |" in text
+    for name in ("metrics.png", "valid_curves.png", "gate_weights.png", "robustness.png"):
+        png = path.parent / name
+        assert f"]({name})" in text
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(png) as im:
+            assert im.width > 300 and im.height > 200
+    assert not list(path.parent.glob(".*tmp*"))  # nothing half-written left behind
+
+
+def test_report_without_amfrec_has_only_the_metrics(tmp_path: Path) -> None:
+    _write(tmp_path / "e" / "seed1" / "popularity" / "metrics.json", _metrics(0.2, 0.1))
+    text = write_report(tmp_path / "e", tmp_path / "out").read_text()
+    assert "| popularity | 1 | 0.2000 ± 0.0000 |" in text
+    assert "Robustness" not in text and "Gate weights" not in text
+    assert (tmp_path / "out" / "metrics.png").is_file() and not (
+        tmp_path / "out" / "gate_weights.png"
+    ).exists()
+
+
+def test_report_cli_errors_name_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    for folder in ("missing", "empty"):
+        assert main(["report", "--exp", str(tmp_path / folder)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("amfrec: error: ") and folder in err and "\n" not in err
