@@ -1,4 +1,4 @@
-"""`--corrupt MODALITY=HOW`: only the named modality's present rows change; masks and other modalities stay."""
+"""`--corrupt MODALITY=HOW`: only the named modality's present rows change; masks, other modalities stay."""
 
 from __future__ import annotations
 

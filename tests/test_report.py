@@ -33,8 +33,8 @@ def exp(tmp_path: Path) -> Path:
         _write(root / f"seed{seed}" / "sasrec" / "metrics.json", _metrics(s_hr, 0.0))
         run = root / f"seed{seed}" / "amfrec"
         _write(run / "metrics.json", _metrics(a_hr, 0.5))
-        _write(run / "train_history.json", {"losses": [1.0], "evals": [
-            {"step": 5, "loss": 1.0, "ndcg@10": 0.5}, {"step": 10, "loss": 0.9, "ndcg@10": 0.6}]})  # fmt: skip
+        evals = [{"step": 5, "loss": 1.0, "ndcg@10": 0.5}, {"step": 10, "loss": 0.9, "ndcg@10": 0.6}]
+        _write(run / "train_history.json", {"losses": [1.0], "evals": evals})
         _write(run / "gate_weights.json", {
             "modalities": ["id", "text", "image"], "fusion": "gated",
             "weights": [[0.5, 0.3, 0.2], [0.6, 0.4, 0.0]], "present": [[1, 1, 1], [1, 1, 0]]})  # fmt: skip
