@@ -59,7 +59,7 @@ def old_score(model: AMFRecModel, history: torch.Tensor, candidates: torch.Tenso
     batch, embeds, _, _ = model.embed_prompt(history, candidates, None)
     mask = batch.attention_mask  # (B, P)
     cache = DynamicCache(config=model.lm.config)
-    hidden = model.decoder(embeds, mask, position_ids(mask), cache=cache)  # (B, P, d)
+    hidden = model.backbone.decode(embeds, mask, position_ids(mask), cache=cache)  # (B, P, d)
     cont_list = model.prompt.encode_answers([model.titles[i] for i in candidates.reshape(-1).tolist()])
     cont = nn.utils.rnn.pad_sequence(
         [torch.tensor(c, dtype=torch.long) for c in cont_list],
@@ -101,7 +101,7 @@ def _old_continuation(model, cache, prompt_mask, cont, cmask, n_cand) -> torch.T
     full_mask = torch.cat([prompt_mask.repeat_interleave(n_cand, dim=0), cmask[:, :-1].long()], dim=1)
     start = prompt_mask.sum(1).repeat_interleave(n_cand)  # (R,)
     pos = start[:, None] + torch.arange(steps.shape[1], device=cont.device)[None, :]  # (R, K-1)
-    hidden = model.decoder(model.lm.get_input_embeddings()(steps), full_mask, pos, cache=cache)
+    hidden = model.backbone.decode(model.lm.get_input_embeddings()(steps), full_mask, pos, cache=cache)
     need = cmask[:, 1:]  # (R, K-1)
     logits = model.lm.get_output_embeddings()(hidden[need]).float()  # (N, V)
     picked = logits.gather(1, cont[:, 1:][need][:, None]).squeeze(1) - logits.logsumexp(-1)

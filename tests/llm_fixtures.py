@@ -88,7 +88,7 @@ def make_tiny_backbone_dir(path: str | Path, seed: int = 0, tie: bool = True) ->
 
 
 class StubItemEncoderOutput:
-    """Same fields as amfrec.llm.fusion's ItemEncoderOutput (tokens, aux_loss, weights)."""
+    """Same fields as amfrec.llm.item_encoder's ItemEncoderOutput (tokens, aux_loss, weights)."""
 
     def __init__(self, tokens: torch.Tensor, aux_loss: torch.Tensor, weights: torch.Tensor | None) -> None:
         self.tokens = tokens

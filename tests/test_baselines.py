@@ -11,11 +11,8 @@ import pytest
 import torch
 import yaml
 
-from amfrec.data.dataset import ItemInfo, PreparedData, Split
-from amfrec.errors import AmfrecError
-from amfrec.evaluate import evaluate
-from amfrec.models.popularity import Popularity, training_interaction_counts
-from amfrec.models.sequential import (
+from amfrec.baselines.popularity import Popularity, training_interaction_counts
+from amfrec.baselines.sequential import (
     GRU4Rec,
     GRU4RecConfig,
     GRU4RecNet,
@@ -23,8 +20,11 @@ from amfrec.models.sequential import (
     SASRecConfig,
     SASRecNet,
 )
-from amfrec.models.train_baselines import train_baseline
-from amfrec.run import load_run_config
+from amfrec.data.dataset import ItemInfo, PreparedData, Split
+from amfrec.errors import AmfrecError
+from amfrec.evaluate import evaluate
+from amfrec.runs.baseline_run import train_baseline
+from amfrec.runs.rundir import load_run_config
 
 REPO = Path(__file__).resolve().parents[1]
 

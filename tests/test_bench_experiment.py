@@ -9,10 +9,10 @@ import pytest
 import torch
 from llm_fixtures import make_tiny_backbone_dir
 
-from amfrec.bench import linear_params, run_bench, train_step_tokens_per_s
 from amfrec.errors import AmfrecError
-from amfrec.experiment import format_table, run_experiment
 from amfrec.llm.backbone import load_backbone
+from amfrec.runs.bench import linear_params, run_bench, train_step_tokens_per_s
+from amfrec.runs.experiment import format_table, run_experiment
 
 
 def test_linear_params_counts_only_linear_weights() -> None:

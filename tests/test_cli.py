@@ -13,6 +13,7 @@ import pytest
 
 from amfrec.cli import build_parser, main
 from amfrec.errors import AmfrecError
+from amfrec.runs.rundir import load_run_config
 
 COMMANDS = ("data", "features", "train", "evaluate", "recommend", "experiment", "bench", "quickstart")
 
@@ -127,3 +128,17 @@ def test_evaluate_reloads_a_baseline_run(tiny_prepared: Path, tmp_path: Path, ca
     assert "scoring only" in err
     err = one_line_error(capsys, ["evaluate", "--run", str(tmp_path / "nothing")])
     assert "config.yaml" in err
+
+
+def test_baseline_config_and_set_are_honoured(tiny_prepared: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "s.yaml").write_text("hidden: 16\nmax_epochs: 1\nheads: 1\n")
+    argv = ["train", "--model", "sasrec", "--data", str(tiny_prepared), "--config", str(tmp_path / "s.yaml")]
+    assert main([*argv, "--out", str(tmp_path / "R"), "--set", "hidden=32"]) == 0
+    cfg = load_run_config(tmp_path / "R")["model_config"]
+    assert cfg["hidden"] == 32 and cfg["max_epochs"] == 1 and cfg["heads"] == 1  # --set wins over the file
+    (tmp_path / "bad.yaml").write_text("hiden: 16\n")
+    bad = ["train", "--model", "sasrec", "--data", str(tiny_prepared), "--config", str(tmp_path / "bad.yaml")]
+    err = one_line_error(capsys, [*bad, "--out", str(tmp_path / "B")])
+    assert "hiden" in err and not (tmp_path / "B").exists()
+    err = one_line_error(capsys, [*argv, "--out", str(tmp_path / "C"), "--set", "layerz=1"])
+    assert "layerz" in err

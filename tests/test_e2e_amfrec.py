@@ -18,9 +18,9 @@ import torch
 from amfrec.cli import main
 from amfrec.errors import AmfrecError
 from amfrec.features.build import build_features
-from amfrec.llm.pipeline import build_model, evaluate_run, load_run, recommend
 from amfrec.llm.train import fixed_subset, load_checkpoint
-from amfrec.models.train_baselines import train_baseline
+from amfrec.runs.amfrec_run import build_model, evaluate_run, load_run, recommend
+from amfrec.runs.baseline_run import train_baseline
 
 pytestmark = pytest.mark.e2e
 
@@ -135,7 +135,7 @@ def test_generation_protocol(title_run: Path, amfrec_run: Path) -> None:
 
 
 def test_sasrec_run_reloads_to_identical_metrics(amfrec_run: Path) -> None:
-    from amfrec.models.train_baselines import evaluate_baseline_run
+    from amfrec.runs.baseline_run import evaluate_baseline_run
 
     run = amfrec_run.parent / "sasrec"
     saved = json.loads((run / "metrics.json").read_text())

@@ -11,8 +11,8 @@ import torch
 from amfrec.data.dataset import Split
 from amfrec.errors import AmfrecError
 from amfrec.evaluate import evaluate, evaluate_ranks, target_positions
-from amfrec.models.base import Recommender
-from amfrec.run import load_run_config, metrics_record, write_run
+from amfrec.recommender import Recommender
+from amfrec.runs.rundir import load_run_config, metrics_record, write_run
 
 
 def make_split(n: int = 7, n_cand: int = 5, max_len: int = 4) -> Split:

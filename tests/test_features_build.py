@@ -120,22 +120,22 @@ def test_id_from_run_and_wrong_shape(tmp_path: Path) -> None:
         build_features(D, tmp_path / "F", ["id"], id_from=run)
 
 
-def test_id_trained_on_the_fly(tiny_prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import amfrec.models.sequential as seq
+def test_id_needs_a_sasrec_run_and_features_cli_trains_one(tiny_prepared: Path, tmp_path: Path) -> None:
+    """Without --id-from, `amfrec features` trains the real SASRec (2 epochs via its config) into F/sasrec."""
+    from amfrec.cli import main
 
-    class QuickSASRec(seq.SASRec):  # the real model, 2 epochs to keep the test fast
-        def __init__(self) -> None:
-            super().__init__(seq.SASRecConfig(max_epochs=2))
-
-    monkeypatch.setattr(seq, "SASRec", QuickSASRec)
     D = tmp_path / "D"
     shutil.copytree(tiny_prepared, D)
-    m = build_features(D, tmp_path / "F", ["id"], seed=1)
-    entry = m["modalities"]["id"]
-    assert entry["dim"] == 64 and entry["present"] == 40
-    assert np.isfinite(load_features(tmp_path / "F", 40)["id"].values.numpy()).all()
-    m2 = build_features(D, tmp_path / "F", ["id"], seed=1)
-    assert m2["modalities"]["id"]["cache_key"] == entry["cache_key"]
+    with pytest.raises(AmfrecError, match="id_from"):
+        build_features(D, tmp_path / "X", ["id"])
+    (tmp_path / "quick.yaml").write_text("max_epochs: 2\n")
+    run = tmp_path / "F" / "sasrec"
+    assert main(["train", "--model", "sasrec", "--data", str(D), "--out", str(run),
+                 "--config", str(tmp_path / "quick.yaml")]) == 0  # fmt: skip
+    assert main(["features", "--data", str(D), "--out", str(tmp_path / "F"), "--modalities", "id"]) == 0
+    entry = load_features(tmp_path / "F", 40)["id"]  # reused the run: no second training
+    want = np.load(run / "item_embeddings.npy")
+    assert entry.values.shape == (41, 64) and np.array_equal(entry.values.numpy(), want)
 
 
 def test_import_spec_and_unknown_modality(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from amfrec.errors import AmfrecError
 from amfrec.features.corrupt import Corruption, corrupt, corrupt_features, parse_corruption
 from amfrec.features.store import Modality
 from amfrec.llm.config import ModelConfig
-from amfrec.llm.fusion import ItemEncoder
+from amfrec.llm.item_encoder import ItemEncoder
 
 # rows: padding, two items with the modality, one without (its row stays zero)
 VALUES = torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, 4.0], [0.0, 0.0]])

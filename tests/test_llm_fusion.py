@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
-from amfrec.llm.fusion import ItemEncoder, ModalityGate
+from amfrec.llm.item_encoder import ItemEncoder, ModalityGate
 
 N_ITEMS, D_LLM = 6, 12
 DIMS = {"id": 4, "text": 5, "image": 3}

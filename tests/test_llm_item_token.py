@@ -16,13 +16,13 @@ import torch
 from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features
 from torch.nn import functional as F
 
+from amfrec.baselines.sequential import SASRecConfig, SASRecNet
 from amfrec.llm.backbone import USER_TOKEN, Backbone, load_backbone
 from amfrec.llm.collab import CollaborativeNet
 from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
-from amfrec.llm.fusion import ItemEncoder
+from amfrec.llm.item_encoder import ItemEncoder
 from amfrec.llm.model import AMFRecModel, build_amfrec
 from amfrec.llm.prompt import PromptTemplate
-from amfrec.models.sequential import SASRecConfig, SASRecNet
 
 N_ITEMS, L = len(TITLES) - 1, 5
 # history left-padded with 0, most recent last; candidates (B, C); targets (B,)

@@ -17,7 +17,7 @@ from amfrec.llm.config import AnswerHead, default_template
 from amfrec.llm.model import AMFRecModel
 from amfrec.llm.prompt import IGNORE_INDEX, PromptTemplate
 from amfrec.llm.scoring import _custom_mask
-from amfrec.models.base import Recommender
+from amfrec.recommender import Recommender
 
 N_ITEMS = len(TITLES) - 1
 

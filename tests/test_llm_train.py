@@ -18,7 +18,7 @@ from torch import nn
 from amfrec.data.dataset import ItemInfo, PreparedData, Split
 from amfrec.errors import AmfrecError
 from amfrec.llm.config import AMFRecConfig, GateConfig, ModelConfig, ProjectorConfig, TrainConfig
-from amfrec.llm.fusion import ItemEncoder
+from amfrec.llm.item_encoder import ItemEncoder
 from amfrec.llm.train import (
     draw_candidates,
     generator,
@@ -274,11 +274,11 @@ def test_with_real_amfrec_model_on_tiny_backbone(tmp_path):
     SASRec as user token and collaborative score): frozen weights kept, checkpoint (the adapter) reloads."""
     from llm_fixtures import TITLES, make_tiny_backbone_dir
 
+    from amfrec.baselines.sequential import SASRecConfig, SASRecNet
     from amfrec.evaluate import evaluate
     from amfrec.llm.backbone import load_backbone
     from amfrec.llm.collab import CollaborativeNet
     from amfrec.llm.model import build_amfrec
-    from amfrec.models.sequential import SASRecConfig, SASRecNet
 
     bb = load_backbone(str(make_tiny_backbone_dir(tmp_path / "bb")), device="cpu")
     n = len(TITLES) - 1

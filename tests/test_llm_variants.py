@@ -14,10 +14,10 @@ import yaml
 from llm_fixtures import make_tiny_backbone_dir
 
 from amfrec.errors import AmfrecError
-from amfrec.experiment import VARIANTS, parse_model, run_name
 from amfrec.features.build import build_features
 from amfrec.llm.config import AMFRecConfig
-from amfrec.llm.pipeline import evaluate_run, load_run, resolve_config, train_amfrec
+from amfrec.runs.amfrec_run import evaluate_run, load_run, resolve_config, train_amfrec
+from amfrec.runs.experiment import VARIANTS, parse_model, run_name
 
 SMALL = {
     "model.user_token": None,

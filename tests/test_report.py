@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from amfrec.cli import main
-from amfrec.report import write_report
+from amfrec.runs.report import write_report
 
 KEYS = ("hr@1", "hr@3", "hr@5", "hr@10", "ndcg@1", "ndcg@3", "ndcg@5", "ndcg@10", "mrr")
 

@@ -67,8 +67,12 @@ def cmd_data_prepare(a: argparse.Namespace) -> None:
 
 def cmd_features(a: argparse.Namespace) -> None:
     from amfrec.features.build import build_features
+    from amfrec.runs.baseline_run import ensure_sasrec_run
 
     out = a.out or Path(a.data) / "features"
+    id_from = a.id_from
+    if "id" in _csv(a.modalities) and id_from is None:  # train the SASRec whose item table is `id`
+        id_from = ensure_sasrec_run(Path(a.data), a.seed, Path(out) / "sasrec")
     imports = {}
     for spec in a.import_npy or []:
         name, sep, rest = spec.partition("=")
@@ -81,12 +85,11 @@ def cmd_features(a: argparse.Namespace) -> None:
         Path(out),
         modalities=_csv(a.modalities),
         posters=a.posters,
-        id_from=a.id_from,
+        id_from=id_from,
         text_encoder=a.text_encoder,
         image_encoder=a.image_encoder,
         import_specs=imports or None,
         batch_size=a.batch_size,
-        seed=a.seed,
     )
     for name, info in m["modalities"].items():
         print(f"{name:>6}: dim {info['dim']}, present {info['present']}  ({info['encoder']['name']})")
@@ -95,7 +98,7 @@ def cmd_features(a: argparse.Namespace) -> None:
 
 def cmd_train(a: argparse.Namespace) -> None:
     if a.model == "amfrec":
-        from amfrec.llm.pipeline import train_amfrec
+        from amfrec.runs.amfrec_run import train_amfrec
 
         if a.features is None:
             raise AmfrecError("--features is required for --model amfrec (build it with `amfrec features`)")
@@ -110,20 +113,20 @@ def cmd_train(a: argparse.Namespace) -> None:
             resume=a.resume,
         )
     else:
-        from amfrec.models.train_baselines import train_baseline
+        from amfrec.runs.baseline_run import train_baseline
 
         result = train_baseline(
-            a.model, Path(a.data), a.seed, Path(a.out), _overrides(a.set) or None, limit=a.limit
+            a.model, Path(a.data), a.seed, Path(a.out), _overrides(a.set), limit=a.limit, config=a.config
         )
     print(_metrics_line(result["test"]))
     print(f"run directory: {a.out}")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from amfrec.run import load_run_config
+    from amfrec.runs.rundir import load_run_config
 
     if load_run_config(a.run).get("model") in BASELINES:
-        from amfrec.models.train_baselines import evaluate_baseline_run
+        from amfrec.runs.baseline_run import evaluate_baseline_run
 
         if a.protocol != "score":
             raise AmfrecError(f"--protocol {a.protocol}: baselines are evaluated by scoring only")
@@ -131,7 +134,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
             raise AmfrecError("--corrupt: baselines read no modality features (AMFRec runs only)")
         metrics = evaluate_baseline_run(Path(a.run), split=a.split, limit=a.limit)
     else:
-        from amfrec.llm.pipeline import evaluate_run
+        from amfrec.runs.amfrec_run import evaluate_run
 
         metrics = evaluate_run(
             Path(a.run), split=a.split, protocol=a.protocol, limit=a.limit, corrupt=a.corrupt
@@ -140,7 +143,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_recommend(a: argparse.Namespace) -> None:
-    from amfrec.llm.pipeline import recommend
+    from amfrec.runs.amfrec_run import recommend
 
     rows = recommend(
         Path(a.run), history=_csv(a.history), candidates=_csv(a.candidates) if a.candidates else None
@@ -151,7 +154,7 @@ def cmd_recommend(a: argparse.Namespace) -> None:
 
 
 def cmd_experiment(a: argparse.Namespace) -> None:
-    from amfrec.experiment import run_experiment
+    from amfrec.runs.experiment import run_experiment
 
     table = run_experiment(
         models=_csv(a.models),
@@ -167,14 +170,14 @@ def cmd_experiment(a: argparse.Namespace) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> None:
-    from amfrec.report import write_report
+    from amfrec.runs.report import write_report
 
     path = write_report(Path(a.exp), Path(a.out) if a.out else None)
     print(f"report: {path}")
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    from amfrec.bench import run_bench
+    from amfrec.runs.bench import run_bench
 
     print(
         run_bench(
@@ -189,7 +192,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
 
 
 def cmd_quickstart(a: argparse.Namespace) -> None:
-    from amfrec.quickstart import quickstart
+    from amfrec.runs.quickstart import quickstart
 
     print(quickstart(data=Path(a.data) if a.data else None, out=Path(a.out), seed=a.seed))
 
@@ -252,14 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="import a precomputed matrix as modality NAME (repeatable)",
     )
     f.add_argument("--batch-size", type=int, default=64)
-    f.add_argument("--seed", type=int, default=1, help="seed of the on-the-fly SASRec")
+    f.add_argument(
+        "--seed", type=int, default=1, help="seed of the SASRec trained for id (without --id-from)"
+    )
     f.set_defaults(func=cmd_features)
 
     t = sub.add_parser("train", help="train a model and evaluate it on the fixed candidates")
     t.add_argument("--model", choices=MODELS, required=True)
     t.add_argument("--data", type=Path, required=True, help="prepared data folder")
     t.add_argument("--features", type=Path, default=None, help="feature folder (amfrec)")
-    t.add_argument("--config", default=None, help="YAML config (amfrec; default configs/amfrec.yaml)")
+    t.add_argument("--config", default=None, help="YAML config or packaged name (default configs/MODEL.yaml)")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--out", type=Path, required=True, help="run folder")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train.lr=1e-3")

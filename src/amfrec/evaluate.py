@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from amfrec.data.dataset import Split
 from amfrec.metrics import RANK_KS, ranking_metrics, ranks_from_scores
-from amfrec.models.base import Recommender
+from amfrec.recommender import Recommender
 
 
 def target_positions(split: Split) -> torch.Tensor:

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import amfrec
 from amfrec.data.dataset import PreparedData
 from amfrec.errors import AmfrecError
 from amfrec.features.store import (
@@ -127,41 +126,26 @@ def _image_job(data: PreparedData, posters: Path, image_encoder: str | None, bat
     return _Job("image", enc.info(), sha256_json(content), produce)
 
 
-def _id_job(data: PreparedData, id_from: Path | None, seed: int) -> _Job:
-    if id_from is not None:
-        path = Path(id_from) / "item_embeddings.npy"
-        if not path.is_file():
-            raise AmfrecError(f"{path}: file not found (--id-from must be a SASRec run directory)")
-        file_sha = sha256_file(path)
-
-        def produce():
-            arr = np.load(path, allow_pickle=False)
-            check_values(path, arr, data.n_items + 1, None)
-            present = np.ones(data.n_items + 1, dtype=np.bool_)
-            return np.asarray(arr, dtype=np.float32), present, arr.shape[1]
-
-        info = {"name": "sasrec item embeddings", "version": str(path.resolve()), "file_sha256": file_sha}
-        return _Job("id", info, file_sha, produce)
-
-    try:
-        from amfrec.models.sequential import SASRec
-    except ImportError:
+def _id_job(data: PreparedData, id_from: Path | None) -> _Job:
+    """The id modality: the item-embedding table of a trained SASRec run (`id_from`)."""
+    if id_from is None:
         raise AmfrecError(
-            "id modality: SASRec is not available in this build; pass --id-from RUN (a SASRec run directory)"
-        ) from None
-    split_sha = sha256_json([sha256_file(data.path / f) for f in ("train.jsonl", "valid.jsonl")])
+            "id modality: needs id_from, a SASRec run folder with item_embeddings.npy "
+            "(`amfrec features` trains one when --id-from is not given)"
+        )
+    path = Path(id_from) / "item_embeddings.npy"
+    if not path.is_file():
+        raise AmfrecError(f"{path}: file not found (--id-from must be a SASRec run directory)")
+    file_sha = sha256_file(path)
 
     def produce():
-        log.info("id: training SASRec on the fly (seed %d)", seed)
-        model = SASRec()
-        model.fit(data, seed)
-        arr = model.item_embeddings().detach().float().cpu().numpy()  # (n_items + 1, 64)
-        check_values(Path("SASRec.item_embeddings()"), arr, data.n_items + 1, None)
+        arr = np.load(path, allow_pickle=False)
+        check_values(path, arr, data.n_items + 1, None)
         present = np.ones(data.n_items + 1, dtype=np.bool_)
-        return arr, present, arr.shape[1]
+        return np.asarray(arr, dtype=np.float32), present, arr.shape[1]
 
-    info = {"name": "sasrec (trained on the fly)", "version": amfrec.__version__, "file_sha256": ""}
-    return _Job("id", info, sha256_json({"splits": split_sha, "seed": seed}), produce)
+    info = {"name": "sasrec item embeddings", "version": str(path.resolve()), "file_sha256": file_sha}
+    return _Job("id", info, file_sha, produce)
 
 
 def _import_job(name: str, spec: dict, data: PreparedData) -> _Job:
@@ -207,7 +191,6 @@ def build_features(
     image_encoder: str | None = None,
     import_specs: dict | None = None,
     batch_size: int = 64,
-    seed: int = 1,
 ) -> dict:
     """Build (or reuse from cache) the requested modalities of prepared directory `data_dir` into `out`.
 
@@ -255,7 +238,7 @@ def build_features(
         elif name == "image":
             job = _image_job(data, posters, image_encoder, batch_size)
         else:
-            job = _id_job(data, id_from, seed)
+            job = _id_job(data, id_from)
         cached = _cached_entry(out, existing, job, data.n_items)
         if cached is not None:
             log.info("%s: cached (%s)", name, job.key[:12])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 import os
 import time
@@ -68,6 +69,21 @@ class Backbone:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    def decode(
+        self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None
+    ) -> torch.Tensor:
+        """Last hidden states (B, T, d) of the frozen decoder (no output head) for inputs_embeds (B, T, d)."""
+        decoder = self.model.base_model
+        # transformers 5 renamed ``past_key_values`` to ``cache``; use whichever the decoder accepts
+        cache_kw = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        out = decoder(
+            inputs_embeds=embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            **{cache_kw: cache, "use_cache": cache is not None},
+        )
+        return out.last_hidden_state
 
 
 def default_cache_dir() -> Path:

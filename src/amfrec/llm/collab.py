@@ -64,7 +64,7 @@ def collab_run_from_features(features_dir: Path) -> Path:
 
 def load_collaborative(kind: str, run: Path, n_items: int) -> CollaborativeNet:
     """Load the `kind` ("sasrec" | "gru4rec") network of run directory `run`, frozen."""
-    from amfrec.models.sequential import GRU4Rec, SASRec
+    from amfrec.baselines.sequential import GRU4Rec, SASRec
 
     cls = {"sasrec": SASRec, "gru4rec": GRU4Rec}[str(kind)]
     model = cls.load(run)

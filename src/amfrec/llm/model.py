@@ -12,65 +12,22 @@
   positions; scoring by title log-likelihood (``amfrec.llm.scoring``); greedy generation.
 
 Every trainable weight lives in ``model.adapter`` (the checkpoint is its state_dict): the item encoder
-(``amfrec.llm.fusion``: projectors + gate), the user projector and the head's scalars.
+(``amfrec.llm.item_encoder``: projectors + gate), the user projector and the head's scalars.
 """
 
 from __future__ import annotations
-
-import inspect
-import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from amfrec.llm.adapter import Adapter, AMFRecOutput
 from amfrec.llm.backbone import Backbone
 from amfrec.llm.config import AnswerHead, LossItems, coerce_enum, default_template
 from amfrec.llm.projector import MLPProjector
 from amfrec.llm.prompt import IGNORE_INDEX, PromptBatch, PromptBuilder, PromptTemplate, position_ids
-from amfrec.llm.scoring import ScoreReduction, score_titles
-from amfrec.models.base import Recommender
-
-
-@dataclass
-class AMFRecOutput:
-    loss: torch.Tensor  # scalar: lm_loss + aux_weight * aux_loss
-    lm_loss: torch.Tensor  # scalar: the answer head's cross-entropy (items, or title tokens)
-    aux_loss: torch.Tensor  # scalar: the item encoder's auxiliary (load-balancing) loss
-    weights: torch.Tensor | None  # (B, S, M) gate weights of the prompt's items, or (n_items + 1, M), or None
-    n_answer_tokens: int
-    n_tokens: int  # real (non-padding) prompt + answer tokens: the throughput unit
-
-
-class Adapter(nn.Module):
-    """Every trainable weight of AMFRec: item encoder, optional user projector and query map, head scalars.
-
-    user_projector maps the collaborative representation (B, H) into the LM's space (None = no user token).
-    log_scale: log of the cosine scale s (init log(score_scale)); collab_weight: the weight w of the
-    collaborative logit (init 1; None = not used); query: a d x d linear map on the answer-position state,
-    identity at start (None = not used).
-    """
-
-    def __init__(
-        self,
-        item_encoder: nn.Module,
-        user_projector: nn.Module | None = None,
-        score_scale: float = 10.0,
-        collab_score: bool = False,
-        query_dim: int | None = None,
-    ) -> None:
-        super().__init__()
-        self.item_encoder = item_encoder
-        self.user = user_projector
-        self.query = None
-        if query_dim is not None:
-            self.query = nn.Linear(query_dim, query_dim)
-            with torch.no_grad():
-                self.query.weight.copy_(torch.eye(query_dim))
-                self.query.bias.zero_()
-        self.log_scale = nn.Parameter(torch.tensor(math.log(score_scale)))
-        self.collab_weight = nn.Parameter(torch.tensor(1.0)) if collab_score else None
+from amfrec.llm.scoring import ScoreReduction, generate_titles, score_titles
+from amfrec.recommender import Recommender
 
 
 class AMFRecModel(nn.Module, Recommender):
@@ -140,7 +97,6 @@ class AMFRecModel(nn.Module, Recommender):
         self.token_norm = getattr(item_encoder, "token_norm", None) or backbone.embed_norm
         self.aux_weight = aux_weight
         self.score_chunk_rows = score_chunk_rows
-        self._cache_kw = _cache_kwarg(self.lm.base_model)
 
     # ----------------------------------------------------------------- bookkeeping
     @property
@@ -298,7 +254,9 @@ class AMFRecModel(nn.Module, Recommender):
             return total / count.clamp(min=1), rep, 0
         batch, embeds, _, _ = self.embed_prompt(history, candidates, None, table, user)
         mask = batch.attention_mask
-        hidden = self.decoder(embeds, mask, position_ids(mask))  # (B, T, d); the last column is the answer
+        hidden = self.backbone.decode(
+            embeds, mask, position_ids(mask)
+        )  # (B, T, d); the last column is the answer
         return hidden[:, -1].float(), rep, int(mask.sum())
 
     def item_logits(
@@ -346,7 +304,9 @@ class AMFRecModel(nn.Module, Recommender):
             return self._forward_item_token(history, candidates, target)
         answers = [self.titles[t] for t in target.tolist()]
         batch, embeds, aux, weights = self.embed_prompt(history, candidates, answers)
-        hidden = self.decoder(embeds, batch.attention_mask, position_ids(batch.attention_mask))  # (B, T, d)
+        hidden = self.backbone.decode(
+            embeds, batch.attention_mask, position_ids(batch.attention_mask)
+        )  # (B, T, d)
         targets = batch.labels[:, 1:]  # (B, T-1): token t+1 is predicted at t
         sel = targets != IGNORE_INDEX  # (B, T-1)
         logits = self.lm.get_output_embeddings()(hidden[:, :-1][sel]).float()  # (N, V), answer positions only
@@ -381,46 +341,11 @@ class AMFRecModel(nn.Module, Recommender):
         q, rep, _ = self._query(history, candidates, tokens)
         return self.item_logits(q, rep, tokens.mean(1), candidates.to(self.device)).float()
 
-    @torch.inference_mode()
     def generate(
         self, history: torch.Tensor, candidates: torch.Tensor, max_new_tokens: int = 64
     ) -> list[str]:
         """Greedy answers (first line, stripped), one string per example (answer: title)."""
-        if self.answer is not AnswerHead.TITLE:
-            raise ValueError("generation needs answer 'title' (the item_token head names no title)")
-        batch, embeds, _, _ = self.embed_prompt(history, candidates, None)
-        out = self.lm.generate(
-            inputs_embeds=embeds,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=self.prompt.pad_id,
-            eos_token_id=self.prompt.eos_id,
-        )  # (B, new) — with inputs_embeds only, the output holds only the new tokens
-        texts = self.prompt.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return [(t.strip().splitlines() or [""])[0].strip() for t in texts]
-
-    # ----------------------------------------------------------------- internals
-    def decoder(
-        self,
-        embeds: torch.Tensor,
-        attention_mask: torch.Tensor,
-        position_ids: torch.Tensor,
-        cache=None,
-    ) -> torch.Tensor:
-        """Last hidden states (B, T, d) of the backbone's decoder (no output head)."""
-        kwargs = {self._cache_kw: cache, "use_cache": cache is not None}
-        out = self.lm.base_model(
-            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, **kwargs
-        )
-        return out.last_hidden_state
-
-
-def _cache_kwarg(decoder: nn.Module) -> str:
-    """transformers 5 renamed ``past_key_values`` to ``cache``; use whichever the decoder accepts."""
-    params = inspect.signature(decoder.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+        return generate_titles(self, history, candidates, max_new_tokens)
 
 
 def build_amfrec(
@@ -440,7 +365,7 @@ def build_amfrec(
     softmax of the item_token head (``TrainConfig.loss_items``).
     """
     from amfrec.llm.backbone import load_backbone, truncate_layers
-    from amfrec.llm.fusion import ItemEncoder
+    from amfrec.llm.item_encoder import ItemEncoder
 
     if backbone is None:
         backbone = load_backbone(cfg.backbone, dtype=str(cfg.dtype), device=device)

@@ -43,7 +43,7 @@ def score_titles(model, history: torch.Tensor, candidates: torch.Tensor) -> torc
     batch, embeds, _, _ = model.embed_prompt(history, candidates, None)
     mask = batch.attention_mask  # (B, P)
     cache = DynamicCache(config=model.lm.config)
-    hidden = model.decoder(embeds, mask, position_ids(mask), cache=cache)  # (B, P, d)
+    hidden = model.backbone.decode(embeds, mask, position_ids(mask), cache=cache)  # (B, P, d)
     pmask = mask.bool()  # (B, P)
 
     # Continuations: (B*C, K) right-padded, row b * C + c = candidate c of example b.
@@ -113,7 +113,7 @@ def _packed_logprobs(
     mask = torch.cat([sees_prompt, same & causal], dim=-1)  # (E, Q, P + Q) bool, True = attend
     pos = prompt_mask.sum(1, keepdim=True) + step  # (E, Q) positions restart after the prompt
     embeds = model.lm.get_input_embeddings()(ids)  # (E, Q, d)
-    hidden = model.decoder(embeds, _custom_mask(model, mask[:, None]), pos, cache=cache)  # (E, Q, d)
+    hidden = model.backbone.decode(embeds, _custom_mask(model, mask[:, None]), pos, cache=cache)  # (E, Q, d)
 
     logits = model.lm.get_output_embeddings()(hidden[packed]).float()  # (N, V), real slots only
     targets = cont[:, 1:][in_mask]  # (N,) the token each packed input predicts
@@ -139,3 +139,26 @@ def _custom_mask(model, mask: torch.Tensor) -> torch.Tensor:
     raise ValueError(
         f"candidate scoring needs attn_implementation 'sdpa' or 'eager' (custom 4D mask), got {impl!r}"
     )
+
+
+@torch.inference_mode()
+def generate_titles(
+    model, history: torch.Tensor, candidates: torch.Tensor, max_new_tokens: int = 64
+) -> list[str]:
+    """Greedy answers of an AMFRecModel (first line, stripped), one string per example (answer: title).
+
+    history (B, L), candidates (B, C) item indices."""
+    if model.answer != "title":
+        raise ValueError("generation needs answer 'title' (the item_token head names no title)")
+    batch, embeds, _, _ = model.embed_prompt(history, candidates, None)
+    out = model.lm.generate(
+        inputs_embeds=embeds,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=model.prompt.pad_id,
+        eos_token_id=model.prompt.eos_id,
+    )  # (B, new) — with inputs_embeds only, the output holds only the new tokens
+    texts = model.prompt.tokenizer.batch_decode(out, skip_special_tokens=True)
+    return [(t.strip().splitlines() or [""])[0].strip() for t in texts]

@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from amfrec.experiment import run_experiment
+from amfrec.runs.experiment import run_experiment
 
 log = logging.getLogger(__name__)
 

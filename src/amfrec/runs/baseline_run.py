@@ -12,14 +12,14 @@ from typing import Any
 import yaml
 
 from amfrec import __version__
+from amfrec.baselines.popularity import Popularity
+from amfrec.baselines.sequential import GRU4Rec, GRU4RecConfig, SASRec, SASRecConfig
 from amfrec.data.dataset import PreparedData
 from amfrec.errors import AmfrecError
 from amfrec.evaluate import evaluate
-from amfrec.io import atomic_dir
-from amfrec.models.base import Recommender
-from amfrec.models.popularity import Popularity
-from amfrec.models.sequential import GRU4Rec, GRU4RecConfig, SASRec, SASRecConfig
-from amfrec.run import metrics_record, write_run
+from amfrec.io import atomic_dir, read_yaml_mapping
+from amfrec.recommender import Recommender
+from amfrec.runs.rundir import PACKAGED_CONFIGS, metrics_record, resolve_config, write_run
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,27 @@ BASELINES: dict[str, Callable[[Mapping[str, Any]], tuple[Recommender, dict]]] = 
 }
 
 
+def baseline_settings(
+    name: str, config: str | Path | None, overrides: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The config fields of baseline `name`: its YAML (`config`, else the packaged one if any) + overrides."""
+    settings: dict[str, Any] = {}
+    if config is not None or (PACKAGED_CONFIGS / f"{name}.yaml").is_file():
+        path = resolve_config(config, default=name)
+        settings = read_yaml_mapping(path)
+        log.info("%s config: %s", name, path)
+    return {**settings, **dict(overrides or {})}
+
+
+def ensure_sasrec_run(data_dir: Path, seed: int, run: Path, limit: int | None = None) -> Path:
+    """`run` as a trained SASRec run folder (trained now unless it already holds item_embeddings.npy): the
+    source of AMFRec's `id` modality and of its collaborative user token."""
+    if not (Path(run) / "item_embeddings.npy").is_file():
+        log.info("training SASRec (seed %d) into %s for the id modality", seed, run)
+        train_baseline("sasrec", data_dir, seed, run, None, limit=limit)
+    return Path(run)
+
+
 def train_baseline(
     name: str,
     data_dir: str | Path,
@@ -75,18 +96,21 @@ def train_baseline(
     out: str | Path,
     overrides: Mapping[str, Any] | None = None,
     limit: int | None = None,
+    config: str | Path | None = None,
 ) -> dict:
     """Fit baseline `name` on the prepared data in `data_dir`, evaluate valid and test with the shared
     evaluator, and write the run directory `out` atomically (config.yaml, metrics.json,
     valid_metrics.json, train.log, model weights; SASRec also item_embeddings.npy).
 
-    `overrides` sets config fields; string values (from the command line) are parsed as YAML scalars
-    and converted to the field's type. `limit`: evaluate on the first `limit` valid/test examples only.
+    `config`: a YAML file of config fields (or a packaged name); None = the packaged `configs/<name>.yaml`
+    where there is one. `overrides` set fields on top; string values (from the command line) are parsed as
+    YAML scalars and converted to the field's type. `limit`: evaluate on the first `limit` valid/test
+    examples only.
     Returns {"test": test record, "valid": valid record, "info": training info, "out": out}.
     """
     if name not in BASELINES:
         raise AmfrecError(f"unknown baseline {name!r}; choose one of {sorted(BASELINES)}")
-    model, model_config = BASELINES[name](dict(overrides or {}))
+    model, model_config = BASELINES[name](baseline_settings(name, config, overrides))
     data_dir, out = Path(data_dir), Path(out)
     pkg_log = logging.getLogger("amfrec")
     with atomic_dir(out) as tmp:
@@ -144,7 +168,7 @@ LOADERS: dict[str, Callable[[Path, PreparedData], Recommender]] = {
 def evaluate_baseline_run(run: str | Path, split: str = "test", limit: int | None = None) -> dict:
     """Reload a baseline run and score its fixed candidates again; writes RUN/<split>_score_metrics.json."""
     from amfrec.io import write_json
-    from amfrec.run import load_run_config
+    from amfrec.runs.rundir import load_run_config
 
     t0 = time.perf_counter()
     run = Path(run)

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from amfrec.data.dataset import PreparedData
 from amfrec.errors import AmfrecError
-from amfrec.models.base import Recommender
+from amfrec.recommender import Recommender
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ An experiment folder (`amfrec experiment --out DIR`) holds DIR/seed<S>/<run>/ pe
 has metrics.json (test, with the cold-start slice under "slices") and may have train_history.json (AMFRec:
 the validation curve), gate_weights.json (AMFRec: every item's modality weights) and
 test_score_corrupt-<modality>-<how>_metrics.json (`amfrec evaluate --corrupt`). The tables here show what
-was found, mean ± std over seeds; `amfrec.plots` draws it and `amfrec.report` writes both out.
+was found, mean ± std over seeds; `amfrec.runs.plots` draws it and `amfrec.runs.report` writes both out.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from amfrec.data.dataset import PreparedData, Split
 from amfrec.errors import AmfrecError
-from amfrec.models.base import Recommender
+from amfrec.recommender import Recommender
 
 log = logging.getLogger(__name__)
 

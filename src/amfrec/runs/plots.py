@@ -1,5 +1,5 @@
 """The report's pictures (matplotlib, no display needed). Each function draws one PNG from the runs that
-`amfrec.results.collect_runs` found and returns False when there is nothing to draw.
+`amfrec.runs.results.collect_runs` found and returns False when there is nothing to draw.
 
 Every file is written atomically: drawn to a temporary name beside the target, then renamed.
 """
@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from amfrec.results import RunRecord, mean_std  # noqa: E402
+from amfrec.runs.results import RunRecord, mean_std  # noqa: E402
 
 DPI = 110
 

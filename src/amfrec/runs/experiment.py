@@ -129,17 +129,14 @@ def train_one(
     (also in run/metrics.json). A variant's overrides go on top of `overrides`."""
     model, variant = parse_model(model)
     if model in BASELINES:
-        from amfrec.models.train_baselines import train_baseline
+        from amfrec.runs.baseline_run import train_baseline
 
         return train_baseline(model, prepared, seed, run, None, limit=limit)
     from amfrec.features.build import build_features
-    from amfrec.llm.pipeline import train_amfrec
+    from amfrec.runs.amfrec_run import train_amfrec
+    from amfrec.runs.baseline_run import ensure_sasrec_run
 
-    sasrec_run = run.parent / "sasrec"
-    if not (sasrec_run / "item_embeddings.npy").exists():  # AMFRec's id modality and user token read it
-        from amfrec.models.train_baselines import train_baseline
-
-        train_baseline("sasrec", prepared, seed, sasrec_run, None, limit=limit)
+    sasrec_run = ensure_sasrec_run(prepared, seed, run.parent / "sasrec", limit=limit)
     if features is None:
         features = run.parent / "features"
         build_features(
@@ -147,7 +144,6 @@ def train_one(
             features,
             modalities=modalities or ["id", "text", "image"],
             id_from=sasrec_run,
-            seed=seed,
         )
     if variant is not None:
         overrides = {**overrides, **VARIANTS[variant][1]}

@@ -26,26 +26,12 @@ from amfrec.llm.config import AMFRecConfig
 from amfrec.llm.model import AMFRecModel, build_amfrec
 from amfrec.llm.train import CHECKPOINT_DIR, load_checkpoint, train
 from amfrec.metrics import generation_metrics
-from amfrec.run import load_run_config, metrics_record, write_run
+from amfrec.runs.rundir import load_run_config, metrics_record, resolve_config, write_run
 
 log = logging.getLogger(__name__)
 
-PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 EVAL_BATCH = 8  # prompts per scoring batch (each expands to 20 continuations)
 GATE_FILE = "gate_weights.json"
-
-
-def resolve_config(config: str | Path | None) -> Path:
-    """A YAML path, or the name of a packaged config ("amfrec", "quickstart"); None = "amfrec"."""
-    config = "amfrec" if config is None else str(config)
-    path = Path(config)
-    if path.is_file():
-        return path
-    packaged = PACKAGED_CONFIGS / f"{path.stem}.yaml"
-    if path.suffix in ("", ".yaml") and packaged.is_file() and not path.parent.parts[:-1]:
-        return packaged
-    names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
-    raise AmfrecError(f"{config}: config file not found (packaged configs: {', '.join(names)})")
 
 
 def build_model(

@@ -27,6 +27,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "n",
 )
 GEN_METRIC_KEYS: tuple[str, ...] = ("gen_hr@1", "valid_ratio")
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def metrics_record(
@@ -110,3 +111,16 @@ def load_run_config(run: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise AmfrecError(f"{path}: file not found (not a run directory?)")
     return read_yaml_mapping(path)
+
+
+def resolve_config(config: str | Path | None, default: str = "amfrec") -> Path:
+    """A YAML path, or the name of a packaged config ("amfrec", "quickstart", "sasrec"); None = `default`."""
+    config = default if config is None else str(config)
+    path = Path(config)
+    if path.is_file():
+        return path
+    packaged = PACKAGED_CONFIGS / f"{path.stem}.yaml"
+    if path.suffix in ("", ".yaml") and packaged.is_file() and not path.parent.parts[:-1]:
+        return packaged
+    names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
+    raise AmfrecError(f"{config}: config file not found (packaged configs: {', '.join(names)})")

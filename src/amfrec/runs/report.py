@@ -1,4 +1,4 @@
-"""`amfrec report --exp DIR`: report.md and PNG plots from an experiment folder (see amfrec.results).
+"""`amfrec report --exp DIR`: report.md and PNG plots from an experiment folder (see amfrec.runs.results).
 
 Pictures: metrics.png (test hr@1 and ndcg@10 per model, std over seeds), valid_curves.png (validation
 metric against the step, per AMFRec model), gate_weights.png (each modality's weight per item: all items,
@@ -11,8 +11,15 @@ import logging
 from pathlib import Path
 
 from amfrec.io import write_text
-from amfrec.plots import plot_gate_weights, plot_metrics, plot_robustness, plot_valid_curves
-from amfrec.results import by_model, cold_table, collect_runs, gate_table, metrics_table, robustness_table
+from amfrec.runs.plots import plot_gate_weights, plot_metrics, plot_robustness, plot_valid_curves
+from amfrec.runs.results import (
+    by_model,
+    cold_table,
+    collect_runs,
+    gate_table,
+    metrics_table,
+    robustness_table,
+)
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,49 @@
+"""The trainable part of AMFRec (the checkpoint is its state_dict) and the model's typed output."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class AMFRecOutput:
+    loss: torch.Tensor  # scalar: lm_loss + aux_weight * aux_loss
+    lm_loss: torch.Tensor  # scalar: the answer head's cross-entropy (items, or title tokens)
+    aux_loss: torch.Tensor  # scalar: the item encoder's auxiliary (load-balancing) loss
+    weights: torch.Tensor | None  # (B, S, M) gate weights of the prompt's items, or (n_items + 1, M), or None
+    n_answer_tokens: int
+    n_tokens: int  # real (non-padding) prompt + answer tokens: the throughput unit
+
+
+class Adapter(nn.Module):
+    """Every trainable weight of AMFRec: item encoder, optional user projector and query map, head scalars.
+
+    user_projector maps the collaborative representation (B, H) into the LM's space (None = no user token).
+    log_scale: log of the cosine scale s (init log(score_scale)); collab_weight: the weight w of the
+    collaborative logit (init 1; None = not used); query: a d x d linear map on the answer-position state,
+    identity at start (None = not used).
+    """
+
+    def __init__(
+        self,
+        item_encoder: nn.Module,
+        user_projector: nn.Module | None = None,
+        score_scale: float = 10.0,
+        collab_score: bool = False,
+        query_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.item_encoder = item_encoder
+        self.user = user_projector
+        self.query = None
+        if query_dim is not None:
+            self.query = nn.Linear(query_dim, query_dim)
+            with torch.no_grad():
+                self.query.weight.copy_(torch.eye(query_dim))
+                self.query.bias.zero_()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(score_scale)))
+        self.collab_weight = nn.Parameter(torch.tensor(1.0)) if collab_score else None
