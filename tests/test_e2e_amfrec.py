@@ -18,7 +18,8 @@ import torch
 from amfrec.cli import main
 from amfrec.errors import AmfrecError
 from amfrec.features.build import build_features
-from amfrec.llm.train import fixed_subset, load_checkpoint
+from amfrec.llm.checkpoint import load_checkpoint
+from amfrec.llm.sampling import fixed_subset
 from amfrec.runs.amfrec_run import build_model, evaluate_run, load_run, recommend
 from amfrec.runs.baseline_run import train_baseline
 

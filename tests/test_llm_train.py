@@ -6,6 +6,8 @@ every trainable weight lives in ``model.adapter``) + a frozen Linear "backbone";
 always among items 1-3) is learnable only through the item encoder.
 """
 
+import hashlib
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,17 +19,11 @@ from torch import nn
 
 from amfrec.data.dataset import ItemInfo, PreparedData, Split
 from amfrec.errors import AmfrecError
+from amfrec.llm.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from amfrec.llm.config import AMFRecConfig, GateConfig, ModelConfig, ProjectorConfig, TrainConfig
 from amfrec.llm.item_encoder import ItemEncoder
-from amfrec.llm.train import (
-    draw_candidates,
-    generator,
-    load_checkpoint,
-    load_train_state,
-    lr_at,
-    save_checkpoint,
-    train,
-)
+from amfrec.llm.sampling import draw_candidates, generator
+from amfrec.llm.train import lr_at, train
 
 N_ITEMS, L, D = 30, 5, 8
 
@@ -211,8 +207,12 @@ def test_checkpoint_round_trip(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
         "backbone.json",
         "config.yaml",
+        "manifest.json",
         "trainable.safetensors",
     ]
+    manifest = json.loads((tmp_path / "ck" / "manifest.json").read_text())
+    want = hashlib.sha256((tmp_path / "ck" / "config.yaml").read_bytes()).hexdigest()
+    assert manifest["sha256"]["config.yaml"] == want
     state, config, identity = load_checkpoint(tmp_path / "ck")
     assert config == cfg and identity == {"name": "stand-in", "n_params": 72}
     assert state.keys() == model.adapter.state_dict().keys()
@@ -228,8 +228,27 @@ def test_checkpoint_round_trip(tmp_path):
         other.score(data.test.history, data.test.candidates)[0],
         model.score(data.test.history, data.test.candidates)[0],
     )
-    with pytest.raises(AmfrecError, match="trainable.safetensors: file not found"):
+    with pytest.raises(AmfrecError, match="nowhere: not an AMFRec checkpoint"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+def test_altered_or_truncated_checkpoint_is_refused_by_name(tmp_path, caplog):
+    save_checkpoint(StandIn(), AMFRecConfig(model=MODEL_CFG, train=_cfg()), tmp_path / "ck")
+    weights = tmp_path / "ck" / "trainable.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(AmfrecError, match=r"trainable.safetensors: sha256 differs"):
+        load_checkpoint(tmp_path / "ck")
+    weights.write_bytes(data)
+    (tmp_path / "ck" / "backbone.json").unlink()
+    with pytest.raises(AmfrecError, match=r"backbone.json: file not found \(listed in manifest.json\)"):
+        load_checkpoint(tmp_path / "ck")
+    # a format-1 folder (before manifests) still loads, with a warning
+    save_checkpoint(StandIn(), AMFRecConfig(model=MODEL_CFG, train=_cfg()), tmp_path / "old")
+    (tmp_path / "old" / "manifest.json").unlink()
+    with caplog.at_level("WARNING"):
+        state, _, _ = load_checkpoint(tmp_path / "old")
+    assert state and "no manifest" in caplog.text
 
 
 def test_train_writes_resolved_config(tmp_path):

@@ -206,16 +206,8 @@ def _metrics_line(m: dict) -> str:
 # ---------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="amfrec",
-        description="AMFRec: a frozen LLM recommends the next item from multimodal soft tokens.",
-    )
-    p.add_argument("--version", action="version", version=f"amfrec {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_data_parsers(sub) -> None:
+    """`amfrec data prepare`."""
     d = sub.add_parser("data", help="prepare a data set: splits and fixed candidate sets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dp = dsub.add_parser("prepare", help="RecBole atomic files -> splits, candidates, manifest")
@@ -237,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dp.set_defaults(func=cmd_data_prepare)
 
+
+def _add_features_parser(sub) -> None:
+    """`amfrec features`."""
     f = sub.add_parser("features", help="per-item modality vectors (id, text, image), cached")
     f.add_argument("--data", type=Path, required=True, help="prepared data folder")
     f.add_argument("--out", type=Path, default=None, help="feature folder (default: DATA/features)")
@@ -260,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.set_defaults(func=cmd_features)
 
+
+def _add_run_parsers(sub) -> None:
+    """`amfrec train, evaluate, recommend`."""
     t = sub.add_parser("train", help="train a model and evaluate it on the fixed candidates")
     t.add_argument("--model", choices=MODELS, required=True)
     t.add_argument("--data", type=Path, required=True, help="prepared data folder")
@@ -292,8 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top", type=int, default=10)
     r.set_defaults(func=cmd_recommend)
 
+
+def _add_experiment_parsers(sub) -> None:
+    """`amfrec experiment, report`."""
     x = sub.add_parser("experiment", help="several models x seeds on the same candidates -> mean/std table")
-    x.add_argument("--models", default="popularity,sasrec,gru4rec,amfrec")
+    x.add_argument(
+        "--models",
+        default="popularity,sasrec,gru4rec,amfrec",
+        help="comma-separated: popularity, sasrec, gru4rec, amfrec, amfrec:VARIANT (an ablation, e.g. "
+        "amfrec:no_llm, amfrec:mean, amfrec:zero_shot; see amfrec.runs.experiment.VARIANTS)",
+    )
     x.add_argument("--data", type=Path, required=True, help="raw data folder (prepared once per seed)")
     x.add_argument("--features", type=Path, default=None)
     x.add_argument("--config", default=None)
@@ -310,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, default=None, help="output folder (default: EXP/report)")
     rp.set_defaults(func=cmd_report)
 
+
+def _add_tool_parsers(sub) -> None:
+    """`amfrec bench, quickstart`."""
     b = sub.add_parser("bench", help="backbone training throughput and MFU vs measured matmul peak")
     b.add_argument("--backbone", default="smollm2-135m")
     b.add_argument(
@@ -328,6 +337,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", type=Path, default=Path("quickstart"))
     q.add_argument("--seed", type=int, default=1)
     q.set_defaults(func=cmd_quickstart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="amfrec",
+        description="AMFRec: a frozen LLM recommends the next item from multimodal soft tokens.",
+    )
+    p.add_argument("--version", action="version", version=f"amfrec {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_data_parsers(sub)
+    _add_features_parser(sub)
+    _add_run_parsers(sub)
+    _add_experiment_parsers(sub)
+    _add_tool_parsers(sub)
     return p
 
 

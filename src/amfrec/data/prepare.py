@@ -130,6 +130,94 @@ def _filter(user: np.ndarray, item: np.ndarray, kcore: int) -> np.ndarray:
         keep = new
 
 
+def _sequences(
+    inter: AtomicTable, items: dict, inter_path: Path, item_path: Path, kcore: int
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray, int]:
+    """Interactions -> (user ids in order, item ids in index order (index = position + 1), every user's item
+    indices oldest first concatenated (N,), user start offsets (U + 1,), interactions dropped by k-core)."""
+    raw_items: list[str] = inter["item_id"]
+    for r, item_id in enumerate(raw_items):
+        if item_id not in items:
+            raise AmfrecError(f"{inter.where(r)}: item id {item_id!r} is not in {item_path}")
+    user_ids, user_code = np.unique(np.asarray(inter["user_id"], dtype=object), return_inverse=True)
+    item_ids, item_code = np.unique(np.asarray(raw_items, dtype=object), return_inverse=True)
+    timestamp = np.asarray(inter["timestamp"], dtype=np.float64)
+
+    keep = _filter(user_code, item_code, kcore)
+    n_dropped = int(len(keep) - keep.sum())
+    user_code, item_code, timestamp = user_code[keep], item_code[keep], timestamp[keep]
+    if len(user_code) == 0:
+        raise AmfrecError(
+            f"{inter_path}: no interactions left after filtering (users need >= "
+            f"{max(kcore, MIN_USER_INTERACTIONS)}, items >= {kcore} interactions)"
+        )
+
+    # item index: 1..n_items in id order; user order: the same rule on user ids
+    kept_items = id_order([str(item_ids[c]) for c in np.unique(item_code)])
+    index = {item_id: k for k, item_id in enumerate(kept_items, 1)}
+    code_to_index = np.zeros(len(item_ids), dtype=np.int64)
+    for c, item_id in enumerate(item_ids):
+        code_to_index[c] = index.get(item_id, 0)
+    item_idx = code_to_index[item_code]  # (N,) 1..n_items
+    users = id_order([str(user_ids[c]) for c in np.unique(user_code)])
+    rank = {user_id: r for r, user_id in enumerate(users)}
+    user_rank = np.array([rank.get(user_id, -1) for user_id in user_ids], dtype=np.int64)
+    urank = user_rank[user_code]  # (N,) 0..U-1
+
+    order = np.lexsort((item_idx, timestamp, urank))  # by user, then timestamp, then item index
+    starts = np.searchsorted(urank[order], np.arange(len(users) + 1))  # (U + 1,)
+    return users, kept_items, item_idx[order], starts, n_dropped
+
+
+def _leave_one_out(
+    users: list[str], names: list[str], seq_items: np.ndarray, starts: np.ndarray, max_len: int
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """Per user: the last item is the test target, the one before the validation target, every earlier
+    position with >= 1 preceding item a training window (at most `max_len` history items)."""
+    train, valid, test = [], [], []
+
+    def example(user: str, seq: list[str], t: int) -> dict:
+        return {"user": user, "history": seq[max(0, t - max_len) : t], "target": seq[t]}
+
+    for u, user in enumerate(users):
+        seq = [names[i] for i in seq_items[starts[u] : starts[u + 1]].tolist()]  # item ids, oldest first
+        n = len(seq)
+        train.extend(example(user, seq, t) for t in range(1, n - 2))
+        valid.append(example(user, seq, n - 2))
+        test.append(example(user, seq, n - 1))
+    return train, valid, test
+
+
+def _draw_candidates(
+    splits: tuple[list[dict], ...],
+    names: list[str],
+    seq_items: np.ndarray,
+    starts: np.ndarray,
+    n_candidates: int,
+    seed: int,
+    inter_path: Path,
+) -> None:
+    """Add "candidates" to every row (row u = user u): the target + n_candidates - 1 items the user never
+    interacted with, drawn uniformly without replacement, in a random order (one rng over the splits)."""
+    rng = np.random.default_rng(seed)
+    n_items, n_neg = len(names) - 1, n_candidates - 1
+    index = {item_id: k for k, item_id in enumerate(names) if k > 0}
+    for split in splits:
+        for u, row in enumerate(split):
+            allowed_mask = np.ones(n_items + 1, dtype=bool)  # (n_items + 1,)
+            allowed_mask[0] = False
+            allowed_mask[seq_items[starts[u] : starts[u + 1]]] = False
+            allowed = np.flatnonzero(allowed_mask)  # item indices the user never interacted with
+            if len(allowed) < n_neg:
+                raise AmfrecError(
+                    f"{inter_path}: user {row['user']!r} interacted with {n_items - len(allowed)} of "
+                    f"{n_items} items; cannot draw {n_neg} negatives (lower n_candidates)"
+                )
+            negatives = rng.choice(allowed, size=n_neg, replace=False)
+            cands = np.append(negatives, index[row["target"]])[rng.permutation(n_candidates)]
+            row["candidates"] = [names[i] for i in cands]
+
+
 def prepare(
     data_dir: Path | None,
     out: Path,
@@ -164,71 +252,11 @@ def prepare(
     inter = read_atomic(inter_path, INTER_FIELDS)
     log.info("read %d interactions from %s, %d items from %s", len(inter), inter_path, len(items), item_path)
 
-    # ---- integer codes -------------------------------------------------------------------------
-    raw_items: list[str] = inter["item_id"]
-    for r, item_id in enumerate(raw_items):
-        if item_id not in items:
-            raise AmfrecError(f"{inter.where(r)}: item id {item_id!r} is not in {item_path}")
-    user_ids, user_code = np.unique(np.asarray(inter["user_id"], dtype=object), return_inverse=True)
-    item_ids, item_code = np.unique(np.asarray(raw_items, dtype=object), return_inverse=True)
-    timestamp = np.asarray(inter["timestamp"], dtype=np.float64)
-
-    keep = _filter(user_code, item_code, kcore)
-    n_dropped = int(len(keep) - keep.sum())
-    user_code, item_code, timestamp = user_code[keep], item_code[keep], timestamp[keep]
-    if len(user_code) == 0:
-        raise AmfrecError(
-            f"{inter_path}: no interactions left after filtering (users need >= "
-            f"{max(kcore, MIN_USER_INTERACTIONS)}, items >= {kcore} interactions)"
-        )
-
-    # item index: 1..n_items in id order; user order: the same rule on user ids
-    kept_items = id_order([str(item_ids[c]) for c in np.unique(item_code)])
-    index = {item_id: k for k, item_id in enumerate(kept_items, 1)}
-    code_to_index = np.zeros(len(item_ids), dtype=np.int64)
-    for c, item_id in enumerate(item_ids):
-        code_to_index[c] = index.get(item_id, 0)
-    item_idx = code_to_index[item_code]  # (N,) 1..n_items
-    users = id_order([str(user_ids[c]) for c in np.unique(user_code)])
-    rank = {user_id: r for r, user_id in enumerate(users)}
-    user_rank = np.array([rank.get(user_id, -1) for user_id in user_ids], dtype=np.int64)
-    urank = user_rank[user_code]  # (N,) 0..U-1
-
-    order = np.lexsort((item_idx, timestamp, urank))  # by user, then timestamp, then item index
-    seq_items = item_idx[order]
-    starts = np.searchsorted(urank[order], np.arange(len(users) + 1))  # (U + 1,)
+    users, kept_items, seq_items, starts, n_dropped = _sequences(inter, items, inter_path, item_path, kcore)
     n_items = len(kept_items)
     names = ["<pad>", *kept_items]  # index -> item id
-
-    # ---- split ---------------------------------------------------------------------------------
-    train, valid, test = [], [], []
-    rng = np.random.default_rng(seed)
-    n_neg = n_candidates - 1
-
-    def example(user: str, seq: list[str], t: int) -> dict:
-        return {"user": user, "history": seq[max(0, t - max_len) : t], "target": seq[t]}
-
-    for u, user in enumerate(users):
-        seq = [names[i] for i in seq_items[starts[u] : starts[u + 1]].tolist()]  # item ids, oldest first
-        n = len(seq)
-        train.extend(example(user, seq, t) for t in range(1, n - 2))
-        valid.append(example(user, seq, n - 2))
-        test.append(example(user, seq, n - 1))
-
-    for split in (valid, test):
-        for u, row in enumerate(split):
-            allowed_mask = np.ones(n_items + 1, dtype=bool)  # (n_items + 1,)
-            allowed_mask[0] = False
-            allowed_mask[seq_items[starts[u] : starts[u + 1]]] = False
-            allowed = np.flatnonzero(allowed_mask)  # item indices the user never interacted with
-            if len(allowed) < n_neg:
-                raise AmfrecError(
-                    f"{inter_path}: user {row['user']!r} interacted with {n_items - len(allowed)} of "
-                    f"{n_items} items; cannot draw {n_neg} negatives (lower n_candidates)"
-                )
-            negatives = rng.choice(allowed, size=n_neg, replace=False)
-            cands = np.append(negatives, index[row["target"]])[rng.permutation(n_candidates)]
-            row["candidates"] = [names[i] for i in cands]
+    train, valid, test = _leave_one_out(users, names, seq_items, starts, max_len)
+    _draw_candidates((valid, test), names, seq_items, starts, n_candidates, seed, inter_path)
 
     manifest = {
         "format": FORMAT,

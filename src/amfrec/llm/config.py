@@ -8,12 +8,9 @@ and the bad value. `AMFRecConfig.from_yaml(path, overrides)` adds the file to th
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,95 +18,26 @@ import yaml
 
 from amfrec.errors import AmfrecError
 from amfrec.io import read_yaml_mapping
-
-
-class ConfigError(AmfrecError, ValueError):
-    """A bad configuration file or override (one line: file, field, problem)."""
-
-
-class FusionMode(StrEnum):
-    GATED = "gated"  # AMFRec: softmax gate over present modalities, one soft token per item
-    TOKENS = "tokens"  # one soft token per modality (T = M tokens per item), no gate
-    MEAN = "mean"  # average of the present modalities' projections, no gate
-    CONCAT = "concat"  # one projector over the concatenated features (absent -> zeros)
-    SINGLE = "single"  # one modality only (`single_modality`)
-    LLARA = "llara"  # LLaRA: the id modality through one MLP, no MoE, no gate
-
-
-class AnswerHead(StrEnum):
-    # The LM's last hidden state scored against each item's own soft token (cosine x learned scale): one
-    # backbone pass scores every candidate, or the whole catalogue.
-    ITEM_TOKEN = "item_token"
-    TITLE = "title"  # LLaRA: the target title's tokens (generation protocol; an ablation)
-
-
-class UserToken(StrEnum):
-    SASREC = "sasrec"  # the collaborative run's sequence representation, frozen, through a trainable MLP
-    GRU4REC = "gru4rec"
-
-
-class LossItems(StrEnum):
-    CATALOGUE = "catalogue"  # item_token: softmax over every item (one backbone pass, 1,682 classes)
-    CANDIDATES = "candidates"  # softmax over the example's target + n_negatives drawn items
-
-
-class DType(StrEnum):
-    AUTO = "auto"  # measured per machine (amfrec.hardware): bfloat16 only where it is faster
-    FLOAT32 = "float32"
-    BFLOAT16 = "bfloat16"
-
-
-class BalanceLoss(StrEnum):
-    SWITCH = "switch"  # K * sum_k f_k * p_k, f_k = fraction of items routed to expert k (Switch / GShard)
-    SOFT = "soft"  # K * sum_k p_k^2: f_k replaced by the mean router probability (fully differentiable)
-
-
-DEFAULT_TEMPLATE = (  # candidates listed in the prompt (answer: title, or prompt_candidates: true)
-    "This user has watched {history} in the previous. "
-    "Please predict the next {noun} this user will watch. "
-    "Choose the answer from the following {n_candidates} {noun} titles: {candidates}. Answer:"
+from amfrec.llm.options import (  # noqa: F401 - re-exported: the config's vocabulary
+    DEFAULT_TEMPLATE,
+    ITEM_TOKEN_TEMPLATE,
+    ITEM_TOKEN_USER_TEMPLATE,
+    AnswerHead,
+    BalanceLoss,
+    ConfigError,
+    DType,
+    FusionMode,
+    LossItems,
+    UserToken,
+    _build,
+    _number,
+    _plain,
+    _positive_int,
+    _yaml_line,
+    apply_overrides,
+    coerce_enum,
+    default_template,
 )
-# History only: the answer position is the prompt's last token, whose hidden state scores the items.
-ITEM_TOKEN_TEMPLATE = "A user watched these {noun_plural}, oldest first: {history}. The next {noun} is:"
-ITEM_TOKEN_USER_TEMPLATE = (
-    "A user with the taste {user} watched these {noun_plural}, oldest first: {history}. The next {noun} is:"
-)
-
-
-def default_template(answer: AnswerHead, prompt_candidates: bool, user_token: bool) -> str:
-    """The packaged template for an answer head / prompt layout."""
-    if answer == AnswerHead.TITLE or prompt_candidates:
-        user = DEFAULT_TEMPLATE.replace("This user", "This user {user}", 1)
-        return user if user_token else DEFAULT_TEMPLATE
-    return ITEM_TOKEN_USER_TEMPLATE if user_token else ITEM_TOKEN_TEMPLATE
-
-
-def coerce_enum(cls: type[Enum], value: Any, name: str) -> Any:
-    """Coerce `value` to enum `cls` or raise a ValueError listing the allowed values."""
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(value)
-    except ValueError:
-        allowed = ", ".join(repr(m.value) for m in cls)
-        raise ValueError(f"{name}: unknown value {value!r} (expected one of {allowed})") from None
-
-
-def _positive_int(value: Any, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: must be an integer >= {minimum}, got {value!r}")
-
-
-def _number(value: Any, name: str, *, low: float = 0.0, strict: bool = False) -> float:
-    """Return `value` as a float, or raise. Strings like "1e-4" (YAML 1.1 reads them as text) are parsed."""
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value)
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < low or (strict and value == low):
-        op = ">" if strict else ">="
-        raise ValueError(f"{name}: must be a finite number {op} {low:g}, got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -421,66 +349,3 @@ class AMFRecConfig:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
-    """A deep copy of `raw` with dotted keys set: {"model.gate.hidden": 64} or ["model.gate.hidden=64"]."""
-    import copy
-
-    out = copy.deepcopy(dict(raw))
-    if isinstance(overrides, Mapping):
-        items = list(overrides.items())
-    else:
-        items = []
-        for s in overrides:
-            if "=" not in s:
-                raise ValueError(f"override {s!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
-            k, v = s.split("=", 1)
-            items.append((k.strip(), yaml.safe_load(v)))
-    for key, value in items:
-        parts = key.split(".")
-        node = out
-        for p in parts[:-1]:
-            child = node.setdefault(p, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"override {key!r}: {p!r} is not a section")
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
-def _yaml_line(text: str, dotted: str) -> int | None:
-    """1-based line of the key `a.b.c` in the YAML `text` (the deepest part found), or None."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for part in dotted.split("."):
-        if not isinstance(node, yaml.MappingNode):
-            break
-        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None)
-        if match is None:
-            break
-        line, node = match[0].start_mark.line + 1, match[1]
-    return line
-
-
-def _build(cls: type, d: Mapping[str, Any], prefix: str) -> Any:
-    """Instantiate dataclass `cls` from `d`, rejecting unknown keys by their dotted name."""
-    if not isinstance(d, Mapping):
-        raise ValueError(f"{prefix or 'config'}: expected a mapping, got {d!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    for k in d:
-        if k not in names:
-            full = f"{prefix}.{k}" if prefix else str(k)
-            raise ValueError(f"{full}: unknown key (known: {', '.join(sorted(names))})")
-    return cls(**d)
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, Enum):
-        return x.value
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_plain(v) for v in x]
-    return x

@@ -21,12 +21,9 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from amfrec.llm.backbone import ITEM_TOKEN, USER_TOKEN
+from amfrec.llm.options import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE_TEXT
 
 IGNORE_INDEX = -100
-DEFAULT_TEMPLATE_TEXT = (
-    "This user has watched {history} in the previous. Please predict the next {noun} this user will watch. "
-    "Choose the answer from the following {n_candidates} {noun} titles: {candidates}. Answer:"
-)
 SLOTS = frozenset({"history", "candidates", "n_candidates", "noun", "noun_plural", "user"})
 REQUIRED_SLOTS = frozenset({"history"})
 

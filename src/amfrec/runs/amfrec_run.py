@@ -21,10 +21,11 @@ from amfrec.features.corrupt import corrupt_features, parse_corruption
 from amfrec.features.store import load_features
 from amfrec.io import write_json
 from amfrec.llm.backbone import load_backbone
+from amfrec.llm.checkpoint import CHECKPOINT_DIR, load_checkpoint
 from amfrec.llm.collab import collab_run_from_features, load_collaborative
 from amfrec.llm.config import AMFRecConfig
 from amfrec.llm.model import AMFRecModel, build_amfrec
-from amfrec.llm.train import CHECKPOINT_DIR, load_checkpoint, train
+from amfrec.llm.train import train
 from amfrec.metrics import generation_metrics
 from amfrec.runs.rundir import load_run_config, metrics_record, resolve_config, write_run
 
