@@ -239,9 +239,9 @@ def test_train_baseline_writes_the_run_directory(tiny_prepared, tmp_path):
     assert test == res["test"] and test["split"] == "test" and test["seed"] == 2 and test["model"] == "sasrec"
     assert json.loads((out / "valid_metrics.json").read_text())["split"] == "valid"
     cfg = load_run_config(out)
-    assert cfg["model"] == "sasrec" and cfg["seed"] == 2
-    assert cfg["model_config"]["hidden"] == 16 and cfg["model_config"]["positions"] == "all"
-    assert cfg["data"]["path"] == str(Path(tiny_prepared).resolve())
+    assert cfg["model"]["name"] == cfg["run"]["model"] == "sasrec" and cfg["run"]["seed"] == 2
+    assert cfg["model"]["hidden"] == 16 and cfg["model"]["positions"] == "all"
+    assert cfg["run"]["data"] == str(Path(tiny_prepared).resolve())
     assert "sasrec epoch 1" in (out / "train.log").read_text()
     assert SASRec.load(out).item_embeddings().shape[1] == 16
 
@@ -249,7 +249,7 @@ def test_train_baseline_writes_the_run_directory(tiny_prepared, tmp_path):
 def test_train_baseline_parses_command_line_strings(tiny_prepared, tmp_path):
     ov = {"lr": "3e-3", "hidden": "16", "max_epochs": "1", "dropout": "0", "num_threads": "null"}
     train_baseline("gru4rec", tiny_prepared, 1, tmp_path / "g", ov)
-    cfg = load_run_config(tmp_path / "g")["model_config"]
+    cfg = load_run_config(tmp_path / "g")["model"]
     assert cfg["lr"] == 0.003 and cfg["hidden"] == 16 and cfg["dropout"] == 0.0 and cfg["num_threads"] is None
     assert (tmp_path / "g" / "gru4rec.safetensors").is_file()
     with pytest.raises(AmfrecError, match="'lr': expected a number"):
@@ -288,3 +288,20 @@ def test_sasrec_beats_popularity_on_ml100k(prepared_ml100k, tmp_path):
     assert pop_test["hr@1"] > 0.05 + 0.05  # popularity is itself clearly above chance (1/20)
     assert sas_test["hr@1"] > pop_test["hr@1"] + 0.1, (sas_test, pop_test)
     assert sas_test["ndcg@10"] > pop_test["ndcg@10"] + 0.1
+
+
+def test_run_info_reads_both_run_formats(tiny_prepared, tmp_path):
+    """Today's run folders state run.model and model.name; baseline folders of the earlier format
+    (model: "sasrec", data: {path}) are still read; anything else is refused naming the file."""
+    from amfrec.runs.rundir import run_info
+
+    train_baseline("popularity", tiny_prepared, 3, tmp_path / "pop")
+    info = run_info(tmp_path / "pop")
+    assert info["model"] == "popularity" and info["seed"] == 3
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text("model: sasrec\nseed: 2\ndata: {path: /d}\n")
+    assert run_info(tmp_path / "old") == {"model": "sasrec", "seed": 2, "data": "/d"}
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "config.yaml").write_text("model: {hidden: 3}\n")
+    with pytest.raises(AmfrecError, match=r"odd/config.yaml: unknown run format"):
+        run_info(tmp_path / "odd")

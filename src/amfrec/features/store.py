@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +20,7 @@ from numpy.lib.format import open_memmap
 
 import amfrec
 from amfrec.errors import AmfrecError
-from amfrec.io import read_json, write_json
+from amfrec.io import atomic_path, read_json, write_json
 
 if TYPE_CHECKING:
     from amfrec.data.dataset import PreparedData
@@ -48,15 +46,6 @@ class Modality:
 
 
 # ---------------------------------------------------------------------------------------------- hashing
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (streamed)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sha256_json(obj: object) -> str:
     """Hex sha256 of a canonical JSON rendering of `obj`."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -191,9 +180,7 @@ def write_modality(
             raise ValueError(f"{name}: dim is required when values is an iterable of batches")
         batches = values
     vpath, mpath = F / f"{name}.npy", F / f"{name}.mask.npy"
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".npy", dir=F)
-    os.close(fd)
-    try:
+    with atomic_path(vpath) as tmp:
         mm = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, dim))  # zero-filled
         for rows, batch in batches:
             batch = np.asarray(batch, dtype=np.float32)  # (b, d)
@@ -207,11 +194,8 @@ def write_modality(
         mm[~present] = 0.0
         mm.flush()
         del mm
-        os.replace(tmp, vpath)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _save_npy_atomic(mpath, present)
+    with atomic_path(mpath) as tmp:
+        np.save(tmp, present, allow_pickle=False)
     return {
         "encoder": encoder_info,
         "dim": dim,
@@ -221,17 +205,6 @@ def write_modality(
         "file": vpath.name,
         "mask": mpath.name,
     }
-
-
-def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------- import

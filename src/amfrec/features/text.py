@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from amfrec.errors import AmfrecError
-from amfrec.features.store import sha256_file
+from amfrec.io import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,11 @@ def weights_sha256(model_dir: Path) -> str:
     """sha256 of the model's weight file (the first of model.safetensors / pytorch_model.bin found)."""
     for fname in _WEIGHT_FILES:
         if (model_dir / fname).is_file():
-            return sha256_file(model_dir / fname)
+            return file_sha256(model_dir / fname)
     shards = sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("*.bin"))
     if not shards:
         raise AmfrecError(f"{model_dir}: no model weights (*.safetensors / *.bin) found")
-    return "+".join(sha256_file(p) for p in shards)
+    return "+".join(file_sha256(p) for p in shards)
 
 
 class TextEncoder:

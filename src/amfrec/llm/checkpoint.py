@@ -9,7 +9,6 @@ Folders written before the manifest existed (format amfrec-checkpoint/1) load wi
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from amfrec.errors import AmfrecError
-from amfrec.io import atomic_dir, read_json, write_json
+from amfrec.io import atomic_dir, file_sha256, read_json, write_json
 from amfrec.llm.config import AMFRecConfig
 
 log = logging.getLogger(__name__)
@@ -32,11 +31,6 @@ TRAINABLE_FILE, CONFIG_FILE, BACKBONE_FILE, STATE_FILE, MANIFEST_FILE = (
     "manifest.json",
 )
 FORMAT = "amfrec-checkpoint/2"
-
-
-def file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

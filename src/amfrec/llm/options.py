@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from amfrec.errors import AmfrecError
+from amfrec.io import parse_overrides
 
 
 class ConfigError(AmfrecError, ValueError):
@@ -108,16 +109,11 @@ def _number(value: Any, name: str, *, low: float = 0.0, strict: bool = False) ->
 def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
     """A deep copy of `raw` with dotted keys set: {"model.gate.hidden": 64} or ["model.gate.hidden=64"]."""
     out = copy.deepcopy(dict(raw))
-    if isinstance(overrides, Mapping):
-        items = list(overrides.items())
-    else:
-        items = []
-        for s in overrides:
-            if "=" not in s:
-                raise ValueError(f"override {s!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
-            k, v = s.split("=", 1)
-            items.append((k.strip(), yaml.safe_load(v)))
-    for key, value in items:
+    try:
+        items = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides, "override")
+    except AmfrecError as e:
+        raise ValueError(str(e)) from None
+    for key, value in items.items():
         parts = key.split(".")
         node = out
         for p in parts[:-1]:

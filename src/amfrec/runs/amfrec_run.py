@@ -27,7 +27,14 @@ from amfrec.llm.config import AMFRecConfig
 from amfrec.llm.model import AMFRecModel, build_amfrec
 from amfrec.llm.train import train
 from amfrec.metrics import generation_metrics
-from amfrec.runs.rundir import load_run_config, metrics_record, resolve_config, write_run
+from amfrec.runs.rundir import (
+    load_run_config,
+    metrics_record,
+    resolve_config,
+    run_info,
+    run_log,
+    write_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,38 +105,41 @@ def train_amfrec(
             f"{config_path}: model.n_candidates = {cfg.model.n_candidates}, but {data_dir} has "
             f"{data.valid.candidates.shape[1]} candidates per example"
         )
-    model = build_model(cfg, data, features_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    info = train(model, data, cfg, out, evaluate_fn=lambda m, s: _score(m, s, "validate"), resume=resume)
-    weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
-    model.adapter.load_state_dict(weights)
-    valid = _score(model, data.valid.head(limit), "valid", data)
-    test = _score(model, data.test.head(limit), "test", data)
-    wall = time.perf_counter() - t0
-    run_config = {
-        **cfg.to_dict(),
-        "run": {
-            "model": "amfrec",
-            "seed": seed,
-            "data": str(Path(data_dir).resolve()),
-            "features": str(Path(features_dir).resolve()),
-            "config_file": str(config_path),
-            "eval_limit": limit,
-            "amfrec_version": __version__,
-            "backbone": model.backbone.identity,
-        },
-        "train_info": {k: v for k, v in info.items() if k not in ("evals", "losses")},
-    }
     name = name or ("amfrec-no_llm" if cfg.model.no_llm else "amfrec")
-    valid_rec = metrics_record(valid, "valid", seed, name, wall)
-    test_rec = metrics_record(test, "test", seed, name, wall)
-    write_json(out / "train_history.json", {"losses": info["losses"], "evals": info["evals"]})
-    write_gate_weights(model, out / GATE_FILE)
-    write_run(out, run_config, test_rec, valid_rec)
-    log.info(
-        "%s seed %d: test hr@1 %.4f ndcg@10 %.4f (%.0f s, training %.0f s)",
-        name, seed, test["hr@1"], test["ndcg@10"], wall, info["wall_time_s"],
-    )  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    with run_log(out):
+        model = build_model(cfg, data, features_dir)
+        info = train(model, data, cfg, out, evaluate_fn=lambda m, s: _score(m, s, "validate"), resume=resume)
+        weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
+        model.adapter.load_state_dict(weights)
+        valid = _score(model, data.valid.head(limit), "valid", data)
+        test = _score(model, data.test.head(limit), "test", data)
+        wall = time.perf_counter() - t0
+        run_config = {
+            "model": {"name": "amfrec", **cfg.to_dict()["model"]},
+            "train": cfg.to_dict()["train"],
+            "run": {
+                "model": "amfrec",
+                "name": name,
+                "seed": seed,
+                "data": str(Path(data_dir).resolve()),
+                "features": str(Path(features_dir).resolve()),
+                "config_file": str(config_path),
+                "eval_limit": limit,
+                "amfrec_version": __version__,
+                "backbone": model.backbone.identity,
+            },
+            "train_info": {k: v for k, v in info.items() if k not in ("evals", "losses")},
+        }
+        valid_rec = metrics_record(valid, "valid", seed, name, wall)
+        test_rec = metrics_record(test, "test", seed, name, wall)
+        write_json(out / "train_history.json", {"losses": info["losses"], "evals": info["evals"]})
+        write_gate_weights(model, out / GATE_FILE)
+        write_run(out, run_config, test_rec, valid_rec)
+        log.info(
+            "%s seed %d: test hr@1 %.4f ndcg@10 %.4f (%.0f s, training %.0f s)",
+            name, seed, test["hr@1"], test["ndcg@10"], wall, info["wall_time_s"],
+        )  # fmt: skip
     return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
 
 
@@ -159,7 +169,7 @@ def load_run(run: Path, corrupt: str | None = None) -> tuple[AMFRecModel, Prepar
     corrupt: `MODALITY=noise|zero|shuffle` replaces that modality's features (see amfrec.features.corrupt).
     """
     run_cfg = load_run_config(run)
-    if run_cfg.get("run", {}).get("model") != "amfrec":
+    if run_info(run)["model"] != "amfrec":
         raise AmfrecError(f"{run / 'config.yaml'}: not an AMFRec run (baselines are evaluated when trained)")
     weights, cfg, identity = load_checkpoint(run / CHECKPOINT_DIR)
     data = PreparedData.load(run_cfg["run"]["data"])

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from amfrec import __version__
+from amfrec.baselines import BASELINES
 from amfrec.baselines.popularity import Popularity
 from amfrec.baselines.sequential import GRU4Rec, GRU4RecConfig, SASRec, SASRecConfig
 from amfrec.data.dataset import PreparedData
@@ -19,7 +20,14 @@ from amfrec.errors import AmfrecError
 from amfrec.evaluate import evaluate
 from amfrec.io import atomic_dir, read_yaml_mapping
 from amfrec.recommender import Recommender
-from amfrec.runs.rundir import PACKAGED_CONFIGS, metrics_record, resolve_config, write_run
+from amfrec.runs.rundir import (
+    PACKAGED_CONFIGS,
+    metrics_record,
+    resolve_config,
+    run_info,
+    run_log,
+    write_run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +69,7 @@ def _sequential(model_cls: type, config_cls: type) -> Callable[[Mapping[str, Any
     return build
 
 
-BASELINES: dict[str, Callable[[Mapping[str, Any]], tuple[Recommender, dict]]] = {
+BUILDERS: dict[str, Callable[[Mapping[str, Any]], tuple[Recommender, dict]]] = {
     "popularity": _popularity,
     "sasrec": _sequential(SASRec, SASRecConfig),
     "gru4rec": _sequential(GRU4Rec, GRU4RecConfig),
@@ -108,53 +116,40 @@ def train_baseline(
     examples only.
     Returns {"test": test record, "valid": valid record, "info": training info, "out": out}.
     """
-    if name not in BASELINES:
-        raise AmfrecError(f"unknown baseline {name!r}; choose one of {sorted(BASELINES)}")
-    model, model_config = BASELINES[name](baseline_settings(name, config, overrides))
+    if name not in BUILDERS:
+        raise AmfrecError(f"unknown baseline {name!r}; choose one of {list(BASELINES)}")
+    model, model_config = BUILDERS[name](baseline_settings(name, config, overrides))
     data_dir, out = Path(data_dir), Path(out)
-    pkg_log = logging.getLogger("amfrec")
-    with atomic_dir(out) as tmp:
-        handler = logging.FileHandler(tmp / "train.log", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.setLevel(logging.INFO)
-        old_level = pkg_log.level
-        pkg_log.addHandler(handler)
-        if pkg_log.getEffectiveLevel() > logging.INFO:
-            pkg_log.setLevel(logging.INFO)
-        try:
-            t0 = time.perf_counter()
-            data = PreparedData.load(data_dir)
-            log.info("train %s seed %d on %s (%d train windows, %d items)", name, seed, data_dir,
-                     len(data.train), data.n_items)  # fmt: skip
-            info = model.fit(data, seed)
-            valid_part, test_part = data.valid.head(limit), data.test.head(limit)
-            valid = evaluate(model, valid_part, desc=f"{name} valid", slices=data.slices(valid_part))
-            test = evaluate(model, test_part, desc=f"{name} test", slices=data.slices(test_part))
-            wall = time.perf_counter() - t0
-            valid_rec = metrics_record(valid, "valid", seed, name, wall)
-            test_rec = metrics_record(test, "test", seed, name, wall)
-            log.info("%s seed %d: test hr@1 %.4f ndcg@10 %.4f", name, seed, test["hr@1"], test["ndcg@10"])
-            config = {
+    with atomic_dir(out) as tmp, run_log(tmp):
+        t0 = time.perf_counter()
+        data = PreparedData.load(data_dir)
+        log.info("train %s seed %d on %s (%d train windows, %d items)", name, seed, data_dir,
+                 len(data.train), data.n_items)  # fmt: skip
+        info = model.fit(data, seed)
+        valid_part, test_part = data.valid.head(limit), data.test.head(limit)
+        valid = evaluate(model, valid_part, desc=f"{name} valid", slices=data.slices(valid_part))
+        test = evaluate(model, test_part, desc=f"{name} test", slices=data.slices(test_part))
+        wall = time.perf_counter() - t0
+        valid_rec = metrics_record(valid, "valid", seed, name, wall)
+        test_rec = metrics_record(test, "test", seed, name, wall)
+        log.info("%s seed %d: test hr@1 %.4f ndcg@10 %.4f", name, seed, test["hr@1"], test["ndcg@10"])
+        config = {
+            "model": {"name": name, **model_config},
+            "run": {
                 "model": name,
                 "seed": seed,
-                "data": {
-                    "path": str(data_dir.resolve()),
-                    "seed": data.manifest.get("seed"),
-                    "max_len": data.max_len,
-                    "n_candidates": data.manifest.get("n_candidates"),
-                    "inputs": data.manifest.get("inputs"),
-                },
-                "model_config": model_config,
+                "data": str(data_dir.resolve()),
+                "data_seed": data.manifest.get("seed"),
+                "max_len": data.max_len,
+                "n_candidates": data.manifest.get("n_candidates"),
+                "inputs": data.manifest.get("inputs"),
                 "eval_limit": limit,
                 "amfrec_version": __version__,
-                "train_info": {k: v for k, v in info.items() if k != "epochs"},
-            }
-            write_run(tmp, config, test_rec, valid_rec)
-            model.save(tmp)  # type: ignore[attr-defined]
-        finally:
-            pkg_log.removeHandler(handler)
-            handler.close()
-            pkg_log.setLevel(old_level)
+            },
+            "train_info": {k: v for k, v in info.items() if k != "epochs"},
+        }
+        write_run(tmp, config, test_rec, valid_rec)
+        model.save(tmp)  # type: ignore[attr-defined]
     return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
 
 
@@ -168,18 +163,17 @@ LOADERS: dict[str, Callable[[Path, PreparedData], Recommender]] = {
 def evaluate_baseline_run(run: str | Path, split: str = "test", limit: int | None = None) -> dict:
     """Reload a baseline run and score its fixed candidates again; writes RUN/<split>_score_metrics.json."""
     from amfrec.io import write_json
-    from amfrec.runs.rundir import load_run_config
 
     t0 = time.perf_counter()
     run = Path(run)
-    cfg = load_run_config(run)
-    name = cfg.get("model")
+    info = run_info(run)
+    name = info["model"]
     if name not in LOADERS:
         raise AmfrecError(f"{run / 'config.yaml'}: model {name!r} is not a baseline run")
-    data = PreparedData.load(cfg["data"]["path"])
+    data = PreparedData.load(info["data"])
     model = LOADERS[name](run, data)
     part = (data.valid if split == "valid" else data.test).head(limit)
     metrics = evaluate(model, part, desc=f"{name} {split}", slices=data.slices(part))
-    rec = metrics_record(metrics, split, int(cfg["seed"]), name, time.perf_counter() - t0)
+    rec = metrics_record(metrics, split, int(info["seed"]), name, time.perf_counter() - t0)
     write_json(run / f"{split}_score_metrics.json", rec)
     return rec

@@ -10,13 +10,13 @@ import logging
 import statistics
 from pathlib import Path
 
+from amfrec.baselines import BASELINES
 from amfrec.errors import AmfrecError
 from amfrec.io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
 TABLE_KEYS = ("hr@1", "hr@5", "hr@10", "ndcg@10", "mrr")
-BASELINES = ("popularity", "sasrec", "gru4rec")
 
 # The ablations of AMFRec (DESIGN.md section 6), as named config overrides on top of the experiment's
 # config: `--models amfrec:no_llm` trains the recipe with these settings into the run folder `amfrec-no_llm`.

@@ -6,7 +6,6 @@ Every file is written atomically: drawn to a temporary name beside the target, t
 
 from __future__ import annotations
 
-import os
 import statistics
 from pathlib import Path
 
@@ -16,21 +15,18 @@ matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from amfrec.io import atomic_path  # noqa: E402
 from amfrec.runs.results import RunRecord, mean_std  # noqa: E402
 
 DPI = 110
 
 
 def _save(fig, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if tmp.exists():
-            tmp.unlink()
 
 
 def plot_metrics(groups: dict[str, list[RunRecord]], path: Path) -> bool:

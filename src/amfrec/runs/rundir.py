@@ -6,11 +6,13 @@ at once, write into `amfrec.io.atomic_dir(out)` and call `write_run` on the temp
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,41 @@ def write_run(
     write_json(out / "valid_metrics.json", dict(valid_metrics))
     write_json(out / "metrics.json", dict(test_metrics))
     return out
+
+
+@contextlib.contextmanager
+def run_log(directory: str | Path) -> Iterator[None]:
+    """While the block runs, the package's INFO log also goes to DIRECTORY/train.log (appended)."""
+    pkg_log = logging.getLogger("amfrec")
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(Path(directory) / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    old_level = pkg_log.level
+    pkg_log.addHandler(handler)
+    if pkg_log.getEffectiveLevel() > logging.INFO:
+        pkg_log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        pkg_log.removeHandler(handler)
+        handler.close()
+        pkg_log.setLevel(old_level)
+
+
+def run_info(run: str | Path) -> dict[str, Any]:
+    """RUN/config.yaml's "run" section: {"model": "amfrec" | a baseline, "seed", "data", ...}.
+
+    Every run folder states its model as `model.name` and `run.model`; baseline folders written before
+    (model: "sasrec", data: {path}) are read too. Anything else raises AmfrecError naming the file.
+    """
+    cfg = load_run_config(run)
+    info = cfg.get("run")
+    if isinstance(info, Mapping) and isinstance(info.get("model"), str):
+        return dict(info)
+    if isinstance(cfg.get("model"), str) and isinstance(cfg.get("data"), Mapping):  # baseline format 0
+        return {"model": cfg["model"], "seed": cfg.get("seed"), "data": cfg["data"].get("path")}
+    raise AmfrecError(f"{Path(run) / 'config.yaml'}: unknown run format (no run.model)")
 
 
 def load_run_config(run: str | Path) -> dict[str, Any]:
