@@ -305,3 +305,20 @@ def test_run_info_reads_both_run_formats(tiny_prepared, tmp_path):
     (tmp_path / "odd" / "config.yaml").write_text("model: {hidden: 3}\n")
     with pytest.raises(AmfrecError, match=r"odd/config.yaml: unknown run format"):
         run_info(tmp_path / "odd")
+
+
+def test_same_results_as_before_the_restructure(tiny_atomic_dir, tmp_path):
+    """Golden values: the same calls on the code before the restructure into baselines/ and runs/ (commit
+    8e6f30d, `git show 8e6f30d:src/amfrec/models/train_baselines.py`), run on this fixture, gave exactly these
+    test metrics. A change here means the baselines or the evaluator changed behaviour."""
+    from amfrec.data.prepare import prepare
+
+    prepare(tiny_atomic_dir, tmp_path / "D", seed=1)
+    golden = {
+        "popularity": (None, (0.13333333333333333, 0.3068795735358569, 0.2556860697495372)),
+        "sasrec": ({"max_epochs": 3, "hidden": 16, "heads": 1}, (0.03333333333333333, 0.24350801094074537,
+                                                                 0.17895306691359322)),
+    }  # fmt: skip
+    for name, (overrides, want) in golden.items():
+        test = train_baseline(name, tmp_path / "D", 1, tmp_path / name, overrides)["test"]
+        assert (test["hr@1"], test["ndcg@10"], test["mrr"]) == pytest.approx(want, abs=1e-12), name

@@ -26,10 +26,38 @@ def test_help_lists_every_command() -> None:
         assert command in out
 
 
-def test_every_command_parses() -> None:
+def test_every_command_parses_its_arguments() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     assert set(COMMANDS) <= set(sub.choices)
+    a = parser.parse_args(["train", "--model", "sasrec", "--data", "D", "--out", "R", "--set", "hidden=32",
+                           "--set", "lr=1e-3", "--limit", "5", "--config", "sasrec"])  # fmt: skip
+    assert (a.model, a.data, a.set, a.limit, a.config) == (
+        "sasrec",
+        Path("D"),
+        ["hidden=32", "lr=1e-3"],
+        5,
+        "sasrec",
+    )
+    a = parser.parse_args(["experiment", "--data", "D", "--out", "E", "--models", "sasrec,amfrec:no_llm",
+                           "--seeds", "1,2"])  # fmt: skip
+    assert a.seeds == [1, 2] and a.models == "sasrec,amfrec:no_llm"
+    a = parser.parse_args(["evaluate", "--run", "R", "--corrupt", "image=noise", "--split", "valid"])
+    assert (a.run, a.corrupt, a.split, a.protocol) == (Path("R"), "image=noise", "valid", "score")
+    a = parser.parse_args(["data", "prepare", "--out", "O", "--cold-threshold", "3", "--kcore", "2"])
+    assert (a.cold_threshold, a.kcore, a.seed, a.data) == (3, 2, 1, None)
+    a = parser.parse_args(["report", "--exp", "E"])
+    assert a.exp == Path("E") and a.out is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["experiment", "--data", "D", "--out", "E", "--seeds", "1,x"])
+
+
+@pytest.mark.parametrize("flag", ["--limit", "--top"])
+def test_zero_counts_are_one_line_errors(tmp_path: Path, capsys, flag: str) -> None:
+    argv = {"--limit": ["evaluate", "--run", str(tmp_path)], "--top": ["recommend", "--run", str(tmp_path),
+            "--history", "1"]}[flag]  # fmt: skip
+    err = one_line_error(capsys, [*argv, flag, "0"])
+    assert f"{flag} must be >= 1, got 0" in err
 
 
 def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:

@@ -348,6 +348,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """Counts given on the command line must be positive (a zero --limit would evaluate nothing)."""
+    for name in ("limit", "top", "steps", "batch_size", "seq_len", "n_candidates", "max_len"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise AmfrecError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
@@ -361,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     log.debug("torch threads: %d (the CPUs this process may use)", use_all_cores())
     try:
+        _check_counts(args)
         args.func(args)
     except AmfrecError as e:
         print(f"amfrec: error: {e}", file=sys.stderr)
