@@ -1,9 +1,6 @@
-"""Training loop and checkpoints, against a tiny stand-in model with AMFRecModel's interface.
-
-The stand-in: a real ItemEncoder (trainable, as the stand-in's ``adapter``: the trainer's contract is that
-every trainable weight lives in ``model.adapter``) + a frozen Linear "backbone"; the score of a candidate c is
-<frozen(user) + q, token_c>, user = the mean of the history tokens, q a frozen query. The toy task (targets
-always among items 1-3) is learnable only through the item encoder.
+"""Training loop and checkpoints, on the real AMFRecModel (item_token head, real ItemEncoder) over a tiny
+random Llama. The toy task (targets always among items 1-3, random histories) is learnable only through the
+adapter: every trainable weight lives in ``model.adapter``; the backbone stays frozen.
 """
 
 import hashlib
@@ -14,14 +11,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from llm_fixtures import random_features
-from torch import nn
+from llm_fixtures import make_tiny_backbone_dir, random_features
 
 from amfrec.data.dataset import ItemInfo, PreparedData, Split
 from amfrec.errors import AmfrecError
+from amfrec.evaluate import evaluate
+from amfrec.llm.backbone import load_backbone
 from amfrec.llm.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from amfrec.llm.config import AMFRecConfig, GateConfig, ModelConfig, ProjectorConfig, TrainConfig
-from amfrec.llm.item_encoder import ItemEncoder
+from amfrec.llm.model import AMFRecModel, build_amfrec
 from amfrec.llm.sampling import draw_candidates, generator
 from amfrec.llm.train import lr_at, train
 
@@ -46,50 +44,26 @@ MODEL_CFG = ModelConfig(
     projector=ProjectorConfig(n_experts=2, hidden=8),
     gate=GateConfig(hidden=8),
     max_len=L,
+    user_token=None,
+    collab_score=False,
 )
+TITLES = ["<pad>"] + [f"Item {i}" for i in range(1, N_ITEMS + 1)]
 
 
-class StandIn(nn.Module):
-    def __init__(self, encoder_seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(0)  # the frozen part is always the same (as a real backbone)
-        self.frozen = nn.Linear(D, D)
-        self.query = nn.Parameter(torch.randn(D))
-        torch.manual_seed(encoder_seed)
-        self.adapter = ItemEncoder(_features(), D, MODEL_CFG, token_norm=1.0)  # all the trainable weights
-        self.frozen.requires_grad_(False)
-        self.query.requires_grad_(False)
-        self.backbone = SimpleNamespace(identity={"name": "stand-in", "n_params": 72})
-        self.losses: list[float] = []
+@pytest.fixture(scope="module")
+def backbone(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random Llama (hidden 32), frozen: the real backbone class on a test-sized model."""
+    return load_backbone(str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm"))), device="cpu")
 
-    def trainable_parameters(self):
-        return [p for p in self.adapter.parameters() if p.requires_grad]
 
-    def parameter_report(self):
-        return sum(p.numel() for p in self.trainable_parameters()), sum(p.numel() for p in self.parameters())
-
-    def score(self, history, candidates):
-        enc = self.adapter(torch.cat([history, candidates], 1), history)
-        tok = enc.tokens[:, :, 0]  # (B, L + C, D)
-        valid = (history > 0).float()[..., None]
-        user = (tok[:, : history.shape[1]] * valid).sum(1) / valid.sum(1).clamp(min=1)  # (B, D)
-        q = self.frozen(user) + self.query  # (B, D)
-        return 4.0 * (tok[:, history.shape[1] :] * q[:, None]).sum(-1), enc.aux_loss  # (B, C)
-
-    def forward(self, history, candidates, target):
-        scores, aux = self.score(history, candidates)
-        label = (candidates == target[:, None]).float().argmax(1)
-        loss = nn.functional.cross_entropy(scores, label) + 0.01 * aux
-        self.losses.append(loss.item())
-        return SimpleNamespace(loss=loss, n_tokens=int(candidates.numel() + (history > 0).sum()))
+def tiny_model(backbone, encoder_seed: int = 0) -> AMFRecModel:
+    """The real AMFRecModel (item_token head) on the tiny backbone; `encoder_seed` sets the adapter's init."""
+    torch.manual_seed(encoder_seed)
+    return build_amfrec(MODEL_CFG, _features(), TITLES, backbone=backbone)
 
 
 def _ndcg10(model, split: Split) -> dict:
-    scores, _ = model.score(split.history, split.candidates)
-    tgt = scores[(split.candidates == split.target[:, None])]  # (N,)
-    rank = (scores >= tgt[:, None]).sum(1).float()  # ties count against the model
-    ndcg = torch.where(rank <= 10, 1 / torch.log2(rank + 1), torch.zeros_like(rank))
-    return {"ndcg@10": ndcg.mean().item()}
+    return evaluate(model, split, batch_size=16)
 
 
 def _data() -> PreparedData:
@@ -145,7 +119,7 @@ def test_lr_schedule_values():
     assert lr_at(14, cfg) == pytest.approx(0.1) and lr_at(99, cfg) == pytest.approx(0.1)
 
 
-def test_optimizer_follows_schedule(tmp_path, monkeypatch):
+def test_optimizer_follows_schedule(tmp_path, monkeypatch, backbone):
     lrs = []
     original = torch.optim.AdamW.step
 
@@ -155,19 +129,19 @@ def test_optimizer_follows_schedule(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.optim.AdamW, "step", spy)
     cfg = _cfg(max_steps=6, warmup_steps=2, eval_every=6)
-    train(StandIn(), _data(), cfg, tmp_path, _ndcg10)
+    train(tiny_model(backbone), _data(), cfg, tmp_path, _ndcg10)
     assert lrs == pytest.approx([lr_at(s, cfg) for s in range(6)])
 
 
 # ---------------------------------------------------------------------------------------------- training
-def test_loss_falls_only_trainable_params_change(tmp_path):
-    model = StandIn()
+def test_loss_falls_only_trainable_params_change(tmp_path, backbone):
+    model = tiny_model(backbone)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     before = {n: p.detach().clone() for n, p in model.adapter.named_parameters()}
     data = _data()
     start = _ndcg10(model, data.valid)["ndcg@10"]
     info = train(model, data, _cfg(), tmp_path, _ndcg10)
-    first, last = sum(model.losses[:8]) / 8, sum(model.losses[-8:]) / 8
+    first, last = sum(info["losses"][:8]) / 8, sum(info["losses"][-8:]) / 8
     assert last < 0.6 * first, (first, last)
     assert info["best_valid"]["ndcg@10"] > start
     assert info["steps"] == 40 and info["trainable_params"] < info["total_params"]
@@ -183,25 +157,50 @@ def test_loss_falls_only_trainable_params_change(tmp_path):
         assert torch.equal(v, best[k]), k
 
 
-def test_early_stopping(tmp_path):
+def test_early_stopping(tmp_path, backbone):
     calls = []
 
     def flat(model, split):
         calls.append(1)
         return {"ndcg@10": 0.5}  # never improves after the first validation
 
-    info = train(StandIn(), _data(), _cfg(patience=2, eval_every=5), tmp_path, flat)
+    info = train(tiny_model(backbone), _data(), _cfg(patience=2, eval_every=5), tmp_path, flat)
     assert info["stopped_early"] and info["steps"] == 15 and len(calls) == 3 and info["best_step"] == 5
 
 
-def test_missing_select_metric(tmp_path):
+def test_missing_select_metric(tmp_path, backbone):
     with pytest.raises(ValueError, match="train.select_metric: 'ndcg@10' not in"):
-        train(StandIn(), _data(), _cfg(max_steps=3, eval_every=3), tmp_path, lambda m, s: {"hr@1": 0.0})
+        train(
+            tiny_model(backbone),
+            _data(),
+            _cfg(max_steps=3, eval_every=3),
+            tmp_path,
+            lambda m, s: {"hr@1": 0.0},
+        )
+
+
+def test_non_finite_loss_stops_training(tmp_path, backbone):
+    model = tiny_model(backbone)
+    with torch.no_grad():
+        model.adapter.log_scale.fill_(float("nan"))  # every score NaN -> NaN loss at the first step
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 0"):
+        train(model, _data(), _cfg(max_steps=3, eval_every=3), tmp_path, _ndcg10)
+
+
+def test_a_trainable_weight_outside_the_adapter_is_refused(tmp_path, backbone):
+    model = tiny_model(backbone)
+    weight = model.lm.get_input_embeddings().weight
+    weight.requires_grad_(True)  # a backbone weight that would train but never reach the checkpoint
+    try:
+        with pytest.raises(ValueError, match="outside the adapter require grad"):
+            train(model, _data(), _cfg(max_steps=3, eval_every=3), tmp_path, _ndcg10)
+    finally:
+        weight.requires_grad_(False)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def test_checkpoint_round_trip(tmp_path):
-    model = StandIn(encoder_seed=3)
+def test_checkpoint_round_trip(tmp_path, backbone):
+    model = tiny_model(backbone, encoder_seed=3)
     cfg = AMFRecConfig(model=MODEL_CFG, train=_cfg())
     save_checkpoint(model, cfg, tmp_path / "ck")
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
@@ -214,26 +213,26 @@ def test_checkpoint_round_trip(tmp_path):
     want = hashlib.sha256((tmp_path / "ck" / "config.yaml").read_bytes()).hexdigest()
     assert manifest["sha256"]["config.yaml"] == want
     state, config, identity = load_checkpoint(tmp_path / "ck")
-    assert config == cfg and identity == {"name": "stand-in", "n_params": 72}
+    assert config == cfg and identity == backbone.identity
     assert state.keys() == model.adapter.state_dict().keys()
     assert not any(k.startswith(("feat", "mask")) for k in state)  # features come from the feature dir
-    other = StandIn(encoder_seed=4)
+    other = tiny_model(backbone, encoder_seed=4)
     data = _data()
     assert not torch.equal(
-        other.score(data.test.history, data.test.candidates)[0],
-        model.score(data.test.history, data.test.candidates)[0],
+        other.score(data.test.history, data.test.candidates),
+        model.score(data.test.history, data.test.candidates),
     )
     other.adapter.load_state_dict(state, strict=True)
     assert torch.equal(
-        other.score(data.test.history, data.test.candidates)[0],
-        model.score(data.test.history, data.test.candidates)[0],
+        other.score(data.test.history, data.test.candidates),
+        model.score(data.test.history, data.test.candidates),
     )
     with pytest.raises(AmfrecError, match="nowhere: not an AMFRec checkpoint"):
         load_checkpoint(tmp_path / "nowhere")
 
 
-def test_altered_or_truncated_checkpoint_is_refused_by_name(tmp_path, caplog):
-    save_checkpoint(StandIn(), AMFRecConfig(model=MODEL_CFG, train=_cfg()), tmp_path / "ck")
+def test_altered_or_truncated_checkpoint_is_refused_by_name(tmp_path, caplog, backbone):
+    save_checkpoint(tiny_model(backbone), AMFRecConfig(model=MODEL_CFG, train=_cfg()), tmp_path / "ck")
     weights = tmp_path / "ck" / "trainable.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])  # truncated
@@ -244,25 +243,25 @@ def test_altered_or_truncated_checkpoint_is_refused_by_name(tmp_path, caplog):
     with pytest.raises(AmfrecError, match=r"backbone.json: file not found \(listed in manifest.json\)"):
         load_checkpoint(tmp_path / "ck")
     # a format-1 folder (before manifests) still loads, with a warning
-    save_checkpoint(StandIn(), AMFRecConfig(model=MODEL_CFG, train=_cfg()), tmp_path / "old")
+    save_checkpoint(tiny_model(backbone), AMFRecConfig(model=MODEL_CFG, train=_cfg()), tmp_path / "old")
     (tmp_path / "old" / "manifest.json").unlink()
     with caplog.at_level("WARNING"):
         state, _, _ = load_checkpoint(tmp_path / "old")
     assert state and "no manifest" in caplog.text
 
 
-def test_train_writes_resolved_config(tmp_path):
+def test_train_writes_resolved_config(tmp_path, backbone):
     cfg = AMFRecConfig(model=MODEL_CFG, train=_cfg(max_steps=4, eval_every=4))
-    train(StandIn(), _data(), cfg, tmp_path, _ndcg10)
+    train(tiny_model(backbone), _data(), cfg, tmp_path, _ndcg10)
     _, config, _ = load_checkpoint(tmp_path / "checkpoint")
     assert config == cfg
     assert load_train_state(tmp_path / "checkpoint")["train"]["step"] == 4
 
 
-def test_resume_continues_from_saved_step(tmp_path):
+def test_resume_continues_from_saved_step(tmp_path, backbone):
     data, cfg = _data(), _cfg(max_steps=12, eval_every=6, grad_accum=2, batch_size=4)
     straight = tmp_path / "straight"
-    train(StandIn(), data, cfg, straight, _ndcg10)
+    train(tiny_model(backbone), data, cfg, straight, _ndcg10)
 
     calls = []
 
@@ -274,12 +273,12 @@ def test_resume_continues_from_saved_step(tmp_path):
 
     broken = tmp_path / "broken"
     with pytest.raises(KeyboardInterrupt):
-        train(StandIn(), data, cfg, broken, crash_on_second)
+        train(tiny_model(backbone), data, cfg, broken, crash_on_second)
     assert load_train_state(broken / "last")["train"]["step"] == 6
 
-    model = StandIn(encoder_seed=9)  # a fresh process: different init, overwritten by the checkpoint
+    model = tiny_model(backbone, encoder_seed=9)  # a fresh process: other init, overwritten by the checkpoint
     info = train(model, data, cfg, broken, _ndcg10, resume=True)
-    assert info["steps"] == 12 and len(model.losses) == 6 * 2  # only steps 7..12 ran (2 micro-batches each)
+    assert info["steps"] == 12 and len(info["losses"]) == 6  # only steps 7..12 ran
     a, _, _ = load_checkpoint(straight / "last")
     b, _, _ = load_checkpoint(broken / "last")
     for k in a:
