@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from amfrec.data.prepare import prepare
 
@@ -82,3 +83,35 @@ def tiny_prepared(tiny_atomic_dir: Path, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("tiny-prepared") / "seed1"
     prepare(tiny_atomic_dir, out, seed=1)
     return out
+
+
+# Words of the tiny BERT's vocabulary: test_features_text's texts and the feature-build fixture's item texts.
+BERT_WORDS = ["star", "wars", "empire", "jedi", "toy", "story", "comedy", "drama", "the", "of", "alpha",
+              "beta", "gamma", "delta", "two", "genres", "romance", "sci", "fi", "1990", "2001", "1977", "(",
+              ")", ".", ":", ",", "-"]  # fmt: skip
+
+
+def make_tiny_bert(d: Path, seed: int = 0) -> Path:
+    """A tiny random BERT (hidden 16, one layer) with its tokenizer, saved in `d` (a real HF encoder)."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *BERT_WORDS]
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(d)
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
+    BertModel(cfg).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

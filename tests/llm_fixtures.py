@@ -87,32 +87,23 @@ def make_tiny_backbone_dir(path: str | Path, seed: int = 0, tie: bool = True) ->
     return path
 
 
-class StubItemEncoderOutput:
-    """Same fields as amfrec.llm.item_encoder's ItemEncoderOutput (tokens, aux_loss, weights)."""
+def item_encoder(n_items: int, d_llm: int, tokens_per_item: int = 1, token_norm: float = 1.0, seed: int = 0):
+    """A real ItemEncoder over random features (MoE projectors): gated fusion of id (4-d) and text (6-d) when
+    tokens_per_item is 1, else one token per modality over the first tokens_per_item of id, text, image."""
+    from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
+    from amfrec.llm.item_encoder import ItemEncoder
 
-    def __init__(self, tokens: torch.Tensor, aux_loss: torch.Tensor, weights: torch.Tensor | None) -> None:
-        self.tokens = tokens
-        self.aux_loss = aux_loss
-        self.weights = weights
-
-
-class StubItemEncoder(torch.nn.Module):
-    """Stand-in item encoder: Embedding -> Linear to T soft tokens of size d_llm per item."""
-
-    def __init__(self, n_items: int, d_llm: int, tokens_per_item: int = 1, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.tokens_per_item = tokens_per_item
-        self.d_llm = d_llm
-        self.emb = torch.nn.Embedding(n_items + 1, 8)
-        self.proj = torch.nn.Linear(8, d_llm * tokens_per_item)
-
-    def forward(self, items: torch.Tensor, history: torch.Tensor) -> StubItemEncoderOutput:
-        b, s = items.shape
-        tokens = self.proj(self.emb(items)).view(b, s, self.tokens_per_item, self.d_llm)  # (B, S, T, d)
-        aux = tokens.pow(2).mean()
-        weights = torch.ones(b, s, 1)
-        return StubItemEncoderOutput(tokens=tokens, aux_loss=aux, weights=weights)
+    if tokens_per_item not in (1, 2, 3):
+        raise ValueError("tokens_per_item: 1 (gated), 2 or 3 (one token per modality)")
+    dims = (("id", 4), ("text", 6), ("image", 5))[: max(tokens_per_item, 2)]
+    cfg = ModelConfig(
+        modalities=[name for name, _ in dims],
+        fusion="gated" if tokens_per_item == 1 else "tokens",
+        projector=ProjectorConfig(n_experts=2, hidden=8),
+        gate=GateConfig(hidden=8),
+    )
+    torch.manual_seed(seed)
+    return ItemEncoder(random_features(n_items, dims), d_llm, cfg, token_norm=token_norm)
 
 
 def random_features(n_items: int, dims: tuple[tuple[str, int], ...] = (("id", 4), ("text", 6))) -> dict:

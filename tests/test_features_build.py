@@ -18,68 +18,67 @@ from amfrec.features.build import build_features, parse_import_spec, poster_path
 from amfrec.features.store import load_features
 
 
-class FakeTextEncoder:
-    """Counts encoded texts; vector = (len(text), name length, 1) so the output is checkable by hand."""
-
-    calls: list[int] = []
-
-    def __init__(self, name_or_path: str | None = None) -> None:
-        self.name = name_or_path or "fake"
-
-    def info(self) -> dict:
-        return {"name": self.name, "version": "1", "file_sha256": "0" * 64}
-
-    def dim(self) -> int:
-        return 3
-
-    def encode(self, texts: list[str], batch_size: int = 64, progress: bool = True) -> np.ndarray:
-        FakeTextEncoder.calls.append(len(texts))
-        return np.array([[len(t), len(self.name), 1.0] for t in texts], dtype=np.float32)
+def encode(model_dir: Path, texts: list[str]) -> np.ndarray:
+    """The reference: the same encoder class called directly on the item texts."""
+    return text_mod.TextEncoder(str(model_dir)).encode(texts, progress=False)
 
 
-@pytest.fixture
-def fake_text(monkeypatch: pytest.MonkeyPatch) -> type[FakeTextEncoder]:
-    FakeTextEncoder.calls = []
-    monkeypatch.setattr(text_mod, "TextEncoder", FakeTextEncoder)
-    return FakeTextEncoder
+def item_texts(D: Path) -> list[str]:
+    from amfrec.data.dataset import PreparedData
+
+    return [it.text() for it in PreparedData.load(D).items[1:]]
 
 
-def test_text_is_cached_and_reencoded_on_change(
-    tmp_path: Path, fake_text: type[FakeTextEncoder], caplog: pytest.LogCaptureFixture
-) -> None:
-    D, F = make_prepared(tmp_path), tmp_path / "F"
-    m = build_features(D, F, ["text"])
-    assert fake_text.calls == [4]
-    assert m["modalities"]["text"]["present"] == 4 and m["modalities"]["text"]["dim"] == 3
+def test_text_is_cached_and_reencoded_on_change(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The tiny real BERT: re-encoded when its weights or the item texts change, read from cache otherwise."""
+    from conftest import make_tiny_bert
+
+    D, F, bert = make_prepared(tmp_path), tmp_path / "F", make_tiny_bert(tmp_path / "bert", seed=0)
+    calls: list[int] = []  # one entry per build that encoded (read from the build's log)
+
+    def build() -> dict:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="amfrec.features.build"):
+            m = build_features(D, F, ["text"], text_encoder=str(bert))
+        calls.extend(4 for r in caplog.records if r.getMessage().startswith("text: 4 of 4 present"))
+        return m
+
+    m = build()
+    assert calls == [4] and m["modalities"]["text"]["present"] == 4 and m["modalities"]["text"]["dim"] == 16
     mod = load_features(F, 4)["text"]
-    # "Alpha (1990). Genres: Drama" has 27 characters; row 0 is padding
-    assert mod.values[1].tolist() == [27.0, 4.0, 1.0] and mod.values[0].tolist() == [0.0, 0.0, 0.0]
-    assert mod.present.tolist() == [False, True, True, True, True]
+    np.testing.assert_allclose(mod.values[1:].numpy(), encode(bert, item_texts(D)), atol=1e-6)
+    assert mod.values[0].abs().sum() == 0 and mod.present.tolist() == [False, True, True, True, True]
 
-    with caplog.at_level(logging.INFO, logger="amfrec.features.build"):
-        build_features(D, F, ["text"])
-    assert fake_text.calls == [4], "second run must not encode"
+    build()
+    assert calls == [4], "second run must not encode"
     assert "text: cached" in caplog.text
 
-    build_features(D, F, ["text"], text_encoder="other-encoder")  # encoder changed
-    assert fake_text.calls == [4, 4]
-    assert load_features(F, 4)["text"].values[1, 1] == len("other-encoder")
+    make_tiny_bert(bert, seed=1)  # same path, other weights
+    build()
+    assert calls == [4, 4]
+    np.testing.assert_allclose(
+        load_features(F, 4)["text"].values[1:].numpy(), encode(bert, item_texts(D)), atol=1e-6
+    )
+    assert not np.allclose(load_features(F, 4)["text"].values[1:].numpy(), mod.values[1:].numpy())
 
     items = [json.loads(line) for line in (D / "items.jsonl").read_text().splitlines()]
     items[1]["title"] = "Beta Two"
     (D / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
-    build_features(D, F, ["text"], text_encoder="other-encoder")  # input changed
-    assert fake_text.calls == [4, 4, 4]
-    assert load_features(F, 4)["text"].values[2, 0] == len("Beta Two")
+    build()  # input changed
+    assert calls == [4, 4, 4]
+    np.testing.assert_allclose(
+        load_features(F, 4)["text"].values[1:].numpy(), encode(bert, item_texts(D)), atol=1e-6
+    )
 
 
-def test_corrupt_cache_is_rebuilt(tmp_path: Path, fake_text: type[FakeTextEncoder]) -> None:
+def test_corrupt_cache_is_rebuilt(tmp_path: Path, tiny_bert: Path) -> None:
     D, F = make_prepared(tmp_path), tmp_path / "F"
-    build_features(D, F, ["text"])
-    np.save(F / "text.npy", np.full((5, 3), np.nan, np.float32))
-    build_features(D, F, ["text"])
-    assert fake_text.calls == [4, 4]
-    assert np.isfinite(load_features(F, 4)["text"].values.numpy()).all()
+    build_features(D, F, ["text"], text_encoder=str(tiny_bert))
+    np.save(F / "text.npy", np.full((5, 16), np.nan, np.float32))
+    build_features(D, F, ["text"], text_encoder=str(tiny_bert))
+    np.testing.assert_allclose(
+        load_features(F, 4)["text"].values[1:].numpy(), encode(tiny_bert, item_texts(D)), atol=1e-6
+    )
 
 
 def test_image_presence_follows_poster_files(tmp_path: Path) -> None:

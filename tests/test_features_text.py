@@ -12,29 +12,6 @@ from amfrec.errors import AmfrecError
 from amfrec.features.text import TextEncoder
 from amfrec.io import file_sha256
 
-WORDS = ["star", "wars", "empire", "jedi", "toy", "story", "comedy", "drama", "the", "of"]
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny_bert")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    (d / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(d / "vocab.txt")).save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    BertModel(cfg).save_pretrained(d)
-    return d
-
 
 def test_tiny_encoder_shape_norm_and_padding_invariance(tiny_bert: Path) -> None:
     enc = TextEncoder(str(tiny_bert))
