@@ -91,7 +91,13 @@ def test_popularity_scores_and_roundtrip(cyclic, tmp_path):
     n_train_interactions = len(cyclic.train) + len(set(cyclic.train.users))
     assert info["interactions"] == n_train_interactions
     cands = torch.tensor([[1, 2, 3]])
-    expected = model.counts[cands]
+    # slow reference: count each candidate over the training rows (targets + each user's first item)
+    firsts: dict[str, int] = {}  # a user's first window (rows come in time order) holds its first item
+    for u, h in zip(cyclic.train.users, cyclic.train.history.tolist(), strict=True):
+        firsts.setdefault(u, next(i for i in h if i))
+    targets = cyclic.train.target.tolist()
+    counts = [targets.count(c) + list(firsts.values()).count(c) for c in (1, 2, 3)]
+    expected = torch.tensor([counts], dtype=model.counts.dtype)
     assert torch.equal(model.score(torch.zeros(1, 5, dtype=torch.long), cands), expected)
     model.save(tmp_path)
     again = Popularity.load(tmp_path, cyclic)
@@ -322,3 +328,15 @@ def test_same_results_as_before_the_restructure(tiny_atomic_dir, tmp_path):
     for name, (overrides, want) in golden.items():
         test = train_baseline(name, tmp_path / "D", 1, tmp_path / name, overrides)["test"]
         assert (test["hr@1"], test["ndcg@10"], test["mrr"]) == pytest.approx(want, abs=1e-12), name
+
+
+@pytest.mark.parametrize("name", ["popularity", "sasrec", "gru4rec"])
+def test_scores_follow_the_candidates_when_permuted(cyclic, name):
+    """Every baseline scores a candidate by itself: permuting the candidates permutes the scores (so a
+    target's rank never depends on its column). AMFRec: tests/test_llm_item_token.py."""
+    model = {"popularity": Popularity, "sasrec": lambda: SASRec(SASRecConfig(max_epochs=1, hidden=16, heads=1)),
+             "gru4rec": lambda: GRU4Rec(GRU4RecConfig(max_epochs=1, hidden=16))}[name]()  # fmt: skip
+    model.fit(cyclic, seed=0)
+    h, c = cyclic.test.history[:6], cyclic.test.candidates[:6]  # (6, L), (6, C)
+    perm = torch.randperm(c.shape[1], generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(model.score(h, c[:, perm]), model.score(h, c)[:, perm], rtol=0, atol=1e-6)

@@ -11,7 +11,7 @@ from llm_fixtures import make_tiny_backbone_dir
 
 from amfrec.errors import AmfrecError
 from amfrec.llm.backbone import load_backbone
-from amfrec.runs.bench import linear_params, run_bench, train_step_tokens_per_s
+from amfrec.runs.bench import flops_per_token, linear_params, run_bench, train_step_tokens_per_s
 from amfrec.runs.experiment import format_table, run_experiment
 
 
@@ -20,6 +20,12 @@ def test_linear_params_counts_only_linear_weights() -> None:
         torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3), torch.nn.Linear(3, 2, bias=False)
     )
     assert linear_params(net) == 4 * 3 + 3 * 2
+
+
+def test_flops_per_token_by_hand() -> None:
+    # body 1,000 linear weights, head 200, logits at 8 of 256 positions: 4 * (1000 + 200 * 8 / 256) = 4025
+    assert flops_per_token(1000, 200, 8, 256) == pytest.approx(4025.0)
+    assert flops_per_token(1000, 200, 256, 256) == pytest.approx(4 * 1200)  # logits everywhere
 
 
 def test_bench_table_on_tiny_backbone(tmp_path: Path) -> None:
@@ -36,6 +42,8 @@ def test_bench_table_on_tiny_backbone(tmp_path: Path) -> None:
     assert [r[2].strip() for r in rows] == ["answer", "all"]
     for r in rows:
         assert float(r[3]) > 0 and float(r[5]) > 0 and r[6].strip().endswith("%")
+        # the columns agree: MFU = achieved / peak (rounded as printed)
+        assert float(r[6].strip().rstrip("%")) == pytest.approx(100 * float(r[4]) / float(r[5]), abs=1.5)
     with pytest.raises(ValueError, match="unknown dtype"):
         run_bench(str(path), dtypes=["float8"])
 

@@ -107,3 +107,26 @@ def test_corrupt_writes_its_own_metrics_and_gate_weights(tiny_prepared: Path, se
     assert set(rec["gate_mean"]) == {"id", "text", "image"}
     with pytest.raises(AmfrecError, match="blur"):
         evaluate_run(root / "gated", limit=6, corrupt="image=blur")
+
+
+def test_run_folder_mismatches_are_one_line_errors(tiny_prepared: Path, setup, capsys) -> None:
+    """n_candidates unlike the data's; a run reloaded on a different backbone; recommend through main."""
+    from amfrec.cli import main
+
+    features, config, root = setup
+    with pytest.raises(AmfrecError, match=r"tiny.yaml: model.n_candidates = 10, but .* has 20 candidates"):
+        overrides = {**SMALL, "model.n_candidates": 10, "train.n_negatives": 9}
+        train_amfrec(tiny_prepared, features, config, 1, root / "nc", overrides)
+    run = root / "bb"
+    train_amfrec(tiny_prepared, features, config, 1, run, SMALL, limit=4)
+    items = [json.loads(line)["item_id"] for line in (tiny_prepared / "items.jsonl").open()]
+    assert main(["recommend", "--run", str(run), "--history", ",".join(items[:3]), "--top", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and lines[0].lstrip().startswith("1.") and "id=" in lines[0]
+    backbone_dir = Path(yaml.safe_load(config.read_text())["model"]["backbone"])
+    make_tiny_backbone_dir(backbone_dir, seed=1)  # the same path now holds other weights
+    capsys.readouterr()  # (the save's own progress output)
+    assert main(["evaluate", "--run", str(run), "--limit", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after the loader's progress bars)
+    assert err.startswith("amfrec: error: ") and "backbone.json: trained on backbone fingerprint" in err
+    make_tiny_backbone_dir(backbone_dir, seed=0)  # put the module's backbone back

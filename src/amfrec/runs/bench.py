@@ -75,6 +75,12 @@ def train_step_tokens_per_s(
     return batch_size * seq_len / (sum(times[1:]) / steps)
 
 
+def flops_per_token(n_body: int, n_head: int, logit_positions: int, seq_len: int) -> float:
+    """Training FLOPs per token of a frozen LM: 2N forward + 2N for the input-gradient backward (no weight
+    gradients), N = the body's linear parameters plus the output head's share of the positions with logits."""
+    return 4 * (n_body + n_head * logit_positions / seq_len)
+
+
 def run_bench(
     backbone: str = "smollm2-135m",
     dtypes: list[str] | None = None,
@@ -104,9 +110,8 @@ def run_bench(
         n_head = model.lm_head.weight.numel()
         for logits, a_len in (("answer", answer_len), ("all", None)):
             tps = train_step_tokens_per_s(model, batch_size, seq_len, a_len, steps, device)
-            head_share = (a_len or seq_len) / seq_len
-            flops_per_token = 4 * (n_body + n_head * head_share)  # 2N forward + 2N input-gradient backward
-            rows.append(BenchRow(name, logits, tps, tps * flops_per_token / 1e9, peak))
+            per_token = flops_per_token(n_body, n_head, a_len or seq_len, seq_len)
+            rows.append(BenchRow(name, logits, tps, tps * per_token / 1e9, peak))
             log.info("%s logits=%s: %.0f tokens/s", name, logits, tps)
         del bb, model
     probe = probe_matmul_gflops() if device == "cpu" else None
