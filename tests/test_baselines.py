@@ -334,8 +334,12 @@ def test_same_results_as_before_the_restructure(tiny_atomic_dir, tmp_path):
 def test_scores_follow_the_candidates_when_permuted(cyclic, name):
     """Every baseline scores a candidate by itself: permuting the candidates permutes the scores (so a
     target's rank never depends on its column). AMFRec: tests/test_llm_item_token.py."""
-    model = {"popularity": Popularity, "sasrec": lambda: SASRec(SASRecConfig(max_epochs=1, hidden=16, heads=1)),
-             "gru4rec": lambda: GRU4Rec(GRU4RecConfig(max_epochs=1, hidden=16))}[name]()  # fmt: skip
+    builders = {
+        "popularity": Popularity,
+        "sasrec": lambda: SASRec(SASRecConfig(max_epochs=1, hidden=16, heads=1)),
+        "gru4rec": lambda: GRU4Rec(GRU4RecConfig(max_epochs=1, hidden=16)),
+    }
+    model = builders[name]()
     model.fit(cyclic, seed=0)
     h, c = cyclic.test.history[:6], cyclic.test.candidates[:6]  # (6, L), (6, C)
     perm = torch.randperm(c.shape[1], generator=torch.Generator().manual_seed(3))
