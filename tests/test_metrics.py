@@ -1,4 +1,4 @@
-"""Metrics against hand-computed values (DESIGN.md section 2)."""
+"""Metrics against hand-computed values."""
 
 from __future__ import annotations
 

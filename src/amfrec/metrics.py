@@ -1,4 +1,4 @@
-"""Ranking and generation metrics of DESIGN.md section 2, as pure functions.
+"""Ranking and generation metrics (the protocol: docs/ARCHITECTURE.md, "Evaluation"), as pure functions.
 
 Ranking: each example yields the rank of its target among the C candidates (1 = best). Ties count
 against the model: the target ranks below every other candidate whose score is >= its own.

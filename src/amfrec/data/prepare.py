@@ -1,6 +1,6 @@
 """Turn RecBole atomic files into the prepared data directory of docs/ARCHITECTURE.md.
 
-Steps (DESIGN.md §1):
+Steps (the protocol of docs/ARCHITECTURE.md, "Prepared data directory"):
 1. read `<name>.inter` (user_id, item_id, timestamp) and `<name>.item` (item_id, a title field);
 2. optional iterative k-core filter; users with fewer than 3 interactions are always dropped
    (`MIN_USER_INTERACTIONS`): the validation and the test target each need at least one preceding item.

@@ -1,4 +1,4 @@
-"""`amfrec bench`: training throughput of the frozen backbone and its model-FLOP utilisation (DESIGN.md §8).
+"""`amfrec bench`: training throughput of the frozen backbone and its model-FLOP utilisation.
 
 MFU = achieved FLOP/s / the matrix-multiply peak measured in the same process and dtype. Achieved FLOPs per
 token: 2N forward + 2N backward (frozen weights: input gradients only), N = parameters of the linear layers a

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 TABLE_KEYS = ("hr@1", "hr@5", "hr@10", "ndcg@10", "mrr")
 
-# The ablations of AMFRec (DESIGN.md section 6), as named config overrides on top of the experiment's
+# The ablations of AMFRec (docs/RESULTS.md, "Ablations"), as named config overrides on top of the experiment's
 # config: `--models amfrec:no_llm` trains the recipe with these settings into the run folder `amfrec-no_llm`.
 # Title-head variants list the candidates in the prompt (~4x longer prompts) and read every LM layer (the
 # title is the LM's own vocabulary); `title` trains 48 steps of 8 windows to fit a CPU budget.
