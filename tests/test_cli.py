@@ -170,3 +170,19 @@ def test_baseline_config_and_set_are_honoured(tiny_prepared: Path, tmp_path: Pat
     assert "hiden" in err and not (tmp_path / "B").exists()
     err = one_line_error(capsys, [*argv, "--out", str(tmp_path / "C"), "--set", "layerz=1"])
     assert "layerz" in err
+
+
+def test_experiment_and_bench_through_main(tiny_atomic_dir: Path, tmp_path: Path, capsys) -> None:
+    from llm_fixtures import make_tiny_backbone_dir
+
+    argv = ["experiment", "--models", "popularity", "--data", str(tiny_atomic_dir), "--seeds", "1,2"]
+    assert main([*argv, "--out", str(tmp_path / "exp")]) == 0
+    out = capsys.readouterr().out
+    assert "| popularity |" in out and (tmp_path / "exp" / "seed2" / "popularity" / "metrics.json").is_file()
+    assert main(["report", "--exp", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "report" / "metrics.png").is_file()
+    tiny = make_tiny_backbone_dir(tmp_path / "lm")
+    argv = ["bench", "--backbone", str(tiny), "--dtypes", "float32", "--seq-len", "8", "--batch-size", "2"]
+    assert main([*argv, "--steps", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "| float32 | answer |" in table and "CPU flags:" in table
