@@ -36,7 +36,7 @@ def left_pad(seq: list[int], max_len: int) -> list[int]:
 
 def cyclic_data(n_items: int = 30, n_users: int = 60, seq_len: int = 16, max_len: int = 5, n_cand: int = 10):
     """Every user walks the item cycle 1 -> 2 -> ... -> n_items -> 1 from a random start: the next
-    item is a deterministic function of the last one. Leave-one-out split as `amfrec data prepare` makes it."""
+    item is a deterministic function of the last one. Leave-one-out split as `amfrec data prepare` does."""
     g = torch.Generator().manual_seed(0)
     items = [ItemInfo("", "")] + [ItemInfo(str(i), f"Item {i}") for i in range(1, n_items + 1)]
     rows: dict[str, list] = {"train": [], "valid": [], "test": []}

@@ -20,8 +20,9 @@ from amfrec.errors import AmfrecError
 from amfrec.features.build import build_features
 from amfrec.llm.checkpoint import load_checkpoint
 from amfrec.llm.sampling import fixed_subset
-from amfrec.runs.amfrec_run import build_model, evaluate_run, load_run, recommend
+from amfrec.runs.amfrec_run import build_model, evaluate_run, load_run
 from amfrec.runs.baseline_run import train_baseline
+from amfrec.runs.ranker import Ranker
 
 pytestmark = pytest.mark.e2e
 
@@ -105,7 +106,7 @@ def test_recommend_shows_gate_weights_and_absent_posters(amfrec_run: Path, prepa
     items = [json.loads(line)["item_id"] for line in (prepared_ml100k / "items.jsonl").open()]
     no_poster = [items[i - 1] for i in range(1, len(items) + 1) if not present[i]][:3]
     with_poster = [items[i - 1] for i in range(1, len(items) + 1) if present[i]][:17]
-    rows = recommend(amfrec_run, history=["50", "172", "181"], candidates=no_poster + with_poster)
+    rows = Ranker.load(amfrec_run).rank(["50", "172", "181"], candidates=no_poster + with_poster)
     assert len(rows) == 20
     scores = [r["score"] for r in rows]
     assert scores == sorted(scores, reverse=True)
@@ -119,7 +120,7 @@ def test_recommend_shows_gate_weights_and_absent_posters(amfrec_run: Path, prepa
 
 
 def test_recommend_ranks_the_catalogue_without_candidates(amfrec_run: Path) -> None:
-    rows = recommend(amfrec_run, history=["50", "172", "181"])
+    rows = Ranker.load(amfrec_run).rank(["50", "172", "181"])
     ids = [r["item_id"] for r in rows]
     assert len(ids) == len(set(ids)) == 1682 - 3 and not {"50", "172", "181"} & set(ids)
     scores = [r["score"] for r in rows]

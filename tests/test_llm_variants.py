@@ -122,7 +122,8 @@ def test_run_folder_mismatches_are_one_line_errors(tiny_prepared: Path, setup, c
     items = [json.loads(line)["item_id"] for line in (tiny_prepared / "items.jsonl").open()]
     assert main(["recommend", "--run", str(run), "--history", ",".join(items[:3]), "--top", "5"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 5 and lines[0].lstrip().startswith("1.") and "id=" in lines[0]
+    assert lines[0].split()[:3] == ["rank", "item", "id"] and len(lines) == 6
+    assert lines[1].lstrip().startswith("1.") and "id=" in lines[1] and "image=" in lines[1]
     backbone_dir = Path(yaml.safe_load(config.read_text())["model"]["backbone"])
     make_tiny_backbone_dir(backbone_dir, seed=1)  # the same path now holds other weights
     capsys.readouterr()  # (the save's own progress output)

@@ -134,12 +134,13 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def cmd_recommend(a: argparse.Namespace) -> None:
-    from amfrec.runs.amfrec_run import recommend
+    from amfrec.runs.ranker import Ranker
 
-    rows = recommend(
-        Path(a.run), history=_csv(a.history), candidates=_csv(a.candidates) if a.candidates else None
+    rows = Ranker.load(Path(a.run)).rank(
+        _csv(a.history), k=a.top, candidates=_csv(a.candidates) if a.candidates else None
     )
-    for rank, row in enumerate(rows[: a.top], 1):
+    print(f"{'rank':>4}  {'item id':>8}  {'score':>9}  title  [gate weights]")
+    for rank, row in enumerate(rows, 1):
         weights = "  ".join(f"{m}={w:.2f}" for m, w in row.get("gate", {}).items())
         print(f"{rank:>3}. {row['item_id']:>8}  {row['score']:9.3f}  {row['title']}  {weights}")
 
@@ -274,10 +275,12 @@ def _add_run_parsers(sub) -> None:
     )
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("recommend", help="rank candidates for a history with a trained AMFRec run")
+    r = sub.add_parser(
+        "recommend", help="top items for a history from any trained run (AMFRec: + gate weights)"
+    )
     r.add_argument("--run", type=Path, required=True)
     r.add_argument("--history", required=True, help="comma-separated item ids, oldest first")
-    r.add_argument("--candidates", default=None, help="comma-separated item ids (default: 19 random + ...)")
+    r.add_argument("--candidates", default=None, help="comma-separated item ids (default: every unseen item)")
     r.add_argument("--top", type=int, default=10)
     r.set_defaults(func=cmd_recommend)
 
