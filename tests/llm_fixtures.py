@@ -119,3 +119,44 @@ def random_features(n_items: int, dims: tuple[tuple[str, int], ...] = (("id", 4)
         values[0] = 0.0
         feats[name] = SimpleNamespace(name=name, values=values, present=present)
     return feats
+
+
+# A test-sized AMFRec recipe: no user token (no SASRec run needed), full (tiny) LM, 2 steps.
+SMALL = {
+    "model.user_token": None,
+    "model.collab_score": False,
+    "model.lm_layers": None,
+    "model.projector": {"hidden": 8, "n_experts": 2},
+    "model.gate": {"hidden": 8},
+    "train.max_steps": 2,
+    "train.warmup_steps": 1,
+    "train.batch_size": 4,
+    "train.eval_every": 2,
+    "train.eval_examples": 4,
+}
+
+
+def make_tiny_amfrec_inputs(prepared: Path, root: Path) -> tuple[Path, Path]:
+    """Inputs of `train_amfrec(prepared, features, config, seed, out, SMALL)`: a feature folder with random id
+    (4-d), text (6-d) and image (5-d) matrices imported the way users import their own, and a config file that
+    names a tiny random Llama saved under `root`. Returns (features, config)."""
+    import json
+
+    import numpy as np
+    import yaml
+
+    from amfrec.features.build import build_features
+
+    ids = [json.loads(line)["item_id"] for line in (prepared / "items.jsonl").open()]
+    (root / "ids.json").write_text(json.dumps(ids))
+    rng = np.random.default_rng(0)
+    specs = {}
+    for name, dim in (("id", 4), ("text", 6), ("image", 5)):
+        np.save(root / f"{name}.npy", rng.standard_normal((len(ids), dim)).astype(np.float32))
+        specs[name] = {"matrix": root / f"{name}.npy", "ids": root / "ids.json"}
+    features = root / "features"
+    build_features(prepared, features, modalities=list(specs), import_specs=specs)
+    backbone = make_tiny_backbone_dir(root / "lm")
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"model": {"backbone": str(backbone), "n_candidates": 20}}))
+    return features, config

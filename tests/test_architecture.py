@@ -16,6 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("baselines",),  # popularity, SASRec, GRU4Rec
     ("llm",),  # the AMFRec model: backbone, prompt, item encoder, head, training loop
     ("runs",),  # application: run folders, experiments, reports, quickstart, bench
+    ("serve",),  # the HTTP API and web page over a run
     ("cli", "__main__"),  # the only reader of argv
 )
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80

@@ -15,7 +15,18 @@ from amfrec.cli import build_parser, main
 from amfrec.errors import AmfrecError
 from amfrec.runs.rundir import load_run_config
 
-COMMANDS = ("data", "features", "train", "evaluate", "recommend", "experiment", "bench", "quickstart")
+COMMANDS = (
+    "data",
+    "features",
+    "train",
+    "evaluate",
+    "recommend",
+    "experiment",
+    "report",
+    "serve",
+    "bench",
+    "quickstart",
+)
 
 
 def test_help_lists_every_command() -> None:

@@ -11,26 +11,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from llm_fixtures import make_tiny_backbone_dir
+from llm_fixtures import SMALL, make_tiny_amfrec_inputs, make_tiny_backbone_dir
 
 from amfrec.errors import AmfrecError
-from amfrec.features.build import build_features
 from amfrec.llm.config import AMFRecConfig
 from amfrec.runs.amfrec_run import evaluate_run, load_run, resolve_config, train_amfrec
 from amfrec.runs.experiment import VARIANTS, parse_model, run_name
-
-SMALL = {
-    "model.user_token": None,
-    "model.collab_score": False,
-    "model.lm_layers": None,
-    "model.projector": {"hidden": 8, "n_experts": 2},
-    "model.gate": {"hidden": 8},
-    "train.max_steps": 2,
-    "train.warmup_steps": 1,
-    "train.batch_size": 4,
-    "train.eval_every": 2,
-    "train.eval_examples": 4,
-}
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -56,18 +42,7 @@ def test_parse_model_and_run_name() -> None:
 def setup(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(features dir with random id/text/image, a config file naming the tiny backbone, a work folder)."""
     root = tmp_path_factory.mktemp("variants")
-    ids = [json.loads(line)["item_id"] for line in (tiny_prepared / "items.jsonl").open()]
-    (root / "ids.json").write_text(json.dumps(ids))
-    rng = np.random.default_rng(0)
-    specs = {}
-    for name, dim in (("id", 4), ("text", 6), ("image", 5)):
-        np.save(root / f"{name}.npy", rng.standard_normal((len(ids), dim)).astype(np.float32))
-        specs[name] = {"matrix": root / f"{name}.npy", "ids": root / "ids.json"}
-    features = root / "features"
-    build_features(tiny_prepared, features, modalities=list(specs), import_specs=specs)
-    backbone = make_tiny_backbone_dir(root / "lm")
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump({"model": {"backbone": str(backbone), "n_candidates": 20}}))
+    features, config = make_tiny_amfrec_inputs(tiny_prepared, root)
     return features, config, root
 
 

@@ -40,15 +40,8 @@ def _overrides(pairs: list[str] | None) -> dict[str, object]:
 def cmd_data_prepare(a: argparse.Namespace) -> None:
     from amfrec.data.prepare import prepare
 
-    m = prepare(
-        a.data,
-        a.out,
-        seed=a.seed,
-        max_len=a.max_len,
-        n_candidates=a.n_candidates,
-        kcore=a.kcore,
-        **({} if a.cold_threshold is None else {"cold_threshold": a.cold_threshold}),
-    )
+    cold = {} if a.cold_threshold is None else {"cold_threshold": a.cold_threshold}
+    m = prepare(a.data, a.out, a.seed, a.max_len, a.n_candidates, a.kcore, **cold)
     c = m["counts"]
     print(
         f"prepared {a.out}: {c['users']} users, {c['items']} items, {c['interactions']} interactions; "
@@ -159,6 +152,12 @@ def cmd_experiment(a: argparse.Namespace) -> None:
         limit=a.limit,
     )
     print(table)
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    from amfrec.serve.app import serve
+
+    serve(Path(a.run), host=a.host, port=a.port, max_queue=a.max_queue)
 
 
 def cmd_report(a: argparse.Namespace) -> None:
@@ -283,6 +282,14 @@ def _add_run_parsers(sub) -> None:
     r.add_argument("--candidates", default=None, help="comma-separated item ids (default: every unseen item)")
     r.add_argument("--top", type=int, default=10)
     r.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser(
+        "serve", help="HTTP API + web page over a trained run (POST /recommend, GET /items, /)"
+    )
+    s.add_argument("--run", type=Path, required=True, help="run folder (AMFRec or a baseline)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-queue", type=int, default=32, help="requests that may wait; the next gets 503")
 
 
 def _add_experiment_parsers(sub) -> None:

@@ -1,0 +1,199 @@
+"""`amfrec serve`: an HTTP API and a small web page over one trained run, the model loaded once.
+
+- POST /recommend -> ranked items (+ the gate's weights per modality for AMFRec), the same ranking as
+  `amfrec recommend` (both go through `amfrec.runs.ranker.Ranker`).
+- GET /items?query=&page=&per_page= (title search), /items/{id}, /posters/{id}, /health, /info; GET / = page.
+- Bad input answers 4xx with {"error", "field"}; never a traceback. Bodies over 64 KiB answer 413 unread.
+- Scoring runs in one worker thread, off the event loop; at most `max_queue` requests wait for it, the next
+  one answers 503 with Retry-After instead of piling up memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from amfrec.errors import AmfrecError
+from amfrec.features.build import default_posters_dir, poster_paths
+from amfrec.runs.ranker import Ranker, UnknownItems
+from amfrec.serve.schemas import (
+    MAX_BODY_BYTES,
+    Item,
+    ItemDetail,
+    ItemPage,
+    RecommendRequest,
+    RecommendResponse,
+)
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def error(status: int, message: str, field: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+
+
+class Gate:
+    """At most `capacity` requests in flight (one scoring at a time, the others waiting); `try_enter`
+    refuses the one after."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.inside, self.lock = capacity, 0, threading.Lock()
+
+    def try_enter(self) -> bool:
+        with self.lock:
+            if self.inside >= self.capacity:
+                return False
+            self.inside += 1
+            return True
+
+    def leave(self) -> None:
+        with self.lock:
+            self.inside -= 1
+
+
+def create_app(ranker: Ranker, max_queue: int = 32) -> FastAPI:
+    """The FastAPI app over a loaded `ranker`; `max_queue` bounds the requests waiting for the model."""
+    app = FastAPI(title="amfrec", version="1", docs_url="/docs", redoc_url=None)
+    gate = Gate(max_queue + 1)
+    _add_error_handlers(app)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return error(413, f"request body over {MAX_BODY_BYTES} bytes", "body")
+        return await call_next(request)
+
+    _add_recommend_route(app, ranker, gate)
+    _add_item_routes(app, ranker)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "in_flight": gate.inside}
+
+    @app.get("/info")
+    async def info():
+        backbone = getattr(getattr(ranker.model, "backbone", None), "identity", None)
+        return {"model": ranker.info["model"], "run": str(ranker.run), "data": str(ranker.data.path),
+                "items": ranker.data.n_items, "backbone": backbone, "metrics": ranker.metrics}  # fmt: skip
+
+    @app.get("/")
+    async def page():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _add_recommend_route(app: FastAPI, ranker: Ranker, gate: Gate) -> None:
+    """POST /recommend: scored in one worker thread (off the event loop), 503 when the gate is full."""
+    worker, data = anyio.CapacityLimiter(1), ranker.data
+
+    @app.post("/recommend", response_model=RecommendResponse)
+    async def recommend(body: RecommendRequest):
+        if not gate.try_enter():
+            return error(503, "busy: too many requests waiting; retry shortly", None, {"Retry-After": "1"})
+        try:
+            history = [str(i) for i in body.history]
+            candidates = [str(i) for i in body.candidates] if body.candidates else None
+
+            def work():
+                rows = ranker.rank(history, body.k, candidates, body.exclude_seen)
+                hist_idx = ranker.indices(history, "history")
+                return rows, hist_idx, ranker.gate_weights(hist_idx) or {}
+
+            rows, hist_idx, gates = await anyio.to_thread.run_sync(work, limiter=worker)
+        finally:
+            gate.leave()
+        hist = [
+            Item(item_id=data.items[i].item_id, title=data.titles[i], gate=gates.get(i)) for i in hist_idx
+        ]
+        return RecommendResponse(model=ranker.info["model"], items=[Item(**r) for r in rows], history=hist)
+
+
+def _add_item_routes(app: FastAPI, ranker: Ranker) -> None:
+    """GET /items (title search, paged), /items/{id}, /posters/{id}."""
+    data = ranker.data
+    posters_dir = default_posters_dir(data)
+    ids = [it.item_id for it in data.items[1:]]
+    posters = dict(zip(ids, poster_paths(posters_dir, ids), strict=True)) if posters_dir else {}
+
+    def detail(index: int) -> ItemDetail:
+        it = data.items[index]
+        return ItemDetail(
+            item_id=it.item_id,
+            title=it.title,
+            year=it.year,
+            genres=list(it.genres),
+            modalities=ranker.modalities_present(index),
+            poster_url=f"/posters/{it.item_id}" if posters.get(it.item_id) else None,
+        )
+
+    @app.get("/items", response_model=ItemPage)
+    async def items(
+        query: str = Query("", max_length=200),
+        page: int = Query(1, ge=1, le=10_000),
+        per_page: int = Query(20, ge=1, le=100),
+    ):
+        words = query.lower().split()
+        hits = [k for k in range(1, data.n_items + 1) if all(w in data.titles[k].lower() for w in words)]
+        start = (page - 1) * per_page
+        found = [detail(k) for k in hits[start : start + per_page]]
+        return ItemPage(query=query, page=page, per_page=per_page, total=len(hits), items=found)
+
+    @app.get("/items/{item_id}", response_model=ItemDetail)
+    async def item(item_id: str):
+        return detail(ranker.indices([item_id], "item_id")[0])
+
+    @app.get("/posters/{item_id}")
+    async def poster(item_id: str):
+        path = posters.get(item_id)
+        if path is None:
+            return error(404, f"no poster for item {item_id!r}", "item_id")
+        return FileResponse(path)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON {"error", "field"}: 422 for invalid fields, the HTTP status otherwise."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        return error(422, first.get("msg", "invalid request"), ".".join(loc) or "body")
+
+    @app.exception_handler(UnknownItems)
+    async def unknown(request: Request, exc: UnknownItems):
+        return error(422 if exc.field != "item_id" else 404, str(exc), exc.field)
+
+    @app.exception_handler(AmfrecError)
+    async def bad_input(request: Request, exc: AmfrecError):
+        field = str(exc).split(":", 1)[0] if ":" in str(exc) else None
+        return error(422, str(exc), field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return error(exc.status_code, str(exc.detail), None)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception):  # a bug, not the client's: logged, no traceback out
+        log.exception("internal error on %s", request.url.path)
+        return error(500, "internal error (logged on the server)", None)
+
+
+def serve(run: Path, host: str = "127.0.0.1", port: int = 8000, max_queue: int = 32) -> None:
+    """Load the run once and serve it with uvicorn until interrupted."""
+    import uvicorn
+
+    ranker = Ranker.load(run)
+    log.info("serving %s (%s) on http://%s:%d", run, ranker.info["model"], host, port)
+    uvicorn.run(create_app(ranker, max_queue=max_queue), host=host, port=port, log_level="warning")
