@@ -168,7 +168,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        # the field's path, without the request part and pydantic's union-branch tags ("str", "int")
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "str", "int")]
         return error(422, first.get("msg", "invalid request"), ".".join(loc) or "body")
 
     @app.exception_handler(UnknownItems)
