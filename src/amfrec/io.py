@@ -107,6 +107,20 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
     write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
 
 
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's contents; a missing file or bytes that are not UTF-8 raise AmfrecError naming it."""
+    from amfrec.errors import AmfrecError
+
+    path = Path(path)
+    if not path.is_file():
+        raise AmfrecError(f"{path}: file not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise AmfrecError(f"{path}:{line}: not UTF-8 text (byte {e.start})") from None
+
+
 def read_json(path: str | Path) -> Any:
     """Read a JSON file; a missing or malformed file raises AmfrecError naming it."""
     from amfrec.errors import AmfrecError
@@ -115,7 +129,7 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise AmfrecError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise AmfrecError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
 
@@ -133,7 +147,7 @@ def read_yaml_mapping(path: str | Path) -> dict:
     if not path.is_file():
         raise AmfrecError(f"{path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

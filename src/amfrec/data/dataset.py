@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from amfrec.errors import AmfrecError
-from amfrec.io import read_json
+from amfrec.io import read_json, read_text
 
 # A valid/test example is "cold" when its target has at most this many training interactions (the slice
 # where text and images should matter most); prepared data may set its own (manifest "cold_threshold").
@@ -140,12 +140,11 @@ def _index(items: list[ItemInfo]) -> dict[str, int]:
 def _read_jsonl(path: Path):
     if not path.is_file():
         raise AmfrecError(f"{path}: file not found (run `amfrec data prepare` first)")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AmfrecError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AmfrecError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
 
 
 def _require(row: object, fields: tuple[str, ...], path: Path, lineno: int) -> None:

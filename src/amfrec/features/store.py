@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from numpy.lib.format import open_memmap
 
 import amfrec
 from amfrec.errors import AmfrecError
-from amfrec.io import atomic_path, read_json, write_json
+from amfrec.io import atomic_path, read_json, read_text, write_json
 
 if TYPE_CHECKING:
     from amfrec.data.dataset import PreparedData
@@ -92,9 +93,12 @@ def _load_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise AmfrecError(f"{path}: feature file not found")
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as e:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
         raise AmfrecError(f"{path}: not a readable .npy file ({e})") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive (np.load's other answer)
+        raise AmfrecError(f"{path}: an .npz archive, expected one .npy array")
+    return arr
 
 
 def check_values(path: Path, arr: np.ndarray, n_rows: int, dim: int | None) -> None:
@@ -229,7 +233,7 @@ def read_ids(ids: str | Path | list | np.ndarray) -> list[str]:
         if not isinstance(obj, list):
             raise AmfrecError(f"{path}: expected a JSON list of item ids")
         return [str(x) for x in obj]
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def import_npy(

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from amfrec.errors import AmfrecError
-from amfrec.io import read_yaml_mapping
+from amfrec.io import read_text, read_yaml_mapping
 from amfrec.llm.options import (  # noqa: F401 - re-exported: the config's vocabulary
     DEFAULT_TEMPLATE,
     ITEM_TOKEN_TEMPLATE,
@@ -336,7 +336,7 @@ class AMFRecConfig:
                 raw = read_yaml_mapping(path)
             except AmfrecError as e:
                 raise ConfigError(str(e)) from None
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path)
         try:
             raw = apply_overrides(raw, overrides or {})
             return cls.from_dict(raw)
