@@ -108,7 +108,7 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 
 def read_text(path: str | Path) -> str:
-    """A UTF-8 text file's contents; a missing file or bytes that are not UTF-8 raise AmfrecError naming it."""
+    """A UTF-8 text file's contents; a missing file or non-UTF-8 bytes raise AmfrecError naming it."""
     from amfrec.errors import AmfrecError
 
     path = Path(path)
