@@ -290,6 +290,7 @@ def _add_run_parsers(sub) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-queue", type=int, default=32, help="requests that may wait; the next gets 503")
+    s.set_defaults(func=cmd_serve)
 
 
 def _add_experiment_parsers(sub) -> None:
