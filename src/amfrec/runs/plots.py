@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only, never a window
 
@@ -42,7 +43,8 @@ def plot_metrics(groups: dict[str, list[RunRecord]], path: Path) -> bool:
         ax.bar(
             xs, [s[0] for s in stats], width, yerr=[s[1] for s in stats], capsize=3, label=key, color=color
         )
-    ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
+    labels = [f"{m}\n({len(groups[m])} seed{'s' if len(groups[m]) > 1 else ''})" for m in models]
+    ax.set_xticks(range(len(models)), labels, rotation=30, ha="right")
     ax.set_ylabel("test metric (mean over seeds)")
     ax.set_ylim(0, 1)
     n = groups[models[0]][0].test["n"]
@@ -83,35 +85,42 @@ def plot_valid_curves(groups: dict[str, list[RunRecord]], path: Path) -> bool:
     return True
 
 
+COLORS = {"id": "#4c72b0", "text": "#dd8452", "image": "#55a868"}  # the web page's colours too
+
+
 def plot_gate_weights(groups: dict[str, list[RunRecord]], path: Path) -> bool:
-    """Box plots of each modality's weight per item: all items (left), items without an image (right)."""
+    """Box plots of each modality's weight per item, grouped by model (one colour per modality): all items
+    (left), items without an image (right)."""
     gated = {m: [r.gate for r in runs if r.gate] for m, runs in groups.items()}
     gated = {m: g for m, g in gated.items() if g and g[0].get("fusion") == "gated"}
     if not gated:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    mods = list(dict.fromkeys(mod for gates in gated.values() for mod in gates[0]["modalities"]))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(gated) * 2), 4.4), sharey=True)
     for ax, no_image in zip(axes, (False, True), strict=True):
-        data, labels = [], []
-        for model, gates in gated.items():
-            mods = gates[0]["modalities"]
-            img = mods.index("image") if "image" in mods else None
-            for k, mod in enumerate(mods):
-                values = [
-                    w[k]
-                    for g in gates
-                    for w, p in zip(g["weights"], g["present"], strict=True)
-                    if not no_image or (img is not None and not p[img])
-                ]
-                if values:
-                    data.append(values)
-                    labels.append(mod if len(gated) == 1 else f"{model}\n{mod}")
-        if data:
-            ax.boxplot(data, tick_labels=labels, showmeans=True)
+        for g, gates in enumerate(gated.values()):
+            names = gates[0]["modalities"]
+            img = names.index("image") if "image" in names else None
+            rows = [w for gate in gates for w, p in zip(gate["weights"], gate["present"], strict=True)
+                    if not no_image or (img is not None and not p[img])]  # fmt: skip
+            for k, mod in enumerate(names):
+                values = [w[k] for w in rows]
+                if not values:
+                    continue
+                x = g * (len(mods) + 1) + mods.index(mod)
+                color = COLORS.get(mod, "#999999")
+                box = ax.boxplot([values], positions=[x], widths=0.7, patch_artist=True, showmeans=True)
+                box["boxes"][0].set_facecolor(color)
+                jitter = np.random.default_rng(k).uniform(-0.3, 0.3, len(values))  # every item as a dot
+                ax.scatter(x + jitter, values, s=4, color=color, alpha=0.25, zorder=3)
+        centers = [g * (len(mods) + 1) + (len(mods) - 1) / 2 for g in range(len(gated))]
+        ax.set_xticks(centers, list(gated))
         ax.set_title("all items" if not no_image else "items without an image (poster)")
-        ax.set_xlabel("modality")
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("gate weight per item (pooled over seeds)")
-    fig.suptitle(f"Modality gate weights ({', '.join(gated)}; triangle: mean)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS.get(m, "#999999")) for m in mods]
+    axes[1].legend(handles, mods, title="modality", loc="center right")
+    fig.suptitle("Modality gate weights per item (box: quartiles; triangle: mean)")
     _save(fig, path)
     return True
 
