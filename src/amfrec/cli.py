@@ -102,8 +102,9 @@ def cmd_train(a: argparse.Namespace) -> None:
         result = train_baseline(
             a.model, Path(a.data), a.seed, Path(a.out), _overrides(a.set), limit=a.limit, config=a.config
         )
-    print(_metrics_line(result["test"]))
-    print(f"run directory: {a.out}")
+    if result["test"] is not None:  # (None on the other ranks under torchrun)
+        print(_metrics_line(result["test"]))
+        print(f"run directory: {a.out}")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:

@@ -30,11 +30,12 @@ def usable_cores() -> int:
 
 
 def use_all_cores() -> int:
-    """Set torch's intra-op threads to the usable cores (never more); return the count.
+    """Set torch's intra-op threads to the usable cores (never more; under torchrun, shared evenly by the
+    processes of this machine); return the count.
 
     Called once by the command line at start-up: the library itself never changes the global setting.
     """
-    n = usable_cores()
+    n = max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

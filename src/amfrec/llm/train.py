@@ -38,10 +38,12 @@ from amfrec.llm.checkpoint import (
     save_checkpoint,
 )
 from amfrec.llm.config import AMFRecConfig, TrainConfig
+from amfrec.llm.distributed import Ranks, agree, average_gradients, barrier, from_env, shard
 from amfrec.llm.sampling import TrainBatches, fixed_subset
 
 log = logging.getLogger(__name__)
 LOOP_FORMAT = "amfrec-train-state/1"
+SINGLE = Ranks()  # one process
 
 
 # ------------------------------------------------------------------------------------------------ schedule
@@ -87,7 +89,10 @@ def train(
     evaluate_fn(model, split) -> metrics dict holding cfg.select_metric (higher = better); it is called on a
     fixed random subset of data.valid (cfg.eval_examples) every cfg.eval_every steps and after the last step.
     resume: continue from out/last (or out/checkpoint): weights, optimizer, step, best metric, patience.
+    Under torchrun (`amfrec.llm.distributed`) every rank trains on its slice of each global batch with
+    averaged gradients; only rank 0 validates and writes.
     """
+    ranks = from_env()
     full_cfg = cfg if isinstance(cfg, AMFRecConfig) else None
     tcfg = cfg.train if isinstance(cfg, AMFRecConfig) else cfg
     out = Path(out)
@@ -104,8 +109,9 @@ def train(
                                                    "bad_evals": 0, "evals": []}  # fmt: skip
 
     def save(name: str) -> None:
-        snapshot = {"optimizer": opt.state_dict(), "train": st, "format": LOOP_FORMAT}
-        save_checkpoint(model, full_cfg, out / name, snapshot)
+        if ranks.is_main:
+            snapshot = {"optimizer": opt.state_dict(), "train": st, "format": LOOP_FORMAT}
+            save_checkpoint(model, full_cfg, out / name, snapshot)
 
     if tcfg.max_steps == 0 and not resume:  # no training (zero-shot): the initial adapter is the model
         save(CHECKPOINT_DIR)
@@ -115,18 +121,21 @@ def train(
     )
     model.train()
     t0, counts, losses, stopped_early = time.perf_counter(), {"examples": 0, "tokens": 0}, [], False
-    bar = tqdm(total=tcfg.max_steps, initial=st["step"], desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=tcfg.max_steps, initial=st["step"], desc="train", unit="step", dynamic_ncols=True,
+               disable=not ranks.is_main)  # fmt: skip
     while st["step"] < tcfg.max_steps:
-        loss, lr, grad_norm = _train_step(model, opt, params, batches, st["step"], tcfg, counts)
+        loss, lr, grad_norm = _train_step(model, opt, params, batches, st["step"], tcfg, counts, ranks)
         st["step"] += 1
         losses.append(loss)
         _show_progress(bar, loss, lr, grad_norm, counts, time.perf_counter() - t0)
-        due = st["step"] % tcfg.eval_every == 0 or st["step"] == tcfg.max_steps
-        if due and _validate(model, evaluate_fn, valid_split, tcfg, st, loss, save):
-            stopped_early = True
-            break
+        if st["step"] % tcfg.eval_every == 0 or st["step"] == tcfg.max_steps:
+            stop = ranks.is_main and _validate(model, evaluate_fn, valid_split, tcfg, st, loss, save)
+            if agree(ranks, stop):
+                stopped_early = True
+                break
     bar.close()
     wall = time.perf_counter() - t0
+    barrier(ranks)  # rank 0's last checkpoint is on disk before anyone reads it
     if (out / CHECKPOINT_DIR / TRAINABLE_FILE).is_file():
         weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
         model.adapter.load_state_dict(weights, strict=True)
@@ -168,15 +177,18 @@ def _train_step(
     step: int,
     tcfg: TrainConfig,
     counts: dict[str, int],
+    ranks: Ranks | None = None,
 ) -> tuple[float, float, float]:
-    """One optimiser step over `grad_accum` micro-batches -> (mean loss, lr, grad norm before clipping)."""
+    """One optimiser step over `grad_accum` micro-batches -> (mean loss, lr, grad norm before clipping).
+
+    With several ranks each reads its slice of every micro-batch and the gradients are averaged."""
     lr = lr_at(step, tcfg)
     for group in opt.param_groups:
         group["lr"] = lr
     device = params[0].device
     loss_sum = 0.0
     for micro in range(tcfg.grad_accum):
-        history, cands, target = batches[step * tcfg.grad_accum + micro]
+        history, cands, target = shard(ranks or SINGLE, *batches[step * tcfg.grad_accum + micro])
         output = model(history.to(device), cands.to(device), target.to(device))
         if not torch.isfinite(output.loss):
             raise FloatingPointError(f"training loss is {output.loss.item()} at step {step}")
@@ -184,6 +196,7 @@ def _train_step(
         loss_sum += output.loss.item()
         counts["examples"] += target.shape[0]
         counts["tokens"] += int(getattr(output, "n_tokens", 0) or 0)
+    average_gradients(ranks or SINGLE, params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.clip if tcfg.clip > 0 else float("inf"))
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -24,6 +24,7 @@ from amfrec.llm.backbone import load_backbone
 from amfrec.llm.checkpoint import CHECKPOINT_DIR, load_checkpoint
 from amfrec.llm.collab import collab_run_from_features, load_collaborative
 from amfrec.llm.config import AMFRecConfig
+from amfrec.llm.distributed import from_env
 from amfrec.llm.model import AMFRecModel, build_amfrec
 from amfrec.llm.train import train
 from amfrec.metrics import generation_metrics
@@ -92,6 +93,8 @@ def train_amfrec(
     """Train AMFRec, test the best checkpoint on the fixed candidates, write the run directory `out`.
 
     limit: evaluate valid/test on their first `limit` examples only (None = all).
+    Under torchrun every rank trains its slice of each global batch; only rank 0 evaluates and writes (the
+    other ranks return "test": None).
     name: the model name in the metrics files (default "amfrec", or "amfrec-no_llm" for the control).
     Returns {"test": record, "valid": record, "info": training summary, "out": out}.
     """
@@ -106,6 +109,9 @@ def train_amfrec(
             f"{data.valid.candidates.shape[1]} candidates per example"
         )
     name = name or ("amfrec-no_llm" if cfg.model.no_llm else "amfrec")
+    if not from_env().is_main:  # under torchrun: the other ranks train their slices; rank 0 writes
+        info = train(build_model(cfg, data, features_dir), data, cfg, out, lambda m, s: {}, resume=resume)
+        return {"test": None, "valid": None, "info": info, "out": out}
     out.mkdir(parents=True, exist_ok=True)
     with run_log(out):
         model = build_model(cfg, data, features_dir)

@@ -1,0 +1,86 @@
+"""Data-parallel training under torchrun: every rank holds the whole (frozen) backbone and the adapter,
+reads its slice of each global batch, and the adapter's gradients are averaged across ranks before the
+identical optimiser step on every rank (what DistributedDataParallel does; it is done here by hand because
+the adapter is not called through one `forward` that DDP could wrap: the model reads its item table, user
+projector and head at several places). Only rank 0 validates and writes files.
+
+`train.batch_size` stays the global batch: with W ranks each reads batch_size / W rows, so a W-process run
+takes the same steps as one process (equal to float rounding). Backend: gloo on CPU, nccl on CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_env() -> Ranks:
+    """The process group torchrun describes in the environment (joined on the first call); one process
+    without torchrun. The backend is nccl where CUDA is available, else gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        log.info("rank %d of %d joined (%s)", dist.get_rank(), world, backend)
+    return Ranks(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def shard(ranks: Ranks, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """This rank's contiguous slice of each (B, ...) tensor; B must divide by the world size."""
+    if ranks.world == 1:
+        return tensors
+    b = tensors[0].shape[0]
+    if b % ranks.world:
+        raise ValueError(f"train.batch_size {b} is not divisible by the {ranks.world} processes")
+    part = b // ranks.world
+    return tuple(t[ranks.rank * part : (ranks.rank + 1) * part] for t in tensors)
+
+
+def average_gradients(ranks: Ranks, params: list[nn.Parameter]) -> None:
+    """Replace every gradient by its mean over the ranks (one flattened all-reduce)."""
+    if ranks.world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= ranks.world
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+
+
+def agree(ranks: Ranks, flag: bool) -> bool:
+    """Rank 0's flag on every rank (e.g. "stop early"), after the others have waited for it."""
+    if ranks.world == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0])
+    dist.broadcast(value, src=0)
+    return bool(value.item())
+
+
+def barrier(ranks: Ranks) -> None:
+    if ranks.world > 1:
+        dist.barrier()

@@ -1,0 +1,60 @@
+"""torchrun with 2 CPU processes (gloo) on a tiny real AMFRec: after a few steps the trainable weights equal
+those of one process with the same global batch and seed (to 1e-5), and only rank 0 wrote files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from llm_fixtures import SMALL, make_tiny_amfrec_inputs
+from safetensors.torch import load_file
+
+SETTINGS = {**SMALL, "train.max_steps": 6, "train.batch_size": 4, "train.eval_every": 3, "train.patience": 0}
+
+
+def command(prepared: Path, features: Path, config: Path, out: Path) -> list[str]:
+    argv = ["-m", "amfrec.cli", "train", "--model", "amfrec", "--data", str(prepared), "--features",
+            str(features), "--config", str(config), "--seed", "5", "--out", str(out),
+            "--limit", "4"]  # fmt: skip
+    for key, value in SETTINGS.items():
+        argv += ["--set", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"]
+    return argv
+
+
+def test_two_processes_equal_one(tiny_prepared: Path, tmp_path: Path) -> None:
+    features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, *command(tiny_prepared, features, config, one)], check=True, env=env,
+                   timeout=600)  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run([*torchrun, *command(tiny_prepared, features, config, two)], env=env, timeout=600,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run directory:") == 1  # only rank 0 reports
+    for name in ("checkpoint", "last"):
+        a = load_file(one / name / "trainable.safetensors")
+        b = load_file(two / name / "trainable.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=f"{name}/{key}")
+    # only rank 0 wrote: the same files as the single process, no leftovers, one log line per validation
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*"))  # noqa: E731
+    assert files(two) == files(one)
+    log = (two / "train.log").read_text()
+    assert log.count("step 3: valid") == 1 and log.count("step 6: valid") == 1
+
+
+@pytest.mark.parametrize("batch, world", [(5, 2)])
+def test_a_global_batch_that_does_not_split_is_refused(batch: int, world: int) -> None:
+    from amfrec.llm.distributed import Ranks, shard
+
+    with pytest.raises(ValueError, match="batch_size 5 is not divisible by the 2 processes"):
+        shard(Ranks(rank=0, world=world), torch.zeros(batch, 3))
+    first, second = (shard(Ranks(rank=r, world=2), torch.arange(8))[0] for r in (0, 1))
+    assert first.tolist() == [0, 1, 2, 3] and second.tolist() == [4, 5, 6, 7]
