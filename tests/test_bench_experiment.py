@@ -63,3 +63,19 @@ def test_format_table_mean_and_std() -> None:
                   {"hr@1": 0.4, "hr@5": 0.5, "hr@10": 0.9, "ndcg@10": 0.6, "mrr": 0.5, "n": 10}]}  # fmt: skip
     row = format_table(runs, [1, 2]).splitlines()[-1]
     assert row.startswith("| m | 0.3000 ± 0.1414 | 0.5000 ± 0.0000 | 0.8000 ± 0.1414")
+
+
+def test_ddp_bench_table_on_tiny_backbone(tmp_path: Path) -> None:
+    from amfrec.runs.bench_ddp import run_ddp_bench
+
+    path = make_tiny_backbone_dir(tmp_path / "tiny")
+    table = run_ddp_bench(2, str(path), "float32", seq_len=8, batch_size=4, answer_len=2, steps=2, grad_mb=1)
+    rows = [
+        line.split("|") for line in table.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")
+    ]
+    assert [r[1].strip() for r in rows] == ["1", "2"]
+    one, two = (float(r[2]) for r in rows)
+    assert one > 0 and two > 0
+    assert float(rows[1][3]) == pytest.approx(two / one, rel=0.05)  # speed-up = the ratio of the (rounded) rates
+    with pytest.raises(ValueError, match="must divide"):
+        run_ddp_bench(2, str(path), "float32", batch_size=3)

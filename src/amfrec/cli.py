@@ -169,6 +169,12 @@ def cmd_report(a: argparse.Namespace) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
+    if a.ddp:
+        from amfrec.runs.bench_ddp import run_ddp_bench
+
+        dtype = _csv(a.dtypes)[0] if a.dtypes else "auto"
+        print(run_ddp_bench(a.ddp, a.backbone, dtype, a.seq_len, a.batch_size, a.answer_len, a.steps))
+        return
     from amfrec.runs.bench import run_bench
 
     print(
@@ -333,6 +339,7 @@ def _add_tool_parsers(sub) -> None:
     b.add_argument("--batch-size", type=int, default=4)
     b.add_argument("--answer-len", type=int, default=8, help="positions whose logits are computed")
     b.add_argument("--steps", type=int, default=5)
+    b.add_argument("--ddp", type=int, default=0, help="N: also N data-parallel processes -> scaling table")
     b.set_defaults(func=cmd_bench)
 
     q = sub.add_parser("quickstart", help="the whole pipeline on ml-100k, sized for a laptop CPU")
