@@ -76,6 +76,6 @@ def test_ddp_bench_table_on_tiny_backbone(tmp_path: Path) -> None:
     assert [r[1].strip() for r in rows] == ["1", "2"]
     one, two = (float(r[2]) for r in rows)
     assert one > 0 and two > 0
-    assert float(rows[1][3]) == pytest.approx(two / one, rel=0.05)  # speed-up = the ratio of the (rounded) rates
+    assert float(rows[1][3]) == pytest.approx(two / one, rel=0.05)  # the ratio of the rounded rates
     with pytest.raises(ValueError, match="must divide"):
         run_ddp_bench(2, str(path), "float32", batch_size=3)
