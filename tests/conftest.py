@@ -115,3 +115,16 @@ def make_tiny_bert(d: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_amfrec_run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained run folder of the real AMFRec on a tiny random Llama and random features (2 steps)."""
+    from llm_fixtures import SMALL, make_tiny_amfrec_inputs
+
+    from amfrec.runs.amfrec_run import train_amfrec
+
+    root = tmp_path_factory.mktemp("tiny-amfrec-run")
+    features, config = make_tiny_amfrec_inputs(tiny_prepared, root)
+    train_amfrec(tiny_prepared, features, config, 1, root / "run", SMALL, limit=4)
+    return root / "run"

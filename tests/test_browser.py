@@ -8,10 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from llm_fixtures import SMALL, make_tiny_amfrec_inputs
 from server import running_server
-
-from amfrec.runs.amfrec_run import train_amfrec
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -22,16 +19,8 @@ if CHROMIUM is None:
     pytest.skip("no Chromium on this machine (apt-get install chromium)", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("browser")
-    features, config = make_tiny_amfrec_inputs(tiny_prepared, root)
-    train_amfrec(tiny_prepared, features, config, 1, root / "run", SMALL, limit=4)
-    return root / "run"
-
-
-def test_pick_movies_and_get_ten_recommendations(tiny_run: Path, tmp_path: Path) -> None:
-    with running_server(tiny_run) as url, sync_api.sync_playwright() as pw:
+def test_pick_movies_and_get_ten_recommendations(tiny_amfrec_run: Path, tmp_path: Path) -> None:
+    with running_server(tiny_amfrec_run) as url, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         failed: list[str] = []

@@ -7,28 +7,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from llm_fixtures import SMALL, make_tiny_amfrec_inputs
 from server import running_server
 
-from amfrec.runs.amfrec_run import train_amfrec
 from amfrec.serve.load import load_test
 
 CLIENTS, REQUESTS = 8, 20
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("load")
-    features, config = make_tiny_amfrec_inputs(tiny_prepared, root)
-    train_amfrec(tiny_prepared, features, config, 1, root / "run", SMALL, limit=4)
-    return root / "run"
-
-
-def test_concurrent_clients_get_every_answer(tiny_run: Path, tiny_prepared: Path) -> None:
+def test_concurrent_clients_get_every_answer(tiny_amfrec_run: Path, tiny_prepared: Path) -> None:
     ids = [json.loads(line)["item_id"] for line in (tiny_prepared / "items.jsonl").open()]
     histories = [ids[i : i + 3] for i in range(10)]
-    with running_server(tiny_run, max_queue=CLIENTS) as url:
+    with running_server(tiny_amfrec_run, max_queue=CLIENTS) as url:
         result = load_test(url, histories, clients=CLIENTS, requests=REQUESTS)
     print(f"\nload: {CLIENTS} clients x {REQUESTS} requests: {result['requests_per_s']:.1f} requests/s, "
           f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")  # fmt: skip

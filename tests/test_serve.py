@@ -9,25 +9,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from llm_fixtures import SMALL, make_tiny_amfrec_inputs
 
-from amfrec.runs.amfrec_run import train_amfrec
 from amfrec.runs.baseline_run import train_baseline
 from amfrec.runs.ranker import Ranker
 from amfrec.serve.app import create_app
 
 
 @pytest.fixture(scope="module")
-def amfrec_run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    features, config = make_tiny_amfrec_inputs(tiny_prepared, root)
-    train_amfrec(tiny_prepared, features, config, 1, root / "run", SMALL, limit=4)
-    return root / "run"
-
-
-@pytest.fixture(scope="module")
-def ranker(amfrec_run: Path) -> Ranker:
-    return Ranker.load(amfrec_run)
+def ranker(tiny_amfrec_run: Path) -> Ranker:
+    return Ranker.load(tiny_amfrec_run)
 
 
 @pytest.fixture(scope="module")
