@@ -41,7 +41,7 @@ def error(status: int, message: str, field: str | None = None, headers: dict | N
     return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
 
 
-class Gate:
+class Admission:
     """At most `capacity` requests in flight (one scoring at a time, the others waiting); `try_enter`
     refuses the one after."""
 
@@ -63,7 +63,7 @@ class Gate:
 def create_app(ranker: Ranker, max_queue: int = 32) -> FastAPI:
     """The FastAPI app over a loaded `ranker`; `max_queue` bounds the requests waiting for the model."""
     app = FastAPI(title="amfrec", version="1", docs_url="/docs", redoc_url=None)
-    gate = Gate(max_queue + 1)
+    admission = Admission(max_queue + 1)
     _add_error_handlers(app)
 
     @app.middleware("http")
@@ -73,12 +73,12 @@ def create_app(ranker: Ranker, max_queue: int = 32) -> FastAPI:
             return error(413, f"request body over {MAX_BODY_BYTES} bytes", "body")
         return await call_next(request)
 
-    _add_recommend_route(app, ranker, gate)
+    _add_recommend_route(app, ranker, admission)
     _add_item_routes(app, ranker)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "in_flight": gate.inside}
+        return {"status": "ok", "in_flight": admission.inside}
 
     @app.get("/info")
     async def info():
@@ -94,13 +94,13 @@ def create_app(ranker: Ranker, max_queue: int = 32) -> FastAPI:
     return app
 
 
-def _add_recommend_route(app: FastAPI, ranker: Ranker, gate: Gate) -> None:
-    """POST /recommend: scored in one worker thread (off the event loop), 503 when the gate is full."""
+def _add_recommend_route(app: FastAPI, ranker: Ranker, admission: Admission) -> None:
+    """POST /recommend: scored in one worker thread (off the event loop), 503 when admission is full."""
     worker, data = anyio.CapacityLimiter(1), ranker.data
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest):
-        if not gate.try_enter():
+        if not admission.try_enter():
             return error(503, "busy: too many requests waiting; retry shortly", None, {"Retry-After": "1"})
         try:
             history = [str(i) for i in body.history]
@@ -113,7 +113,7 @@ def _add_recommend_route(app: FastAPI, ranker: Ranker, gate: Gate) -> None:
 
             rows, hist_idx, gates = await anyio.to_thread.run_sync(work, limiter=worker)
         finally:
-            gate.leave()
+            admission.leave()
         hist = [
             Item(item_id=data.items[i].item_id, title=data.titles[i], gate=gates.get(i)) for i in hist_idx
         ]
