@@ -8,6 +8,7 @@ collaborative net's user representation (also the input of the optional ``<|user
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -357,3 +358,36 @@ def test_query_head_starts_as_the_identity_and_learns(backbone: Backbone) -> Non
     with torch.no_grad():
         headed.adapter.query.weight.mul_(-1.0)  # W = -I: every cosine flips sign
     torch.testing.assert_close(headed.score(HISTORY, CANDIDATES), -plain.score(HISTORY, CANDIDATES))
+
+
+def test_gradient_checkpointing_recomputes_layers_and_changes_nothing(tmp_path) -> None:
+    """The same loss and adapter gradients with checkpointing; each layer runs twice per step (forward, then
+    again in the backward pass) instead of once."""
+    cfg = ModelConfig(modalities=["id", "text"], projector=ProjectorConfig(hidden=8),
+                      gate=GateConfig(hidden=8), user_token=None, collab_score=False)  # fmt: skip
+    path = make_tiny_backbone_dir(tmp_path / "lm")
+    results = []
+    for checkpointing in (False, True):
+        bb = load_backbone(str(path), device="cpu")
+        calls: list[int] = []
+        for layer in bb.model.base_model.layers:  # count every run of a layer's own forward
+
+            def counted(*args, _inner=layer.forward, _calls=calls, **kwargs):
+                _calls.append(1)
+                return _inner(*args, **kwargs)
+
+            layer.forward = counted
+        torch.manual_seed(0)
+        cfg_k = dataclasses.replace(cfg, gradient_checkpointing=checkpointing)
+        model = build_amfrec(cfg_k, features(), TITLES, backbone=bb)
+        out = model(HISTORY, CANDIDATES, TARGET)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.adapter.named_parameters() if p.grad is not None}
+        results.append((out.loss.detach(), grads, len(calls) / len(bb.model.base_model.layers)))
+        assert all(p.grad is None for p in bb.model.parameters())
+    (loss0, grads0, runs0), (loss1, grads1, runs1) = results
+    assert (runs0, runs1) == (1, 2)
+    torch.testing.assert_close(loss1, loss0, rtol=0, atol=1e-6)
+    assert grads0.keys() == grads1.keys()
+    for name in grads0:
+        torch.testing.assert_close(grads1[name], grads0[name], rtol=1e-5, atol=1e-6)

@@ -236,6 +236,34 @@ def _finish(model: nn.Module, tokenizer, identity: dict, device: str) -> Backbon
     )
 
 
+def decoder_layers(backbone: Backbone) -> nn.ModuleList:
+    """The decoder's layer list (Llama, Qwen2, Mistral, ...); AmfrecError for a model without one."""
+    layers = getattr(backbone.model.base_model, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise AmfrecError(f"backbone {backbone.identity['name']!r}: no decoder layer list (model.layers)")
+    return layers
+
+
+def checkpoint_layers(backbone: Backbone) -> None:
+    """Gradient checkpointing of the frozen decoder (in place): while gradients are recorded, each layer keeps
+    only its input and recomputes its activations in the backward pass — memory for long prompts at about
+    one more forward of compute. The weights, the outputs and the gradients stay exactly the same."""
+    from torch.utils.checkpoint import checkpoint
+
+    for layer in decoder_layers(backbone):
+        if getattr(layer, "_amfrec_checkpointed", False):
+            continue
+        inner = layer.forward
+
+        def forward(*args, _inner=inner, **kwargs):
+            if torch.is_grad_enabled():
+                return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+            return _inner(*args, **kwargs)
+
+        layer.forward, layer._amfrec_checkpointed = forward, True
+    backbone.identity["gradient_checkpointing"] = True
+
+
 def truncate_layers(backbone: Backbone, n_layers: int | None) -> None:
     """Keep only the first ``n_layers`` decoder layers of the backbone (in place; None = keep all).
 
@@ -244,10 +272,7 @@ def truncate_layers(backbone: Backbone, n_layers: int | None) -> None:
     """
     if n_layers is None:
         return
-    decoder = backbone.model.base_model
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise AmfrecError(f"backbone {backbone.identity['name']!r}: no decoder layer list to truncate")
+    decoder, layers = backbone.model.base_model, decoder_layers(backbone)
     if n_layers > len(layers):
         raise AmfrecError(f"model.lm_layers: {n_layers} exceeds the backbone's {len(layers)} layers")
     decoder.layers = layers[:n_layers]

@@ -115,6 +115,9 @@ class ModelConfig:
     # item_token: a trainable d x d map (identity at start) on the answer-position state before the cosine,
     # so the frozen LM's state can be read into the item space; false = the raw state (the LM's own logits).
     query_head: bool = False
+    # Recompute the frozen decoder's activations in the backward pass instead of keeping them: less memory for
+    # long prompts or big backbones, about one more forward of compute; results unchanged.
+    gradient_checkpointing: bool = False
     # Initial value of the learned scale of the cosine scores (the softmax temperature's inverse).
     score_scale: float = 10.0
     # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).
@@ -170,7 +173,8 @@ class ModelConfig:
         self.answer = coerce_enum(AnswerHead, self.answer, "model.answer")
         if self.user_token is not None:
             self.user_token = coerce_enum(UserToken, self.user_token, "model.user_token")
-        for name in ("prompt_candidates", "collab_score", "no_llm", "query_head", "soft_tokens"):
+        for name in ("prompt_candidates", "collab_score", "no_llm", "query_head", "soft_tokens",
+                     "gradient_checkpointing"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model.{name}: must be true or false, got {getattr(self, name)!r}")
         self.score_scale = _number(self.score_scale, "model.score_scale", strict=True)

@@ -364,12 +364,14 @@ def build_amfrec(
     ``CollaborativeNet`` that ``cfg.user_token`` / ``cfg.collab_score`` need. loss_items: the training
     softmax of the item_token head (``TrainConfig.loss_items``).
     """
-    from amfrec.llm.backbone import load_backbone, truncate_layers
+    from amfrec.llm.backbone import checkpoint_layers, load_backbone, truncate_layers
     from amfrec.llm.item_encoder import ItemEncoder
 
     if backbone is None:
         backbone = load_backbone(cfg.backbone, dtype=str(cfg.dtype), device=device)
     truncate_layers(backbone, cfg.lm_layers)
+    if cfg.gradient_checkpointing:
+        checkpoint_layers(backbone)
     template = PromptTemplate(text=cfg.template, noun=cfg.noun, noun_plural=cfg.noun_plural)
     encoder = ItemEncoder(features, backbone.hidden_size, cfg, token_norm=backbone.embed_norm)
     model = AMFRecModel(
