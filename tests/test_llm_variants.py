@@ -106,3 +106,26 @@ def test_run_folder_mismatches_are_one_line_errors(tiny_prepared: Path, setup, c
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (after the loader's progress bars)
     assert err.startswith("amfrec: error: ") and "backbone.json: trained on backbone fingerprint" in err
     make_tiny_backbone_dir(backbone_dir, seed=0)  # put the module's backbone back
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "delete"])
+def test_a_damaged_checkpoint_is_refused_naming_the_file(
+    tiny_amfrec_run: Path, tmp_path: Path, damage, capsys
+):
+    import shutil
+
+    from amfrec.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_amfrec_run, run)
+    weights = run / "checkpoint" / "trainable.safetensors"
+    data = weights.read_bytes()
+    if damage == "truncate":
+        weights.write_bytes(data[: len(data) // 3])
+    elif damage == "flip a byte":
+        weights.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    else:
+        weights.unlink()
+    assert main(["evaluate", "--run", str(run), "--limit", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("amfrec: error: ") and "checkpoint/trainable.safetensors" in err
