@@ -391,3 +391,20 @@ def test_gradient_checkpointing_recomputes_layers_and_changes_nothing(tmp_path) 
     assert grads0.keys() == grads1.keys()
     for name in grads0:
         torch.testing.assert_close(grads1[name], grads0[name], rtol=1e-5, atol=1e-6)
+
+
+def test_the_item_table_is_reused_without_gradients_until_a_weight_changes(backbone: Backbone) -> None:
+    cfg = ModelConfig(modalities=["id", "text"], projector=ProjectorConfig(hidden=8),
+                      gate=GateConfig(hidden=8), user_token=None, collab_score=False)  # fmt: skip
+    model = build_amfrec(cfg, features(), TITLES, backbone=backbone).eval()
+    with torch.no_grad():
+        first = model.item_table()[0]
+        assert model.item_table()[0] is first  # reused
+        next(model.item_encoder.parameters()).add_(0.5)  # a weight changes in place
+        changed = model.item_table()[0]
+    assert changed is not first and not torch.equal(changed, first)
+    fresh = model.item_table()[0]  # with gradients: always computed, never cached
+    assert fresh.requires_grad and torch.allclose(fresh, changed)
+    with torch.no_grad():
+        model.adapter.load_state_dict(copy.deepcopy(model.adapter.state_dict()))
+        assert model.item_table()[0] is not changed  # load_state_dict copies in place: a new version
