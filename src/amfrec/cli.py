@@ -177,16 +177,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
         return
     from amfrec.runs.bench import run_bench
 
-    print(
-        run_bench(
-            backbone=a.backbone,
-            dtypes=_csv(a.dtypes),
-            seq_len=a.seq_len,
-            batch_size=a.batch_size,
-            answer_len=a.answer_len,
-            steps=a.steps,
-        )
-    )
+    print(run_bench(a.backbone, _csv(a.dtypes), a.seq_len, a.batch_size, a.answer_len, a.steps))
 
 
 def cmd_quickstart(a: argparse.Namespace) -> None:

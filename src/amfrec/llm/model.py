@@ -5,14 +5,12 @@
 - Answer head ``item_token`` (default): the LM's last hidden state q at the answer position is scored
   against each item's own soft token e_c, the vector that represents c in a prompt: ``score(c) = s * cos(q,
   e_c) [+ w * collab(u, c)]`` with a learned scale s and, optionally, the frozen collaborative net's own
-  logit with a learned weight w. One backbone pass scores 20 candidates or the whole catalogue; the loss is a
-  softmax cross-entropy over the catalogue (or the candidates). With ``no_llm`` the LM is replaced by the
-  mean of the prompt's soft tokens (the control that tells what the frozen LM adds).
+  logit with a learned weight w. One backbone pass scores any set of items; the loss is a softmax over the
+  catalogue (or the candidates). ``no_llm``: the LM replaced by the mean of the prompt's soft tokens.
 - Answer head ``title`` (LLaRA): causal-LM loss on the target title + eos, logits only at the answer
   positions; scoring by title log-likelihood (``amfrec.llm.scoring``); greedy generation.
 
-Every trainable weight lives in ``model.adapter`` (the checkpoint is its state_dict): the item encoder
-(``amfrec.llm.item_encoder``: projectors + gate), the user projector and the head's scalars.
+Every trainable weight lives in ``model.adapter`` (``amfrec.llm.adapter``; the checkpoint is its state_dict).
 """
 
 from __future__ import annotations
@@ -149,9 +147,8 @@ class AMFRecModel(nn.Module, Recommender):
     def item_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Every item's soft tokens (n_items + 1, T, d), the aux loss, gate weights (n_items + 1, M) | None.
 
-        One item-encoder pass over the catalogue: the item_token head reads prompt tokens and output vectors
-        from this one table. Without gradients (evaluation, serving) the table is kept until a weight of the
-        item encoder changes (its tensors' version counters), which saves ~60% of a catalogue ranking.
+        One item-encoder pass over the catalogue (prompt tokens and output vectors of the item_token head).
+        Without gradients it is kept until an item-encoder weight changes (the tensors' version counters).
         """
         key = None
         if not torch.is_grad_enabled():

@@ -105,8 +105,8 @@ def train(
     valid_split = data.valid.subset(fixed_subset(len(data.valid), tcfg.eval_examples, tcfg.seed + 1))
     batches = TrainBatches(train_split, data.n_items, tcfg)
     opt = make_optimizer(params, tcfg)
-    st = _restore(model, opt, out) if resume else {"step": 0, "best": None, "best_step": None,
-                                                   "bad_evals": 0, "evals": []}  # fmt: skip
+    fresh = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "evals": []}
+    st = _restore(model, opt, out) if resume else fresh
 
     def save(name: str) -> None:
         if ranks.is_main:
@@ -115,10 +115,8 @@ def train(
 
     if tcfg.max_steps == 0 and not resume:  # no training (zero-shot): the initial adapter is the model
         save(CHECKPOINT_DIR)
-    log.info(
-        "training on %d examples (%d micro-batches of %d per epoch), %d steps, validation on %d examples",
-        *(len(train_split), batches.per_epoch, tcfg.batch_size, tcfg.max_steps, len(valid_split)),
-    )
+    log.info("training on %d examples (%d micro-batches of %d a epoch), %d steps, validation on %d",
+             len(train_split), batches.per_epoch, tcfg.batch_size, tcfg.max_steps, len(valid_split))  # fmt: skip
     model.train()
     t0, counts, losses, stopped_early = time.perf_counter(), {"examples": 0, "tokens": 0}, [], False
     bar = tqdm(total=tcfg.max_steps, initial=st["step"], desc="train", unit="step", dynamic_ncols=True,
