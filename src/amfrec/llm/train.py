@@ -115,8 +115,9 @@ def train(
 
     if tcfg.max_steps == 0 and not resume:  # no training (zero-shot): the initial adapter is the model
         save(CHECKPOINT_DIR)
-    log.info("training on %d examples (%d micro-batches of %d a epoch), %d steps, validation on %d",
-             len(train_split), batches.per_epoch, tcfg.batch_size, tcfg.max_steps, len(valid_split))  # fmt: skip
+    n_train, n_valid = len(train_split), len(valid_split)
+    log.info("training on %d examples (%d micro-batches of %d a epoch), %d steps, validation on %d", n_train,
+             batches.per_epoch, tcfg.batch_size, tcfg.max_steps, n_valid)  # fmt: skip
     model.train()
     t0, counts, losses, stopped_early = time.perf_counter(), {"examples": 0, "tokens": 0}, [], False
     bar = tqdm(total=tcfg.max_steps, initial=st["step"], desc="train", unit="step", dynamic_ncols=True,
