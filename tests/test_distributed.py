@@ -58,3 +58,36 @@ def test_a_global_batch_that_does_not_split_is_refused(batch: int, world: int) -
         shard(Ranks(rank=0, world=world), torch.zeros(batch, 3))
     first, second = (shard(Ranks(rank=r, world=2), torch.arange(8))[0] for r in (0, 1))
     assert first.tolist() == [0, 1, 2, 3] and second.tolist() == [4, 5, 6, 7]
+
+
+def test_resume_under_torchrun_after_a_kill(tiny_prepared: Path, tmp_path: Path) -> None:
+    """torchrun killed (SIGKILL to the whole process group) after its first saved validation, then resumed
+    under torchrun: the final weights equal one uninterrupted single process's (to 1e-5)."""
+    import signal
+    import time
+
+    features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    settings = ["--set", "train.max_steps=30", "--set", "train.eval_every=5"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, *command(tiny_prepared, features, config, one), *settings], check=True,
+                   env=env, timeout=600)  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    argv = [*torchrun, *command(tiny_prepared, features, config, two), *settings]
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (two / "last" / "state.pt").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(60)
+    assert not (two / "metrics.json").exists()
+    subprocess.run([*argv, "--resume"], check=True, env=env, timeout=600, capture_output=True)
+    a, b = (
+        load_file(one / "last" / "trainable.safetensors"),
+        load_file(two / "last" / "trainable.safetensors"),
+    )
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-5, msg=key)
+    assert (two / "metrics.json").is_file()
