@@ -152,6 +152,8 @@ def train_amfrec(
 def write_gate_weights(model: AMFRecModel, path: Path) -> None:
     """RUN/gate_weights.json: every item's modality weights (the gate's; mean fusion's equal shares) and which
     modalities it has, for the report's plots. Nothing is written for fusions without per-modality weights."""
+    if model.prompt.tokens_per_item == 0:  # titles only (zero-shot): the item encoder is not used
+        return
     with torch.inference_mode():
         _, _, weights = model.item_table()  # (n_items + 1, M) | None
     if weights is None:
