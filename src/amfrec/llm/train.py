@@ -105,8 +105,7 @@ def train(
     valid_split = data.valid.subset(fixed_subset(len(data.valid), tcfg.eval_examples, tcfg.seed + 1))
     batches = TrainBatches(train_split, data.n_items, tcfg)
     opt = make_optimizer(params, tcfg)
-    fresh = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "evals": []}
-    st = _restore(model, opt, out) if resume else fresh
+    st = _restore(model, opt, out) if resume else _fresh_state()
 
     def save(name: str) -> None:
         if ranks.is_main:
@@ -155,6 +154,11 @@ def train(
         "tokens_per_s": counts["tokens"] / wall if wall > 0 and counts["tokens"] else None,
         "evals": st["evals"],
     }
+
+
+def _fresh_state() -> dict:
+    """The loop state of a new run (saved with every checkpoint; `_restore` reads it back)."""
+    return {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "evals": []}
 
 
 def _restore(model: nn.Module, opt: torch.optim.Optimizer, out: Path) -> dict:

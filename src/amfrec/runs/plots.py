@@ -47,8 +47,7 @@ def plot_metrics(groups: dict[str, list[RunRecord]], path: Path) -> bool:
     ax.set_xticks(range(len(models)), labels, rotation=30, ha="right")
     ax.set_ylabel("test metric (mean over seeds)")
     ax.set_ylim(0, 1)
-    n = groups[models[0]][0].test["n"]
-    ax.set_title(f"Test metrics on the same candidates ({n} users; error bars: std over seeds)")
+    ax.set_title("Test metrics on the same candidates (error bars: std over seeds)")
     ax.legend(loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
