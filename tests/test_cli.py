@@ -169,6 +169,22 @@ def test_evaluate_reloads_a_baseline_run(tiny_prepared: Path, tmp_path: Path, ca
     assert "config.yaml" in err
 
 
+def test_evaluate_parts_of_an_amfrec_run(tiny_amfrec_run: Path, tmp_path: Path, capsys) -> None:
+    """The tiny run has no collaborative score: its content term alone ranks exactly as the score does."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_amfrec_run, run)
+    assert main(["evaluate", "--run", str(run), "--split", "valid", "--protocol", "parts"]) == 0
+    assert "amfrec content [valid, n=" in capsys.readouterr().out
+    assert main(["evaluate", "--run", str(run), "--split", "valid"]) == 0
+    parts = json.loads((run / "valid_parts_metrics.json").read_text())
+    score = json.loads((run / "valid_score_metrics.json").read_text())
+    assert set(parts) >= {"content", "split", "seed"} and "collab" not in parts
+    assert {k: parts["content"][k] for k in ("hr@1", "ndcg@10", "mrr", "n")} == {
+        k: score[k] for k in ("hr@1", "ndcg@10", "mrr", "n")
+    }
+    assert parts["content"]["spread"] > 0
+
+
 def test_baseline_config_and_set_are_honoured(tiny_prepared: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "s.yaml").write_text("hidden: 16\nmax_epochs: 1\nheads: 1\n")
     argv = ["train", "--model", "sasrec", "--data", str(tiny_prepared), "--config", str(tmp_path / "s.yaml")]

@@ -10,7 +10,7 @@ import torch
 
 from amfrec.data.dataset import Split
 from amfrec.errors import AmfrecError
-from amfrec.evaluate import evaluate, evaluate_ranks, target_positions
+from amfrec.evaluate import evaluate, evaluate_ranks, score_metrics, target_positions
 from amfrec.recommender import Recommender
 from amfrec.runs.rundir import load_run_config, metrics_record, write_run
 
@@ -219,3 +219,17 @@ def test_item_train_counts_and_cold_slice_against_the_raw_files(tiny_prepared) -
     want = [counts.get(data.items[t].item_id, 0) <= data.cold_threshold for t in data.test.target.tolist()]
     assert cold.tolist() == want
     assert data.cold_threshold == 5  # the default written by prepare
+
+
+def test_score_metrics_of_given_scores_by_hand() -> None:
+    split = make_split(n=2, n_cand=3)  # targets at columns 0 and 1
+    scores = torch.tensor([[0.5, 1.0, 0.0], [2.0, 3.0, 1.0]])  # target ranks 2 and 1
+    m = score_metrics(scores, split)
+    assert m["n"] == 2
+    assert m["hr@1"] == pytest.approx(0.5)
+    assert m["mrr"] == pytest.approx((1 / 2 + 1) / 2)
+    assert m["ndcg@3"] == pytest.approx((1 / math.log2(3) + 1) / 2)
+    std0 = math.sqrt(((0.5 - 0.5) ** 2 + 0.5**2 + 0.5**2) / 2)  # sample std of (0.5, 1, 0) and of (2, 3, 1)
+    assert m["spread"] == pytest.approx((std0 + 1.0) / 2)
+    with pytest.raises(ValueError, match="shape"):
+        score_metrics(scores[:, :2], split)

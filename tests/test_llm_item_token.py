@@ -19,10 +19,11 @@ from torch.nn import functional as F
 
 from amfrec.baselines.sequential import SASRecConfig, SASRecNet
 from amfrec.llm.backbone import USER_TOKEN, Backbone, load_backbone
+from amfrec.llm.build import build_amfrec
 from amfrec.llm.collab import CollaborativeNet
 from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
 from amfrec.llm.item_encoder import ItemEncoder
-from amfrec.llm.model import AMFRecModel, build_amfrec
+from amfrec.llm.model import AMFRecModel
 from amfrec.llm.prompt import PromptTemplate
 
 N_ITEMS, L = len(TITLES) - 1, 5
@@ -254,6 +255,23 @@ def test_collab_score_adds_the_weighted_collaborative_logit(backbone: Backbone) 
         hand = (rep[:, None, :] * net.item_emb.weight[CANDIDATES]).sum(-1)  # (B, C)
     assert hand.abs().max() > 0.1
     torch.testing.assert_close(scores - cosine, 0.7 * hand, atol=1e-4, rtol=0)
+
+
+def test_score_parts_are_the_two_terms_of_the_score(backbone: Backbone) -> None:
+    model = make_model(backbone, user_token=True, collab_score=True)
+    with torch.no_grad():
+        model.adapter.collab_weight.fill_(0.0)
+        cosine = model.score(HISTORY, CANDIDATES)  # w = 0: the cosine part alone
+        model.adapter.collab_weight.fill_(0.7)
+    parts = model.score_parts(HISTORY, CANDIDATES)
+    net = model.collab.net
+    with torch.no_grad():
+        hand = (net(HISTORY)[:, -1][:, None, :] * net.item_emb.weight[CANDIDATES]).sum(-1)  # (B, C)
+    torch.testing.assert_close(parts.content, cosine)
+    torch.testing.assert_close(parts.collab, 0.7 * hand, atol=1e-4, rtol=0)
+    torch.testing.assert_close(parts.total, model.score(HISTORY, CANDIDATES))
+    alone = make_model(backbone).score_parts(HISTORY, CANDIDATES)  # no collaborative score: content only
+    assert alone.collab is None and torch.equal(alone.total, alone.content)
 
 
 # ---------------------------------------------------------------------------------------------------- 6

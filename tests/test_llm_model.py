@@ -268,8 +268,8 @@ def test_chunked_continuations_equal_one_pass(backbone):
 def test_build_amfrec_with_real_item_encoder(backbone, fusion, n_tokens):
     from types import SimpleNamespace
 
+    from amfrec.llm.build import build_amfrec
     from amfrec.llm.config import ModelConfig
-    from amfrec.llm.model import build_amfrec
 
     torch.manual_seed(0)
     n = len(TITLES)

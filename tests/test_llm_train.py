@@ -17,9 +17,10 @@ from amfrec.data.dataset import ItemInfo, PreparedData, Split
 from amfrec.errors import AmfrecError
 from amfrec.evaluate import evaluate
 from amfrec.llm.backbone import load_backbone
+from amfrec.llm.build import build_amfrec
 from amfrec.llm.checkpoint import load_checkpoint, load_train_state, save_checkpoint
 from amfrec.llm.config import AMFRecConfig, GateConfig, ModelConfig, ProjectorConfig, TrainConfig
-from amfrec.llm.model import AMFRecModel, build_amfrec
+from amfrec.llm.model import AMFRecModel
 from amfrec.llm.sampling import draw_candidates, generator
 from amfrec.llm.train import lr_at, train
 
@@ -295,8 +296,8 @@ def test_with_real_amfrec_model_on_tiny_backbone(tmp_path):
     from amfrec.baselines.sequential import SASRecConfig, SASRecNet
     from amfrec.evaluate import evaluate
     from amfrec.llm.backbone import load_backbone
+    from amfrec.llm.build import build_amfrec
     from amfrec.llm.collab import CollaborativeNet
-    from amfrec.llm.model import build_amfrec
 
     bb = load_backbone(str(make_tiny_backbone_dir(tmp_path / "bb")), device="cpu")
     n = len(TITLES) - 1

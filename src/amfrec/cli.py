@@ -124,7 +124,9 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         metrics = evaluate_run(
             Path(a.run), split=a.split, protocol=a.protocol, limit=a.limit, corrupt=a.corrupt
         )
-    print(_metrics_line(metrics))
+    terms = [t for t in ("content", "collab", "full") if t in metrics] if a.protocol == "parts" else [None]
+    for t in terms:  # parts: one line per term of the item_token score
+        print(_metrics_line(metrics if t is None else {**metrics, **metrics[t], "model": f"amfrec {t}"}))
 
 
 def cmd_recommend(a: argparse.Namespace) -> None:
@@ -187,7 +189,7 @@ def cmd_quickstart(a: argparse.Namespace) -> None:
 
 
 def _metrics_line(m: dict) -> str:
-    keys = ["hr@1", "hr@5", "hr@10", "ndcg@10", "mrr", "gen_hr@1", "valid_ratio"]
+    keys = ["hr@1", "hr@5", "hr@10", "ndcg@10", "mrr", "gen_hr@1", "valid_ratio", "spread"]
     parts = [f"{k} {m[k]:.4f}" for k in keys if k in m]
     return f"{m.get('model', '?')} [{m.get('split', '?')}, n={m.get('n', '?')}]: " + ", ".join(parts)
 
@@ -262,7 +264,8 @@ def _add_run_parsers(sub) -> None:
     e = sub.add_parser("evaluate", help="evaluate a trained run again on its fixed candidates")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--split", choices=("valid", "test"), default="test")
-    e.add_argument("--protocol", choices=("score", "generate"), default="score")
+    parts = "parts: rank by the content term, the collaborative term, both (item_token)"
+    e.add_argument("--protocol", choices=("score", "generate", "parts"), default="score", help=parts)
     e.add_argument("--limit", type=int, default=None, help="first N examples only")
     e.add_argument(
         "--corrupt",

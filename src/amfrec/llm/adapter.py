@@ -19,6 +19,22 @@ class AMFRecOutput:
     n_tokens: int  # real (non-padding) prompt + answer tokens: the throughput unit
 
 
+@dataclass
+class ScoreParts:
+    """The item_token head's score of each candidate, term by term; each (B, C) float32.
+
+    content: s * cos(W q + b, e_c), what the LM (or the no-LM mean) contributes; collab: w * collab(u, c), the
+    frozen collaborative net's weighted logit, or None without ``collab_score``. The score is their sum.
+    """
+
+    content: torch.Tensor
+    collab: torch.Tensor | None
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self.content if self.collab is None else self.content + self.collab
+
+
 class Adapter(nn.Module):
     """Every trainable weight of AMFRec: item encoder, optional user projector and query map, head scalars.
 

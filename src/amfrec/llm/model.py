@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from amfrec.llm.adapter import Adapter, AMFRecOutput
+from amfrec.llm.adapter import Adapter, AMFRecOutput, ScoreParts
 from amfrec.llm.backbone import Backbone
 from amfrec.llm.config import AnswerHead, LossItems, coerce_enum, default_template
 from amfrec.llm.projector import MLPProjector
@@ -268,11 +268,12 @@ class AMFRecModel(nn.Module, Recommender):
 
     def item_logits(
         self, q: torch.Tensor, rep: torch.Tensor | None, out: torch.Tensor, items: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Scores of items: q (B, d); out (n_items + 1, d) output vectors; items (B, C) or None = 1..n_items.
+    ) -> ScoreParts:
+        """Scores of items, term by term: q (B, d); out (n_items + 1, d) output vectors; items (B, C) or None
+        = 1..n_items.
 
-        s * cos(W q + b, out[c]) (+ w * collab(rep, c)) -> (B, C) or (B, n_items); W q + b only with the
-        query map (``query_head``), else q itself.
+        content s * cos(W q + b, out[c]), collab w * collab(rep, c) (None without the collaborative score),
+        each (B, C) or (B, n_items); W q + b only with the query map (``query_head``), else q itself.
         """
         if self.adapter.query is not None:
             q = self.adapter.query(q)  # (B, d)
@@ -280,10 +281,10 @@ class AMFRecModel(nn.Module, Recommender):
         on = F.normalize(out, dim=-1)
         # (B, n_items) over the catalogue, or (B, C) over the given items
         cos = qn @ on[1:].T if items is None else torch.einsum("bd,bcd->bc", qn, on[items])
-        logits = self.adapter.log_scale.exp() * cos
+        collab = None
         if self.adapter.collab_weight is not None:
-            logits = logits + self.adapter.collab_weight * self.collab.item_logits(rep, items)
-        return logits
+            collab = self.adapter.collab_weight * self.collab.item_logits(rep, items)
+        return ScoreParts(content=self.adapter.log_scale.exp() * cos, collab=collab)
 
     def _forward_item_token(
         self, history: torch.Tensor, candidates: torch.Tensor, target: torch.Tensor
@@ -293,11 +294,11 @@ class AMFRecModel(nn.Module, Recommender):
         out = tokens.mean(1)  # (n_items + 1, d): an item's output vector = its (mean) soft token
         target = target.to(self.device)
         if self.loss_items is LossItems.CATALOGUE:
-            logits = self.item_logits(q, rep, out, None)  # (B, n_items)
+            logits = self.item_logits(q, rep, out, None).total  # (B, n_items)
             loss = F.cross_entropy(logits, target - 1)
         else:
             candidates = candidates.to(self.device)
-            logits = self.item_logits(q, rep, out, candidates)  # (B, C)
+            logits = self.item_logits(q, rep, out, candidates).total  # (B, C)
             hit = candidates == target[:, None]
             if not bool(hit.any(1).all()):
                 raise ValueError("loss_items 'candidates': every candidate set must hold its target")
@@ -344,57 +345,21 @@ class AMFRecModel(nn.Module, Recommender):
         """
         if self.answer is AnswerHead.TITLE:
             return score_titles(self, history, candidates)
+        return self.score_parts(history, candidates).total
+
+    @torch.inference_mode()
+    def score_parts(self, history: torch.Tensor, candidates: torch.Tensor) -> ScoreParts:
+        """The item_token score of (B, L) histories' (B, C) candidates, term by term (see ``ScoreParts``)."""
+        if self.answer is not AnswerHead.ITEM_TOKEN:
+            raise ValueError("score parts exist for answer 'item_token' only")
         tokens, _, _ = self.item_table()
         q, rep, _ = self._query(history, candidates, tokens)
-        return self.item_logits(q, rep, tokens.mean(1), candidates.to(self.device)).float()
+        parts = self.item_logits(q, rep, tokens.mean(1), candidates.to(self.device))
+        collab = None if parts.collab is None else parts.collab.float()
+        return ScoreParts(content=parts.content.float(), collab=collab)
 
     def generate(
         self, history: torch.Tensor, candidates: torch.Tensor, max_new_tokens: int = 64
     ) -> list[str]:
         """Greedy answers (first line, stripped), one string per example (answer: title)."""
         return generate_titles(self, history, candidates, max_new_tokens)
-
-
-def build_amfrec(
-    cfg,
-    features: dict,
-    titles: list[str],
-    device: str | None = None,
-    backbone: Backbone | None = None,
-    collab: nn.Module | None = None,
-    loss_items: str = "catalogue",
-) -> AMFRecModel:
-    """An AMFRecModel from a ``ModelConfig`` (``amfrec.llm.config``), loaded features and item titles.
-
-    features: name -> Modality (``values (n_items + 1, d_m)``, ``present (n_items + 1,)``). backbone: an
-    already loaded one to reuse (else ``load_backbone(cfg.backbone, cfg.dtype, device)``). collab: the frozen
-    ``CollaborativeNet`` that ``cfg.user_token`` / ``cfg.collab_score`` need. loss_items: the training
-    softmax of the item_token head (``TrainConfig.loss_items``).
-    """
-    from amfrec.llm.backbone import checkpoint_layers, load_backbone, truncate_layers
-    from amfrec.llm.item_encoder import ItemEncoder
-
-    if backbone is None:
-        backbone = load_backbone(cfg.backbone, dtype=str(cfg.dtype), device=device)
-    truncate_layers(backbone, cfg.lm_layers)
-    if cfg.gradient_checkpointing:
-        checkpoint_layers(backbone)
-    template = PromptTemplate(text=cfg.template, noun=cfg.noun, noun_plural=cfg.noun_plural)
-    encoder = ItemEncoder(features, backbone.hidden_size, cfg, token_norm=backbone.embed_norm)
-    model = AMFRecModel(
-        backbone,
-        encoder,
-        titles,
-        template=template,
-        tokens_per_item=encoder.tokens_per_item if cfg.soft_tokens else 0,
-        aux_weight=cfg.projector.aux_weight,
-        answer=cfg.answer,
-        collab=collab,
-        user_token=cfg.user_token is not None,
-        collab_score=cfg.collab_score,
-        no_llm=cfg.no_llm,
-        query_head=cfg.query_head,
-        score_scale=cfg.score_scale,
-        loss_items=loss_items,
-    )
-    return model.to(backbone.device)

@@ -16,16 +16,17 @@ import torch
 from amfrec import __version__
 from amfrec.data.dataset import PreparedData, Split
 from amfrec.errors import AmfrecError
-from amfrec.evaluate import evaluate
+from amfrec.evaluate import evaluate, score_metrics
 from amfrec.features.corrupt import corrupt_features, parse_corruption
 from amfrec.features.store import load_features
 from amfrec.io import write_json
 from amfrec.llm.backbone import load_backbone
+from amfrec.llm.build import build_amfrec
 from amfrec.llm.checkpoint import CHECKPOINT_DIR, load_checkpoint
 from amfrec.llm.collab import collab_run_from_features, load_collaborative
 from amfrec.llm.config import AMFRecConfig
 from amfrec.llm.distributed import from_env
-from amfrec.llm.model import AMFRecModel, build_amfrec
+from amfrec.llm.model import AMFRecModel
 from amfrec.llm.train import train
 from amfrec.metrics import generation_metrics
 from amfrec.runs.rundir import (
@@ -224,8 +225,13 @@ def evaluate_run(
         )
         rec = {**metrics, "n": len(part), "split": split, "seed": seed, "model": "amfrec"}
         rec["wall_time_s"] = round(time.perf_counter() - t0, 3)
+    elif protocol == "parts":
+        if model.answer != "item_token":
+            raise AmfrecError(f"{run}: --protocol parts needs the item_token head (this run has 'title')")
+        rec = {**score_parts(model, part), "split": split, "seed": seed, "model": "amfrec"}
+        rec["wall_time_s"] = round(time.perf_counter() - t0, 3)
     else:
-        raise AmfrecError(f"--protocol must be 'score' or 'generate', got {protocol!r}")
+        raise AmfrecError(f"--protocol must be 'score', 'generate' or 'parts', got {protocol!r}")
     stem = f"{split}_{protocol}"
     if corrupt is not None:
         name, how = parse_corruption(corrupt)
@@ -250,3 +256,22 @@ def generate_split(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATC
             part = split.subset(list(range(start, min(start + batch_size, len(split)))))
             outputs.extend(model.generate(part.history.to(model.device), part.candidates.to(model.device)))
     return outputs
+
+
+def score_parts(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH) -> dict:
+    """Metrics of the item_token score's terms on their own and together: {"content": ..., "collab": ...,
+    "full": ...} ("collab" and "full" only with the collaborative score), each with its spread
+    (``amfrec.evaluate.score_metrics``). Shows which term ranks: the LM's content or the collaborative net."""
+    from tqdm import tqdm
+
+    content, collab = [], []
+    for start in tqdm(range(0, len(split), batch_size), desc="parts", unit="batch", disable=None):
+        stop = start + batch_size
+        parts = model.score_parts(split.history[start:stop], split.candidates[start:stop])
+        content.append(parts.content.cpu())
+        collab.append(None if parts.collab is None else parts.collab.cpu())
+    out = {"content": score_metrics(torch.cat(content), split)}
+    if collab[0] is not None:
+        out["collab"] = score_metrics(torch.cat(collab), split)
+        out["full"] = score_metrics(torch.cat(content) + torch.cat(collab), split)
+    return out

@@ -1,0 +1,52 @@
+"""Build an AMFRecModel from its configuration: backbone, item encoder, prompt template, heads."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from amfrec.llm.backbone import Backbone, checkpoint_layers, load_backbone, truncate_layers
+from amfrec.llm.item_encoder import ItemEncoder
+from amfrec.llm.model import AMFRecModel
+from amfrec.llm.prompt import PromptTemplate
+
+
+def build_amfrec(
+    cfg,
+    features: dict,
+    titles: list[str],
+    device: str | None = None,
+    backbone: Backbone | None = None,
+    collab: nn.Module | None = None,
+    loss_items: str = "catalogue",
+) -> AMFRecModel:
+    """An AMFRecModel from a ``ModelConfig`` (``amfrec.llm.config``), loaded features and item titles.
+
+    features: name -> Modality (``values (n_items + 1, d_m)``, ``present (n_items + 1,)``). backbone: an
+    already loaded one to reuse (else ``load_backbone(cfg.backbone, cfg.dtype, device)``). collab: the frozen
+    ``CollaborativeNet`` that ``cfg.user_token`` / ``cfg.collab_score`` need. loss_items: the training
+    softmax of the item_token head (``TrainConfig.loss_items``).
+    """
+    if backbone is None:
+        backbone = load_backbone(cfg.backbone, dtype=str(cfg.dtype), device=device)
+    truncate_layers(backbone, cfg.lm_layers)
+    if cfg.gradient_checkpointing:
+        checkpoint_layers(backbone)
+    template = PromptTemplate(text=cfg.template, noun=cfg.noun, noun_plural=cfg.noun_plural)
+    encoder = ItemEncoder(features, backbone.hidden_size, cfg, token_norm=backbone.embed_norm)
+    model = AMFRecModel(
+        backbone,
+        encoder,
+        titles,
+        template=template,
+        tokens_per_item=encoder.tokens_per_item if cfg.soft_tokens else 0,
+        aux_weight=cfg.projector.aux_weight,
+        answer=cfg.answer,
+        collab=collab,
+        user_token=cfg.user_token is not None,
+        collab_score=cfg.collab_score,
+        no_llm=cfg.no_llm,
+        query_head=cfg.query_head,
+        score_scale=cfg.score_scale,
+        loss_items=loss_items,
+    )
+    return model.to(backbone.device)
