@@ -241,7 +241,7 @@ def test_no_llm_query_is_the_mean_of_the_prompts_soft_tokens(
 
 
 # ---------------------------------------------------------------------------------------------------- 5
-def test_collab_score_adds_the_weighted_collaborative_logit(backbone: Backbone) -> None:
+def test_collab_score_adds_the_weighted_collaborative_logit_and_parts_split_it(backbone: Backbone) -> None:
     model = make_model(backbone, user_token=True, collab_score=True)
     with torch.no_grad():
         model.adapter.collab_weight.fill_(0.0)
@@ -255,21 +255,10 @@ def test_collab_score_adds_the_weighted_collaborative_logit(backbone: Backbone) 
         hand = (rep[:, None, :] * net.item_emb.weight[CANDIDATES]).sum(-1)  # (B, C)
     assert hand.abs().max() > 0.1
     torch.testing.assert_close(scores - cosine, 0.7 * hand, atol=1e-4, rtol=0)
-
-
-def test_score_parts_are_the_two_terms_of_the_score(backbone: Backbone) -> None:
-    model = make_model(backbone, user_token=True, collab_score=True)
-    with torch.no_grad():
-        model.adapter.collab_weight.fill_(0.0)
-        cosine = model.score(HISTORY, CANDIDATES)  # w = 0: the cosine part alone
-        model.adapter.collab_weight.fill_(0.7)
-    parts = model.score_parts(HISTORY, CANDIDATES)
-    net = model.collab.net
-    with torch.no_grad():
-        hand = (net(HISTORY)[:, -1][:, None, :] * net.item_emb.weight[CANDIDATES]).sum(-1)  # (B, C)
+    parts = model.score_parts(HISTORY, CANDIDATES)  # the two terms, as `--protocol parts` ranks by them
     torch.testing.assert_close(parts.content, cosine)
     torch.testing.assert_close(parts.collab, 0.7 * hand, atol=1e-4, rtol=0)
-    torch.testing.assert_close(parts.total, model.score(HISTORY, CANDIDATES))
+    torch.testing.assert_close(parts.total, scores)
     alone = make_model(backbone).score_parts(HISTORY, CANDIDATES)  # no collaborative score: content only
     assert alone.collab is None and torch.equal(alone.total, alone.content)
 
