@@ -40,6 +40,10 @@ def exp(tmp_path: Path) -> Path:
             "weights": [[0.5, 0.3, 0.2], [0.6, 0.4, 0.0]], "present": [[1, 1, 1], [1, 1, 0]]})  # fmt: skip
         corrupted = _metrics(a_hr - 0.1, 0.5) | {"gate_mean": {"id": 0.6, "text": 0.3, "image": 0.1}}
         _write(run / "test_score_corrupt-image-noise_metrics.json", corrupted)
+        parts = {
+            t: {"hr@1": a_hr * f, "spread": f} for t, f in (("content", 0.1), ("collab", 1.0), ("full", 1.0))
+        }
+        _write(run / "test_parts_metrics.json", parts)
     return root
 
 
@@ -54,6 +58,9 @@ def test_report_tables_and_pngs(exp: Path) -> None:
     # robustness: clean 0.6, corrupted 0.5, drop +0.1; image weight clean = mean(0.2, 0.0) = 0.1
     assert "| amfrec | image=noise | 1,2 | 0.6000 | 0.5000 | +0.1000 | 0.100 | 0.100 |" in text
     assert "| amfrec | without image (1) | id 0.600, text 0.400, image 0.000 |" in text
+    # score parts: content hr@1 0.05, 0.07 -> 0.06 ± 0.0141; collab and sum 0.5, 0.7; spreads constant
+    parts = "| 0.0600 ± 0.0141 | 0.6000 ± 0.1414 | 0.6000 ± 0.1414 | 0.1000 ± 0.0000 | 1.0000 ± 0.0000 |"
+    assert f"| amfrec | 1,2 {parts}" in text
     for name in ("metrics.png", "valid_curves.png", "gate_weights.png", "robustness.png"):
         png = path.parent / name
         assert f"]({name})" in text
@@ -67,7 +74,7 @@ def test_report_without_amfrec_has_only_the_metrics(tmp_path: Path) -> None:
     _write(tmp_path / "e" / "seed1" / "popularity" / "metrics.json", _metrics(0.2, 0.1))
     text = write_report(tmp_path / "e", tmp_path / "out").read_text()
     assert "| popularity | 1 | 0.2000 ± 0.0000 |" in text
-    assert "Robustness" not in text and "Gate weights" not in text
+    assert "Robustness" not in text and "Gate weights" not in text and "term by term" not in text
     assert (tmp_path / "out" / "metrics.png").is_file() and not (
         tmp_path / "out" / "gate_weights.png"
     ).exists()

@@ -18,6 +18,7 @@ from amfrec.runs.results import (
     collect_runs,
     gate_table,
     metrics_table,
+    parts_table,
     robustness_table,
 )
 
@@ -55,6 +56,9 @@ def write_report(exp: Path, out: Path | None = None) -> Path:
         ("## Robustness: one modality corrupted at test time", "`amfrec evaluate --corrupt MODALITY=HOW`: "
          "the features replaced, presence masks unchanged; image weight = mean over the catalogue.",
          robustness_table(groups)),
+        ("## The score, term by term", "`amfrec evaluate --protocol parts`: test hr@1 when the content "
+         "term (the LM's reading of the prompt) or the collaborative term ranks alone, and summed; spread = "
+         "mean std of a term across a user's candidates.", parts_table(groups)),
         ("## Gate weights", "Mean weight per modality (pooled over seeds; items in brackets).",
          gate_table(groups)),
     )  # fmt: skip

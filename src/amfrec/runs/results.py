@@ -3,7 +3,8 @@
 An experiment folder (`amfrec experiment --out DIR`) holds DIR/seed<S>/<run>/ per model and seed. Each run
 has metrics.json (test, with the cold-start slice under "slices") and may have train_history.json (AMFRec:
 the validation curve), gate_weights.json (AMFRec: every item's modality weights) and
-test_score_corrupt-<modality>-<how>_metrics.json (`amfrec evaluate --corrupt`). The tables here show what
+test_score_corrupt-<modality>-<how>_metrics.json (`amfrec evaluate --corrupt`) and test_parts_metrics.json
+(`amfrec evaluate --protocol parts`). The tables here show what
 was found, mean ± std over seeds; `amfrec.runs.plots` draws it and `amfrec.runs.report` writes both out.
 """
 
@@ -32,6 +33,7 @@ class RunRecord:
     history: dict | None = None  # train_history.json: {"losses": [...], "evals": [{"step", metric...}]}
     gate: dict | None = None  # gate_weights.json: {"modalities", "weights" (n, M), "present" (n, M)}
     corrupt: dict[str, dict] = field(default_factory=dict)  # "image=noise" -> test record
+    parts: dict | None = None  # test_parts_metrics.json: {"content": metrics, "collab": ..., "full": ...}
 
 
 def _optional_json(path: Path) -> Any:
@@ -62,6 +64,7 @@ def collect_runs(exp: Path) -> list[RunRecord]:
                 history=_optional_json(run / "train_history.json"),
                 gate=_optional_json(run / "gate_weights.json"),
                 corrupt=corrupt,
+                parts=_optional_json(run / "test_parts_metrics.json"),
             )
         )
     if not runs:
@@ -124,6 +127,24 @@ def cold_table(groups: dict[str, list[RunRecord]]) -> str:
             f"{_cell([r.test['ndcg@10'] for r in runs])} | {_cell([c['ndcg@10'] for c in cold])} | "
             f"{'/'.join(map(str, sizes))} of {runs[0].test['n']} |"
         )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def parts_table(groups: dict[str, list[RunRecord]]) -> str:
+    """Per model with `--protocol parts` files: test hr@1 of each score term alone and summed, and spreads."""
+    lines = [
+        "| model | seeds | content hr@1 | collab hr@1 | sum hr@1 | content spread | collab spread |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for model, runs in groups.items():
+        runs = [r for r in runs if r.parts is not None and "collab" in r.parts]
+        if not runs:
+            continue
+        cells = [
+            _cell([r.parts[t][k] for r in runs]) for k in ("hr@1",) for t in ("content", "collab", "full")
+        ]
+        cells += [_cell([r.parts[t]["spread"] for r in runs]) for t in ("content", "collab")]
+        lines.append(f"| {model} | {','.join(str(r.seed) for r in runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
