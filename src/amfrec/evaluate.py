@@ -92,7 +92,10 @@ def score_metrics(scores: torch.Tensor, split: Split) -> dict:
     """Ranking metrics of already computed scores (N, C) of `split`'s candidates (higher = better), and the
     spread: the mean over examples of the scores' standard deviation across the candidates (how far a score
     can move a ranking)."""
-    if scores.shape != tuple(split.candidates.shape if split.candidates is not None else ()):
-        raise ValueError(f"scores have shape {tuple(scores.shape)}, the split's candidates another")
-    ranks = ranks_from_scores(scores.float(), target_positions(split))
+    target_pos = target_positions(split)  # raises without candidates
+    if scores.shape != split.candidates.shape:
+        raise ValueError(
+            f"scores have shape {tuple(scores.shape)}, candidates {tuple(split.candidates.shape)}"
+        )
+    ranks = ranks_from_scores(scores.float(), target_pos)
     return {**ranking_metrics(ranks, RANK_KS), "n": len(split), "spread": float(scores.float().std(1).mean())}

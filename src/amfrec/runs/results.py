@@ -140,9 +140,7 @@ def parts_table(groups: dict[str, list[RunRecord]]) -> str:
         runs = [r for r in runs if r.parts is not None and "collab" in r.parts]
         if not runs:
             continue
-        cells = [
-            _cell([r.parts[t][k] for r in runs]) for k in ("hr@1",) for t in ("content", "collab", "full")
-        ]
+        cells = [_cell([r.parts[t]["hr@1"] for r in runs]) for t in ("content", "collab", "full")]
         cells += [_cell([r.parts[t]["spread"] for r in runs]) for t in ("content", "collab")]
         lines.append(f"| {model} | {','.join(str(r.seed) for r in runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""
