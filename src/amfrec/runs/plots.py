@@ -43,7 +43,12 @@ def plot_metrics(groups: dict[str, list[RunRecord]], path: Path) -> bool:
         ax.bar(
             xs, [s[0] for s in stats], width, yerr=[s[1] for s in stats], capsize=3, label=key, color=color
         )
-    labels = [f"{m}\n({len(groups[m])} seed{'s' if len(groups[m]) > 1 else ''})" for m in models]
+    n_max = max(r.test["n"] for runs in groups.values() for r in runs)
+    labels = []
+    for m in models:  # "(3 seeds)"; "(1 seed, 200 users)" where a model was tested on fewer users
+        n = groups[m][0].test["n"]
+        labels.append(f"{m}\n({len(groups[m])} seed{'s' if len(groups[m]) > 1 else ''}")
+        labels[-1] += f", {n} users)" if n != n_max else ")"
     ax.set_xticks(range(len(models)), labels, rotation=30, ha="right")
     ax.set_ylabel("test metric (mean over seeds)")
     ax.set_ylim(0, 1)
@@ -118,7 +123,8 @@ def plot_gate_weights(groups: dict[str, list[RunRecord]], path: Path) -> bool:
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("gate weight per item (pooled over seeds)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS.get(m, "#999999")) for m in mods]
-    axes[1].legend(handles, mods, title="modality", loc="center right")
+    # outside both panels, so that no box is hidden behind it
+    axes[1].legend(handles, mods, title="modality", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle("Modality gate weights per item (box: quartiles; triangle: mean)")
     _save(fig, path)
     return True
