@@ -258,10 +258,11 @@ def generate_split(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATC
     return outputs
 
 
-def score_parts(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH) -> dict:
-    """Metrics of the item_token score's terms on their own and together: {"content": ..., "collab": ...,
-    "full": ...} ("collab" and "full" only with the collaborative score), each with its spread
-    (``amfrec.evaluate.score_metrics``). Shows which term ranks: the LM's content or the collaborative net."""
+def part_scores(
+    model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The item_token score's terms for every candidate of `split`: content (N, C) and collab (N, C) | None
+    (``AMFRecModel.score_parts``), on the CPU."""
     from tqdm import tqdm
 
     content, collab = [], []
@@ -270,8 +271,16 @@ def score_parts(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH) 
         parts = model.score_parts(split.history[start:stop], split.candidates[start:stop])
         content.append(parts.content.cpu())
         collab.append(None if parts.collab is None else parts.collab.cpu())
-    out = {"content": score_metrics(torch.cat(content), split)}
-    if collab[0] is not None:
-        out["collab"] = score_metrics(torch.cat(collab), split)
-        out["full"] = score_metrics(torch.cat(content) + torch.cat(collab), split)
+    return torch.cat(content), (None if collab[0] is None else torch.cat(collab))
+
+
+def score_parts(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH) -> dict:
+    """Metrics of the item_token score's terms on their own and together: {"content": ..., "collab": ...,
+    "full": ...} ("collab" and "full" only with the collaborative score), each with its spread
+    (``amfrec.evaluate.score_metrics``). Shows which term ranks: the LM's content or the collaborative net."""
+    content, collab = part_scores(model, split, batch_size)
+    out = {"content": score_metrics(content, split)}
+    if collab is not None:
+        out["collab"] = score_metrics(collab, split)
+        out["full"] = score_metrics(content + collab, split)
     return out
