@@ -52,6 +52,8 @@ def test_zero_shot_trains_nothing_and_scores_title_likelihood(tiny_prepared: Pat
     result = train_amfrec(tiny_prepared, features, config, 1, root / "zs", overrides, limit=3, name="zs")
     assert result["info"]["steps"] == 0 and result["test"]["model"] == "zs" and result["test"]["n"] == 3
     assert not (root / "zs" / "gate_weights.json").exists()  # no soft tokens: no gate at work
+    with pytest.raises(AmfrecError, match="protocol parts needs the item_token head"):
+        evaluate_run(root / "zs", protocol="parts", limit=1)
     model, data, _ = load_run(root / "zs")
     hist, cands = data.test.history[:1], data.test.candidates[:1]
     batch = model.prompt.build(model._titles(hist), model._titles(cands))

@@ -97,5 +97,6 @@ def score_metrics(scores: torch.Tensor, split: Split) -> dict:
         raise ValueError(
             f"scores have shape {tuple(scores.shape)}, candidates {tuple(split.candidates.shape)}"
         )
-    ranks = ranks_from_scores(scores.float(), target_pos)
-    return {**ranking_metrics(ranks, RANK_KS), "n": len(split), "spread": float(scores.float().std(1).mean())}
+    scores = scores.float()
+    ranks = ranks_from_scores(scores, target_pos)
+    return {**ranking_metrics(ranks, RANK_KS), "n": len(split), "spread": float(scores.std(1).mean())}

@@ -228,7 +228,7 @@ def evaluate_run(
     elif protocol == "parts":
         if model.answer != "item_token":
             raise AmfrecError(f"{run}: --protocol parts needs the item_token head (this run has 'title')")
-        rec = {**score_parts(model, part), "split": split, "seed": seed, "model": "amfrec"}
+        rec = {**parts_metrics(model, part), "split": split, "seed": seed, "model": "amfrec"}
         rec["wall_time_s"] = round(time.perf_counter() - t0, 3)
     else:
         raise AmfrecError(f"--protocol must be 'score', 'generate' or 'parts', got {protocol!r}")
@@ -274,7 +274,7 @@ def part_scores(
     return torch.cat(content), (None if collab[0] is None else torch.cat(collab))
 
 
-def score_parts(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH) -> dict:
+def parts_metrics(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH) -> dict:
     """Metrics of the item_token score's terms on their own and together: {"content": ..., "collab": ...,
     "full": ...} ("collab" and "full" only with the collaborative score), each with its spread
     (``amfrec.evaluate.score_metrics``). Shows which term ranks: the LM's content or the collaborative net."""

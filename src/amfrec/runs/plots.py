@@ -30,6 +30,13 @@ def _save(fig, path: Path) -> None:
         plt.close(fig)
 
 
+def _label(model: str, runs: list[RunRecord], n_max: int) -> str:
+    """The x label: model and seed count, plus the test users where a model was tested on fewer (--limit)."""
+    n = runs[0].test["n"]
+    users = f", {n} users" if n != n_max else ""
+    return f"{model}\n({len(runs)} seed{'s' if len(runs) > 1 else ''}{users})"
+
+
 def plot_metrics(groups: dict[str, list[RunRecord]], path: Path) -> bool:
     """Grouped bars of test hr@1 and ndcg@10 per model, std over seeds as error bars."""
     if not groups:
@@ -44,11 +51,7 @@ def plot_metrics(groups: dict[str, list[RunRecord]], path: Path) -> bool:
             xs, [s[0] for s in stats], width, yerr=[s[1] for s in stats], capsize=3, label=key, color=color
         )
     n_max = max(r.test["n"] for runs in groups.values() for r in runs)
-    labels = []
-    for m in models:  # "(3 seeds)"; "(1 seed, 200 users)" where a model was tested on fewer users
-        n = groups[m][0].test["n"]
-        labels.append(f"{m}\n({len(groups[m])} seed{'s' if len(groups[m]) > 1 else ''}")
-        labels[-1] += f", {n} users)" if n != n_max else ")"
+    labels = [_label(m, groups[m], n_max) for m in models]
     ax.set_xticks(range(len(models)), labels, rotation=30, ha="right")
     ax.set_ylabel("test metric (mean over seeds)")
     ax.set_ylim(0, 1)
