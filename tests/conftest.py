@@ -8,20 +8,51 @@
 - `tiny_prepared` (session): `prepare(tiny_atomic_dir, seed=1)` (max_len 10, 20 candidates); load it with
   `PreparedData.load(tiny_prepared)`.
 Do not modify the directories these fixtures return; copy them first.
+
+`--auto-dtype {measure,float32,bfloat16}` (or the environment variable `AMFREC_TEST_AUTO_DTYPE`) forces what
+`dtype: auto` resolves to on the CPU in this process, so a machine without fast bfloat16 still runs every
+unforced test in bfloat16 (`make test-bf16`). Tests that check exact math pin `dtype="float32"` themselves.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from amfrec import hardware
 from amfrec.data.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K = (REPO / ".." / "shared" / "data" / "ml-100k").resolve()
+
+
+AUTO_DTYPES = ("measure", "float32", "bfloat16")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--auto-dtype",
+        choices=AUTO_DTYPES,
+        default=os.environ.get("AMFREC_TEST_AUTO_DTYPE", "measure"),
+        help="what model.dtype 'auto' resolves to on the CPU (measure = the matmul probe, as users get)",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"amfrec: dtype auto -> {config.getoption('--auto-dtype')} (CPU flags: {hardware.cpu_flags()})"
+
+
+@pytest.fixture(autouse=True)
+def _forced_auto_dtype(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `dtype: auto` pick the forced dtype: the probe reports the forced one twice as fast."""
+    forced = request.config.getoption("--auto-dtype")
+    if forced != "measure":
+        other = "float32" if forced == "bfloat16" else "bfloat16"
+        monkeypatch.setattr(hardware, "probe_matmul_gflops", lambda: {forced: 2.0, other: 1.0})
 
 
 def write_atomic(path: Path, header: list[str], rows: list[list[object]]) -> Path:

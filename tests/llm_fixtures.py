@@ -136,10 +136,11 @@ SMALL = {
 }
 
 
-def make_tiny_amfrec_inputs(prepared: Path, root: Path) -> tuple[Path, Path]:
+def make_tiny_amfrec_inputs(prepared: Path, root: Path, dtype: str = "auto") -> tuple[Path, Path]:
     """Inputs of `train_amfrec(prepared, features, config, seed, out, SMALL)`: a feature folder with random id
     (4-d), text (6-d) and image (5-d) matrices imported the way users import their own, and a config file that
-    names a tiny random Llama saved under `root`. Returns (features, config)."""
+    names a tiny random Llama saved under `root` (with `model.dtype: dtype`; tests of exact equalities pin
+    "float32"). Returns (features, config)."""
     import json
 
     import numpy as np
@@ -158,5 +159,7 @@ def make_tiny_amfrec_inputs(prepared: Path, root: Path) -> tuple[Path, Path]:
     build_features(prepared, features, modalities=list(specs), import_specs=specs)
     backbone = make_tiny_backbone_dir(root / "lm")
     config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump({"model": {"backbone": str(backbone), "n_candidates": 20}}))
+    config.write_text(
+        yaml.safe_dump({"model": {"backbone": str(backbone), "n_candidates": 20, "dtype": dtype}})
+    )
     return features, config

@@ -29,10 +29,13 @@ COMMANDS = (
 )
 
 
-def test_help_lists_every_command() -> None:
+@pytest.mark.parametrize("module", ["amfrec", "amfrec.cli"])
+def test_help_lists_every_command(module: str) -> None:
+    """`python -m amfrec` (what `torchrun -m amfrec` runs) is the same command as `amfrec`."""
     out = subprocess.run(
-        [sys.executable, "-m", "amfrec.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, check=True
     ).stdout
+    assert out.startswith("usage: amfrec ")
     for command in COMMANDS:
         assert command in out
 

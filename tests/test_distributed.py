@@ -18,7 +18,7 @@ SETTINGS = {**SMALL, "train.max_steps": 6, "train.batch_size": 4, "train.eval_ev
 
 
 def command(prepared: Path, features: Path, config: Path, out: Path) -> list[str]:
-    argv = ["-m", "amfrec.cli", "train", "--model", "amfrec", "--data", str(prepared), "--features",
+    argv = ["-m", "amfrec", "train", "--model", "amfrec", "--data", str(prepared), "--features",
             str(features), "--config", str(config), "--seed", "5", "--out", str(out),
             "--limit", "4"]  # fmt: skip
     for key, value in SETTINGS.items():
@@ -27,7 +27,7 @@ def command(prepared: Path, features: Path, config: Path, out: Path) -> list[str
 
 
 def test_two_processes_equal_one(tiny_prepared: Path, tmp_path: Path) -> None:
-    features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path)
+    features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path, dtype="float32")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, *command(tiny_prepared, features, config, one)], check=True, env=env,
@@ -66,7 +66,7 @@ def test_resume_under_torchrun_after_a_kill(tiny_prepared: Path, tmp_path: Path)
     import signal
     import time
 
-    features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path)
+    features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path, dtype="float32")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     settings = ["--set", "train.max_steps=30", "--set", "train.eval_every=5"]
     one, two = tmp_path / "one", tmp_path / "two"

@@ -30,7 +30,7 @@ def train_command(prepared: Path, features: Path, config: Path, out: Path, resum
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_prepared: Path, tmp_path: Path) -> None:
-    features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path)
+    features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path, dtype="float32")
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     straight = tmp_path / "straight"
     subprocess.run(train_command(tiny_prepared, features, config, straight), check=True, env=env, timeout=600)

@@ -36,7 +36,7 @@ def test_path_load_freezes_and_adds_item_token(tiny_dir):
 
 
 def test_new_embedding_row_is_mean_and_embed_norm(tiny_dir):
-    bb = load_backbone(str(tiny_dir), device="cpu")
+    bb = load_backbone(str(tiny_dir), dtype="float32", device="cpu")  # compared with float32 weights
     original = AutoModelForCausalLM.from_pretrained(tiny_dir).get_input_embeddings().weight.detach()  # (V, d)
     w = bb.model.get_input_embeddings().weight
     torch.testing.assert_close(w[:-2], original)

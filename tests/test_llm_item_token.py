@@ -36,7 +36,9 @@ SCALE = 3.0  # the cosine scale s the tests set (not the init value 10, so that 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory: pytest.TempPathFactory) -> Backbone:
-    return load_backbone(str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm"))), device="cpu")
+    return load_backbone(
+        str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm"))), dtype="float32", device="cpu"
+    )
 
 
 def features() -> dict[str, SimpleNamespace]:
@@ -375,7 +377,7 @@ def test_gradient_checkpointing_recomputes_layers_and_changes_nothing(tmp_path) 
     path = make_tiny_backbone_dir(tmp_path / "lm")
     results = []
     for checkpointing in (False, True):
-        bb = load_backbone(str(path), device="cpu")
+        bb = load_backbone(str(path), dtype="float32", device="cpu")
         calls: list[int] = []
         for layer in bb.model.base_model.layers:  # count every run of a layer's own forward
 

@@ -24,7 +24,9 @@ N_ITEMS = len(TITLES) - 1
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
-    return load_backbone(str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm"))), device="cpu")
+    return load_backbone(
+        str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm"))), dtype="float32", device="cpu"
+    )
 
 
 TITLE_TEMPLATE = default_template(AnswerHead.TITLE, prompt_candidates=True, user_token=False)
@@ -239,7 +241,7 @@ E2E_TITLES = [""] + [
 
 @pytest.mark.e2e
 def test_smollm2_scores_two_examples():
-    bb = load_backbone(device="cpu")
+    bb = load_backbone(dtype="float32", device="cpu")
     enc = item_encoder(len(E2E_TITLES) - 1, bb.hidden_size, token_norm=bb.embed_norm)
     model = AMFRecModel(bb, enc, E2E_TITLES, answer="title", template=PromptTemplate(text=TITLE_TEMPLATE))
     history = torch.tensor([[0, 0, 1, 2, 3, 4, 5, 6, 7, 8], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]])
@@ -301,7 +303,9 @@ def test_build_amfrec_with_real_item_encoder(backbone, fusion, n_tokens):
 
 @pytest.fixture(scope="module")
 def eager_backbone(tmp_path_factory):
-    bb = load_backbone(str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm_eager"))), device="cpu")
+    bb = load_backbone(
+        str(make_tiny_backbone_dir(tmp_path_factory.mktemp("tiny_lm_eager"))), dtype="float32", device="cpu"
+    )
     bb.model.set_attn_implementation("eager")
     return bb
 

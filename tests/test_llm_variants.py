@@ -48,7 +48,7 @@ def setup(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 
 def test_zero_shot_trains_nothing_and_scores_title_likelihood(tiny_prepared: Path, setup) -> None:
     features, config, root = setup
-    overrides = {**SMALL, **VARIANTS["zero_shot"][1]}
+    overrides = {**SMALL, **VARIANTS["zero_shot"][1], "model.dtype": "float32"}  # exact reference
     result = train_amfrec(tiny_prepared, features, config, 1, root / "zs", overrides, limit=3, name="zs")
     assert result["info"]["steps"] == 0 and result["test"]["model"] == "zs" and result["test"]["n"] == 3
     assert not (root / "zs" / "gate_weights.json").exists()  # no soft tokens: no gate at work

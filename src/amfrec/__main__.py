@@ -1,0 +1,8 @@
+"""`python -m amfrec ...` is `amfrec ...` (so `torchrun -m amfrec train ...` works as torchrun users expect)."""
+
+import sys
+
+from amfrec.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
