@@ -1,4 +1,4 @@
-"""`python -m amfrec ...` is `amfrec ...`, so `torchrun -m amfrec train ...` works as torchrun users expect."""
+"""`python -m amfrec` is `amfrec`, so `torchrun -m amfrec train ...` works the way torchrun users expect."""
 
 import sys
 
