@@ -3,6 +3,10 @@
 It gives per user the sequence representation (the user soft token's input, A-LLMRec style) and its own
 item logits (rep . item embedding, the score it was trained with), which the item_token head adds with a
 learned weight. Its weights never train and are not part of AMFRec's checkpoint: the run directory is.
+
+Items the collaborative net never trained on (`known` False: no training interaction, so a random row) carry
+no collaborative evidence: they are left out of the history it reads, and their logit is the user's mean
+logit over the known items (no evidence either way), so only the content term tells them apart.
 """
 
 from __future__ import annotations
@@ -19,12 +23,20 @@ from amfrec.io import read_json
 class CollaborativeNet(nn.Module):
     """A frozen sequential recommender network: history (B, L) -> representation (B, H); item logits."""
 
-    def __init__(self, net: nn.Module, source: str = "") -> None:
+    def __init__(self, net: nn.Module, source: str = "", known: torch.Tensor | None = None) -> None:
+        """known: (n_items + 1,) bool, the items whose rows were trained (None = every item)."""
         super().__init__()
         self.net = net
         self.source = source
         self.net.requires_grad_(False)
         self.net.eval()
+        n_rows = int(net.item_table().shape[0])
+        known = torch.ones(n_rows, dtype=torch.bool) if known is None else torch.as_tensor(known).bool()
+        if known.shape != (n_rows,):
+            raise ValueError(f"known: expected shape ({n_rows},), got {tuple(known.shape)}")
+        known = known.clone()
+        known[0] = False  # padding
+        self.register_buffer("known", known, persistent=False)
 
     @property
     def hidden(self) -> int:
@@ -36,16 +48,31 @@ class CollaborativeNet(nn.Module):
         return self
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
-        """history (B, L) left-padded item indices -> (B, H) the last position's representation."""
+        """history (B, L) left-padded item indices -> (B, H) the last position's representation, read from
+        the known items only (unknown ones removed, the rest left-padded again); a history with no known item
+        gives a zero representation."""
+        kept = history * self.known[history]  # (B, L): unknown items -> padding, moved first (order kept)
+        order = torch.sort((kept != 0).to(torch.int8), dim=1, stable=True).indices
+        kept = kept.gather(1, order)
         with torch.no_grad():
-            return self.net(history)[:, -1].float()
+            rep = self.net(kept)[:, -1].float()  # (B, H)
+        return torch.where((kept != 0).any(1, keepdim=True), rep, torch.zeros_like(rep))
 
-    def item_logits(self, rep: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """rep (B, H); items (B, C) indices -> (B, C), or None -> (B, n_items) over items 1..n_items."""
+    def item_logits(
+        self, rep: torch.Tensor, items: torch.Tensor | None = None, known: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """rep (B, H); items (B, C) indices -> (B, C), or None -> (B, n_items) over items 1..n_items.
+
+        known: (n_items + 1,) bool, the items whose logit is used (default ``self.known``; training passes it
+        with dropped ids removed); every other item gets the user's mean logit over ``self.known``.
+        """
         table = self.net.item_table().float()  # (n_items + 1, H)
-        if items is None:
-            return rep @ table[1:].T  # (B, n_items)
-        return torch.einsum("bh,bch->bc", rep, table[items])  # (B, C)
+        logits = rep @ table.T  # (B, n_items + 1)
+        base = self.known.to(logits.dtype)  # (n_items + 1,)
+        mean = (logits * base).sum(1, keepdim=True) / base.sum().clamp(min=1)  # (B, 1)
+        use = self.known if known is None else known & self.known
+        logits = torch.where(use, logits, mean)  # (B, n_items + 1)
+        return logits[:, 1:] if items is None else logits.gather(1, items)
 
 
 def collab_run_from_features(features_dir: Path) -> Path:
@@ -62,12 +89,15 @@ def collab_run_from_features(features_dir: Path) -> Path:
     return path.parent
 
 
-def load_collaborative(kind: str, run: Path, n_items: int) -> CollaborativeNet:
-    """Load the `kind` ("sasrec" | "gru4rec") network of run directory `run`, frozen."""
+def load_collaborative(
+    kind: str, run: Path, n_items: int, known: torch.Tensor | None = None
+) -> CollaborativeNet:
+    """Load the `kind` ("sasrec" | "gru4rec") network of run directory `run`, frozen; known: (n_items + 1,)
+    bool, the items it trained on (the id modality's presence mask)."""
     from amfrec.baselines.sequential import GRU4Rec, SASRec
 
     cls = {"sasrec": SASRec, "gru4rec": GRU4Rec}[str(kind)]
     model = cls.load(run)
     if model.n_items != n_items:
         raise AmfrecError(f"{run}: the {kind} run covers {model.n_items} items, the data has {n_items}")
-    return CollaborativeNet(model._require_net(), source=str(Path(run).resolve()))
+    return CollaborativeNet(model._require_net(), source=str(Path(run).resolve()), known=known)

@@ -129,6 +129,11 @@ class ModelConfig:
     noun_plural: str = ""  # the {noun_plural} slot; empty = noun + "s"
     max_len: int = 10  # history items in the prompt
     n_candidates: int = 20
+    # Training only (item_token head): per step, each item drops modality m with probability
+    # modality_dropout[m] (never all of its modalities), so every projector learns to carry the ranking alone
+    # and the gate to reweight. An item whose id is dropped also loses its collaborative logit: it is trained
+    # exactly as a new item is scored. E.g. {id: 0.5}.
+    modality_dropout: dict[str, float] = field(default_factory=dict)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
@@ -211,6 +216,25 @@ class ModelConfig:
             raise ValueError(f"model.noun_plural: must be a string, got {self.noun_plural!r}")
         _positive_int(self.max_len, "model.max_len")
         _positive_int(self.n_candidates, "model.n_candidates", minimum=2)
+        self._check_dropout()
+
+    def _check_dropout(self) -> None:
+        if not isinstance(self.modality_dropout, Mapping):
+            raise ValueError(
+                f"model.modality_dropout: must map modality -> rate, got {self.modality_dropout!r}"
+            )
+        rates = {}
+        for name, rate in self.modality_dropout.items():
+            if name not in self.modalities:
+                raise ValueError(
+                    f"model.modality_dropout: {name!r} is not in model.modalities {self.modalities}"
+                )
+            rates[name] = _number(rate, f"model.modality_dropout.{name}")
+            if not rates[name] < 1.0:
+                raise ValueError(f"model.modality_dropout.{name}: must be in [0, 1), got {rate!r}")
+        if rates and any(rates.values()) and self.answer != AnswerHead.ITEM_TOKEN:
+            raise ValueError("model.modality_dropout: only with answer 'item_token'")
+        self.modality_dropout = rates
 
     @property
     def used_modalities(self) -> list[str]:

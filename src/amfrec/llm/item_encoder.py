@@ -137,6 +137,8 @@ class ItemEncoder(nn.Module):
                     for name, d in zip(self.modalities, dims, strict=True)
                 }
             )
+        rates = [float(cfg.modality_dropout.get(name, 0.0)) for name in self.modalities]
+        self.register_buffer("drop_rates", torch.tensor(rates), persistent=False)  # (M,)
         g = cfg.gate
         self.gate = (
             ModalityGate(dims, g.hidden, g.use_user_context, g.temperature)
@@ -149,16 +151,33 @@ class ItemEncoder(nn.Module):
         """T: soft tokens per item (M in tokens mode, 1 otherwise)."""
         return len(self.modalities) if self.mode == FusionMode.TOKENS else 1
 
-    def forward(self, items: torch.Tensor, history: torch.Tensor | None = None) -> ItemEncoderOutput:
+    def presence(self, items: torch.Tensor) -> torch.Tensor:
+        """items (N,) long -> (N, M) bool: which modalities each item has."""
+        return torch.stack([getattr(self, f"mask{i}")[items] for i in range(len(self.modalities))], -1)
+
+    def draw_dropout(self, n_rows: int) -> torch.Tensor | None:
+        """(n_rows, M) bool: the modalities items 0..n_rows-1 drop in this training step (each with its
+        ``modality_dropout`` rate, but never every modality an item has), or None when nothing is dropped."""
+        if not self.training or not bool((self.drop_rates > 0).any()):
+            return None
+        present = self.presence(torch.arange(n_rows, device=self.drop_rates.device))  # (R, M)
+        drop = (torch.rand(present.shape, device=present.device) < self.drop_rates) & present
+        keeps_one = (present & ~drop).any(-1, keepdim=True)  # (R, 1)
+        return drop & keeps_one  # an item that would lose everything keeps everything
+
+    def forward(
+        self, items: torch.Tensor, history: torch.Tensor | None = None, drop: torch.Tensor | None = None
+    ) -> ItemEncoderOutput:
         """items (B, S) long item indices (0 = padding); history (B, L) long, the user's items (for the gate's
-        user context; may be None when the gate does not use it). Returns tokens (B, S, T, d_llm)."""
+        user context; may be None when the gate does not use it); drop (B, S, M) bool, modalities treated as
+        absent (``draw_dropout``) or None. Returns tokens (B, S, T, d_llm)."""
         B, S = items.shape
         flat = items.reshape(-1)  # (N,)
         self._check_indices(flat, "items")
         xs = [getattr(self, f"feat{i}")[flat] for i in range(len(self.modalities))]  # M x (N, d_m)
-        present = torch.stack(
-            [getattr(self, f"mask{i}")[flat] for i in range(len(self.modalities))], -1
-        )  # (N, M)
+        present = self.presence(flat)  # (N, M)
+        if drop is not None:
+            present = present & ~drop.reshape(present.shape)
         any_present = present.any(-1, keepdim=True)  # (N, 1)
         weights = None
 

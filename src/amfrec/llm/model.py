@@ -144,19 +144,25 @@ class AMFRecModel(nn.Module, Recommender):
         """(B, L) item indices -> per-row titles of the non-zero items, in order."""
         return [[self.titles[i] for i in row if i] for row in idx.tolist()]
 
-    def item_table(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def item_table(
+        self, drop: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Every item's soft tokens (n_items + 1, T, d), the aux loss, gate weights (n_items + 1, M) | None.
 
         One item-encoder pass over the catalogue (prompt tokens and output vectors of the item_token head).
-        Without gradients it is kept until an item-encoder weight changes (the tensors' version counters).
+        drop: (n_items + 1, M) bool modalities dropped in this training step (``draw_dropout``), or None.
+        Without gradients (and without drop) it is kept until an item-encoder weight changes (the tensors'
+        version counters).
         """
         key = None
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and drop is None:
             key = tuple(p._version for p in self.item_encoder.parameters())
             if self._table_cache is not None and self._table_cache[0] == key:
                 return self._table_cache[1]
         n_rows = len(self.titles)
-        enc = self.item_encoder(torch.arange(n_rows, device=self.device)[None], None)
+        enc = self.item_encoder(
+            torch.arange(n_rows, device=self.device)[None], None, None if drop is None else drop[None]
+        )
         weights = enc.weights[0] if enc.weights is not None else None
         table = (enc.tokens[0], enc.aux_loss, weights)
         self._table_cache = (key, table) if key is not None else None
@@ -267,10 +273,16 @@ class AMFRecModel(nn.Module, Recommender):
         return hidden[:, -1].float(), rep, int(mask.sum())
 
     def item_logits(
-        self, q: torch.Tensor, rep: torch.Tensor | None, out: torch.Tensor, items: torch.Tensor | None
+        self,
+        q: torch.Tensor,
+        rep: torch.Tensor | None,
+        out: torch.Tensor,
+        items: torch.Tensor | None,
+        known: torch.Tensor | None = None,
     ) -> ScoreParts:
         """Scores of items, term by term: q (B, d); out (n_items + 1, d) output vectors; items (B, C) or None
-        = 1..n_items.
+        = 1..n_items; known (n_items + 1,) bool, the items whose collaborative logit counts (None = those the
+        collaborative net trained on; the others get the user's mean logit, see ``CollaborativeNet``).
 
         content s * cos(W q + b, out[c]), collab w * collab(rep, c) (None without the collaborative score),
         each (B, C) or (B, n_items); W q + b only with the query map (``query_head``), else q itself.
@@ -283,22 +295,26 @@ class AMFRecModel(nn.Module, Recommender):
         cos = qn @ on[1:].T if items is None else torch.einsum("bd,bcd->bc", qn, on[items])
         collab = None
         if self.adapter.collab_weight is not None:
-            collab = self.adapter.collab_weight * self.collab.item_logits(rep, items)
+            collab = self.adapter.collab_weight * self.collab.item_logits(rep, items, known)
         return ScoreParts(content=self.adapter.log_scale.exp() * cos, collab=collab)
 
     def _forward_item_token(
         self, history: torch.Tensor, candidates: torch.Tensor, target: torch.Tensor
     ) -> AMFRecOutput:
-        tokens, aux, weights = self.item_table()  # (n_items + 1, T, d)
+        drop = self.item_encoder.draw_dropout(len(self.titles)) if self.training else None  # (R, M) | None
+        tokens, aux, weights = self.item_table(drop)  # (n_items + 1, T, d)
         q, rep, n_tokens = self._query(history, candidates, tokens)
         out = tokens.mean(1)  # (n_items + 1, d): an item's output vector = its (mean) soft token
         target = target.to(self.device)
+        known = None  # an item whose id is dropped is scored as a new item: no collaborative logit either
+        if drop is not None and "id" in self.item_encoder.modalities:
+            known = ~drop[:, self.item_encoder.modalities.index("id")]
         if self.loss_items is LossItems.CATALOGUE:
-            logits = self.item_logits(q, rep, out, None).total  # (B, n_items)
+            logits = self.item_logits(q, rep, out, None, known).total  # (B, n_items)
             loss = F.cross_entropy(logits, target - 1)
         else:
             candidates = candidates.to(self.device)
-            logits = self.item_logits(q, rep, out, candidates).total  # (B, C)
+            logits = self.item_logits(q, rep, out, candidates, known).total  # (B, C)
             hit = candidates == target[:, None]
             if not bool(hit.any(1).all()):
                 raise ValueError("loss_items 'candidates': every candidate set must hold its target")

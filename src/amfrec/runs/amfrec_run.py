@@ -58,7 +58,8 @@ def build_model(
     collab = None
     if cfg.model.user_token is not None:
         run = collab_run_from_features(features_dir)
-        collab = load_collaborative(cfg.model.user_token.value, run, data.n_items).to(backbone.device)
+        known = data.item_train_counts > 0  # (n_items + 1,): items whose collaborative rows were trained
+        collab = load_collaborative(cfg.model.user_token.value, run, data.n_items, known).to(backbone.device)
         log.info("user token: the frozen %s of %s", cfg.model.user_token.value, run)
     model = build_amfrec(
         cfg.model, features, data.titles, backbone=backbone, collab=collab, loss_items=cfg.train.loss_items

@@ -1,0 +1,137 @@
+"""What lets content carry the score where the id model knows nothing: modality dropout in training, and a
+collaborative term that ignores the rows the collaborative net never trained (new items)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features
+
+from amfrec.baselines.sequential import SASRecConfig, SASRecNet
+from amfrec.llm.backbone import load_backbone
+from amfrec.llm.collab import CollaborativeNet
+from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
+from amfrec.llm.item_encoder import ItemEncoder
+from amfrec.llm.model import AMFRecModel
+
+N_ITEMS, L = len(TITLES) - 1, 5
+NEW = 7  # the item the collaborative net never trained on
+HISTORY = torch.tensor([[0, 0, 1, 2, 3], [0, 0, 0, 0, 4], [5, 6, NEW, 8, 9]])  # (B, L)
+CANDIDATES = torch.tensor([[4, 10, NEW, 11], [1, 12, 3, 2], [10, 11, 12, 1]])  # (B, C)
+
+
+def encoder(rates: dict[str, float], n_items: int = N_ITEMS, features: dict | None = None) -> ItemEncoder:
+    cfg = ModelConfig(modalities=["id", "text"], projector=ProjectorConfig(n_experts=2, hidden=8),
+                      gate=GateConfig(hidden=8), user_token=None, collab_score=False, max_len=L,
+                      modality_dropout=rates)  # fmt: skip
+    torch.manual_seed(0)
+    return ItemEncoder(features or random_features(n_items), HIDDEN, cfg, token_norm=1.0)
+
+
+def test_dropout_rates_by_hand_and_never_every_modality() -> None:
+    n = 2000
+    feats = random_features(n)
+    feats["text"].present[1::4] = False  # a quarter of the items have the id only: it can never be dropped
+    enc = encoder({"id": 0.5, "text": 0.2}, n, feats).train()
+    draws = torch.stack([enc.draw_dropout(n + 1) for _ in range(20)])  # (20, n + 1, 2)
+    both = torch.zeros(n + 1, dtype=torch.bool)
+    both[1:] = feats["text"].present[1:]
+    # the id of an item with both modalities is dropped at 0.5 unless text is dropped too (then it is kept):
+    # P(drop id) = 0.5 * (1 - 0.2) = 0.4; P(drop text) = 0.2 * (1 - 0.5) = 0.1 (by hand)
+    rate_id = draws[:, both, 0].float().mean()
+    rate_text = draws[:, both, 1].float().mean()
+    se = math.sqrt(0.25 / draws[:, both, 0].numel())
+    assert abs(float(rate_id) - 0.4) < 5 * se and abs(float(rate_text) - 0.1) < 5 * se
+    assert not draws[:, ~both].any()  # id-only items and padding drop nothing
+    assert not (draws[..., 0] & draws[..., 1]).any()
+    assert enc.eval().draw_dropout(n + 1) is None  # off at evaluation
+
+
+def test_a_dropped_modality_is_encoded_as_absent() -> None:
+    feats = random_features(N_ITEMS)
+    enc = encoder({"id": 0.5}, features=feats).train()
+    drop = torch.zeros(1, N_ITEMS + 1, 2, dtype=torch.bool)
+    drop[0, 3, 0] = True  # item 3 without its id
+    items = torch.arange(N_ITEMS + 1)[None]
+    with torch.no_grad():
+        dropped = enc(items, None, drop)
+    no_id = {k: SimpleNamespace(**vars(v)) for k, v in feats.items()}
+    no_id["id"].present = feats["id"].present.clone()
+    no_id["id"].present[3] = False
+    ref = encoder({"id": 0.5}, features=no_id).train()(items)  # the same weights (same seed)
+    torch.testing.assert_close(dropped.tokens, ref.tokens)
+    assert float(dropped.weights[0, 3, 0]) == 0.0 and float(dropped.weights[0, 3, 1]) == pytest.approx(1.0)
+    full = enc(items)
+    assert not torch.allclose(full.tokens[0, 3], dropped.tokens[0, 3])
+    torch.testing.assert_close(full.tokens[0, 4], dropped.tokens[0, 4])  # the other items untouched
+
+
+def collab(seed: int = 1) -> CollaborativeNet:
+    torch.manual_seed(seed)
+    net = SASRecNet(N_ITEMS, L, SASRecConfig(hidden=8, layers=1, heads=1))
+    with torch.no_grad():
+        net.item_emb.weight.normal_()
+        net.item_emb.weight[0].zero_()
+    known = torch.ones(N_ITEMS + 1, dtype=torch.bool)
+    known[NEW] = False
+    return CollaborativeNet(net, known=known)
+
+
+def test_new_items_get_the_users_mean_collaborative_logit_and_leave_the_history() -> None:
+    c = collab()
+    rep = c(HISTORY)  # (B, H)
+    cleaned = torch.tensor([[0, 0, 1, 2, 3], [0, 0, 0, 0, 4], [0, 5, 6, 8, 9]])  # NEW removed, left-padded
+    with torch.no_grad():
+        want_rep = c.net(cleaned)[:, -1]
+    torch.testing.assert_close(rep, want_rep)
+    logits = c.item_logits(rep, CANDIDATES)  # (B, C)
+    table = c.net.item_table().detach()
+    known = [i for i in range(1, N_ITEMS + 1) if i != NEW]
+    for b in range(3):  # slow reference, one user and one candidate at a time
+        mean = sum(float(rep[b] @ table[i]) for i in known) / len(known)
+        for j, item in enumerate(CANDIDATES[b].tolist()):
+            want = mean if item == NEW else float(rep[b] @ table[item])
+            assert float(logits[b, j]) == pytest.approx(want, abs=1e-5)
+    with torch.no_grad():  # the new item's untrained row changes nothing
+        c.net.item_emb.weight[NEW].mul_(-3.0)
+    torch.testing.assert_close(c.item_logits(c(HISTORY), CANDIDATES), logits)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> AMFRecModel:
+    bb = load_backbone(str(make_tiny_backbone_dir(tmp_path_factory.mktemp("lm"))), dtype="float32")
+    cfg = ModelConfig(modalities=["id", "text"], projector=ProjectorConfig(n_experts=2, hidden=8),
+                      gate=GateConfig(hidden=8), max_len=L, modality_dropout={"id": 0.5})  # fmt: skip
+    torch.manual_seed(0)
+    enc = ItemEncoder(random_features(N_ITEMS), HIDDEN, cfg, token_norm=bb.embed_norm)
+    return AMFRecModel(
+        bb, enc, TITLES, answer="item_token", collab=collab(), user_token=True, collab_score=True
+    )
+
+
+def test_a_new_items_score_has_no_collaborative_part(model: AMFRecModel) -> None:
+    model.eval()
+    parts = model.score_parts(HISTORY, CANDIDATES)
+    before = parts.total.clone()
+    with torch.no_grad():
+        model.collab.net.item_emb.weight[NEW].mul_(-3.0)  # an untrained row: noise
+    assert torch.equal(model.score_parts(HISTORY, CANDIDATES).total, before)
+    # the new candidate's collaborative part is the user's mean, the same as any other unknown item would get
+    rep = model.collab(HISTORY[:1])
+    mean = model.collab.item_logits(rep, None)[0][torch.arange(N_ITEMS) + 1 != NEW].mean()
+    w = float(model.adapter.collab_weight)
+    assert float(parts.collab[0, 2]) == pytest.approx(w * float(mean), abs=1e-5)
+
+
+def test_dropout_is_off_at_evaluation_and_on_in_training(model: AMFRecModel) -> None:
+    model.eval()
+    first = model.score(HISTORY, CANDIDATES)
+    assert torch.equal(model.score(HISTORY, CANDIDATES), first)  # deterministic: nothing dropped
+    model.train()
+    target = CANDIDATES[:, 0]
+    losses = {float(model(HISTORY, CANDIDATES, target).loss) for _ in range(4)}
+    assert len(losses) > 1  # each training step draws its own dropout
+    model.eval()
