@@ -84,11 +84,15 @@ def read_ranks(path: str | Path) -> dict:
 def load_run_ranks(run: str | Path, split: str = "test", protocol: str | None = None) -> tuple[dict, Path]:
     """(ranks record, its path) of a run; a run without one raises AmfrecError saying how to write it."""
     path = ranks_path(run, split, protocol)
+    if not Path(run).is_dir():
+        raise AmfrecError(f"{run}: run folder not found")
     if not path.is_file():
-        how = f" --protocol {protocol}" if protocol else " (then compare with --protocol score)"
+        command = f"`amfrec evaluate --run {run} --split {split} --protocol {protocol or 'score'}`"
+        if protocol:
+            raise AmfrecError(f"{path}: no ranks file; write it with {command}")
         raise AmfrecError(
-            f"{path}: no ranks file (written by runs trained since ranks are kept; "
-            f"re-run `amfrec evaluate --run {run} --split {split}{how}`)"
+            f"{path}: no ranks file (a run from before ranks were kept); re-run {command} and compare with "
+            "--protocol score"
         )
     return read_ranks(path), path
 
