@@ -164,12 +164,8 @@ def test_amfrec_runs_keep_their_ranks(tiny_amfrec_run: Path, tmp_path: Path) -> 
     shutil.copytree(tiny_amfrec_run, run)
     for split, metrics_file in (("test", "metrics.json"), ("valid", "valid_metrics.json")):
         rec, metrics = _ranks(run, f"{split}_ranks.json"), json.loads((run / metrics_file).read_text())
-        assert (rec["model"], rec["split"], rec["seed"], len(rec["ranks"])) == (
-            "amfrec",
-            split,
-            1,
-            4,
-        )  # limit 4
+        assert (rec["model"], rec["split"], rec["seed"]) == ("amfrec", split, 1)
+        assert len(rec["ranks"]) == 4  # the fixture evaluates with --limit 4
         assert stats.per_example(rec["ranks"], "mrr").mean() == pytest.approx(metrics["mrr"])
     assert main(["-q", "evaluate", "--run", str(run), "--limit", "4"]) == 0
     assert _ranks(run, "test_score_ranks.json")["ranks"] == _ranks(run)["ranks"]
