@@ -169,3 +169,28 @@ def test_amfrec_runs_keep_their_ranks(tiny_amfrec_run: Path, tmp_path: Path) -> 
         assert stats.per_example(rec["ranks"], "mrr").mean() == pytest.approx(metrics["mrr"])
     assert main(["-q", "evaluate", "--run", str(run), "--limit", "4"]) == 0
     assert _ranks(run, "test_score_ranks.json")["ranks"] == _ranks(run)["ranks"]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"format": "other/1"}, "not a ranks file"),
+        ({"ranks": [1, 21]}, "outside 1..20"),
+        ({"targets": ["i1"]}, "2 ranks, 2 users, 1 targets"),
+        ({"slices": {"cold": [2]}}, "slice 'cold' holds a row index outside 0..1"),
+        ({"seed": "1"}, "'seed'"),
+    ],
+)
+def test_malformed_ranks_files_name_the_file(tmp_path: Path, change: dict, match: str) -> None:
+    from amfrec.errors import AmfrecError
+    from amfrec.runs.ranks import read_ranks
+
+    good = {"format": "amfrec-ranks/1", "split": "test", "seed": 1, "model": "m", "n_candidates": 20}
+    good |= {"users": ["a", "b"], "targets": ["i1", "i2"], "ranks": [1, 20], "slices": {"cold": [1]}}
+    path = tmp_path / "test_ranks.json"
+    path.write_text(json.dumps(good))
+    assert read_ranks(path) == good
+    path.write_text(json.dumps(good | change))
+    with pytest.raises(AmfrecError, match=match) as e:
+        read_ranks(path)
+    assert str(path) in str(e.value)
