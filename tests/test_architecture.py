@@ -9,7 +9,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "amfrec"
 # Lowest first. A module may import its own layer (without cycles) and every layer below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("__init__", "errors", "metrics", "hardware", "io"),  # ground floor: no domain types
+    ("__init__", "errors", "metrics", "hardware", "io", "stats"),  # ground floor: no domain types
     ("data",),  # raw files -> prepared splits and candidates
     ("features",),  # prepared items -> modality matrices
     ("recommender", "evaluate"),  # the one model contract; any Recommender on a split -> metrics
@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("llm",),  # the AMFRec model: backbone, prompt, item encoder, head, training loop
     ("runs",),  # application: run folders, experiments, reports, quickstart, bench
     ("serve",),  # the HTTP API and web page over a run
-    ("cli", "__main__"),  # the only reader of argv
+    ("cli", "cli_compare", "__main__"),  # the only readers of argv
 )
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80
 

@@ -238,8 +238,10 @@ def test_train_baseline_writes_the_run_directory(tiny_prepared, tmp_path):
         "item_embeddings.npy",
         "metrics.json",
         "sasrec.safetensors",
+        "test_ranks.json",
         "train.log",
         "valid_metrics.json",
+        "valid_ranks.json",
     ]
     test = json.loads((out / "metrics.json").read_text())
     assert test == res["test"] and test["split"] == "test" and test["seed"] == 2 and test["model"] == "sasrec"

@@ -23,6 +23,7 @@ COMMANDS = (
     "recommend",
     "experiment",
     "report",
+    "compare",
     "serve",
     "bench",
     "quickstart",
@@ -62,6 +63,9 @@ def test_every_command_parses_its_arguments() -> None:
     assert (a.cold_threshold, a.kcore, a.seed, a.data) == (3, 2, 1, None)
     a = parser.parse_args(["report", "--exp", "E"])
     assert a.exp == Path("E") and a.out is None
+    a = parser.parse_args(["compare", "R1,R2", "S1,S2", "--slice", "cold", "--metric", "ndcg@10"])
+    assert (a.run_a, a.run_b, a.slice, a.metric, a.protocol, a.resamples, a.seed) == (
+        "R1,R2", "S1,S2", "cold", "ndcg@10", None, 10000, 0)  # fmt: skip
     with pytest.raises(SystemExit):
         parser.parse_args(["experiment", "--data", "D", "--out", "E", "--seeds", "1,x"])
 

@@ -100,6 +100,10 @@ def test_ranks_by_hand_and_batch_size_independent():
     ranks7 = evaluate_ranks(ByIndex(), split, batch_size=7)
     assert ranks1.tolist() == ranks7.tolist()
     assert ranks1.tolist() == [2] + [5] * 6
+    # evaluate returns them on request, and the metrics record leaves them out
+    m = evaluate(ByIndex(), split, return_ranks=True)
+    assert m["ranks"].tolist() == [2] + [5] * 6 and "ranks" not in evaluate(ByIndex(), split)
+    assert "ranks" not in metrics_record(m, "test", 1, "by_index", 0.0)
 
 
 def test_evaluate_errors():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,54 @@ def test_report_cli_errors_name_the_folder(tmp_path: Path, capsys: pytest.Captur
         assert main(["report", "--exp", str(tmp_path / folder)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("amfrec: error: ") and folder in err and "\n" not in err
+
+
+def _ranks_file(path: Path, model: str, seed: int, ranks: list[int], slices: dict) -> None:
+    rec = {"format": "amfrec-ranks/1", "split": "test", "seed": seed, "model": model, "n_candidates": 20}
+    users, targets = ["u1", "u2", "u3", "u4"], ["i1", "i2", "i3", "i4"]
+    _write(path, rec | {"users": users, "targets": targets, "ranks": ranks, "slices": slices})
+
+
+def test_report_paired_comparisons_by_hand(tmp_path: Path) -> None:
+    """Each model against sasrec, amfrec against amfrec-no_llm, seeds pooled; a run without ranks is named."""
+    from amfrec.stats import paired_bootstrap_ci, sign_flip_p
+
+    ranks = {  # seed -> model -> the ranks of users u1..u4
+        1: {"sasrec": [1, 2, 1, 5], "amfrec": [1, 1, 3, 1], "amfrec-no_llm": [2, 1, 1, 1]},
+        2: {"sasrec": [1, 1, 1, 1], "amfrec": [2, 1, 1, 3], "amfrec-no_llm": [1, 1, 1, 1]},
+    }
+    exp = tmp_path / "exp"
+    for seed, models in ranks.items():
+        _write(exp / f"seed{seed}" / "popularity" / "metrics.json", _metrics(0.1, 0.0))  # no ranks file
+        for model, r in models.items():
+            _write(exp / f"seed{seed}" / model / "metrics.json", _metrics(0.5, 0.5))
+            slices = {"tail": [0, 1], "nobody": []} | ({"new": [2]} if model == "amfrec" else {})
+            _ranks_file(exp / f"seed{seed}" / model / "test_ranks.json", model, seed, r, slices)
+    text = write_report(exp).read_text()
+    assert "## Paired comparisons" in text
+
+    def row(a: str, b: str, metric: str, slice: str, n: int, va: list[float], vb: list[float]) -> str:
+        d = [x - y for x, y in zip(va, vb, strict=True)]
+        lo, hi = paired_bootstrap_ci(d, 10000, seed=0)
+        mean_a, mean_b = sum(va) / len(va), sum(vb) / len(vb)
+        means = [f"{mean_a:.4f}", f"{mean_b:.4f}", f"{mean_a - mean_b:+.4f}"]
+        cells = [a, b, metric, slice, "1,2", str(n), *means, f"[{lo:+.4f}, {hi:+.4f}]"]
+        cells.append(f"{sign_flip_p(d, 10000, seed=0):.3g}")
+        return "| " + " | ".join(cells) + " |"
+
+    # hr@1 per (seed, user): amfrec 1,1,0,1 | 0,1,1,0 (mean 5/8); sasrec 1,0,1,0 | 1,1,1,1 (6/8)
+    amf, sas = [1, 1, 0, 1, 0, 1, 1, 0], [1, 0, 1, 0, 1, 1, 1, 1]
+    assert row("amfrec", "sasrec", "hr@1", "all", 8, amf, sas) in text
+    assert "| amfrec | sasrec | hr@1 | all | 1,2 | 8 | 0.6250 | 0.7500 | -0.1250 |" in text
+    # the slice "tail" = users u1, u2 of each seed: amfrec 1,1 | 0,1; sasrec 1,0 | 1,1 -> a tie
+    assert "| amfrec | sasrec | hr@1 | tail | 1,2 | 4 | 0.7500 | 0.7500 | +0.0000 |" in text
+    g = 1 / math.log2(3)  # ndcg@10 of rank 2; rank 3 -> 0.5, rank 5 -> 1 / log2(6)
+    amf_ndcg = [1, 1, 0.5, 1, g, 1, 1, 0.5]
+    sas_ndcg = [1, g, 1, 1 / math.log2(6), 1, 1, 1, 1]
+    assert row("amfrec", "sasrec", "ndcg@10", "all", 8, amf_ndcg, sas_ndcg) in text
+    # amfrec against its no-LLM control, hr@1: no_llm 0,1,1,1 | 1,1,1,1
+    assert row("amfrec", "amfrec-no_llm", "hr@1", "all", 8, amf, [0, 1, 1, 1, 1, 1, 1, 1]) in text
+    assert "| amfrec-no_llm | sasrec | hr@1 | all |" in text
+    assert "| nobody |" not in text and "| new |" not in text  # empty, or not in both files of a pair
+    left_out = f"Left out: popularity vs sasrec: no test_ranks.json in {exp / 'seed1' / 'popularity'}"
+    assert left_out in text and str(exp / "seed2" / "popularity") in text

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from amfrec import __version__
 from amfrec.baselines import BASELINES
+from amfrec.cli_compare import add_compare_parser
 from amfrec.errors import AmfrecError
 
 log = logging.getLogger("amfrec")
@@ -325,9 +326,7 @@ def _add_tool_parsers(sub) -> None:
     b = sub.add_parser("bench", help="backbone training throughput and MFU vs measured matmul peak")
     b.add_argument("--backbone", default="smollm2-135m")
     b.add_argument(
-        "--dtypes",
-        default="auto",
-        help="comma-separated: auto (the dtype the probe picks), float32, bfloat16 (default: auto)",
+        "--dtypes", default="auto", help="comma-separated: auto (the probe's pick), float32, bfloat16"
     )
     b.add_argument("--seq-len", type=int, default=256)
     b.add_argument("--batch-size", type=int, default=4)
@@ -357,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_features_parser(sub)
     _add_run_parsers(sub)
     _add_experiment_parsers(sub)
+    add_compare_parser(sub)
     _add_tool_parsers(sub)
     return p
 

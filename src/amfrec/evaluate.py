@@ -74,10 +74,12 @@ def evaluate(
     batch_size: int = 256,
     desc: str = "evaluate",
     slices: dict[str, torch.Tensor] | None = None,
+    return_ranks: bool = False,
 ) -> dict:
     """Score every candidate set of `split` with `model`; return hr@k, ndcg@k (k in 1,3,5,10), mrr and n.
 
     slices: named (N,) bool masks (e.g. `PreparedData.slices(split)`); their metrics go under "slices".
+    return_ranks: also return the (N,) long ranks under "ranks" (not copied by `metrics_record`).
     """
     if len(split) == 0:
         raise ValueError("cannot evaluate an empty split")
@@ -85,6 +87,8 @@ def evaluate(
     out: dict = {**ranking_metrics(ranks, RANK_KS), "n": len(split)}
     if slices:
         out["slices"] = slice_metrics(ranks, slices)
+    if return_ranks:
+        out["ranks"] = ranks  # (N,)
     return out
 
 

@@ -29,6 +29,7 @@ from amfrec.llm.distributed import from_env
 from amfrec.llm.model import AMFRecModel
 from amfrec.llm.train import train
 from amfrec.metrics import generation_metrics
+from amfrec.runs.ranks import ranks_record, write_ranks
 from amfrec.runs.rundir import (
     load_run_config,
     metrics_record,
@@ -75,10 +76,11 @@ def build_model(
 
 
 def _score(model: AMFRecModel, split: Split, desc: str, data: PreparedData | None = None) -> dict:
-    """Evaluate on `split`; with `data`, also on its named slices (the cold-start slice)."""
+    """Evaluate on `split`; with `data`, also on its named slices (the cold-start slice) and keep the (N,)
+    ranks under "ranks"."""
     with torch.inference_mode():
         slices = data.slices(split) if data is not None else None
-        return evaluate(model, split, batch_size=EVAL_BATCH, desc=desc, slices=slices)
+        return evaluate(model, split, EVAL_BATCH, desc, slices=slices, return_ranks=data is not None)
 
 
 def train_amfrec(
@@ -120,8 +122,8 @@ def train_amfrec(
         info = train(model, data, cfg, out, evaluate_fn=lambda m, s: _score(m, s, "validate"), resume=resume)
         weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
         model.adapter.load_state_dict(weights)
-        valid = _score(model, data.valid.head(limit), "valid", data)
-        test = _score(model, data.test.head(limit), "test", data)
+        valid_part, test_part = data.valid.head(limit), data.test.head(limit)
+        valid, test = _score(model, valid_part, "valid", data), _score(model, test_part, "test", data)
         wall = time.perf_counter() - t0
         run_config = {
             "model": {"name": "amfrec", **cfg.to_dict()["model"]},
@@ -143,7 +145,11 @@ def train_amfrec(
         test_rec = metrics_record(test, "test", seed, name, wall)
         write_json(out / "train_history.json", {"losses": info["losses"], "evals": info["evals"]})
         write_gate_weights(model, out / GATE_FILE)
-        write_run(out, run_config, test_rec, valid_rec)
+        ranks = {
+            "valid": ranks_record(valid["ranks"], valid_part, data, "valid", seed, name),
+            "test": ranks_record(test["ranks"], test_part, data, "test", seed, name),
+        }
+        write_run(out, run_config, test_rec, valid_rec, ranks=ranks)
         log.info(
             "%s seed %d: test hr@1 %.4f ndcg@10 %.4f (%.0f s, training %.0f s)",
             name, seed, test["hr@1"], test["ndcg@10"], wall, info["wall_time_s"],
@@ -203,14 +209,17 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a trained run on its fixed candidates; writes RUN/<split>_<protocol>_metrics.json, or
     RUN/<split>_<protocol>_corrupt-<modality>-<how>_metrics.json with `corrupt` (then the record also holds
-    the mean modality weights over the catalogue under "gate_mean")."""
+    the mean modality weights over the catalogue under "gate_mean"); the score protocol also writes the
+    per-example ranks beside it (<stem>_ranks.json)."""
     t0 = time.perf_counter()
     model, data, run_cfg = load_run(run, corrupt=corrupt)
     part = (data.valid if split == "valid" else data.test).head(limit)
     seed = int(run_cfg["run"]["seed"])
+    ranks = None
     if protocol == "score":
         metrics = _score(model, part, split, data)
         rec = metrics_record(metrics, split, seed, "amfrec", time.perf_counter() - t0)
+        ranks = ranks_record(metrics["ranks"], part, data, split, seed, run_cfg["run"].get("name", "amfrec"))
     elif protocol == "generate":
         if model.answer != "title":
             raise AmfrecError(
@@ -243,6 +252,8 @@ def evaluate_run(
         if weights is not None:
             mods = model.item_encoder.modalities
             rec["gate_mean"] = dict(zip(mods, weights[1:].float().mean(0).tolist(), strict=True))
+    if ranks is not None:
+        write_ranks(run / f"{stem}_ranks.json", ranks)
     write_json(run / f"{stem}_metrics.json", rec)
     return rec
 

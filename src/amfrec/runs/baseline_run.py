@@ -20,6 +20,7 @@ from amfrec.errors import AmfrecError
 from amfrec.evaluate import evaluate
 from amfrec.io import atomic_dir, read_yaml_mapping
 from amfrec.recommender import Recommender
+from amfrec.runs.ranks import ranks_path, ranks_record, write_ranks
 from amfrec.runs.rundir import (
     PACKAGED_CONFIGS,
     metrics_record,
@@ -127,8 +128,10 @@ def train_baseline(
                  len(data.train), data.n_items)  # fmt: skip
         info = model.fit(data, seed)
         valid_part, test_part = data.valid.head(limit), data.test.head(limit)
-        valid = evaluate(model, valid_part, desc=f"{name} valid", slices=data.slices(valid_part))
-        test = evaluate(model, test_part, desc=f"{name} test", slices=data.slices(test_part))
+        valid, test = (
+            evaluate(model, part, desc=f"{name} {s}", slices=data.slices(part), return_ranks=True)
+            for s, part in (("valid", valid_part), ("test", test_part))
+        )
         wall = time.perf_counter() - t0
         valid_rec = metrics_record(valid, "valid", seed, name, wall)
         test_rec = metrics_record(test, "test", seed, name, wall)
@@ -148,7 +151,11 @@ def train_baseline(
             },
             "train_info": {k: v for k, v in info.items() if k != "epochs"},
         }
-        write_run(tmp, config, test_rec, valid_rec)
+        ranks = {
+            "valid": ranks_record(valid["ranks"], valid_part, data, "valid", seed, name),
+            "test": ranks_record(test["ranks"], test_part, data, "test", seed, name),
+        }
+        write_run(tmp, config, test_rec, valid_rec, ranks=ranks)
         model.save(tmp)  # type: ignore[attr-defined]
     return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
 
@@ -161,7 +168,8 @@ LOADERS: dict[str, Callable[[Path, PreparedData], Recommender]] = {
 
 
 def evaluate_baseline_run(run: str | Path, split: str = "test", limit: int | None = None) -> dict:
-    """Reload a baseline run and score its fixed candidates again; writes RUN/<split>_score_metrics.json."""
+    """Reload a baseline run and score its fixed candidates again; writes RUN/<split>_score_metrics.json and
+    RUN/<split>_score_ranks.json."""
     from amfrec.io import write_json
 
     t0 = time.perf_counter()
@@ -173,7 +181,10 @@ def evaluate_baseline_run(run: str | Path, split: str = "test", limit: int | Non
     data = PreparedData.load(info["data"])
     model = LOADERS[name](run, data)
     part = (data.valid if split == "valid" else data.test).head(limit)
-    metrics = evaluate(model, part, desc=f"{name} {split}", slices=data.slices(part))
+    metrics = evaluate(model, part, desc=f"{name} {split}", slices=data.slices(part), return_ranks=True)
     rec = metrics_record(metrics, split, int(info["seed"]), name, time.perf_counter() - t0)
+    write_ranks(
+        ranks_path(run, split, "score"), ranks_record(metrics["ranks"], part, data, split, rec["seed"], name)
+    )
     write_json(run / f"{split}_score_metrics.json", rec)
     return rec

@@ -18,6 +18,7 @@ from amfrec.runs.results import (
     collect_runs,
     gate_table,
     metrics_table,
+    paired_table,
     parts_table,
     robustness_table,
 )
@@ -25,6 +26,11 @@ from amfrec.runs.results import (
 log = logging.getLogger(__name__)
 
 TABLE_KEYS = ("hr@1", "hr@5", "hr@10", "ndcg@10", "mrr")
+PAIRED_TEXT = (
+    "Per test user, A's metric minus B's on the same candidates (`amfrec compare`): the mean difference, its "
+    "95% percentile bootstrap interval and the two-sided sign-flip p-value (10,000 resamples each, seed 0), "
+    "seeds pooled as independent users; slices as in the ranks files."
+)
 PLOTS = {
     "metrics.png": (plot_metrics, "Test metrics per model"),
     "valid_curves.png": (plot_valid_curves, "Validation curves"),
@@ -65,6 +71,10 @@ def write_report(exp: Path, out: Path | None = None) -> Path:
     for title, text, table in sections:
         if table:
             parts += [title, text, table]
+    paired, skipped = paired_table(groups)
+    if paired or skipped:
+        parts += ["## Paired comparisons", PAIRED_TEXT, *([paired] if paired else [])]
+        parts += [f"Left out: {note}." for note in skipped]
     pictures = []
     for name, (draw, caption) in PLOTS.items():
         if draw(groups, out / name):

@@ -4,8 +4,9 @@ An experiment folder (`amfrec experiment --out DIR`) holds DIR/seed<S>/<run>/ pe
 has metrics.json (test, with the cold-start slice under "slices") and may have train_history.json (AMFRec:
 the validation curve), gate_weights.json (AMFRec: every item's modality weights) and
 test_score_corrupt-<modality>-<how>_metrics.json (`amfrec evaluate --corrupt`) and test_parts_metrics.json
-(`amfrec evaluate --protocol parts`). The tables here show what
-was found, mean ± std over seeds; `amfrec.runs.plots` draws it and `amfrec.runs.report` writes both out.
+(`amfrec evaluate --protocol parts`), and test_ranks.json (per-user ranks, for the paired comparisons). The
+tables here show what was found, mean ± std over seeds (paired tables: seeds pooled); `amfrec.runs.plots`
+draws it and `amfrec.runs.report` writes both out.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 from amfrec.errors import AmfrecError
 from amfrec.io import read_json
+from amfrec.runs.compare import PAIRED_HEADER, markdown_table, paired_cells
+from amfrec.runs.ranks import ALL, common_slices, load_pairs, paired_result, ranks_path
 
 ORDER = ("popularity", "sasrec", "gru4rec", "amfrec")  # then the AMFRec variants, by name
 CORRUPT_FILE = re.compile(r"test_score_corrupt-(?P<modality>[^-]+)-(?P<how>\w+)_metrics\.json")
@@ -34,6 +37,7 @@ class RunRecord:
     gate: dict | None = None  # gate_weights.json: {"modalities", "weights" (n, M), "present" (n, M)}
     corrupt: dict[str, dict] = field(default_factory=dict)  # "image=noise" -> test record
     parts: dict | None = None  # test_parts_metrics.json: {"content": metrics, "collab": ..., "full": ...}
+    path: Path | None = None  # the run folder (its test_ranks.json feeds the paired comparisons)
 
 
 def _optional_json(path: Path) -> Any:
@@ -65,6 +69,7 @@ def collect_runs(exp: Path) -> list[RunRecord]:
                 gate=_optional_json(run / "gate_weights.json"),
                 corrupt=corrupt,
                 parts=_optional_json(run / "test_parts_metrics.json"),
+                path=run,
             )
         )
     if not runs:
@@ -195,3 +200,44 @@ def gate_table(groups: dict[str, list[RunRecord]]) -> str:
             means = ", ".join(f"{m} {statistics.mean(w[k] for w in rows):.3f}" for k, m in enumerate(mods))
             lines.append(f"| {model} | {label} ({len(rows) // len(gates)}) | {means} |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+PAIRED_METRICS = ("hr@1", "ndcg@10")
+
+
+def paired_pairs(groups: dict[str, list[RunRecord]]) -> list[tuple[str, str]]:
+    """The report's comparisons (A, B): every model against sasrec, and amfrec against amfrec-no_llm."""
+    pairs = [(m, "sasrec") for m in groups if m != "sasrec" and "sasrec" in groups]
+    if "amfrec" in groups and "amfrec-no_llm" in groups:
+        pairs.append(("amfrec", "amfrec-no_llm"))
+    return pairs
+
+
+def paired_table(
+    groups: dict[str, list[RunRecord]], n_resamples: int = 10000, seed: int = 0
+) -> tuple[str, list[str]]:
+    """(markdown table, notes on the pairs left out): each pair of `paired_pairs` on hr@1 and ndcg@10, on
+    all test users and on every slice of the ranks files, seeds pooled, with bootstrap interval and sign-flip
+    p-value. A pair is left out (with a note) when a run lacks test_ranks.json or the runs do not pair."""
+    rows, notes = [], []
+    for model_a, model_b in paired_pairs(groups):
+        runs_a = {r.seed: r for r in groups[model_a]}
+        runs_b = {r.seed: r for r in groups[model_b]}
+        seeds = sorted(set(runs_a) & set(runs_b))
+        runs = [(runs_a[s].path, runs_b[s].path) for s in seeds]
+        lacking = [str(p) for pair in runs for p in pair if p is None or not ranks_path(p).is_file()]
+        if lacking or not runs:
+            notes.append(f"{model_a} vs {model_b}: no test_ranks.json in {', '.join(lacking) or 'any run'}")
+            continue
+        try:
+            loaded = load_pairs(runs)
+        except AmfrecError as e:
+            notes.append(f"{model_a} vs {model_b}: {e}")
+            continue
+        for name in (ALL, *common_slices(loaded)):
+            if name != ALL and not any(a["slices"][name] for (a, _), _ in loaded):
+                continue  # an empty slice
+            for metric in PAIRED_METRICS:
+                result = paired_result(loaded, metric, name, n_resamples, seed)
+                rows.append([model_a, model_b, *paired_cells(result, seeds)])
+    return (markdown_table(("A", "B", *PAIRED_HEADER), rows) if rows else ""), notes

@@ -1,4 +1,5 @@
-"""Run directories: RUN/config.yaml (resolved), RUN/metrics.json (test), RUN/valid_metrics.json.
+"""Run directories: RUN/config.yaml (resolved), RUN/metrics.json (test), RUN/valid_metrics.json, and the
+per-example ranks RUN/test_ranks.json, RUN/valid_ranks.json (`amfrec.runs.ranks`).
 
 Every file is written atomically (temporary file + rename). To make a whole run directory appear
 at once, write into `amfrec.io.atomic_dir(out)` and call `write_run` on the temporary directory.
@@ -21,6 +22,7 @@ import yaml
 from amfrec.errors import AmfrecError
 from amfrec.io import read_yaml_mapping, write_json, write_text
 from amfrec.metrics import RANK_KS
+from amfrec.runs.ranks import ranks_path, write_ranks
 
 METRIC_KEYS: tuple[str, ...] = (
     *(f"hr@{k}" for k in RANK_KS),
@@ -75,8 +77,12 @@ def write_run(
     test_metrics: Mapping[str, Any],
     valid_metrics: Mapping[str, Any],
     files: Mapping[str, Callable[[Path], None]] | None = None,
+    ranks: Mapping[str, dict] | None = None,
 ) -> Path:
     """Write RUN/config.yaml, RUN/metrics.json (test) and RUN/valid_metrics.json into `out`.
+
+    `ranks` maps a split ("test", "valid") to its ranks record (`amfrec.runs.ranks.ranks_record`), written
+    to RUN/<split>_ranks.json.
 
     The metrics must already be flat records (see `metrics_record`). `files` maps a name inside
     the run directory to a writer `fn(path)`; each writer gets a temporary path beside the final
@@ -101,6 +107,8 @@ def write_run(
                 shutil.rmtree(tmp)
             elif tmp.exists():
                 tmp.unlink()
+    for split, record in (ranks or {}).items():
+        write_ranks(ranks_path(out, split), record)
     write_yaml(out / "config.yaml", config)
     write_json(out / "valid_metrics.json", dict(valid_metrics))
     write_json(out / "metrics.json", dict(test_metrics))

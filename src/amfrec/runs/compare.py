@@ -1,0 +1,102 @@
+"""`amfrec compare RUN_A RUN_B`: the paired per-user difference of two models, with its bootstrap interval and
+sign-flip p-value (`amfrec.runs.ranks` pairs the ranks files, `amfrec.stats` does the statistics).
+
+A side is a run folder, a comma-separated list of run folders (one per seed, paired with the other side's in
+order), or, with `exp`, a model name: every EXP/seed<S>/<MODEL> whose seed both models have.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from amfrec.errors import AmfrecError
+from amfrec.runs.ranks import ALL, load_pairs, paired_result
+from amfrec.stats import PairedResult
+
+log = logging.getLogger(__name__)
+
+PAIRED_HEADER = ("metric", "slice", "seeds", "n", "mean A", "mean B", "A − B", "95% CI", "p")
+
+
+def paired_cells(result: PairedResult, seeds: list[int]) -> list[str]:
+    """One table row's cells (in the order of PAIRED_HEADER)."""
+    return [
+        result.metric,
+        result.slice,
+        ",".join(map(str, seeds)),
+        str(result.n),
+        f"{result.mean_a:.4f}",
+        f"{result.mean_b:.4f}",
+        f"{result.diff:+.4f}",
+        f"[{result.ci_lo:+.4f}, {result.ci_hi:+.4f}]",
+        f"{result.p:.3g}",
+    ]
+
+
+def markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
+    """A markdown table: text columns left-aligned, the others (numbers) right-aligned."""
+    align = ["---" if h in ("A", "B", "metric", "slice", "seeds") else "---:" for h in header]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def seed_runs(exp: Path, model: str) -> dict[int, Path]:
+    """{seed: EXP/seed<S>/<model>} for every seed folder that holds a `model` run folder."""
+    out = {}
+    for run in exp.glob(f"seed*/{model}"):
+        seed = run.parent.name.removeprefix("seed")
+        if seed.isdigit() and run.is_dir():
+            out[int(seed)] = run
+    return dict(sorted(out.items()))
+
+
+def resolve_pairs(a: str, b: str, exp: Path | None = None) -> tuple[list[tuple[Path, Path]], str, str]:
+    """(pairs of run folders (A, B), label of A, label of B) from the command line's two sides."""
+    if exp is not None:
+        if not Path(exp).is_dir():
+            raise AmfrecError(f"{exp}: experiment folder not found")
+        runs_a, runs_b = seed_runs(Path(exp), a), seed_runs(Path(exp), b)
+        common = sorted(set(runs_a) & set(runs_b))
+        if not common:
+            raise AmfrecError(f"{exp}: no seed*/ folder holds both a {a!r} and a {b!r} run")
+        for seed in sorted(set(runs_a) ^ set(runs_b)):
+            log.warning("seed %d: only one of %s and %s was run; left out", seed, a, b)
+        return [(runs_a[s], runs_b[s]) for s in common], a, b
+    runs_a = [Path(t.strip()) for t in a.split(",") if t.strip()]
+    runs_b = [Path(t.strip()) for t in b.split(",") if t.strip()]
+    if not runs_a or len(runs_a) != len(runs_b):
+        raise AmfrecError(
+            f"RUN_A names {len(runs_a)} run folder(s) and RUN_B {len(runs_b)}: give the same number, "
+            "one per seed, in the same seed order"
+        )
+    return list(zip(runs_a, runs_b, strict=True)), runs_a[0].name, runs_b[0].name
+
+
+def compare(
+    a: str,
+    b: str,
+    exp: Path | None = None,
+    metric: str = "hr@1",
+    slice: str = ALL,
+    split: str = "test",
+    protocol: str | None = None,
+    n_resamples: int = 10000,
+    seed: int = 0,
+) -> str:
+    """The comparison of side A with side B as a small text table (see the module docstring for the sides)."""
+    pairs, label_a, label_b = resolve_pairs(a, b, exp)
+    loaded = load_pairs(pairs, split, protocol)
+    result = paired_result(loaded, metric, slice, n_resamples, seed)
+    seeds = [rec["seed"] for (rec, _), _ in loaded]
+    return "\n".join(
+        [
+            f"A = {label_a}: " + ", ".join(str(p) for (_, p), _ in loaded),
+            f"B = {label_b}: " + ", ".join(str(p) for _, (_, p) in loaded),
+            "",
+            markdown_table(PAIRED_HEADER, [paired_cells(result, seeds)]),
+            "",
+            "Paired by (seed, user), seeds pooled; 95% percentile bootstrap interval of the mean difference "
+            f"and two-sided sign-flip p-value, {n_resamples} resamples each (seed {seed}).",
+        ]
+    )

@@ -1,0 +1,183 @@
+"""Per-example ranks files, and paired comparisons of two models over them (`amfrec compare`, the report).
+
+A run writes RUN/test_ranks.json and RUN/valid_ranks.json beside its metrics (the main evaluation);
+`amfrec evaluate` writes RUN/<split>_<protocol>_ranks.json beside <split>_<protocol>_metrics.json. Format
+"amfrec-ranks/1" (docs/ARCHITECTURE.md): {"format", "split", "seed", "model", "n_candidates", "users": [N],
+"targets": [N item ids], "ranks": [N ints, 1 = best], "slices": {name: [row indices in the slice]}}.
+
+Two runs are paired by (seed, user): both files must hold the same seed, users and targets, in the same
+order. Seeds are pooled as independent users; the statistics are `amfrec.stats.paired_test`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from amfrec.data.dataset import PreparedData, Split
+from amfrec.errors import AmfrecError
+from amfrec.io import read_json, write_text
+from amfrec.stats import PairedResult, paired_test, per_example
+
+RANKS_FORMAT = "amfrec-ranks/1"
+ALL = "all"  # the slice of every row
+
+
+def ranks_record(
+    ranks: torch.Tensor,
+    part: Split,
+    data: PreparedData,
+    split: str,
+    seed: int,
+    model: str,
+    n_candidates: int | None = None,
+) -> dict:
+    """The ranks file's record for the (N,) long `ranks` of the examples of `part` (a split of `data`);
+    slices are `data.slices(part)`, as row indices. n_candidates: what a rank is out of (default: the width
+    of `part.candidates`; a full ranking gives the catalogue size)."""
+    if n_candidates is None:
+        if part.candidates is None:
+            raise ValueError("n_candidates is needed for a split without candidate sets")
+        n_candidates = int(part.candidates.shape[1])
+    if ranks.shape != (len(part),):
+        raise ValueError(f"ranks of shape {tuple(ranks.shape)} for a split of {len(part)} examples")
+    slices = {name: torch.nonzero(mask).flatten().tolist() for name, mask in data.slices(part).items()}
+    return {
+        "format": RANKS_FORMAT,
+        "split": str(split),
+        "seed": int(seed),
+        "model": str(model),
+        "n_candidates": int(n_candidates),
+        "users": list(part.users),
+        "targets": [data.items[i].item_id for i in part.target.tolist()],
+        "ranks": [int(r) for r in ranks.tolist()],
+        "slices": slices,
+    }
+
+
+def write_ranks(path: str | Path, record: dict) -> None:
+    """Write a ranks record as compact JSON, atomically."""
+    write_text(path, json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def ranks_path(run: str | Path, split: str = "test", protocol: str | None = None) -> Path:
+    """RUN/<split>_ranks.json (the main evaluation), or RUN/<split>_<protocol>_ranks.json (`amfrec evaluate`)
+    when `protocol` is given."""
+    return Path(run) / (f"{split}_ranks.json" if protocol is None else f"{split}_{protocol}_ranks.json")
+
+
+def read_ranks(path: str | Path) -> dict:
+    """Read and check a ranks file; anything malformed raises AmfrecError naming the file and field."""
+    rec = read_json(path)
+    if not isinstance(rec, dict) or rec.get("format") != RANKS_FORMAT:
+        raise AmfrecError(f"{path}: not a ranks file (format is not {RANKS_FORMAT!r})")
+    for key, kind in (("users", list), ("targets", list), ("ranks", list), ("slices", dict)):
+        if not isinstance(rec.get(key), kind):
+            raise AmfrecError(f"{path}: field {key!r} missing or not a {kind.__name__}")
+    for key in ("seed", "n_candidates"):
+        if not isinstance(rec.get(key), int):
+            raise AmfrecError(f"{path}: field {key!r} missing or not an integer")
+    n = len(rec["ranks"])
+    if len(rec["users"]) != n or len(rec["targets"]) != n:
+        raise AmfrecError(f"{path}: {n} ranks, {len(rec['users'])} users, {len(rec['targets'])} targets")
+    if not all(isinstance(r, int) and 1 <= r <= rec["n_candidates"] for r in rec["ranks"]):
+        raise AmfrecError(f"{path}: field 'ranks' holds a value outside 1..{rec['n_candidates']}")
+    for name, rows in rec["slices"].items():
+        if not isinstance(rows, list) or not all(isinstance(i, int) and 0 <= i < n for i in rows):
+            raise AmfrecError(f"{path}: slice {name!r} holds a row index outside 0..{n - 1}")
+    return rec
+
+
+def load_run_ranks(run: str | Path, split: str = "test", protocol: str | None = None) -> tuple[dict, Path]:
+    """(ranks record, its path) of a run; a run without one raises AmfrecError saying how to write it."""
+    path = ranks_path(run, split, protocol)
+    if not Path(run).is_dir():
+        raise AmfrecError(f"{run}: run folder not found")
+    if not path.is_file():
+        command = f"`amfrec evaluate --run {run} --split {split} --protocol {protocol or 'score'}`"
+        if protocol:
+            raise AmfrecError(f"{path}: no ranks file; write it with {command}")
+        raise AmfrecError(
+            f"{path}: no ranks file (a run from before ranks were kept); re-run {command} and compare with "
+            "--protocol score"
+        )
+    return read_ranks(path), path
+
+
+def _first_difference(a: list, b: list) -> str:
+    if len(a) != len(b):
+        return f"{len(a)} vs {len(b)} rows"
+    i = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    return f"first at row {i}: {a[i]!r} vs {b[i]!r}"
+
+
+def check_pair(a: dict, path_a: Path, b: dict, path_b: Path) -> None:
+    """Raise AmfrecError unless both ranks files hold the same seed, candidate count, users and targets."""
+    for key in ("seed", "n_candidates"):
+        if a[key] != b[key]:
+            raise AmfrecError(
+                f"{path_a} and {path_b}: {key} differs ({a[key]} vs {b[key]}); cannot pair them"
+            )
+    for key in ("users", "targets"):
+        if a[key] != b[key]:
+            raise AmfrecError(
+                f"{path_a} and {path_b}: the {key} differ ({_first_difference(a[key], b[key])}); "
+                "pair runs of the same prepared data, seed and --limit"
+            )
+
+
+def slice_rows(rec: dict, name: str, path: Path) -> np.ndarray:
+    """(K,) row indices of slice `name` in a ranks record ("all" = every row)."""
+    if name == ALL:
+        return np.arange(len(rec["ranks"]))
+    if name not in rec["slices"]:
+        known = ", ".join([ALL, *rec["slices"]])
+        raise AmfrecError(f"{path}: no slice {name!r} (this file has: {known})")
+    return np.asarray(rec["slices"][name], dtype=np.int64)
+
+
+def load_pairs(pairs: Sequence[tuple[Path, Path]], split: str = "test", protocol: str | None = None) -> list:
+    """[((record A, path A), (record B, path B)) per pair of run folders], every pair checked."""
+    loaded = []
+    for run_a, run_b in pairs:
+        (a, path_a), (b, path_b) = (
+            load_run_ranks(run_a, split, protocol),
+            load_run_ranks(run_b, split, protocol),
+        )
+        check_pair(a, path_a, b, path_b)
+        loaded.append(((a, path_a), (b, path_b)))
+    if not loaded:
+        raise AmfrecError("no pair of runs to compare")
+    return loaded
+
+
+def common_slices(loaded: list) -> list[str]:
+    """The slice names present in every file of `loaded` (in the first file's order)."""
+    names = list(loaded[0][0][0]["slices"])
+    return [n for n in names if all(n in a["slices"] and n in b["slices"] for (a, _), (b, _) in loaded)]
+
+
+def paired_result(
+    loaded: list, metric: str = "hr@1", slice: str = ALL, n_resamples: int = 10000, seed: int = 0
+) -> PairedResult:
+    """The paired test of A against B on `metric` over slice `slice`, seeds pooled as independent users."""
+    values_a, values_b = [], []
+    for (a, path_a), (b, path_b) in loaded:
+        rows = slice_rows(a, slice, path_a)  # (K,)
+        if not np.array_equal(rows, slice_rows(b, slice, path_b)):
+            raise AmfrecError(f"{path_a} and {path_b}: slice {slice!r} holds different rows")
+        try:
+            values_a.append(per_example(np.asarray(a["ranks"])[rows], metric))  # (K,)
+            values_b.append(per_example(np.asarray(b["ranks"])[rows], metric))  # (K,)
+        except ValueError as e:
+            raise AmfrecError(f"--metric {metric}: {e}") from None
+    va, vb = np.concatenate(values_a), np.concatenate(values_b)  # (sum K,)
+    if va.size == 0:
+        raise AmfrecError(f"slice {slice!r} is empty in {', '.join(str(p) for (_, p), _ in loaded)}")
+    if n_resamples < 1:
+        raise AmfrecError(f"--resamples must be >= 1, got {n_resamples}")
+    return paired_test(va, vb, metric=metric, slice=slice, n_resamples=n_resamples, seed=seed)
