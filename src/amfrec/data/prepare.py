@@ -233,6 +233,18 @@ def _draw_candidates(
             row["candidates"] = [names[i] for i in cands]
 
 
+def _write(out: Path, manifest: dict, items, splits: dict, sequences, new_items: dict | None) -> None:
+    """Write the prepared directory `out` atomically (the files of docs/ARCHITECTURE.md)."""
+    with atomic_dir(out) as tmp:
+        write_jsonl(tmp / "items.jsonl", items)
+        for name, rows in splits.items():
+            write_jsonl(tmp / f"{name}.jsonl", rows)
+        write_jsonl(tmp / SEQUENCES_FILE, sequences)
+        if new_items is not None:
+            write_json(tmp / NEW_ITEMS_FILE, new_items)
+        write_json(tmp / "manifest.json", manifest)
+
+
 def _check_arguments(seed: int, max_len: int, n_candidates: int, kcore: int, cold_threshold: int) -> None:
     """Command-line values: a bad one is a user mistake (AmfrecError), not a programming error."""
     if seed < 0:
@@ -320,17 +332,8 @@ def prepare(
         {"user": user, "items": [names[i] for i in seq_items[starts[u] : starts[u + 1]].tolist()]}
         for u, user in enumerate(users)
     )
-    with atomic_dir(out) as tmp:
-        write_jsonl(tmp / "items.jsonl", (items[i] for i in kept_items))
-        write_jsonl(tmp / "train.jsonl", train)
-        write_jsonl(tmp / "valid.jsonl", valid)
-        write_jsonl(tmp / "test.jsonl", test)
-        write_jsonl(tmp / SEQUENCES_FILE, sequences)
-        if new_items:
-            write_json(
-                tmp / NEW_ITEMS_FILE,
-                {"fraction": new_items, "items": [names[i] for i in np.flatnonzero(is_new)]},
-            )
-        write_json(tmp / "manifest.json", manifest)
+    new = {"fraction": new_items, "items": [names[i] for i in np.flatnonzero(is_new)]} if new_items else None
+    splits = {"train": train, "valid": valid, "test": test}
+    _write(out, manifest, (items[i] for i in kept_items), splits, sequences, new)
     log.info("prepared %s: %s", out, manifest["counts"])
     return manifest
