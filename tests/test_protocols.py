@@ -65,6 +65,8 @@ def test_new_items_never_in_training_and_valid_test_unchanged(standard: Path, ne
     assert len(new) == m["protocol"]["n_new_items"] == 10  # round(0.25 * 40 items)
     assert m["protocol"]["new_items"] == 0.25 and m["protocol"]["n_negatives"] == 19
     train = read_jsonl(new_split / "train.jsonl")
+    std = read_jsonl(standard / "train.jsonl")  # the check is not vacuous: these items train in the standard
+    assert sum(r["target"] in new or bool(new & set(r["history"])) for r in std) > 20
     assert train and not [r for r in train if r["target"] in new or new & set(r["history"])]
     assert train == reference_train(new_split, new, 4)
     # valid/test (histories, targets, candidates) are exactly the standard protocol's
@@ -276,3 +278,86 @@ def test_item_text_renders_other_fields_and_skips_empty_ones(tmp_path: Path) -> 
     assert PreparedData.load(tmp_path / "D").items[1].fields == ()
     old = ItemInfo(item_id="1", title="Kolya", year="1996", genres=("Comedy",))
     assert old.text() == "Kolya (1996). Genres: Comedy"
+
+
+# ---------------------------------------------------------------------------------------------- runs, CLI
+def slow_full_ranks(scores: dict[int, float], data: PreparedData, split: str) -> list[int]:
+    """Slow reference: per test row, 1 + the unseen non-target items scoring >= the target (scores: item ->
+    score, the same for every user), with the seen items from sequences.jsonl."""
+    seqs = {r["user"]: r["items"] for r in read_jsonl(data.path / "sequences.jsonl")}
+    part = data.valid if split == "valid" else data.test
+    out = []
+    for user, target in zip(part.users, part.target.tolist(), strict=True):
+        items = seqs[user][: len(seqs[user]) - (2 if split == "valid" else 1)]
+        seen = {data.index[i] for i in items} - {target}
+        others = [j for j in range(1, data.n_items + 1) if j != target and j not in seen]
+        out.append(1 + sum(scores[j] >= scores[target] for j in others))
+    return out
+
+
+def test_cli_full_ranking_of_a_popularity_run(new_split: Path, tmp_path: Path) -> None:
+    from amfrec.cli import main
+    from amfrec.metrics import ranking_metrics
+
+    run = tmp_path / "pop"
+    assert main(["-q", "train", "--model", "popularity", "--data", str(new_split), "--out", str(run)]) == 0
+    assert main(["-q", "evaluate", "--run", str(run), "--protocol", "full"]) == 0
+    rec = json.loads((run / "test_full_metrics.json").read_text())
+    data = PreparedData.load(new_split)
+    counts = data.item_train_counts.tolist()  # popularity = training counts
+    ranks = torch.tensor(slow_full_ranks(dict(enumerate(counts)), data, "test"))
+    want = ranking_metrics(ranks, (1, 3, 5, 10, 20))
+    for k in ("hr@1", "hr@10", "ndcg@10", "hr@20", "ndcg@20", "mrr"):
+        assert rec[k] == pytest.approx(want[k]), k
+    assert rec["recall@10"] == rec["hr@10"] and rec["protocol"] == "full"
+    assert set(rec["slices"]) == {"train<=5", "cold", "warm", "new"}
+    new = data.slices(data.test)["new"]
+    assert rec["slices"]["new"]["n"] == int(new.sum())
+    assert rec["slices"]["new"]["mrr"] == pytest.approx(float((1 / ranks[new].double()).mean()))
+    assert main(["-q", "evaluate", "--run", str(run), "--protocol", "full", "--corrupt", "image=noise"]) == 2
+
+
+def test_experiment_finds_image_vectors_beside_the_raw_data(tmp_path: Path) -> None:
+    raw = make_tiny_atomic(tmp_path / "raw", n_users=12, n_items=15, seed=1)
+    (raw / "image").mkdir()
+    ids = ["3", "7", "11"]
+    vectors = np.arange(3 * 4, dtype=np.float32).reshape(3, 4) + 1
+    np.save(raw / "image" / "image.npy", vectors)
+    (raw / "image" / "image_items.txt").write_text("\n".join(ids) + "\n")
+    np.save(raw / "image" / "other.npy", vectors)  # not requested: not imported
+    (raw / "image" / "other_items.txt").write_text("\n".join(ids) + "\n")
+    prepare(raw, tmp_path / "D", negatives=3)
+    m = build_features(tmp_path / "D", tmp_path / "F", ["image"])
+    assert list(m["modalities"]) == ["image"] and m["modalities"]["image"]["present"] == 3
+    data = PreparedData.load(tmp_path / "D")
+    image = load_features(tmp_path / "F", data.n_items)["image"]
+    assert torch.nonzero(image.present).flatten().tolist() == sorted(data.index[i] for i in ids)
+    assert torch.equal(image.values[data.index["7"]], torch.from_numpy(vectors[1]))
+
+
+def test_amfrec_scores_the_whole_catalogue(tiny_prepared: Path, tmp_path: Path) -> None:
+    """AMFRec scores the whole catalogue (C = n_items) as it scores the candidates; full ranks = reference."""
+    from llm_fixtures import SMALL, make_tiny_amfrec_inputs
+
+    from amfrec.runs.amfrec_run import load_run, train_amfrec
+    from amfrec.runs.full_ranking import evaluate_full_run
+
+    features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path)
+    run = tmp_path / "run"
+    train_amfrec(tiny_prepared, features, config, 1, run, {**SMALL, "model.dtype": "float32"}, limit=6)
+    rec = evaluate_full_run(run, "test", limit=6)
+    model, data, _ = load_run(run)
+    part = data.test.head(6)
+    n = data.n_items
+    catalogue = torch.arange(1, n + 1).expand(6, n)
+    full = model.score(part.history, catalogue).float().cpu()  # (6, n_items)
+    on_candidates = model.score(part.history, part.candidates).float().cpu()  # (6, 20)
+    torch.testing.assert_close(full.gather(1, part.candidates - 1), on_candidates, rtol=1e-4, atol=1e-5)
+    seqs = {r["user"]: r["items"] for r in read_jsonl(tiny_prepared / "sequences.jsonl")}
+    ranks = []
+    for r, (user, target) in enumerate(zip(part.users, part.target.tolist(), strict=True)):
+        seen = {data.index[i] for i in seqs[user][:-1]} - {target}
+        others = [j for j in range(1, n + 1) if j != target and j not in seen]
+        ranks.append(1 + sum(bool(full[r, j - 1] >= full[r, target - 1]) for j in others))
+    assert rec["mrr"] == pytest.approx(float((1 / torch.tensor(ranks).double()).mean()), rel=1e-6)
+    assert rec["n"] == 6 and (run / "test_full_metrics.json").is_file()
