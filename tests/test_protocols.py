@@ -361,3 +361,15 @@ def test_amfrec_scores_the_whole_catalogue(tiny_prepared: Path, tmp_path: Path) 
         ranks.append(1 + sum(bool(full[r, j - 1] >= full[r, target - 1]) for j in others))
     assert rec["mrr"] == pytest.approx(float((1 / torch.tensor(ranks).double()).mean()), rel=1e-6)
     assert rec["n"] == 6 and (run / "test_full_metrics.json").is_file()
+
+
+def test_cli_protocol_options() -> None:
+    from amfrec.cli import build_parser
+
+    p = build_parser()
+    a = p.parse_args(["data", "prepare", "--out", "O"])
+    assert (a.negatives, a.new_items) == (19, 0.0)
+    assert p.parse_args(["data", "prepare", "--out", "O", "--n-candidates", "21"]).negatives == 20  # alias
+    x = p.parse_args(["experiment", "--data", "X", "--out", "O", "--new-items", "0.2", "--negatives", "100"])
+    assert (x.negatives, x.new_items) == (100, 0.2)
+    assert p.parse_args(["evaluate", "--run", "R", "--protocol", "full"]).protocol == "full"
