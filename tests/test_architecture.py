@@ -12,7 +12,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("__init__", "errors", "metrics", "hardware", "io", "stats"),  # ground floor: no domain types
     ("data",),  # raw files -> prepared splits and candidates
     ("features",),  # prepared items -> modality matrices
-    ("recommender", "evaluate"),  # the one model contract; any Recommender on a split -> metrics
+    (
+        "recommender",
+        "evaluate",
+        "evaluate_full",
+    ),  # the one model contract; any Recommender on a split -> metrics
     ("baselines",),  # popularity, SASRec, GRU4Rec
     ("llm",),  # the AMFRec model: backbone, prompt, item encoder, head, training loop
     ("runs",),  # application: run folders, experiments, reports, quickstart, bench

@@ -19,7 +19,7 @@ from amfrec.errors import AmfrecError
 
 INTER_H = ["user_id:token", "item_id:token", "timestamp:float"]
 ITEM_H = ["item_id:token", "movie_title:token_seq", "release_year:token", "class:token_seq"]
-FILES = ("items.jsonl", "train.jsonl", "valid.jsonl", "test.jsonl", "manifest.json")
+FILES = ("items.jsonl", "train.jsonl", "valid.jsonl", "test.jsonl", "sequences.jsonl", "manifest.json")
 
 
 def read_jsonl(path: Path) -> list[dict]:

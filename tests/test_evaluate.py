@@ -219,7 +219,7 @@ def test_item_train_counts_and_cold_slice_against_the_raw_files(tiny_prepared) -
             counts[row["history"][0]] = counts.get(row["history"][0], 0) + 1
     for k, item in enumerate(data.items[1:], 1):
         assert int(data.item_train_counts[k]) == counts.get(item.item_id, 0), item.item_id
-    cold = data.slices(data.test)["cold"]
+    cold = data.slices(data.test)["train<=5"]
     want = [counts.get(data.items[t].item_id, 0) <= data.cold_threshold for t in data.test.target.tolist()]
     assert cold.tolist() == want
     assert data.cold_threshold == 5  # the default written by prepare

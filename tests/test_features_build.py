@@ -111,9 +111,12 @@ def test_id_from_run_and_wrong_shape(tmp_path: Path) -> None:
     table = np.arange(5 * 8, dtype=np.float32).reshape(5, 8)
     np.save(run / "item_embeddings.npy", table)
     m = build_features(D, tmp_path / "F", ["id"], id_from=run)
-    assert m["modalities"]["id"]["dim"] == 8 and m["modalities"]["id"]["present"] == 4
+    # the one training window (history item 1, target item 2) trains items 1 and 2 only: 3 and 4 are absent
+    assert m["modalities"]["id"]["dim"] == 8 and m["modalities"]["id"]["present"] == 2
     mod = load_features(tmp_path / "F", 4)["id"]
-    np.testing.assert_array_equal(mod.values[1:].numpy(), table[1:])
+    np.testing.assert_array_equal(mod.values[1:3].numpy(), table[1:3])
+    np.testing.assert_array_equal(mod.values[3:].numpy(), np.zeros((2, 8), np.float32))
+    assert mod.present.tolist() == [False, True, True, False, False]
     np.save(run / "item_embeddings.npy", np.ones((6, 8), np.float32))
     with pytest.raises(AmfrecError, match=r"item_embeddings\.npy: 6 rows, expected 5"):
         build_features(D, tmp_path / "F", ["id"], id_from=run)

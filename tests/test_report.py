@@ -17,7 +17,12 @@ KEYS = ("hr@1", "hr@3", "hr@5", "hr@10", "ndcg@1", "ndcg@3", "ndcg@5", "ndcg@10"
 
 def _metrics(hr1: float, cold_hr1: float) -> dict:
     m = {k: hr1 for k in KEYS} | {"n": 10, "split": "test", "seed": 1, "model": "m", "wall_time_s": 1.0}
-    m["slices"] = {"cold": {k: cold_hr1 for k in KEYS} | {"n": 2}}
+    one = {k: cold_hr1 for k in KEYS}
+    m["slices"] = {
+        "train<=5": one | {"n": 2},
+        "cold": one | {"n": 3},
+        "warm": {k: 1.0 for k in KEYS} | {"n": 4},
+    }
     return m
 
 
@@ -55,7 +60,10 @@ def test_report_tables_and_pngs(exp: Path) -> None:
     assert "| sasrec | 1,2 | 0.5000 ± 0.1414 |" in text
     assert "| amfrec | 1,2 | 0.6000 ± 0.1414 |" in text
     assert text.index("| sasrec |") < text.index("| amfrec |")
-    assert "2 of 10 |" in text  # cold users beside the cold metrics
+    # slices: amfrec's cold hr@1 0.5 in both seeds, warm 1.0; sizes beside them
+    assert "| amfrec | train<=5 | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 | 2 of 10 |" in text
+    assert "| amfrec | cold | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 | 3 of 10 |" in text
+    assert "| sasrec | warm | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 | 4 of 10 |" in text
     # robustness: clean 0.6, corrupted 0.5, drop +0.1; image weight clean = mean(0.2, 0.0) = 0.1
     assert "| amfrec | image=noise | 1,2 | 0.6000 | 0.5000 | +0.1000 | 0.100 | 0.100 |" in text
     assert "| amfrec | without image (1) | id 0.600, text 0.400, image 0.000 |" in text

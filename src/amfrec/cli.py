@@ -41,8 +41,9 @@ def _overrides(pairs: list[str] | None) -> dict[str, object]:
 def cmd_data_prepare(a: argparse.Namespace) -> None:
     from amfrec.data.prepare import prepare
 
-    cold = {} if a.cold_threshold is None else {"cold_threshold": a.cold_threshold}
-    m = prepare(a.data, a.out, a.seed, a.max_len, a.n_candidates, a.kcore, **cold)
+    kw = {} if a.cold_threshold is None else {"cold_threshold": a.cold_threshold}
+    kw.update(kcore=a.kcore, new_items=a.new_items, negatives=a.negatives)
+    m = prepare(a.data, a.out, a.seed, a.max_len, **kw)
     c = m["counts"]
     print(
         f"prepared {a.out}: {c['users']} users, {c['items']} items, {c['interactions']} interactions; "
@@ -51,20 +52,14 @@ def cmd_data_prepare(a: argparse.Namespace) -> None:
 
 
 def cmd_features(a: argparse.Namespace) -> None:
-    from amfrec.features.build import build_features
+    from amfrec.features.build import build_features, parse_import_spec
     from amfrec.runs.baseline_run import ensure_sasrec_run
 
     out = a.out or Path(a.data) / "features"
     id_from = a.id_from
     if "id" in _csv(a.modalities) and id_from is None:  # train the SASRec whose item table is `id`
         id_from = ensure_sasrec_run(Path(a.data), a.seed, Path(out) / "sasrec")
-    imports = {}
-    for spec in a.import_npy or []:
-        name, sep, rest = spec.partition("=")
-        matrix, sep2, ids = rest.partition(":")
-        if not sep or not sep2:
-            raise AmfrecError(f"--import expects NAME=MATRIX.npy:IDS, got {spec!r}")
-        imports[name] = {"matrix": Path(matrix), "ids": Path(ids)}
+    imports = dict(parse_import_spec(spec) for spec in a.import_npy or [])
     m = build_features(
         Path(a.data),
         Path(out),
@@ -111,6 +106,11 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from amfrec.runs.rundir import run_info
 
+    if a.protocol == "full":
+        from amfrec.runs.full_ranking import evaluate_full_run
+
+        m = evaluate_full_run(Path(a.run), split=a.split, limit=a.limit, corrupt=a.corrupt)
+        return print(_metrics_line(m) + f", recall@10 {m['recall@10']:.4f}, ndcg@20 {m['ndcg@20']:.4f}")
     if run_info(a.run)["model"] in BASELINES:
         from amfrec.runs.baseline_run import evaluate_baseline_run
 
@@ -154,6 +154,8 @@ def cmd_experiment(a: argparse.Namespace) -> None:
         out=Path(a.out),
         overrides=_overrides(a.set),
         limit=a.limit,
+        new_items=a.new_items,
+        negatives=a.negatives,
     )
     print(table)
 
@@ -198,27 +200,25 @@ def _metrics_line(m: dict) -> str:
 # ---------------------------------------------------------------- parser
 
 
+def _add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """The protocol of `data prepare` and `experiment` (amfrec.data.protocol)."""
+    p.add_argument("--negatives", type=int, default=19, help="valid/test negatives per target (default 19)")
+    p.add_argument("--n-candidates", type=lambda v: int(v) - 1, dest="negatives", help="= --negatives N-1")
+    p.add_argument("--new-items", type=float, default=0.0, help="fraction of items kept out of training")
+
+
 def _add_data_parsers(sub) -> None:
     """`amfrec data prepare`."""
     d = sub.add_parser("data", help="prepare a data set: splits and fixed candidate sets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dp = dsub.add_parser("prepare", help="RecBole atomic files -> splits, candidates, manifest")
-    dp.add_argument(
-        "--data", type=Path, default=None, help="folder with *.inter and *.item (default: ml-100k)"
-    )
+    dp.add_argument("--data", type=Path, default=None, help="*.inter + *.item folder (default: ml-100k)")
     dp.add_argument("--out", type=Path, required=True, help="output folder")
     dp.add_argument("--seed", type=int, default=1, help="seed of the validation/test candidate sets")
     dp.add_argument("--max-len", type=int, default=10, help="history length L")
-    dp.add_argument(
-        "--n-candidates", type=int, default=20, help="candidates per example (target + negatives)"
-    )
+    _add_protocol_args(dp)
     dp.add_argument("--kcore", type=int, default=0, help="iterative k-core filter (0 = off)")
-    dp.add_argument(
-        "--cold-threshold",
-        type=int,
-        default=None,
-        help="cold-start slice: targets with at most this many training interactions (default 5)",
-    )
+    dp.add_argument("--cold-threshold", type=int, default=None, help="K of the slice train<=K (default 5)")
     dp.set_defaults(func=cmd_data_prepare)
 
 
@@ -265,8 +265,8 @@ def _add_run_parsers(sub) -> None:
     e = sub.add_parser("evaluate", help="evaluate a trained run again on its fixed candidates")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--split", choices=("valid", "test"), default="test")
-    parts = "parts: rank by the content term, the collaborative term, both (item_token)"
-    e.add_argument("--protocol", choices=("score", "generate", "parts"), default="score", help=parts)
+    parts = "parts: rank by the content term, the collaborative term, both (item_token); full: the catalogue"
+    e.add_argument("--protocol", choices=("score", "generate", "parts", "full"), default="score", help=parts)
     e.add_argument("--limit", type=int, default=None, help="first N examples only")
     e.add_argument(
         "--corrupt",
@@ -311,6 +311,7 @@ def _add_experiment_parsers(sub) -> None:
     x.add_argument("--out", type=Path, required=True)
     x.add_argument("--set", action="append", metavar="KEY=VALUE")
     x.add_argument("--limit", type=int, default=None)
+    _add_protocol_args(x)
     x.set_defaults(func=cmd_experiment)
 
     rp = sub.add_parser(
@@ -363,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_counts(args: argparse.Namespace) -> None:
     """Counts given on the command line must be positive (a zero --limit would evaluate nothing)."""
-    for name in ("limit", "top", "steps", "batch_size", "seq_len", "n_candidates", "max_len"):
+    for name in ("limit", "top", "steps", "batch_size", "seq_len", "negatives", "max_len"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise AmfrecError(f"--{name.replace('_', '-')} must be >= 1, got {value}")

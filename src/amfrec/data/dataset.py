@@ -7,14 +7,20 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from amfrec.data.protocol import NEW_ITEMS_FILE, protocol_of, round_half_up
 from amfrec.errors import AmfrecError
 from amfrec.io import read_json, read_text
 
-# A valid/test example is "cold" when its target has at most this many training interactions (the slice
-# where text and images should matter most); prepared data may set its own (manifest "cold_threshold").
+# The "train<=K" slice: a valid/test example whose target has at most K training interactions (K = this
+# default, or the prepared manifest's "cold_threshold").
 DEFAULT_COLD_THRESHOLD = 5
+# The "cold" / "warm" slices (A-LLMRec's definition): the target is among the bottom / top 35% of the items by
+# training interactions (see PreparedData.slices).
+POPULARITY_FRACTION = 0.35
+SEQUENCES_FILE = "sequences.jsonl"  # {"user", "items": [every kept interaction's item id, oldest first]}
 
 
 @dataclass(frozen=True)
@@ -23,12 +29,18 @@ class ItemInfo:
     title: str
     year: str | None = None
     genres: tuple[str, ...] = ()
+    fields: tuple[tuple[str, str], ...] = ()  # the item file's other text fields (name, value), header order
 
     def text(self) -> str:
-        """Title, year and genres as one string (the text modality's input)."""
+        """Title, year, genres and the other text fields as one string (the text modality's input), e.g.
+        "Kolya (1996). Genres: Comedy" or "Sanding Roll. Categories: Industrial & Scientific. Brand: 3M";
+        empty fields are left out."""
         parts = [self.title + (f" ({self.year})" if self.year else "")]
         if self.genres:
             parts.append("Genres: " + ", ".join(self.genres))
+        for name, value in self.fields:
+            if value.strip():
+                parts.append(f"{name.replace('_', ' ').capitalize()}: {value.strip()}")
         return ". ".join(parts)
 
 
@@ -80,26 +92,108 @@ class PreparedData:
         return [it.title for it in self.items]
 
     @property
+    def protocol(self) -> dict:
+        """{"new_items": fraction, "n_negatives": N} (amfrec.data.protocol.protocol_of)."""
+        return protocol_of(self.manifest)
+
+    @property
     def cold_threshold(self) -> int:
         return int(self.manifest.get("cold_threshold", DEFAULT_COLD_THRESHOLD))
 
     @functools.cached_property
     def item_train_counts(self) -> torch.Tensor:
-        """(n_items + 1,) long: each item's interactions in the training part of the sequences.
+        """(n_items + 1,) long: each item's interactions in the training windows.
 
-        Every training window's target, plus each user's first item (which is only ever a history item: it
-        is the whole history of the user's first window).
+        Every training window's target, plus each user's first window's one history item (the first item of
+        the user's training part, which is never a target). Under the new-item protocol the windows are cut
+        with the new items removed, so a new item counts 0; so does the first item of a user without any
+        window (no model ever trains on it).
         """
         n = self.n_items + 1
-        first = self.train.history[(self.train.history > 0).sum(dim=1) == 1, -1]  # (U,)
+        users = np.asarray(self.train.users, dtype=object)  # (W,) rows of one user are consecutive
+        first_row = torch.from_numpy(np.r_[True, users[1:] != users[:-1]][: len(users)].astype(bool))
+        first = self.train.history[first_row, -1]  # (U',) the one history item of each user's first window
         return torch.bincount(self.train.target, minlength=n) + torch.bincount(first, minlength=n)
+
+    @functools.cached_property
+    def new_items(self) -> torch.Tensor:
+        """(n_items + 1,) bool: the new items of the new-item protocol (all False under the standard one)."""
+        mask = torch.zeros(self.n_items + 1, dtype=torch.bool)
+        if protocol_of(self.manifest)["new_items"] > 0:
+            listed = read_json(self.path / NEW_ITEMS_FILE)["items"]
+            mask[torch.tensor([self.index[str(i)] for i in listed], dtype=torch.long)] = True
+        return mask
+
+    def popularity_groups(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cold, warm), each (n_items + 1,) bool: the items ranked by (training count, item index) ascending
+        -- ties in the count broken by the lower index first -- the first round(0.35 n) are cold, the last
+        round(0.35 n) warm (n = n_items, halves rounded up). Index 0 (padding) is in neither."""
+        n = self.n_items
+        k = round_half_up(POPULARITY_FRACTION, n)
+        order = torch.argsort(self.item_train_counts[1:], stable=True) + 1  # (n,) count asc., then index asc.
+        cold = torch.zeros(n + 1, dtype=torch.bool)
+        warm = torch.zeros(n + 1, dtype=torch.bool)
+        cold[order[:k]] = True
+        warm[order[n - k :]] = True
+        return cold, warm
 
     def slices(self, split: Split) -> dict[str, torch.Tensor]:
         """Named (N,) bool masks over `split`'s examples that metrics are also reported on.
 
-        cold: the target has <= `cold_threshold` training interactions.
+        train<=K: the target has <= K = `cold_threshold` training interactions.
+        cold / warm: the target is among the bottom / top 35% of items by training interactions
+        (`popularity_groups`, A-LLMRec's definition).
+        new: the target is a new item (only under the new-item protocol).
         """
-        return {"cold": self.item_train_counts[split.target] <= self.cold_threshold}
+        cold, warm = self.popularity_groups()
+        out = {
+            f"train<={self.cold_threshold}": self.item_train_counts[split.target] <= self.cold_threshold,
+            "cold": cold[split.target],
+            "warm": warm[split.target],
+        }
+        if protocol_of(self.manifest)["new_items"] > 0:
+            out["new"] = self.new_items[split.target]
+        return out
+
+    def seen_items(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's seen items in split "valid" or "test": every item the user interacted with before the
+        row's target (the training part of the whole sequence; plus the validation target for test), as flat
+        pairs (rows (P,), items (P,)) sorted by row (the full-ranking protocol excludes them).
+
+        Read from sequences.jsonl; a prepared folder without it (older format, standard protocol only) is
+        rebuilt from the training windows and the row's own history, which hold the same items.
+        """
+        if split not in ("valid", "test"):
+            raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+        part = self.valid if split == "valid" else self.test
+        row_of = {user: r for r, user in enumerate(part.users)}
+        if (self.path / SEQUENCES_FILE).is_file():
+            rows, items = [], []
+            for lineno, rec in _read_jsonl(self.path / SEQUENCES_FILE):
+                _require(rec, ("user", "items"), self.path / SEQUENCES_FILE, lineno)
+                keep = len(rec["items"]) - (2 if split == "valid" else 1)
+                rows += [row_of[str(rec["user"])]] * keep
+                items += [self.index[str(i)] for i in rec["items"][:keep]]
+            row_t, item_t = torch.tensor(rows, dtype=torch.long), torch.tensor(items, dtype=torch.long)
+        else:
+            train_rows = torch.tensor([row_of[u] for u in self.train.users], dtype=torch.long)  # (W,)
+            width = self.train.history.shape[1] + 1
+            row_t = torch.cat(
+                [
+                    train_rows.repeat_interleave(width),
+                    torch.arange(len(part)).repeat_interleave(part.history.shape[1]),
+                ]
+            )
+            item_t = torch.cat(
+                [
+                    torch.cat([self.train.history, self.train.target[:, None]], 1).flatten(),
+                    part.history.flatten(),
+                ]
+            )
+            keep = item_t > 0
+            row_t, item_t = row_t[keep], item_t[keep]
+        order = torch.argsort(row_t, stable=True)
+        return row_t[order], item_t[order]
 
     @functools.cached_property
     def index(self) -> dict[str, int]:
@@ -119,6 +213,7 @@ class PreparedData:
                     title=str(row["title"]),
                     year=row.get("year"),
                     genres=tuple(row.get("genres") or ()),
+                    fields=tuple((str(k), str(v)) for k, v in (row.get("fields") or {}).items()),
                 )
             )
         index = _index(items)

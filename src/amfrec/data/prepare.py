@@ -8,11 +8,15 @@ Steps (the protocol of docs/ARCHITECTURE.md, "Prepared data directory"):
 3. sort each user's interactions by (timestamp, item index); item index = position of the item id in the
    sorted list of kept item ids (numeric order when every id is an integer, else lexicographic);
 4. leave-one-out: the last interaction is the test target, the one before it the validation target, every
-   earlier position with at least one preceding item a training window of at most `max_len` items;
+   earlier position with at least one preceding item a training window of at most `max_len` items; under
+   the new-item protocol (`new_items` > 0, amfrec.data.protocol) the windows are cut from the training part
+   with the new items removed, while validation/test keep the real sequence;
 5. validation and test candidates: the target plus `n_candidates - 1` negatives drawn uniformly without
    replacement from the items the user never interacted with (any of the user's kept interactions),
    drawn once with `numpy.random.default_rng(seed)` and shuffled with it;
-6. write items.jsonl, train/valid/test.jsonl and manifest.json into `out` atomically.
+6. write items.jsonl, train/valid/test.jsonl, sequences.jsonl (every user's whole kept sequence, for the
+   full-ranking protocol's seen items), new_items.json (new-item protocol only) and manifest.json into `out`
+   atomically.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import numpy as np
 
 import amfrec
 from amfrec.data.atomic import AtomicTable, read_atomic
-from amfrec.data.dataset import DEFAULT_COLD_THRESHOLD
+from amfrec.data.dataset import DEFAULT_COLD_THRESHOLD, SEQUENCES_FILE
+from amfrec.data.protocol import DEFAULT_NEGATIVES, NEW_ITEMS_FILE, check_new_items_fraction, draw_new_items
 from amfrec.errors import AmfrecError
 from amfrec.io import atomic_dir, file_sha256, write_json, write_jsonl
 
@@ -76,7 +81,12 @@ def _as_text(value: object) -> str:
 
 
 def _read_items(path: Path) -> dict[str, dict]:
-    """item_id -> {"item_id", "title", "year", "genres"} (year null unless all digits)."""
+    """item_id -> {"item_id", "title", "year", "genres"[, "fields"]} (year null unless all digits).
+
+    "fields": every other text (token / token_seq) field of the header, in header order, as one string each
+    (token_seq joined by spaces; "" where empty); the key is left out when the file has no such field, so
+    files with only title/year/genres give the same items.jsonl as before.
+    """
     table = read_atomic(path, {"item_id": "token"})
     title_f = _first_field(table, TITLE_FIELDS)
     if title_f is None:
@@ -85,6 +95,8 @@ def _read_items(path: Path) -> dict[str, dict]:
         )
     year_f = _first_field(table, YEAR_FIELDS)
     genre_f = _first_field(table, GENRE_FIELDS)
+    skip = {"item_id", title_f, year_f, genre_f}
+    other = [f for f, typ in table.types.items() if typ in ("token", "token_seq") and f not in skip]
     items: dict[str, dict] = {}
     lines: dict[str, int] = {}
     for r, item_id in enumerate(table["item_id"]):
@@ -103,6 +115,8 @@ def _read_items(path: Path) -> dict[str, dict]:
             "year": year if year.isdigit() else None,  # e.g. "unkonwn" in ml-100k -> null
             "genres": [str(g) for g in genres],
         }
+        if other:
+            items[item_id]["fields"] = {f: _as_text(table[f][r]) for f in other}
         lines[item_id] = table.lines[r]
     return items
 
@@ -161,19 +175,29 @@ def _sequences(
 
 
 def _leave_one_out(
-    users: list[str], names: list[str], seq_items: np.ndarray, starts: np.ndarray, max_len: int
+    users: list[str],
+    names: list[str],
+    seq_items: np.ndarray,
+    starts: np.ndarray,
+    max_len: int,
+    is_new: np.ndarray,
 ) -> tuple[list[dict], list[dict], list[dict]]:
-    """Per user: the last item is the test target, the one before the validation target, every earlier
-    position with >= 1 preceding item a training window (at most `max_len` history items)."""
+    """Per user: the last item is the test target, the one before the validation target; the training
+    windows are cut from the rest (the training part) with the new items (`is_new`, (n_items + 1,) bool)
+    removed: every position with >= 1 preceding item, at most `max_len` history items. Validation and test
+    examples keep the real, unfiltered sequence."""
     train, valid, test = [], [], []
 
     def example(user: str, seq: list[str], t: int) -> dict:
         return {"user": user, "history": seq[max(0, t - max_len) : t], "target": seq[t]}
 
     for u, user in enumerate(users):
-        seq = [names[i] for i in seq_items[starts[u] : starts[u + 1]].tolist()]  # item ids, oldest first
+        idx = seq_items[starts[u] : starts[u + 1]]  # (n,) item indices, oldest first
+        seq = [names[i] for i in idx.tolist()]
         n = len(seq)
-        train.extend(example(user, seq, t) for t in range(1, n - 2))
+        part = idx[: n - 2]
+        kept = [names[i] for i in part[~is_new[part]].tolist()]  # the training part without new items
+        train.extend(example(user, kept, t) for t in range(1, len(kept)))
         valid.append(example(user, seq, n - 2))
         test.append(example(user, seq, n - 1))
     return train, valid, test
@@ -209,31 +233,55 @@ def _draw_candidates(
             row["candidates"] = [names[i] for i in cands]
 
 
-def prepare(
-    data_dir: Path | None,
-    out: Path,
-    seed: int = 1,
-    max_len: int = 10,
-    n_candidates: int = 20,
-    kcore: int = 0,
-    cold_threshold: int = DEFAULT_COLD_THRESHOLD,
-) -> dict:
-    """Prepare `data_dir` (None: fetch ml-100k) into `out`; return the manifest (also out/manifest.json).
+def _write(out: Path, manifest: dict, items, splits: dict, sequences, new_items: dict | None) -> None:
+    """Write the prepared directory `out` atomically (the files of docs/ARCHITECTURE.md)."""
+    with atomic_dir(out) as tmp:
+        write_jsonl(tmp / "items.jsonl", items)
+        for name, rows in splits.items():
+            write_jsonl(tmp / f"{name}.jsonl", rows)
+        write_jsonl(tmp / SEQUENCES_FILE, sequences)
+        if new_items is not None:
+            write_json(tmp / NEW_ITEMS_FILE, new_items)
+        write_json(tmp / "manifest.json", manifest)
 
-    cold_threshold: a valid/test example is in the "cold" slice when its target has at most this many
-    training interactions (every model on this data is reported on the same slice).
-    """
-    # command-line values: a bad one is a user mistake (AmfrecError), not a programming error
+
+def _check_arguments(seed: int, max_len: int, n_candidates: int, kcore: int, cold_threshold: int) -> None:
+    """Command-line values: a bad one is a user mistake (AmfrecError), not a programming error."""
     if seed < 0:
         raise AmfrecError(f"seed must be >= 0, got {seed}")
     if max_len < 1:
         raise AmfrecError(f"max_len must be >= 1, got {max_len}")
     if n_candidates < 2:
-        raise AmfrecError(f"n_candidates must be >= 2, got {n_candidates}")
+        raise AmfrecError(f"n_candidates must be >= 2 (negatives >= 1), got {n_candidates}")
     if kcore < 0:
         raise AmfrecError(f"kcore must be >= 0, got {kcore}")
     if cold_threshold < 0:
         raise AmfrecError(f"cold_threshold must be >= 0, got {cold_threshold}")
+
+
+def prepare(
+    data_dir: Path | None,
+    out: Path,
+    seed: int = 1,
+    max_len: int = 10,
+    n_candidates: int = DEFAULT_NEGATIVES + 1,
+    kcore: int = 0,
+    cold_threshold: int = DEFAULT_COLD_THRESHOLD,
+    new_items: float = 0.0,
+    negatives: int | None = None,
+) -> dict:
+    """Prepare `data_dir` (None: fetch ml-100k) into `out`; return the manifest (also out/manifest.json).
+
+    cold_threshold: a valid/test example is in the "train<=K" slice (K = cold_threshold) when its target has
+    at most K training interactions (every model on this data is reported on the same slice).
+    new_items: the fraction of items held out of every training window (amfrec.data.protocol); 0 = the
+    standard protocol (byte-identical output). negatives: validation/test negatives per example (given, it
+    sets n_candidates = negatives + 1).
+    """
+    if negatives is not None:
+        n_candidates = negatives + 1
+    _check_arguments(seed, max_len, n_candidates, kcore, cold_threshold)
+    new_items = check_new_items_fraction(new_items)
     if data_dir is None:
         from amfrec.data.fetch import fetch_ml100k
 
@@ -246,8 +294,11 @@ def prepare(
     users, kept_items, seq_items, starts, n_dropped = _sequences(inter, items, inter_path, item_path, kcore)
     n_items = len(kept_items)
     names = ["<pad>", *kept_items]  # index -> item id
-    train, valid, test = _leave_one_out(users, names, seq_items, starts, max_len)
+    is_new = draw_new_items(seq_items, n_items, new_items, seed)  # (n_items + 1,)
+    train, valid, test = _leave_one_out(users, names, seq_items, starts, max_len, is_new)
     _draw_candidates((valid, test), names, seq_items, starts, n_candidates, seed, inter_path)
+    if new_items:
+        log.info("new-item protocol: %d of %d items never in a training window", int(is_new.sum()), n_items)
 
     manifest = {
         "format": FORMAT,
@@ -258,6 +309,11 @@ def prepare(
         "kcore": kcore,
         "cold_threshold": cold_threshold,
         "min_user_interactions": MIN_USER_INTERACTIONS,
+        "protocol": {
+            "new_items": new_items,
+            "n_negatives": n_candidates - 1,
+            "n_new_items": int(is_new.sum()),
+        },
         "inputs": {
             "inter": {"path": str(inter_path.resolve()), "sha256": file_sha256(inter_path)},
             "item": {"path": str(item_path.resolve()), "sha256": file_sha256(item_path)},
@@ -272,11 +328,12 @@ def prepare(
             "test": len(test),
         },
     }
-    with atomic_dir(out) as tmp:
-        write_jsonl(tmp / "items.jsonl", (items[i] for i in kept_items))
-        write_jsonl(tmp / "train.jsonl", train)
-        write_jsonl(tmp / "valid.jsonl", valid)
-        write_jsonl(tmp / "test.jsonl", test)
-        write_json(tmp / "manifest.json", manifest)
+    sequences = (
+        {"user": user, "items": [names[i] for i in seq_items[starts[u] : starts[u + 1]].tolist()]}
+        for u, user in enumerate(users)
+    )
+    new = {"fraction": new_items, "items": [names[i] for i in np.flatnonzero(is_new)]} if new_items else None
+    splits = {"train": train, "valid": valid, "test": test}
+    _write(out, manifest, (items[i] for i in kept_items), splits, sequences, new)
     log.info("prepared %s: %s", out, manifest["counts"])
     return manifest

@@ -46,6 +46,23 @@ def default_posters_dir(data: PreparedData) -> Path | None:
     return posters if posters.is_dir() else None
 
 
+def default_vectors(data: PreparedData, names: list[str]) -> dict[str, dict]:
+    """Import specs of precomputed vectors shipped with the raw data: for each modality NAME in `names`,
+    `<folder of D's input item file>/image/NAME.npy` (float32 (R, d)) with `image/NAME_items.txt` (one item
+    id per line; row r = line r), when both exist. E.g. amazon-scientific's `image/image.npy` -> `image`."""
+    item_path = (data.manifest.get("inputs") or {}).get("item", {}).get("path")
+    if not item_path:
+        return {}
+    folder = Path(item_path).parent / "image"
+    found = {}
+    for name in names:
+        matrix, ids = folder / f"{name}.npy", folder / f"{name}_items.txt"
+        if matrix.is_file() and ids.is_file():
+            found[name] = {"matrix": matrix, "ids": ids}
+            log.info("%s: importing %s (found beside the raw data)", name, matrix)
+    return found
+
+
 def poster_paths(posters: Path, item_ids: list[str]) -> list[Path | None]:
     """`posters/<item_id>.jpg` (or .jpeg/.png) per item; None where no file exists."""
     names = {p.name: p for p in posters.iterdir()}
@@ -137,15 +154,25 @@ def _id_job(data: PreparedData, id_from: Path | None) -> _Job:
     if not path.is_file():
         raise AmfrecError(f"{path}: file not found (--id-from must be a SASRec run directory)")
     file_sha = file_sha256(path)
+    # items no training window holds (e.g. the new items of the new-item protocol): their rows were never
+    # trained, so they are absent (mask False, row zero)
+    untrained = (data.item_train_counts == 0).numpy()  # (n_items + 1,)
+    untrained[0] = False
 
     def produce():
         arr = np.load(path, allow_pickle=False)
         check_values(path, arr, data.n_items + 1, None)
         present = np.ones(data.n_items + 1, dtype=np.bool_)
-        return np.asarray(arr, dtype=np.float32), present, arr.shape[1]
+        present[untrained] = False
+        values = np.asarray(arr, dtype=np.float32).copy()
+        values[untrained] = 0.0
+        log.info(
+            "id: %d of %d items have no training interaction: absent", int(untrained.sum()), data.n_items
+        )
+        return values, present, arr.shape[1]
 
     info = {"name": "sasrec item embeddings", "version": str(path.resolve()), "file_sha256": file_sha}
-    return _Job("id", info, file_sha, produce)
+    return _Job("id", info, sha256_json([file_sha, np.flatnonzero(untrained).tolist()]), produce)
 
 
 def _import_job(name: str, spec: dict, data: PreparedData) -> _Job:
@@ -195,7 +222,10 @@ def build_features(
     """Build (or reuse from cache) the requested modalities of prepared directory `data_dir` into `out`.
 
     modalities: names among id/text/image (default all three) plus any names in `import_specs`
-    ({name: {"matrix": path.npy, "ids": path | list, "dim": optional int}}), which are imported, not encoded.
+    ({name: {"matrix": path.npy, "ids": path | list, "dim": optional int}}), which are imported, not encoded;
+    so are the requested modalities (but id, and image when `posters` is given) that the raw data ships as
+    vectors (`default_vectors`: image/NAME.npy + image/NAME_items.txt beside the item file). The id rows of
+    items without a training interaction are absent.
     Returns the written manifest; its "timings_s" records the seconds spent per modality in this call.
     """
     data_dir, out = Path(data_dir), Path(out)
@@ -209,6 +239,8 @@ def build_features(
         )
     data = PreparedData.load(data_dir)
     items_sha = file_sha256(data_dir / "items.jsonl")
+    wanted = [m for m in modalities if m not in import_specs and m != "id" and not (m == "image" and posters)]
+    import_specs.update(default_vectors(data, wanted))
 
     existing = None
     if (out / "manifest.json").is_file():

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 from amfrec.baselines import BASELINES
+from amfrec.data.protocol import DEFAULT_NEGATIVES, protocol_of
 from amfrec.errors import AmfrecError
 from amfrec.io import read_json, write_json
 
@@ -81,16 +82,17 @@ def run_experiment(
     overrides: dict | None = None,
     limit: int | None = None,
     modalities: list[str] | None = None,
+    new_items: float = 0.0,
+    negatives: int = DEFAULT_NEGATIVES,
 ) -> str:
     """Train and test every model for every seed under `out`; write results.json/results.md; return the table.
 
     data: raw data folder (RecBole atomic files; None = obtain ml-100k), prepared once per seed under
-    out/seed<S>/data.
+    out/seed<S>/data under the protocol `new_items` / `negatives` (amfrec.data.protocol); an existing seed
+    folder prepared under another protocol is refused (AmfrecError).
     features: an existing feature folder to use for AMFRec, or None to build one per seed (the `id` modality
     from that seed's SASRec run when SASRec is among the models).
     """
-    from amfrec.data.prepare import prepare
-
     for spec in models:
         parse_model(spec)
     if not seeds:
@@ -99,8 +101,13 @@ def run_experiment(
     for seed in seeds:
         root = out / f"seed{seed}"
         prepared = root / "data"
-        if not (prepared / "manifest.json").exists():
-            prepare(data, prepared, seed=seed)
+        prepare_seed(data, prepared, seed, new_items, negatives)
+        if negatives != DEFAULT_NEGATIVES:  # AMFRec's config must match the candidate count
+            overrides = {
+                "model.n_candidates": negatives + 1,
+                "train.n_negatives": negatives,
+                **(overrides or {}),
+            }
         for model in models:
             run = root / run_name(model)
             if (run / "metrics.json").exists():
@@ -112,6 +119,22 @@ def run_experiment(
     write_json(out / "results.json", {"seeds": seeds, "runs": results})
     (out / "results.md").write_text(table + "\n", encoding="utf-8")
     return table
+
+
+def prepare_seed(data: Path | None, prepared: Path, seed: int, new_items: float, negatives: int) -> None:
+    """Prepare `data` into `prepared` for `seed` unless it is there already under the same protocol."""
+    from amfrec.data.prepare import prepare
+
+    want = {"new_items": float(new_items), "n_negatives": int(negatives)}
+    if (prepared / "manifest.json").exists():
+        have = protocol_of(read_json(prepared / "manifest.json"))
+        if have != want:
+            raise AmfrecError(
+                f"{prepared / 'manifest.json'}: prepared under protocol {have}, but this experiment asks for "
+                f"{want}; use another --out (or delete {prepared.parent})"
+            )
+        return
+    prepare(data, prepared, seed=seed, new_items=new_items, negatives=negatives)
 
 
 def train_one(

@@ -14,13 +14,13 @@ from amfrec.io import write_text
 from amfrec.runs.plots import plot_gate_weights, plot_metrics, plot_robustness, plot_valid_curves
 from amfrec.runs.results import (
     by_model,
-    cold_table,
     collect_runs,
     gate_table,
     metrics_table,
     paired_table,
     parts_table,
     robustness_table,
+    slices_table,
 )
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,9 @@ def write_report(exp: Path, out: Path | None = None) -> Path:
         metrics_table(groups, TABLE_KEYS),
     ]
     sections = (
-        ("## Cold-start slice", "Test users whose target has few training interactions (the threshold is "
-         "the prepared data's `cold_threshold`).", cold_table(groups)),
+        ("## Slices", "Test users by their target's training interactions: `train<=K` at most K (the "
+         "prepared data's `cold_threshold`); `cold` / `warm` among the bottom / top 35% of items; "
+         "`new` a new item (new-item protocol).", slices_table(groups)),
         ("## Robustness: one modality corrupted at test time", "`amfrec evaluate --corrupt MODALITY=HOW`: "
          "the features replaced, presence masks unchanged; image weight = mean over the catalogue.",
          robustness_table(groups)),

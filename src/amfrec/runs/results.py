@@ -1,10 +1,10 @@
 """An experiment folder's results, read back: run records, and the report's markdown tables.
 
 An experiment folder (`amfrec experiment --out DIR`) holds DIR/seed<S>/<run>/ per model and seed. Each run
-has metrics.json (test, with the cold-start slice under "slices") and may have train_history.json (AMFRec:
-the validation curve), gate_weights.json (AMFRec: every item's modality weights) and
-test_score_corrupt-<modality>-<how>_metrics.json (`amfrec evaluate --corrupt`) and test_parts_metrics.json
-(`amfrec evaluate --protocol parts`), and test_ranks.json (per-user ranks, for the paired comparisons). The
+has metrics.json (test, with the slices train<=K, cold, warm[, new] under "slices") and may have
+train_history.json (AMFRec: the validation curve), gate_weights.json (AMFRec: every item's modality weights),
+test_score_corrupt-<modality>-<how>_metrics.json (`amfrec evaluate --corrupt`), test_parts_metrics.json
+(`amfrec evaluate --protocol parts`) and test_ranks.json (per-user ranks, for the paired comparisons). The
 tables here show what was found, mean ± std over seeds (paired tables: seeds pooled); `amfrec.runs.plots`
 draws it and `amfrec.runs.report` writes both out.
 """
@@ -64,7 +64,7 @@ def collect_runs(exp: Path) -> list[RunRecord]:
             RunRecord(
                 model=run.name,
                 seed=int(seed),
-                test=read_json(metrics),
+                test=legacy_slices(read_json(metrics), seed_dir),
                 history=_optional_json(run / "train_history.json"),
                 gate=_optional_json(run / "gate_weights.json"),
                 corrupt=corrupt,
@@ -116,23 +116,43 @@ def metrics_table(groups: dict[str, list[RunRecord]], keys: tuple[str, ...]) -> 
     return "\n".join(lines)
 
 
-def cold_table(groups: dict[str, list[RunRecord]]) -> str:
-    """hr@1 / ndcg@10 on all test users and on the cold-start slice, with the slice's size."""
+def slices_table(groups: dict[str, list[RunRecord]]) -> str:
+    """hr@1 / ndcg@10 per model on all test users and on each slice of its metrics files (train<=K, cold,
+    warm, new: `PreparedData.slices`), with the slice's size (distinct sizes over seeds joined by /)."""
     lines = [
-        "| model | hr@1 all | hr@1 cold | ndcg@10 all | ndcg@10 cold | cold users |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| model | slice | hr@1 | ndcg@10 | users |",
+        "|---|---|---:|---:|---:|",
     ]
     for model, runs in groups.items():
-        cold = [r.test.get("slices", {}).get("cold", {}) for r in runs]
-        if not all("hr@1" in c for c in cold):
+        names = [
+            n for n in runs[0].test.get("slices", {}) if all(n in r.test.get("slices", {}) for r in runs)
+        ]
+        if not names:
             continue
-        sizes = sorted({c["n"] for c in cold})
         lines.append(
-            f"| {model} | {_cell([r.test['hr@1'] for r in runs])} | {_cell([c['hr@1'] for c in cold])} | "
-            f"{_cell([r.test['ndcg@10'] for r in runs])} | {_cell([c['ndcg@10'] for c in cold])} | "
-            f"{'/'.join(map(str, sizes))} of {runs[0].test['n']} |"
+            f"| {model} | all | {_cell([r.test['hr@1'] for r in runs])} | "
+            f"{_cell([r.test['ndcg@10'] for r in runs])} | {runs[0].test['n']} |"
         )
+        for name in names:
+            sl = [r.test["slices"][name] for r in runs]
+            sizes = "/".join(map(str, sorted({s["n"] for s in sl})))
+            if not all("hr@1" in s for s in sl):  # an empty slice in some seed
+                lines.append(f"| {model} | {name} | – | – | {sizes} of {runs[0].test['n']} |")
+                continue
+            cells = f"{_cell([s['hr@1'] for s in sl])} | {_cell([s['ndcg@10'] for s in sl])}"
+            lines.append(f"| {model} | {name} | {cells} | {sizes} of {runs[0].test['n']} |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def legacy_slices(metrics: dict, seed_dir: Path) -> dict:
+    """Metrics written before the popularity slices named the threshold slice "cold" (and had no "warm"):
+    rename it "train<=K", K = the seed's prepared `cold_threshold` (5 when unknown). Returns `metrics`."""
+    slices = metrics.get("slices")
+    if isinstance(slices, dict) and "cold" in slices and "warm" not in slices:
+        manifest = seed_dir / "data" / "manifest.json"
+        k = read_json(manifest).get("cold_threshold", 5) if manifest.is_file() else 5
+        metrics["slices"] = {(f"train<={k}" if n == "cold" else n): m for n, m in slices.items()}
+    return metrics
 
 
 def parts_table(groups: dict[str, list[RunRecord]]) -> str:

@@ -1,0 +1,116 @@
+"""The full-ranking protocol (`amfrec evaluate --protocol full`): any Recommender ranks the whole catalogue.
+
+Each example's target is ranked among every item (1..n_items) minus the user's seen items (every item the user
+interacted with before the target: `PreparedData.seen_items`); the target itself is never excluded, even when
+the user had it before. Ties count against the model, as in the candidate protocol. Metrics: hr@k, ndcg@k,
+recall@k (k = 1, 3, 5, 10, 20) and mrr; with one target per example recall@k equals hr@k (reported under both
+names so tables from the literature can be matched).
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from amfrec.data.dataset import Split
+from amfrec.metrics import ranking_metrics
+from amfrec.recommender import Recommender
+
+FULL_KS: tuple[int, ...] = (1, 3, 5, 10, 20)
+
+
+def seen_mask(rows: torch.Tensor, items: torch.Tensor, start: int, stop: int, n_items: int) -> torch.Tensor:
+    """(stop - start, n_items + 1) bool: True where row r (start <= r < stop) has seen the item.
+
+    rows, items: (P,) long flat pairs sorted by row (`PreparedData.seen_items`).
+    """
+    lo, hi = torch.searchsorted(rows, torch.tensor([start, stop])).tolist()
+    mask = torch.zeros(stop - start, n_items + 1, dtype=torch.bool)
+    mask[rows[lo:hi] - start, items[lo:hi]] = True
+    return mask
+
+
+def full_ranks_from_scores(
+    scores: torch.Tensor, target: torch.Tensor, excluded: torch.Tensor
+) -> torch.Tensor:
+    """(B,) long ranks of the targets among the catalogue's non-excluded items, ties against the model.
+
+    scores: (B, n_items) float over items 1..n_items (column j = item j + 1); target: (B,) item indices;
+    excluded: (B, n_items + 1) bool (column 0 = padding, ignored). The target is never excluded.
+    """
+    if torch.isnan(scores).any():
+        raise ValueError(f"scores contain NaN ({int(torch.isnan(scores).sum())} of {scores.numel()})")
+    col = (target - 1).unsqueeze(1)  # (B, 1)
+    out = excluded[:, 1:].clone()  # (B, n_items)
+    out.scatter_(1, col, False)
+    scores = scores.masked_fill(out, float("-inf"))  # (B, n_items)
+    target_score = scores.gather(1, col)  # (B, 1)
+    return ((scores >= target_score) & ~out).sum(dim=1).long()  # (B,) the target counts itself: 1 + ...
+
+
+@torch.no_grad()
+def full_ranks(
+    model: Recommender,
+    split: Split,
+    seen: tuple[torch.Tensor, torch.Tensor] | None,
+    n_items: int,
+    batch_size: int = 64,
+    desc: str = "full ranking",
+) -> torch.Tensor:
+    """(N,) long ranks of `split`'s targets among all n_items items minus each row's seen items (`seen`: flat
+    (rows, items) pairs as `PreparedData.seen_items` gives them; None = exclude nothing). The model scores
+    (B, n_items) candidates per batch, so memory is bounded by batch_size * n_items."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    catalogue = torch.arange(1, n_items + 1).unsqueeze(0)  # (1, n_items)
+    ranks = []
+    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=None):
+        stop = min(start + batch_size, len(split))
+        candidates = catalogue.expand(stop - start, n_items)  # (B, n_items)
+        scores = model.score(split.history[start:stop], candidates).detach().float().cpu()  # (B, n_items)
+        if scores.shape != candidates.shape:
+            raise ValueError(
+                f"{model.name}.score returned shape {tuple(scores.shape)}, expected {tuple(candidates.shape)}"
+            )
+        if seen is None:
+            excluded = torch.zeros(stop - start, n_items + 1, dtype=torch.bool)
+        else:
+            excluded = seen_mask(seen[0], seen[1], start, stop, n_items)  # (B, n_items + 1)
+        ranks.append(full_ranks_from_scores(scores, split.target[start:stop], excluded))
+    return torch.cat(ranks)  # (N,)
+
+
+def full_metrics(ranks: torch.Tensor) -> dict[str, float]:
+    """hr@k, ndcg@k, recall@k (= hr@k: one target) for k in FULL_KS, and mrr, over (N,) ranks."""
+    out = ranking_metrics(ranks, FULL_KS)
+    out.update({f"recall@{k}": out[f"hr@{k}"] for k in FULL_KS})
+    return out
+
+
+def evaluate_full(
+    model: Recommender,
+    split: Split,
+    seen: tuple[torch.Tensor, torch.Tensor] | None,
+    n_items: int,
+    batch_size: int = 64,
+    slices: dict[str, torch.Tensor] | None = None,
+    desc: str = "full ranking",
+) -> dict:
+    """The full-ranking metrics of `model` on `split` (+ "n", "protocol": "full", the (N,) "ranks", and "slices"
+    when given)."""
+    if len(split) == 0:
+        raise ValueError("cannot evaluate an empty split")
+    ranks = full_ranks(model, split, seen, n_items, batch_size=batch_size, desc=desc)
+    out: dict = {
+        **full_metrics(ranks),
+        "n": len(split),
+        "protocol": "full",
+        "n_items": n_items,
+        "ranks": ranks,
+    }
+    for name, mask in (slices or {}).items():
+        if mask.shape != ranks.shape:
+            raise ValueError(f"slice {name!r}: mask shape {tuple(mask.shape)} != ranks {tuple(ranks.shape)}")
+        n = int(mask.sum())
+        out.setdefault("slices", {})[name] = {**full_metrics(ranks[mask]), "n": n} if n else {"n": 0}
+    return out

@@ -1,0 +1,75 @@
+"""`amfrec evaluate --run RUN --protocol full`: any run (baseline or AMFRec) ranks the whole catalogue.
+
+The protocol is `amfrec.evaluate_full`; this module reloads the run, takes the split's seen items and slices
+from its prepared data, and writes RUN/<split>_full_metrics.json (the standard metrics-file record plus
+hr@20, ndcg@20, recall@k, "protocol": "full" and "n_items").
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from amfrec.baselines import BASELINES
+from amfrec.data.dataset import PreparedData
+from amfrec.errors import AmfrecError
+from amfrec.evaluate_full import evaluate_full
+from amfrec.io import write_json
+from amfrec.recommender import Recommender
+from amfrec.runs.ranks import ranks_path, ranks_record, write_ranks
+from amfrec.runs.rundir import metrics_record, run_info
+
+BASELINE_BATCH = 256  # rows per scoring call: (256, n_items) scores
+AMFREC_BATCH = 8  # prompts per backbone pass, each scoring the whole catalogue
+
+
+def _load(run: Path) -> tuple[Recommender, PreparedData, int, str, int]:
+    """(model, data, seed, model name, batch size) of a run folder."""
+    info = run_info(run)
+    name = info["model"]
+    if name in BASELINES:
+        from amfrec.runs.baseline_run import LOADERS
+
+        data = PreparedData.load(info["data"])
+        return LOADERS[name](run, data), data, int(info["seed"]), name, BASELINE_BATCH
+    from amfrec.llm.options import AnswerHead
+    from amfrec.runs.amfrec_run import load_run
+
+    model, data, run_cfg = load_run(run)
+    if model.answer is not AnswerHead.ITEM_TOKEN or model.prompt.template.has_candidates:
+        raise AmfrecError(
+            f"{run}: --protocol full needs the item_token head with no candidates in the prompt "
+            "(title heads and listed candidates score a fixed candidate set only)"
+        )
+    return model, data, int(run_cfg["run"]["seed"]), "amfrec", AMFREC_BATCH
+
+
+def evaluate_full_run(
+    run: Path, split: str = "test", limit: int | None = None, corrupt: str | None = None
+) -> dict:
+    """Rank the whole catalogue minus each user's seen items for `split`'s (first `limit`) examples; write
+    and return RUN/<split>_full_metrics.json's record. (`corrupt` is refused: full ranking is clean only.)"""
+    if corrupt:
+        raise AmfrecError("--corrupt: not with --protocol full (use --protocol score)")
+    t0 = time.perf_counter()
+    run = Path(run)
+    model, data, seed, name, batch = _load(run)
+    part = (data.valid if split == "valid" else data.test).head(limit)
+    rows, items = data.seen_items(split)
+    keep = rows < len(part)  # (P,) the pairs of the first `limit` rows
+    metrics = evaluate_full(
+        model,
+        part,
+        (rows[keep], items[keep]),
+        data.n_items,
+        batch_size=batch,
+        slices=data.slices(part),
+        desc=f"{name} {split} full",
+    )
+    rec = metrics_record(metrics, split, seed, name, time.perf_counter() - t0)
+    ranks = metrics.pop("ranks")  # (N,) for the paired comparisons (`amfrec compare --protocol full`)
+    rec.update({k: v for k, v in metrics.items() if k not in rec})  # @20, recall@k, protocol, n_items
+    write_json(run / f"{split}_full_metrics.json", rec)
+    record = ranks_record(ranks, part, data, split, seed, name, n_candidates=data.n_items)
+    write_ranks(ranks_path(run, split, "full"), record)
+    return rec
