@@ -115,7 +115,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         if a.protocol != "score":
             raise AmfrecError(f"--protocol {a.protocol}: baselines are evaluated by scoring only")
         if a.corrupt:
-            raise AmfrecError("--corrupt: baselines read no modality features (AMFRec runs only)")
+            raise AmfrecError("--corrupt: AMFRec runs only (baselines are evaluated on their own features)")
         metrics = evaluate_baseline_run(Path(a.run), split=a.split, limit=a.limit)
     else:
         from amfrec.runs.amfrec_run import evaluate_run
