@@ -95,9 +95,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     else:
         from amfrec.runs.baseline_run import train_baseline
 
-        result = train_baseline(
-            a.model, Path(a.data), a.seed, Path(a.out), _overrides(a.set), limit=a.limit, config=a.config
-        )
+        args = (a.model, Path(a.data), a.seed, Path(a.out), _overrides(a.set))
+        result = train_baseline(*args, limit=a.limit, config=a.config, features=a.features)
     if result["test"] is not None:  # (None on the other ranks under torchrun)
         print(_metrics_line(result["test"]))
         print(f"run directory: {a.out}")
@@ -117,7 +116,7 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         if a.protocol != "score":
             raise AmfrecError(f"--protocol {a.protocol}: baselines are evaluated by scoring only")
         if a.corrupt:
-            raise AmfrecError("--corrupt: baselines read no modality features (AMFRec runs only)")
+            raise AmfrecError("--corrupt: AMFRec runs only (baselines are evaluated on their own features)")
         metrics = evaluate_baseline_run(Path(a.run), split=a.split, limit=a.limit)
     else:
         from amfrec.runs.amfrec_run import evaluate_run
@@ -253,7 +252,7 @@ def _add_run_parsers(sub) -> None:
     t = sub.add_parser("train", help="train a model and evaluate it on the fixed candidates")
     t.add_argument("--model", choices=MODELS, required=True)
     t.add_argument("--data", type=Path, required=True, help="prepared data folder")
-    t.add_argument("--features", type=Path, default=None, help="feature folder (amfrec)")
+    t.add_argument("--features", type=Path, help="feature folder (amfrec, sasrec_content, content_knn)")
     t.add_argument("--config", default=None, help="YAML config or packaged name (default configs/MODEL.yaml)")
     t.add_argument("--seed", type=int, default=1)
     t.add_argument("--out", type=Path, required=True, help="run folder")
@@ -301,8 +300,8 @@ def _add_experiment_parsers(sub) -> None:
     x.add_argument(
         "--models",
         default="popularity,sasrec,gru4rec,amfrec",
-        help="comma-separated: popularity, sasrec, gru4rec, amfrec, amfrec:VARIANT (an ablation, e.g. "
-        "amfrec:no_llm, amfrec:mean, amfrec:zero_shot; see amfrec.runs.experiment.VARIANTS)",
+        help="comma-separated: popularity, sasrec, gru4rec, sasrec_content, content_knn, amfrec, "
+        "amfrec:VARIANT (an ablation, e.g. amfrec:no_llm; see amfrec.runs.experiment.VARIANTS)",
     )
     x.add_argument("--data", type=Path, required=True, help="raw data folder (prepared once per seed)")
     x.add_argument("--features", type=Path, default=None)

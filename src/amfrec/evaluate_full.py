@@ -96,8 +96,8 @@ def evaluate_full(
     slices: dict[str, torch.Tensor] | None = None,
     desc: str = "full ranking",
 ) -> dict:
-    """The full-ranking metrics of `model` on `split` (+ "n", "protocol": "full", the (N,) "ranks", and "slices"
-    when given)."""
+    """The full-ranking metrics of `model` on `split`, plus "n", "protocol": "full", the (N,) "ranks" and,
+    when given, "slices"."""
     if len(split) == 0:
         raise ValueError("cannot evaluate an empty split")
     ranks = full_ranks(model, split, seen, n_items, batch_size=batch_size, desc=desc)

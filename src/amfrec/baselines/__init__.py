@@ -1,3 +1,6 @@
 """The classic recommenders AMFRec is measured against (same splits, candidates and evaluator)."""
 
-BASELINES = ("popularity", "sasrec", "gru4rec")  # the names every command accepts
+# The names every command accepts.
+BASELINES = ("popularity", "sasrec", "gru4rec", "sasrec_content", "content_knn")
+# Those that read a feature folder (text, image vectors): `--features` is required for them.
+CONTENT_BASELINES = ("sasrec_content", "content_knn")

@@ -77,14 +77,16 @@ class SequentialRecommender(Recommender):
 
     def _loss(self, history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean full-softmax cross-entropy. history (B, L), target (B,)."""
-        net = self._require_net()
-        reps = net(history)  # (B, L, H)
-        table = net.item_table()[1:]  # (n_items, H): padding is no class
+        reps = self._require_net()(history)  # (B, L, H)
         if self.config.positions is TrainPositions.LAST:
-            return F.cross_entropy(reps[:, -1] @ table.T, target - 1)
+            return F.cross_entropy(self._train_logits(reps[:, -1]), target - 1)
         labels = torch.cat([history[:, 1:], target.unsqueeze(1)], dim=1)  # (B, L) next item per position
         real = history != 0  # (B, L)
-        return F.cross_entropy(reps[real] @ table.T, labels[real] - 1)  # (M, n_items) vs (M,)
+        return F.cross_entropy(self._train_logits(reps[real]), labels[real] - 1)  # (M, n_items) vs (M,)
+
+    def _train_logits(self, reps: torch.Tensor) -> torch.Tensor:
+        """reps (M, H) -> (M, n_items) training logits over every item (padding is no class)."""
+        return reps @ self._require_net().item_table()[1:].T
 
     def fit(self, data: PreparedData, seed: int) -> dict:
         """Train on data.train with early stopping on data.valid ndcg@10; restore the best epoch."""
@@ -186,6 +188,14 @@ class SequentialRecommender(Recommender):
     @classmethod
     def load(cls, run_dir: str | Path, data: PreparedData | None = None) -> SequentialRecommender:
         """Rebuild from RUN/<name>.safetensors; with `data`, check the item count matches."""
+        config, n_items, max_len, state = cls._read_weights(run_dir, data)
+        return cls(config)._restore(n_items, max_len, state)
+
+    @classmethod
+    def _read_weights(
+        cls, run_dir: str | Path, data: PreparedData | None
+    ) -> tuple[SequentialConfig, int, int, dict[str, torch.Tensor]]:
+        """RUN/<name>.safetensors -> (config, n_items, max_len, state dict); AmfrecError naming the file."""
         path = Path(run_dir) / cls.weights_file
         if not path.is_file():
             raise AmfrecError(f"{path}: file not found")
@@ -199,10 +209,13 @@ class SequentialRecommender(Recommender):
             raise AmfrecError(f"{path}: bad or missing metadata ({e})") from None
         if data is not None and data.n_items != n_items:
             raise AmfrecError(f"{path}: weights cover {n_items} items, the data has {data.n_items}")
-        model = cls(config)
-        model._build(n_items, max_len).load_state_dict(state)
-        model._require_net().eval()
-        return model
+        return config, n_items, max_len, state
+
+    def _restore(self, n_items: int, max_len: int, state: dict[str, torch.Tensor]) -> SequentialRecommender:
+        """Build the network for `n_items`/`max_len`, load `state` into it, switch to eval; returns self."""
+        self._build(n_items, max_len).load_state_dict(state)
+        self._require_net().eval()
+        return self
 
 
 class SASRec(SequentialRecommender):

@@ -1,4 +1,5 @@
-"""`amfrec train --model {popularity,sasrec,gru4rec}`: fit, evaluate valid + test, write the run directory."""
+"""`amfrec train --model BASELINE` (amfrec.baselines.BASELINES): fit, evaluate valid + test, write the run
+directory. The content baselines also read a feature folder (`--features`), recorded as `run.features`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from typing import Any
 import yaml
 
 from amfrec import __version__
-from amfrec.baselines import BASELINES
+from amfrec.baselines import BASELINES, CONTENT_BASELINES
+from amfrec.baselines.content import (
+    ContentKNN,
+    ContentKNNConfig,
+    SASRecContent,
+    SASRecContentConfig,
+    load_content,
+)
 from amfrec.baselines.popularity import Popularity
 from amfrec.baselines.sequential import GRU4Rec, GRU4RecConfig, SASRec, SASRecConfig
 from amfrec.data.dataset import PreparedData
@@ -74,6 +82,8 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any]], tuple[Recommender, dict]]] = {
     "popularity": _popularity,
     "sasrec": _sequential(SASRec, SASRecConfig),
     "gru4rec": _sequential(GRU4Rec, GRU4RecConfig),
+    "sasrec_content": _sequential(SASRecContent, SASRecContentConfig),
+    "content_knn": _sequential(ContentKNN, ContentKNNConfig),
 }
 
 
@@ -106,6 +116,7 @@ def train_baseline(
     overrides: Mapping[str, Any] | None = None,
     limit: int | None = None,
     config: str | Path | None = None,
+    features: str | Path | None = None,
 ) -> dict:
     """Fit baseline `name` on the prepared data in `data_dir`, evaluate valid and test with the shared
     evaluator, and write the run directory `out` atomically (config.yaml, metrics.json,
@@ -114,11 +125,15 @@ def train_baseline(
     `config`: a YAML file of config fields (or a packaged name); None = the packaged `configs/<name>.yaml`
     where there is one. `overrides` set fields on top; string values (from the command line) are parsed as
     YAML scalars and converted to the field's type. `limit`: evaluate on the first `limit` valid/test
-    examples only.
+    examples only. `features`: the feature folder of a content baseline (required for those, else unused).
     Returns {"test": test record, "valid": valid record, "info": training info, "out": out}.
     """
     if name not in BUILDERS:
         raise AmfrecError(f"unknown baseline {name!r}; choose one of {list(BASELINES)}")
+    if name in CONTENT_BASELINES and features is None:
+        raise AmfrecError(
+            f"--features is required for --model {name} (a feature folder with text/image vectors)"
+        )
     model, model_config = BUILDERS[name](baseline_settings(name, config, overrides))
     data_dir, out = Path(data_dir), Path(out)
     with atomic_dir(out) as tmp, run_log(tmp):
@@ -126,6 +141,8 @@ def train_baseline(
         data = PreparedData.load(data_dir)
         log.info("train %s seed %d on %s (%d train windows, %d items)", name, seed, data_dir,
                  len(data.train), data.n_items)  # fmt: skip
+        if name in CONTENT_BASELINES:
+            model.use_features(load_content(features, data.n_items, model.config.modalities))  # type: ignore[attr-defined]
         info = model.fit(data, seed)
         valid_part, test_part = data.valid.head(limit), data.test.head(limit)
         valid, test = (
@@ -148,6 +165,7 @@ def train_baseline(
                 "inputs": data.manifest.get("inputs"),
                 "eval_limit": limit,
                 "amfrec_version": __version__,
+                **({"features": str(Path(features).resolve())} if name in CONTENT_BASELINES else {}),
             },
             "train_info": {k: v for k, v in info.items() if k != "epochs"},
         }
@@ -160,10 +178,26 @@ def train_baseline(
     return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
 
 
+def _with_features(load: Callable[..., Recommender]) -> Callable[[Path, PreparedData], Recommender]:
+    """A content baseline's loader: its feature folder is the run's `run.features`."""
+
+    def loader(run: Path, data: PreparedData) -> Recommender:
+        features = run_info(run).get("features")
+        if not features:
+            raise AmfrecError(
+                f"{Path(run) / 'config.yaml'}: run.features missing (the content model's features)"
+            )
+        return load(run, data, Path(features))
+
+    return loader
+
+
 LOADERS: dict[str, Callable[[Path, PreparedData], Recommender]] = {
     "popularity": Popularity.load,
     "sasrec": SASRec.load,
     "gru4rec": GRU4Rec.load,
+    "sasrec_content": _with_features(SASRecContent.load),
+    "content_knn": _with_features(ContentKNN.load),
 }
 
 

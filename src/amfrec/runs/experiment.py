@@ -10,7 +10,7 @@ import logging
 import statistics
 from pathlib import Path
 
-from amfrec.baselines import BASELINES
+from amfrec.baselines import BASELINES, CONTENT_BASELINES
 from amfrec.data.protocol import DEFAULT_NEGATIVES, protocol_of
 from amfrec.errors import AmfrecError
 from amfrec.io import read_json, write_json
@@ -149,29 +149,45 @@ def train_one(
     modalities: list[str] | None = None,
 ) -> dict:
     """Train one model (`sasrec`, `amfrec`, `amfrec:VARIANT`) on one prepared split; return its test metrics
-    (also in run/metrics.json). A variant's overrides go on top of `overrides`."""
+    (also in run/metrics.json). A variant's overrides go on top of `overrides`. AMFRec and the content
+    baselines read `features`, else the seed's feature folder (`ensure_features`)."""
+    from amfrec.runs.baseline_run import ensure_sasrec_run, train_baseline
+
     model, variant = parse_model(model)
-    if model in BASELINES:
-        from amfrec.runs.baseline_run import train_baseline
-
+    if model in BASELINES and model not in CONTENT_BASELINES:
         return train_baseline(model, prepared, seed, run, None, limit=limit)
-    from amfrec.features.build import build_features
+    if model == "amfrec":  # its collaborative user token reads the seed's SASRec run too
+        ensure_sasrec_run(prepared, seed, run.parent / "sasrec", limit=limit)
+    features = ensure_features(prepared, features, seed, run.parent, modalities, limit)
+    if model in CONTENT_BASELINES:
+        return train_baseline(model, prepared, seed, run, None, limit=limit, features=features)
     from amfrec.runs.amfrec_run import train_amfrec
-    from amfrec.runs.baseline_run import ensure_sasrec_run
 
-    sasrec_run = ensure_sasrec_run(prepared, seed, run.parent / "sasrec", limit=limit)
-    if features is None:
-        features = run.parent / "features"
-        build_features(
-            prepared,
-            features,
-            modalities=modalities or ["id", "text", "image"],
-            id_from=sasrec_run,
-        )
     if variant is not None:
         overrides = {**overrides, **VARIANTS[variant][1]}
     name = "amfrec" if variant is None else run_name(f"amfrec:{variant}")
     return train_amfrec(prepared, features, config, seed, run, overrides, limit=limit, name=name)
+
+
+def ensure_features(
+    prepared: Path,
+    features: Path | None,
+    seed: int,
+    root: Path,
+    modalities: list[str] | None = None,
+    limit: int | None = None,
+) -> Path:
+    """`features` when given; else root/features, built (or reused from its cache) from the prepared data:
+    `id` from the seed's SASRec run root/sasrec (trained now if missing), text and image (`modalities`)."""
+    if features is not None:
+        return Path(features)
+    from amfrec.features.build import build_features
+    from amfrec.runs.baseline_run import ensure_sasrec_run
+
+    sasrec_run = ensure_sasrec_run(prepared, seed, root / "sasrec", limit=limit)
+    out = root / "features"
+    build_features(prepared, out, modalities=modalities or ["id", "text", "image"], id_from=sasrec_run)
+    return out
 
 
 def format_table(results: dict[str, list[dict]], seeds: list[int]) -> str:
