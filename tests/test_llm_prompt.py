@@ -158,3 +158,21 @@ def test_optional_slots_and_user_placeholder(tok):
 def test_position_ids_start_at_the_first_real_token():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     assert position_ids(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_prompt_texts_title_or_full_text_cut_to_the_token_budget(tok) -> None:
+    from amfrec.data.dataset import ItemInfo
+    from amfrec.llm.build import prompt_texts
+    from amfrec.llm.options import ItemText
+
+    items = [
+        ItemInfo("", ""),
+        ItemInfo("a", "Toy Story", fields=(("categories", "movies books"), ("brand", ""))),
+        ItemInfo("b", "Babe"),
+    ]
+    assert prompt_texts(items, ItemText.TITLE, 32, tok) == ["", "Toy Story", "Babe"]
+    # full text: "Toy Story. Categories: movies books" (the empty brand left out), by hand
+    assert prompt_texts(items, ItemText.FULL, None, tok)[1] == "Toy Story. Categories: movies books"
+    # a budget of 3 tokens of the word-level tokenizer keeps "Toy", "Story", "."; a short text stays whole
+    cut = prompt_texts(items, ItemText.FULL, 3, tok)
+    assert cut[1].split() == ["Toy", "Story", "."] and cut[2] == "Babe"

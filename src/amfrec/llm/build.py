@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
+from amfrec.data.dataset import ItemInfo
 from amfrec.llm.backbone import Backbone, checkpoint_layers, load_backbone, truncate_layers
 from amfrec.llm.item_encoder import ItemEncoder
 from amfrec.llm.model import AMFRecModel
+from amfrec.llm.options import ItemText
 from amfrec.llm.prompt import PromptTemplate
 
 
@@ -50,3 +52,16 @@ def build_amfrec(
         loss_items=loss_items,
     )
     return model.to(backbone.device)
+
+
+def prompt_texts(items: list[ItemInfo], item_text: ItemText, max_tokens: int | None, tokenizer) -> list[str]:
+    """What the prompt shows of each item (index 0 = padding ""): its title or its full text
+    (``ItemInfo.text()``), cut to at most ``max_tokens`` tokens of ``tokenizer`` (None = uncut)."""
+    texts = [it.title if item_text is ItemText.TITLE else it.text() for it in items[1:]]
+    if max_tokens is not None and texts:
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        cut = [k for k, row in enumerate(ids) if len(row) > max_tokens]
+        decoded = tokenizer.batch_decode([ids[k][:max_tokens] for k in cut], skip_special_tokens=True)
+        for k, text in zip(cut, decoded, strict=True):
+            texts[k] = text.strip()
+    return ["", *texts]

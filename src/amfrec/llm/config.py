@@ -27,6 +27,7 @@ from amfrec.llm.options import (  # noqa: F401 - re-exported: the config's vocab
     ConfigError,
     DType,
     FusionMode,
+    ItemText,
     LossItems,
     UserToken,
     _build,
@@ -129,6 +130,10 @@ class ModelConfig:
     noun_plural: str = ""  # the {noun_plural} slot; empty = noun + "s"
     max_len: int = 10  # history items in the prompt
     n_candidates: int = 20
+    # What stands before an item's <|item|> in the prompt: its title, or its full text (title, categories,
+    # brand, ...), cut to item_tokens backbone tokens, so long product texts cannot blow up the prompt.
+    item_text: ItemText = ItemText.TITLE
+    item_tokens: int | None = 32  # null = no cut
     # Training only (item_token head): per step, each item drops modality m with probability
     # modality_dropout[m] (never all of its modalities), so every projector learns to carry the ranking alone
     # and the gate to reweight. An item whose id is dropped also loses its collaborative logit: it is trained
@@ -216,9 +221,13 @@ class ModelConfig:
             raise ValueError(f"model.noun_plural: must be a string, got {self.noun_plural!r}")
         _positive_int(self.max_len, "model.max_len")
         _positive_int(self.n_candidates, "model.n_candidates", minimum=2)
-        self._check_dropout()
+        self._check_items()
 
-    def _check_dropout(self) -> None:
+    def _check_items(self) -> None:
+        """item_text, item_tokens and modality_dropout."""
+        self.item_text = coerce_enum(ItemText, self.item_text, "model.item_text")
+        if self.item_tokens is not None:
+            _positive_int(self.item_tokens, "model.item_tokens")
         if not isinstance(self.modality_dropout, Mapping):
             raise ValueError(
                 f"model.modality_dropout: must map modality -> rate, got {self.modality_dropout!r}"

@@ -47,6 +47,11 @@ class LossItems(StrEnum):
     CANDIDATES = "candidates"  # softmax over the example's target + n_negatives drawn items
 
 
+class ItemText(StrEnum):
+    TITLE = "title"  # the item file's title field
+    FULL = "full"  # title, year, genres and every other text field (e.g. categories, brand): ItemInfo.text()
+
+
 class DType(StrEnum):
     AUTO = "auto"  # measured per machine (amfrec.hardware): bfloat16 only where it is faster
     FLOAT32 = "float32"

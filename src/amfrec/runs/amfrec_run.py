@@ -21,7 +21,7 @@ from amfrec.features.corrupt import corrupt_features, parse_corruption
 from amfrec.features.store import load_features
 from amfrec.io import write_json
 from amfrec.llm.backbone import load_backbone
-from amfrec.llm.build import build_amfrec
+from amfrec.llm.build import build_amfrec, prompt_texts
 from amfrec.llm.checkpoint import CHECKPOINT_DIR, load_checkpoint
 from amfrec.llm.collab import collab_run_from_features, load_collaborative
 from amfrec.llm.config import AMFRecConfig
@@ -62,8 +62,9 @@ def build_model(
         known = data.item_train_counts > 0  # (n_items + 1,): items whose collaborative rows were trained
         collab = load_collaborative(cfg.model.user_token.value, run, data.n_items, known).to(backbone.device)
         log.info("user token: the frozen %s of %s", cfg.model.user_token.value, run)
+    texts = prompt_texts(data.items, cfg.model.item_text, cfg.model.item_tokens, backbone.tokenizer)
     model = build_amfrec(
-        cfg.model, features, data.titles, backbone=backbone, collab=collab, loss_items=cfg.train.loss_items
+        cfg.model, features, texts, backbone=backbone, collab=collab, loss_items=cfg.train.loss_items
     )
     trainable, total = model.parameter_report()
     log.info(
@@ -227,7 +228,7 @@ def evaluate_run(
                 f"(this one has {model.answer.value!r}; use --protocol score)"
             )
         outputs = generate_split(model, part)
-        titles = data.titles
+        titles = model.titles  # what the prompt shows of each item (model.item_text, cut to item_tokens)
         metrics = generation_metrics(
             outputs,
             [[titles[i] for i in row] for row in part.candidates.tolist()],
