@@ -135,3 +135,27 @@ def test_dropout_is_off_at_evaluation_and_on_in_training(model: AMFRecModel) -> 
     losses = {float(model(HISTORY, CANDIDATES, target).loss) for _ in range(4)}
     assert len(losses) > 1  # each training step draws its own dropout
     model.eval()
+
+
+def test_sasrec_content_as_the_collaborative_net(tiny_prepared, tmp_path) -> None:
+    """`model.user_token: sasrec_content`: AMFRec reads a frozen content-aware SASRec (`amfrec experiment`
+    trains the seed's run and names it), whose rows of items it never trained on are content, so every item's
+    collaborative logit counts."""
+    from llm_fixtures import SMALL, make_tiny_amfrec_inputs
+
+    from amfrec.runs.amfrec_run import load_run, train_amfrec
+    from amfrec.runs.experiment import with_collab_run
+
+    features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path, dtype="float32")
+    sets = {**SMALL, "model.user_token": "sasrec_content", "model.collab_score": True}
+    sets = with_collab_run(str(config), sets, tiny_prepared, features, 1, tmp_path, limit=4)
+    assert sets["model.collab_run"] == str(tmp_path / "sasrec_content")
+    assert (tmp_path / "sasrec_content" / "sasrec_content.safetensors").is_file()
+    train_amfrec(tiny_prepared, features, config, 1, tmp_path / "run", sets, limit=4)
+    model, data, _ = load_run(tmp_path / "run")
+    assert model.collab.known[1:].all()  # content rows: no item is unknown
+    scores = model.score(data.test.history[:2], data.test.candidates[:2])
+    assert scores.shape == (2, 20) and torch.isfinite(scores).all()
+    assert (
+        with_collab_run(str(config), {**sets}, tiny_prepared, features, 1, tmp_path, 4) == sets
+    )  # named: kept

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from amfrec.errors import AmfrecError
-from amfrec.io import read_json
+from amfrec.io import read_json, read_yaml_mapping
 
 
 class CollaborativeNet(nn.Module):
@@ -92,12 +92,20 @@ def collab_run_from_features(features_dir: Path) -> Path:
 def load_collaborative(
     kind: str, run: Path, n_items: int, known: torch.Tensor | None = None
 ) -> CollaborativeNet:
-    """Load the `kind` ("sasrec" | "gru4rec") network of run directory `run`, frozen; known: (n_items + 1,)
-    bool, the items it trained on (the id modality's presence mask)."""
+    """Load the `kind` ("sasrec" | "gru4rec" | "sasrec_content") network of run directory `run`, frozen;
+    known: (n_items + 1,) bool, the items whose rows it trained (None = all: sasrec_content's content rows
+    stand for the items it never saw)."""
+    from amfrec.baselines.content import SASRecContent
     from amfrec.baselines.sequential import GRU4Rec, SASRec
 
-    cls = {"sasrec": SASRec, "gru4rec": GRU4Rec}[str(kind)]
-    model = cls.load(run)
+    if str(kind) == "sasrec_content":
+        features = (read_yaml_mapping(Path(run) / "config.yaml").get("run") or {}).get("features")
+        if not features:
+            raise AmfrecError(f"{Path(run) / 'config.yaml'}: not a sasrec_content run (no run.features)")
+        model = SASRecContent.load(run, None, features)
+        known = None
+    else:
+        model = {"sasrec": SASRec, "gru4rec": GRU4Rec}[str(kind)].load(run)
     if model.n_items != n_items:
         raise AmfrecError(f"{run}: the {kind} run covers {model.n_items} items, the data has {n_items}")
     return CollaborativeNet(model._require_net(), source=str(Path(run).resolve()), known=known)

@@ -104,6 +104,9 @@ class ModelConfig:
     prompt_candidates: bool = False
     # One more soft token: the collaborative run's (frozen) user representation through a trainable MLP.
     user_token: UserToken | None = UserToken.SASREC
+    # The run folder of that collaborative net; null = the run the id features were read from (`amfrec
+    # experiment` fills it in for sasrec_content: the seed's sasrec_content run).
+    collab_run: str | None = None
     # item_token: add the frozen collaborative net's own logit (user rep . item embedding) with a learned
     # weight, so the LM only has to contribute what the collaborative signal lacks. Needs user_token.
     collab_score: bool = True

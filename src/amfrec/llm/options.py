@@ -40,6 +40,8 @@ class AnswerHead(StrEnum):
 class UserToken(StrEnum):
     SASREC = "sasrec"  # the collaborative run's sequence representation, frozen, through a trainable MLP
     GRU4REC = "gru4rec"
+    # SASRec over ID + frozen content vectors (baselines/content.py): it also knows items it never trained on
+    SASREC_CONTENT = "sasrec_content"
 
 
 class LossItems(StrEnum):

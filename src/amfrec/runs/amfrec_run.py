@@ -58,7 +58,7 @@ def build_model(
     backbone = load_backbone(cfg.model.backbone, dtype=cfg.model.dtype.value)
     collab = None
     if cfg.model.user_token is not None:
-        run = collab_run_from_features(features_dir)
+        run = Path(cfg.model.collab_run) if cfg.model.collab_run else collab_run_from_features(features_dir)
         known = data.item_train_counts > 0  # (n_items + 1,): items whose collaborative rows were trained
         collab = load_collaborative(cfg.model.user_token.value, run, data.n_items, known).to(backbone.device)
         log.info("user token: the frozen %s of %s", cfg.model.user_token.value, run)

@@ -165,8 +165,33 @@ def train_one(
 
     if variant is not None:
         overrides = {**overrides, **VARIANTS[variant][1]}
+    overrides = with_collab_run(config, overrides, prepared, features, seed, run.parent, limit)
     name = "amfrec" if variant is None else run_name(f"amfrec:{variant}")
     return train_amfrec(prepared, features, config, seed, run, overrides, limit=limit, name=name)
+
+
+def with_collab_run(
+    config: str | None,
+    overrides: dict,
+    prepared: Path,
+    features: Path,
+    seed: int,
+    root: Path,
+    limit: int | None,
+) -> dict:
+    """`overrides` plus `model.collab_run` = the seed's sasrec_content run (root/sasrec_content, trained now
+    if missing) when the config's user token is sasrec_content and names no run; else `overrides`."""
+    from amfrec.llm.config import AMFRecConfig
+    from amfrec.runs.baseline_run import train_baseline
+    from amfrec.runs.rundir import resolve_config
+
+    model = AMFRecConfig.from_yaml(resolve_config(config), overrides).model
+    if model.user_token != "sasrec_content" or model.collab_run:
+        return overrides
+    run = root / "sasrec_content"
+    if not (run / "metrics.json").exists():
+        train_baseline("sasrec_content", prepared, seed, run, None, limit=limit, features=features)
+    return {**overrides, "model.collab_run": str(run)}
 
 
 def ensure_features(
