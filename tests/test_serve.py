@@ -109,16 +109,16 @@ def test_malformed_and_oversized_bodies(client: TestClient) -> None:
 
 
 def test_a_full_queue_answers_503_with_retry_after(ranker: Ranker, item_ids: list[str], monkeypatch) -> None:
-    client = TestClient(create_app(ranker, max_queue=0), raise_server_exceptions=False)
+    client = TestClient(create_app(ranker, max_queue=0, max_batch=1), raise_server_exceptions=False)
     entered, release = threading.Event(), threading.Event()
-    original = ranker.rank
+    original = ranker.rank_batch
 
     def slow_rank(*args, **kwargs):
         entered.set()
         release.wait(10)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ranker, "rank", slow_rank)
+    monkeypatch.setattr(ranker, "rank_batch", slow_rank)
     first: dict = {}
     thread = threading.Thread(
         target=lambda: first.update(r=client.post("/recommend", json={"history": item_ids[:2]}))

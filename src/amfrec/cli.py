@@ -9,6 +9,7 @@ from pathlib import Path
 
 from amfrec import __version__
 from amfrec.baselines import BASELINES
+from amfrec.cli_bench import add_bench_parser
 from amfrec.cli_compare import add_compare_parser
 from amfrec.errors import AmfrecError
 
@@ -162,7 +163,7 @@ def cmd_experiment(a: argparse.Namespace) -> None:
 def cmd_serve(a: argparse.Namespace) -> None:
     from amfrec.serve.app import serve
 
-    serve(Path(a.run), host=a.host, port=a.port, max_queue=a.max_queue)
+    serve(Path(a.run), a.host, a.port, a.max_queue, a.max_batch, a.max_wait_ms)
 
 
 def cmd_report(a: argparse.Namespace) -> None:
@@ -170,18 +171,6 @@ def cmd_report(a: argparse.Namespace) -> None:
 
     path = write_report(Path(a.exp), Path(a.out) if a.out else None)
     print(f"report: {path}")
-
-
-def cmd_bench(a: argparse.Namespace) -> None:
-    if a.ddp:
-        from amfrec.runs.bench_ddp import run_ddp_bench
-
-        dtype = _csv(a.dtypes)[0] if a.dtypes else "auto"
-        print(run_ddp_bench(a.ddp, a.backbone, dtype, a.seq_len, a.batch_size, a.answer_len, a.steps))
-        return
-    from amfrec.runs.bench import run_bench
-
-    print(run_bench(a.backbone, _csv(a.dtypes), a.seq_len, a.batch_size, a.answer_len, a.steps))
 
 
 def cmd_quickstart(a: argparse.Namespace) -> None:
@@ -291,6 +280,8 @@ def _add_run_parsers(sub) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-queue", type=int, default=32, help="requests that may wait; the next gets 503")
+    s.add_argument("--max-batch", type=int, default=16, help="requests scored in one model call (at most)")
+    s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for a batch")
     s.set_defaults(func=cmd_serve)
 
 
@@ -322,19 +313,7 @@ def _add_experiment_parsers(sub) -> None:
 
 
 def _add_tool_parsers(sub) -> None:
-    """`amfrec bench, quickstart`."""
-    b = sub.add_parser("bench", help="backbone training throughput and MFU vs measured matmul peak")
-    b.add_argument("--backbone", default="smollm2-135m")
-    b.add_argument(
-        "--dtypes", default="auto", help="comma-separated: auto (the probe's pick), float32, bfloat16"
-    )
-    b.add_argument("--seq-len", type=int, default=256)
-    b.add_argument("--batch-size", type=int, default=4)
-    b.add_argument("--answer-len", type=int, default=8, help="positions whose logits are computed")
-    b.add_argument("--steps", type=int, default=5)
-    b.add_argument("--ddp", type=int, default=0, help="N: also N data-parallel processes -> scaling table")
-    b.set_defaults(func=cmd_bench)
-
+    """`amfrec quickstart` (`amfrec bench` is in cli_bench)."""
     q = sub.add_parser("quickstart", help="the whole pipeline on ml-100k, sized for a laptop CPU")
     q.add_argument("--data", type=Path, default=None, help="ml-100k folder (default: download it)")
     q.add_argument("--out", type=Path, default=Path("quickstart"))
@@ -357,13 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_parsers(sub)
     _add_experiment_parsers(sub)
     add_compare_parser(sub)
+    add_bench_parser(sub)
     _add_tool_parsers(sub)
     return p
 
 
 def _check_counts(args: argparse.Namespace) -> None:
     """Counts given on the command line must be positive (a zero --limit would evaluate nothing)."""
-    for name in ("limit", "top", "steps", "batch_size", "seq_len", "negatives", "max_len"):
+    for name in ("limit", "top", "steps", "batch_size", "seq_len", "negatives", "max_len", "max_batch"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise AmfrecError(f"--{name.replace('_', '-')} must be >= 1, got {value}")

@@ -1,9 +1,20 @@
 """Recommendations from any run folder (AMFRec or a baseline), loaded once: the one ranking path that
 `amfrec recommend` and `amfrec serve` share, so both give the same ranking for the same input.
 
-Item ids are the data's own (strings). Without candidates, every item is ranked (minus the history with
-`exclude_seen`); AMFRec's title head, whose prompt must list its candidates, gets the data's candidate count
-of unseen items drawn with a seed. AMFRec rows carry the gate's weight per modality.
+Item ids are the data's own (strings). `query` checks a request's ids (raising `UnknownItems`) and turns it
+into a `Query` of item indices; `rank_batch` ranks a batch of queries with one model call:
+
+- Models whose score of an item does not depend on the other candidates (every baseline, AMFRec's item_token
+  head without candidates in the prompt) score the whole catalogue once per row, (B, n_items + 1); a query
+  with its own `candidates` picks those columns, a catalogue query masks its history (`exclude_seen`) to
+  -inf. So requests with and without candidates share one backbone pass.
+- The others (the title head, `model.prompt_candidates`) score each row's candidate list in the prompt: rows
+  with as many candidates go in one call. Without candidates the catalogue minus the history is ranked; the
+  title head gets the data's candidate count of those items drawn with a seed.
+
+Top-k is `stable_topk` on the score tensor (ties: the lower position first, i.e. the lower item index or the
+earlier listed candidate); no work grows with the catalogue in Python. AMFRec rows carry the gate's weight
+per modality, read from the model's cached item table.
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from amfrec.data.dataset import PreparedData
 from amfrec.errors import AmfrecError
@@ -27,6 +39,38 @@ class UnknownItems(AmfrecError):
     def __init__(self, field: str, ids: list[str], where: Path) -> None:
         self.field, self.ids = field, ids
         super().__init__(f"{field}: unknown item id(s) {', '.join(ids[:5])} (not in {where})")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One checked request in item indices: history (oldest first, the last max_len kept), candidates (None =
+    the catalogue), k (None = all), exclude_seen (drop the given history's items from the catalogue)."""
+
+    history: tuple[int, ...]
+    candidates: tuple[int, ...] | None = None
+    k: int | None = None
+    exclude_seen: bool = True
+    seen: tuple[int, ...] = ()  # every history item given (also those before the last max_len)
+
+
+def stable_topk(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest of each row, best first, ties to the lower position: (values (B, k), positions (B, k)).
+
+    values (B, W) float; k <= W. Deterministic (unlike `torch.topk`'s order among equal values): the k-th
+    largest value is found with `torch.topk`, the positions above it are kept with the first of those equal
+    to it, and the k kept are sorted stably. NaN counts as -inf.
+    """
+    if not 0 < k <= values.shape[1]:
+        raise ValueError(f"k must be in 1..{values.shape[1]}, got {k}")
+    values = values.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    kth = values.topk(k, dim=1).values[:, -1:]  # (B, 1)
+    above, tie = values > kth, values == kth  # (B, W)
+    need = k - above.sum(1, keepdim=True)  # (B, 1)
+    take = above | (tie & (tie.cumsum(1) <= need))  # (B, W), exactly k per row
+    pos = take.nonzero()[:, 1].view(values.shape[0], k)  # (B, k) ascending positions
+    kept = values.gather(1, pos)  # (B, k)
+    order = torch.sort(kept, dim=1, descending=True, stable=True).indices  # (B, k)
+    return kept.gather(1, order), pos.gather(1, order)
 
 
 @dataclass
@@ -64,6 +108,17 @@ class Ranker:
     def is_amfrec(self) -> bool:
         return self.info["model"] == "amfrec"
 
+    @property
+    def device(self) -> torch.device:
+        return getattr(self.model, "device", torch.device("cpu"))
+
+    @property
+    def per_item(self) -> bool:
+        """Whether an item's score is independent of the other candidates (then the catalogue is scored)."""
+        if not self.is_amfrec:
+            return True
+        return self.model.answer == "item_token" and not self.model.prompt.template.has_candidates
+
     def indices(self, ids: list[str], field_name: str) -> list[int]:
         """Item ids -> item indices; raises UnknownItems naming the field."""
         unknown = [str(i) for i in ids if str(i) not in self.data.index]
@@ -71,17 +126,23 @@ class Ranker:
             raise UnknownItems(field_name, unknown, self.data.path)
         return [self.data.index[str(i)] for i in ids]
 
-    def candidates(self, history: list[int], exclude_seen: bool) -> list[int]:
-        """Every item (minus the history when exclude_seen); a seeded draw of C for the title head."""
-        seen = set(history) if exclude_seen else set()
-        pool = [i for i in range(1, self.data.n_items + 1) if i not in seen]
-        if self.is_amfrec and getattr(self.model, "answer", None) == "title":
-            g = torch.Generator().manual_seed(self.title_seed)
-            n = self.data.valid.candidates.shape[1]
-            pool = [pool[j] for j in torch.randperm(len(pool), generator=g)[:n].tolist()]
-        return pool
+    def query(
+        self,
+        history: list[str],
+        k: int | None = None,
+        candidates: list[str] | None = None,
+        exclude_seen: bool = True,
+    ) -> Query:
+        """Check a request's ids (UnknownItems, AmfrecError) -> a Query."""
+        seen = self.indices(history, "history")
+        if not seen:
+            raise AmfrecError("history: give at least one item id")
+        cand = tuple(self.indices(candidates, "candidates")) if candidates else None
+        if cand is None and exclude_seen and len(set(seen)) >= self.data.n_items:
+            raise AmfrecError("candidates: nothing left to rank (the history holds every item)")
+        hist = tuple(seen[-self.data.max_len :])
+        return Query(history=hist, candidates=cand, k=k, exclude_seen=exclude_seen, seen=tuple(seen))
 
-    @torch.inference_mode()
     def rank(
         self,
         history: list[str],
@@ -90,23 +151,108 @@ class Ranker:
         exclude_seen: bool = True,
     ) -> list[dict[str, Any]]:
         """The top `k` (None = all) of the candidates for a history (ids oldest first); see the module doc."""
-        hist = self.indices(history, "history")[-self.data.max_len :]
-        if not hist:
-            raise AmfrecError("history: give at least one item id")
-        cand = self.indices(candidates, "candidates") if candidates else self.candidates(hist, exclude_seen)
-        if not cand:
+        return self.rank_batch([self.query(history, k, candidates, exclude_seen)])[0]
+
+    @torch.inference_mode()
+    def rank_batch(self, queries: list[Query]) -> list[list[dict[str, Any]]]:
+        """Each query's rows, best first, from one model call (per candidate count for the title head)."""
+        if not queries:
+            return []
+        if self.per_item:
+            scores = self._catalogue_scores(queries)  # (B, n_items + 1), column 0 = -inf
+            parts = [(list(range(len(queries))), *self._pick(queries, scores))]
+        else:
+            parts = self._score_lists(queries)
+        out: list[list[dict[str, Any]]] = [[] for _ in queries]
+        for rows, values, items in parts:  # values, items (R, W): the rows' scores and item indices
+            ks = [min(queries[r].k or values.shape[1], values.shape[1]) for r in rows]
+            top_v, top_p = stable_topk(values, max(ks))  # (R, k)
+            top_i = items.gather(1, top_p)  # (R, k)
+            for j, r in enumerate(rows):
+                kept = torch.isfinite(top_v[j, : ks[j]])
+                out[r] = self._rows(top_i[j, : ks[j]][kept].tolist(), top_v[j, : ks[j]][kept].tolist())
+        return out
+
+    def _histories(self, queries: list[Query]) -> torch.Tensor:
+        """(B, L) left-padded item indices of the queries' histories."""
+        rows = [torch.tensor(q.history, dtype=torch.long).flip(0) for q in queries]
+        hist = pad_sequence(rows, batch_first=True).flip(1)  # (B, <= L), left-padded
+        pad = self.data.max_len - hist.shape[1]
+        return torch.nn.functional.pad(hist, (pad, 0)).to(self.device)  # (B, L)
+
+    def _catalogue_scores(self, queries: list[Query]) -> torch.Tensor:
+        """(B, n_items + 1) float32 scores of every item (column 0, the padding, is -inf)."""
+        n = self.data.n_items
+        hist = self._histories(queries)  # (B, L)
+        catalogue = torch.arange(1, n + 1, device=self.device).expand(len(queries), n)  # (B, n_items)
+        scores = self.model.score(hist, catalogue).float().cpu()  # (B, n_items)
+        return torch.nn.functional.pad(scores, (1, 0), value=float("-inf"))  # (B, n_items + 1)
+
+    def _seen_mask(self, queries: list[Query]) -> torch.Tensor:
+        """(B, n_items + 1) bool: the padding column and, with exclude_seen, every given history item."""
+        rows = [torch.full((len(q.seen),), r) for r, q in enumerate(queries) if q.exclude_seen]
+        items = [torch.tensor(q.seen, dtype=torch.long) for q in queries if q.exclude_seen]
+        mask = torch.zeros(len(queries), self.data.n_items + 1, dtype=torch.bool)
+        mask[:, 0] = True
+        if rows:
+            mask[torch.cat(rows), torch.cat(items)] = True
+        return mask
+
+    def _pick(self, queries: list[Query], scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, items) (B, W) from catalogue scores (B, n_items + 1): a row with candidates keeps their
+        columns in the given order (0-padded to the longest list, -inf); a catalogue row every item, -inf
+        where excluded. W = n_items + 1 when a catalogue row is in the batch, else the longest list."""
+        n1 = self.data.n_items + 1
+        cat = [r for r, q in enumerate(queries) if q.candidates is None]
+        lists = [r for r, q in enumerate(queries) if q.candidates is not None]
+        width = max([n1] * bool(cat) + [len(queries[r].candidates) for r in lists])
+        items = torch.zeros(len(queries), width, dtype=torch.long)  # (B, W); 0 = padding, scored -inf
+        if lists:
+            own = pad_sequence([torch.tensor(queries[r].candidates) for r in lists], batch_first=True)
+            items[lists, : own.shape[1]] = own
+        if cat:
+            items[cat, :n1] = torch.arange(n1)  # a catalogue row: column = item index
+        values = scores.gather(1, items)  # (B, W)
+        if cat:
+            excluded = self._seen_mask([queries[r] for r in cat])  # (R, n_items + 1)
+            values[cat, :n1] = values[cat, :n1].masked_fill(excluded, float("-inf"))
+        return values, items
+
+    def _score_lists(self, queries: list[Query]) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+        """Models that read the candidates in the prompt: (rows, values (R, C), items (R, C)) per candidate
+        count, one model call each."""
+        lists = [self._own_candidates(q) for q in queries]  # (C,) each
+        groups: dict[int, list[int]] = {}
+        for r, c in enumerate(lists):
+            groups.setdefault(len(c), []).append(r)
+        parts = []
+        for rows in groups.values():
+            items = torch.stack([lists[r] for r in rows])  # (R, C)
+            hist = self._histories([queries[r] for r in rows])  # (R, L)
+            values = self.model.score(hist, items.to(self.device)).float().cpu()  # (R, C)
+            parts.append((rows, values, items))
+        return parts
+
+    def _own_candidates(self, q: Query) -> torch.Tensor:
+        """(C,) the query's candidates, or the catalogue minus its history (a seeded draw for the title
+        head, the data's candidate count)."""
+        if q.candidates is not None:
+            return torch.tensor(q.candidates, dtype=torch.long)
+        pool = (~self._seen_mask([q])[0]).nonzero().flatten()  # (P,) ascending item indices
+        if pool.numel() == 0:
             raise AmfrecError("candidates: nothing left to rank")
-        device = getattr(self.model, "device", torch.device("cpu"))
-        h = torch.tensor([[0] * (self.data.max_len - len(hist)) + hist], device=device)  # (1, L)
-        c = torch.tensor([cand], device=device)  # (1, C)
-        scores = self.model.score(h, c)[0].float().cpu()  # (C,)
-        order = torch.argsort(scores, descending=True, stable=True)[: k or len(cand)].tolist()
-        top = [cand[j] for j in order]
-        gates = self.gate_weights(top)
+        if self.model.answer == "title":
+            g = torch.Generator().manual_seed(self.title_seed)
+            n = self.data.valid.candidates.shape[1]
+            pool = pool[torch.randperm(len(pool), generator=g)[:n]]
+        return pool
+
+    def _rows(self, items: list[int], scores: list[float]) -> list[dict[str, Any]]:
+        """Response rows of ranked item indices with their scores (and the gate's weights for AMFRec)."""
+        gates = self.gate_weights(items)
         rows = []
-        for j, item in zip(order, top, strict=True):
-            row = {"item_id": self.data.items[item].item_id, "title": self.data.titles[item]}
-            row["score"] = float(scores[j])
+        for item, score in zip(items, scores, strict=True):
+            row = {"item_id": self.data.items[item].item_id, "title": self.data.titles[item], "score": score}
             if gates is not None:
                 row["gate"] = gates[item]
             rows.append(row)
@@ -114,16 +260,17 @@ class Ranker:
 
     @torch.inference_mode()
     def gate_weights(self, items: list[int]) -> dict[int, dict[str, float]] | None:
-        """AMFRec: {item index: {modality: weight}} (the gate's, or mean fusion's equal shares); else None."""
+        """AMFRec: {item index: {modality: weight}} (the gate's, or mean fusion's equal shares), read from the
+        model's cached item table; else None."""
         encoder = getattr(self.model, "item_encoder", None)
         if not self.is_amfrec or encoder is None or not items:
             return None
-        out = encoder(torch.tensor([items], device=self.model.device), None)
-        if out.weights is None:
+        _, _, weights = self.model.item_table()  # (n_items + 1, M) | None, cached while weights are unchanged
+        if weights is None:
             return None
-        weights = out.weights[0].float().cpu().tolist()  # (S, M)
+        rows = weights[torch.tensor(items, device=weights.device)].float().cpu().tolist()  # (S, M)
         mods = list(encoder.modalities)
-        return {i: dict(zip(mods, w, strict=True)) for i, w in zip(items, weights, strict=True)}
+        return {i: dict(zip(mods, w, strict=True)) for i, w in zip(items, rows, strict=True)}
 
     def modalities_present(self, item: int) -> dict[str, bool]:
         """AMFRec: which modalities the item has (from the item encoder's masks); baselines: {}."""

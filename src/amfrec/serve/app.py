@@ -4,8 +4,11 @@
   `amfrec recommend` (both go through `amfrec.runs.ranker.Ranker`).
 - GET /items?query=&page=&per_page= (title search), /items/{id}, /posters/{id}, /health, /info; GET / = page.
 - Bad input answers 4xx with {"error", "field"}; never a traceback. Bodies over 64 KiB answer 413 unread.
-- Scoring runs in one worker thread, off the event loop; at most `max_queue` requests wait for it, the next
-  one answers 503 with Retry-After instead of piling up memory.
+- Scoring runs in one worker thread, off the event loop, in batches (`amfrec.serve.batcher`): concurrent
+  /recommend requests are gathered for at most `max_wait_ms` into one model call of at most `max_batch`
+  (`Ranker.rank_batch`: one backbone pass; rows with their own candidates and catalogue rows mixed). Up to
+  `max_batch` requests are scored while at most `max_queue` more wait; the next one answers 503 with
+  Retry-After instead of piling up memory.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import logging
 import threading
 from pathlib import Path
 
-import anyio
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -23,7 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from amfrec.errors import AmfrecError
 from amfrec.features.build import default_posters_dir, poster_paths
+from amfrec.runs.ranker import Query as RankQuery
 from amfrec.runs.ranker import Ranker, UnknownItems
+from amfrec.serve.batcher import Batcher
 from amfrec.serve.schemas import (
     MAX_BODY_BYTES,
     Item,
@@ -42,8 +46,8 @@ def error(status: int, message: str, field: str | None = None, headers: dict | N
 
 
 class Admission:
-    """At most `capacity` requests in flight (one scoring at a time, the others waiting); `try_enter`
-    refuses the one after."""
+    """At most `capacity` requests in flight (one batch scoring, the others waiting); `try_enter` refuses
+    the one after."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity, self.inside, self.lock = capacity, 0, threading.Lock()
@@ -60,10 +64,16 @@ class Admission:
             self.inside -= 1
 
 
-def create_app(ranker: Ranker, max_queue: int = 32) -> FastAPI:
-    """The FastAPI app over a loaded `ranker`; `max_queue` bounds the requests waiting for the model."""
+def create_app(
+    ranker: Ranker, max_queue: int = 32, max_batch: int = 16, max_wait_ms: float = 5.0
+) -> FastAPI:
+    """The FastAPI app over a loaded `ranker`; `max_queue` bounds the requests waiting for the model,
+    `max_batch` / `max_wait_ms` the batches (see the module doc). `app.state.batcher` is the batcher."""
+    if max_queue < 0:
+        raise ValueError(f"max_queue must be >= 0, got {max_queue}")
     app = FastAPI(title="amfrec", version="1", docs_url="/docs", redoc_url=None)
-    admission = Admission(max_queue + 1)
+    admission = Admission(max_queue + max_batch)
+    app.state.batcher = Batcher(lambda queries: _answer_batch(ranker, queries), max_batch, max_wait_ms)
     _add_error_handlers(app)
 
     @app.middleware("http")
@@ -73,18 +83,23 @@ def create_app(ranker: Ranker, max_queue: int = 32) -> FastAPI:
             return error(413, f"request body over {MAX_BODY_BYTES} bytes", "body")
         return await call_next(request)
 
-    _add_recommend_route(app, ranker, admission)
+    _add_recommend_route(app, ranker, admission, app.state.batcher)
     _add_item_routes(app, ranker)
+    batcher = app.state.batcher
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "in_flight": admission.inside}
+        return {"status": "ok", "in_flight": admission.inside, "model_calls": batcher.calls,
+                "answered": batcher.items}  # fmt: skip
 
     @app.get("/info")
     async def info():
         backbone = getattr(getattr(ranker.model, "backbone", None), "identity", None)
+        params = next(iter(getattr(ranker.model, "parameters", lambda: iter(()))()), None)
         return {"model": ranker.info["model"], "run": str(ranker.run), "data": str(ranker.data.path),
-                "items": ranker.data.n_items, "backbone": backbone, "metrics": ranker.metrics}  # fmt: skip
+                "items": ranker.data.n_items, "backbone": backbone, "metrics": ranker.metrics,
+                "dtype": str(params.dtype).removeprefix("torch.") if params is not None else "float32",
+                "max_batch": max_batch, "max_wait_ms": max_wait_ms}  # fmt: skip
 
     @app.get("/")
     async def page():
@@ -94,9 +109,16 @@ def create_app(ranker: Ranker, max_queue: int = 32) -> FastAPI:
     return app
 
 
-def _add_recommend_route(app: FastAPI, ranker: Ranker, admission: Admission) -> None:
-    """POST /recommend: scored in one worker thread (off the event loop), 503 when admission is full."""
-    worker, data = anyio.CapacityLimiter(1), ranker.data
+def _answer_batch(ranker: Ranker, queries: list[RankQuery]) -> list[tuple[list[dict], dict]]:
+    """In the batcher's thread: each query's ranked rows (one model call) and its history's gate weights."""
+    ranked = ranker.rank_batch(queries)
+    return [(rows, ranker.gate_weights(list(q.seen)) or {}) for q, rows in zip(queries, ranked, strict=True)]
+
+
+def _add_recommend_route(app: FastAPI, ranker: Ranker, admission: Admission, batcher: Batcher) -> None:
+    """POST /recommend: checked here, scored in the batcher's thread (off the event loop), 503 when
+    admission is full."""
+    data = ranker.data
 
     @app.post("/recommend", response_model=RecommendResponse)
     async def recommend(body: RecommendRequest):
@@ -105,17 +127,12 @@ def _add_recommend_route(app: FastAPI, ranker: Ranker, admission: Admission) -> 
         try:
             history = [str(i) for i in body.history]
             candidates = [str(i) for i in body.candidates] if body.candidates else None
-
-            def work():
-                rows = ranker.rank(history, body.k, candidates, body.exclude_seen)
-                hist_idx = ranker.indices(history, "history")
-                return rows, hist_idx, ranker.gate_weights(hist_idx) or {}
-
-            rows, hist_idx, gates = await anyio.to_thread.run_sync(work, limiter=worker)
+            query = ranker.query(history, body.k, candidates, body.exclude_seen)  # UnknownItems -> 4xx
+            rows, gates = await batcher(query)
         finally:
             admission.leave()
         hist = [
-            Item(item_id=data.items[i].item_id, title=data.titles[i], gate=gates.get(i)) for i in hist_idx
+            Item(item_id=data.items[i].item_id, title=data.titles[i], gate=gates.get(i)) for i in query.seen
         ]
         return RecommendResponse(model=ranker.info["model"], items=[Item(**r) for r in rows], history=hist)
 
@@ -125,6 +142,7 @@ def _add_item_routes(app: FastAPI, ranker: Ranker) -> None:
     data = ranker.data
     posters_dir = default_posters_dir(data)
     ids = [it.item_id for it in data.items[1:]]
+    lowered = [title.lower() for title in data.titles]  # computed once, searched per request
     posters = dict(zip(ids, poster_paths(posters_dir, ids), strict=True)) if posters_dir else {}
 
     def detail(index: int) -> ItemDetail:
@@ -145,7 +163,7 @@ def _add_item_routes(app: FastAPI, ranker: Ranker) -> None:
         per_page: int = Query(20, ge=1, le=100),
     ):
         words = query.lower().split()
-        hits = [k for k in range(1, data.n_items + 1) if all(w in data.titles[k].lower() for w in words)]
+        hits = [k for k in range(1, data.n_items + 1) if all(w in lowered[k] for w in words)]
         start = (page - 1) * per_page
         found = [detail(k) for k in hits[start : start + per_page]]
         return ItemPage(query=query, page=page, per_page=per_page, total=len(hits), items=found)
@@ -191,10 +209,22 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error(500, "internal error (logged on the server)", None)
 
 
-def serve(run: Path, host: str = "127.0.0.1", port: int = 8000, max_queue: int = 32) -> None:
+def serve(
+    run: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_queue: int = 32,
+    max_batch: int = 16,
+    max_wait_ms: float = 5.0,
+) -> None:
     """Load the run once and serve it with uvicorn until interrupted."""
     import uvicorn
 
+    if max_queue < 0 or not 0 <= max_wait_ms <= 1000:
+        raise AmfrecError(f"--max-queue must be >= 0 and --max-wait-ms in [0, 1000], got {max_queue}, "
+                          f"{max_wait_ms}")  # fmt: skip
     ranker = Ranker.load(run)
-    log.info("serving %s (%s) on http://%s:%d", run, ranker.info["model"], host, port)
-    uvicorn.run(create_app(ranker, max_queue=max_queue), host=host, port=port, log_level="warning")
+    app = create_app(ranker, max_queue=max_queue, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    log.info("serving %s (%s) on http://%s:%d (batches of <= %d, <= %g ms wait)", run, ranker.info["model"],
+             host, port, max_batch, max_wait_ms)  # fmt: skip
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,92 @@
+"""Dynamic batching: concurrent requests gathered into one model call.
+
+`Batcher(fn, max_batch, max_wait_ms)` owns one worker thread (so the model runs off the event loop, one call
+at a time). `await batcher(item)` queues the item; the worker takes the oldest waiting item, then keeps
+taking items until it holds `max_batch` or `max_wait_ms` have passed since that oldest item arrived (items
+that already waited through the previous call go out at once), and calls `fn(items) -> results` once, one
+result per item, in order. An exception from `fn` is every item's answer in that call. Items whose caller
+went away before the call are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class _Waiting:
+    item: Any
+    future: Future
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """One worker thread calling `fn` on batches of at most `max_batch` items (see the module doc)."""
+
+    def __init__(self, fn: Callable[[list[Any]], list[Any]], max_batch: int = 16, max_wait_ms: float = 5.0):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if not 0 <= max_wait_ms <= 1000:
+            raise ValueError(f"max_wait_ms must be in [0, 1000], got {max_wait_ms}")
+        self.fn, self.max_batch, self.max_wait_s = fn, max_batch, max_wait_ms / 1000
+        self.calls, self.items = 0, 0  # model calls made and items answered (for /health)
+        self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="amfrec-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Any) -> Future:
+        """Queue one item; the future gets its result (or the call's exception)."""
+        if not self._thread.is_alive():
+            raise RuntimeError("the batcher is closed")
+        waiting = _Waiting(item, Future())
+        self._queue.put(waiting)
+        return waiting.future
+
+    async def __call__(self, item: Any) -> Any:
+        return await asyncio.wrap_future(self.submit(item))
+
+    def close(self) -> None:
+        """Stop the worker after the items already queued."""
+        self._queue.put(None)
+        self._thread.join(60)
+
+    def _gather(self) -> list[_Waiting] | None:
+        """The next batch (live items only; may be empty), or None once closed."""
+        first = self._queue.get()
+        if first is None:
+            return None
+        batch, deadline = [first], first.arrived + self.max_wait_s
+        while len(batch) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._queue.put(None)  # closing: answer this batch, then stop
+                break
+            batch.append(nxt)
+        return [w for w in batch if w.future.set_running_or_notify_cancel()]
+
+    def _loop(self) -> None:
+        while (batch := self._gather()) is not None:
+            if not batch:
+                continue
+            try:
+                results = self.fn([w.item for w in batch])
+                if len(results) != len(batch):
+                    raise RuntimeError(f"batch function gave {len(results)} results for {len(batch)} items")
+            except Exception as e:  # every caller of this batch gets the error; the worker lives on
+                for w in batch:
+                    w.future.set_exception(e)
+                continue
+            self.calls, self.items = self.calls + 1, self.items + len(batch)
+            for w, result in zip(batch, results, strict=True):
+                w.future.set_result(result)
