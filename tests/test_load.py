@@ -23,3 +23,32 @@ def test_concurrent_clients_get_every_answer(tiny_amfrec_run: Path, tiny_prepare
           f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")  # fmt: skip
     assert result["requests"] == CLIENTS * REQUESTS
     assert result["statuses"] == {200: CLIENTS * REQUESTS}  # no 5xx, no 503, nothing dropped (status 0)
+
+
+def test_bench_serve_prints_the_floor_and_one_row_per_client_count(tiny_amfrec_run: Path, capsys) -> None:
+    from amfrec.cli import main
+
+    argv = ["bench", "serve", "--run", str(tiny_amfrec_run), "--clients", "1,2", "--requests", "3"]
+    assert main([*argv, "--repeats", "1", "--max-wait-ms", "2"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("CPU flags: ")
+    assert lines[1].startswith(f"run: {tiny_amfrec_run} (amfrec, ") and " dtype " in lines[1]
+    assert lines[2].startswith("in-process forward of one request (floor): ") and lines[2].count(" ms") == 2
+    header, rule, *rows = lines[4:]
+    assert header.split("|")[1:-1] == [
+        " clients x requests ",
+        " requests/s ",
+        " p50 ms ",
+        " p99 ms ",
+        " mean batch ",
+        " statuses ",
+    ]
+    assert [row.split("|")[1].strip() for row in rows] == ["1 x 3", "2 x 3"]
+    assert [row.split("|")[6].strip() for row in rows] == ["{200: 3}", "{200: 6}"]  # every request answered
+
+
+def test_bench_serve_refuses_bad_counts(tiny_amfrec_run: Path, capsys) -> None:
+    from amfrec.cli import main
+
+    assert main(["bench", "serve", "--run", str(tiny_amfrec_run), "--clients", "0"]) == 2
+    assert "--clients" in capsys.readouterr().err

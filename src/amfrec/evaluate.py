@@ -34,24 +34,40 @@ def target_positions(split: Split) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_ranks(
-    model: Recommender, split: Split, batch_size: int = 256, desc: str = "evaluate"
+    model: Recommender,
+    split: Split,
+    batch_size: int = 256,
+    desc: str = "evaluate",
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(N,) long ranks of the targets among their candidates (1 = best, ties against the model)."""
+    """(N,) long ranks of the targets among their candidates (1 = best, ties against the model).
+
+    order: (N,) a permutation of the rows to score them in (e.g. by prompt length, so a batch pads little);
+    the ranks come back in the split's order. The progress bar counts users (users/s).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     target_pos = target_positions(split)  # (N,)
     assert split.candidates is not None  # checked by target_positions
-    ranks = []
-    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=None):
-        history = split.history[start : start + batch_size]  # (B, L)
-        candidates = split.candidates[start : start + batch_size]  # (B, C)
-        scores = model.score(history, candidates)  # (B, C)
-        if scores.shape != candidates.shape:
-            raise ValueError(
-                f"{model.name}.score returned shape {tuple(scores.shape)}, expected {tuple(candidates.shape)}"
-            )
-        ranks.append(ranks_from_scores(scores.detach().float().cpu(), target_pos[start : start + batch_size]))
-    return torch.cat(ranks)  # (N,)
+    n = len(split)
+    if order is None:
+        order = torch.arange(n)
+    elif not torch.equal(torch.sort(order).values, torch.arange(n)):
+        raise ValueError(f"order must be a permutation of 0..{n - 1}")
+    ranks = torch.empty(n, dtype=torch.long)  # (N,)
+    with tqdm(total=n, desc=desc, unit="user", leave=False, disable=None) as bar:
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size]  # (B,)
+            history, candidates = split.history[rows], split.candidates[rows]  # (B, L), (B, C)
+            scores = model.score(history, candidates)  # (B, C)
+            if scores.shape != candidates.shape:
+                raise ValueError(
+                    f"{model.name}.score returned shape {tuple(scores.shape)}, "
+                    f"expected {tuple(candidates.shape)}"
+                )
+            ranks[rows] = ranks_from_scores(scores.detach().float().cpu(), target_pos[rows])
+            bar.update(len(rows))
+    return ranks  # (N,)
 
 
 def slice_metrics(ranks: torch.Tensor, slices: dict[str, torch.Tensor]) -> dict[str, dict]:
@@ -75,15 +91,17 @@ def evaluate(
     desc: str = "evaluate",
     slices: dict[str, torch.Tensor] | None = None,
     return_ranks: bool = False,
+    order: torch.Tensor | None = None,
 ) -> dict:
     """Score every candidate set of `split` with `model`; return hr@k, ndcg@k (k in 1,3,5,10), mrr and n.
 
     slices: named (N,) bool masks (e.g. `PreparedData.slices(split)`); their metrics go under "slices".
     return_ranks: also return the (N,) long ranks under "ranks" (not copied by `metrics_record`).
+    order: the order to score the rows in (`evaluate_ranks`); the results are the same.
     """
     if len(split) == 0:
         raise ValueError("cannot evaluate an empty split")
-    ranks = evaluate_ranks(model, split, batch_size=batch_size, desc=desc)
+    ranks = evaluate_ranks(model, split, batch_size=batch_size, desc=desc, order=order)
     out: dict = {**ranking_metrics(ranks, RANK_KS), "n": len(split)}
     if slices:
         out["slices"] = slice_metrics(ranks, slices)

@@ -41,7 +41,8 @@ from amfrec.runs.rundir import (
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH = 8  # prompts per scoring batch (each expands to 20 continuations)
+EVAL_BATCH = 8  # title head: prompts per scoring batch (each expands to 20 continuations)
+EVAL_BATCH_ITEM_TOKEN = 32  # item_token head: prompts per backbone pass (one pass scores every candidate)
 GATE_FILE = "gate_weights.json"
 
 
@@ -76,12 +77,27 @@ def build_model(
     return model
 
 
+def prompt_order(model: AMFRecModel, split: Split) -> torch.Tensor:
+    """(N,) the rows of `split` by their prompt's estimated length (the characters of the item texts shown,
+    4 per soft token), stable: batches of neighbours pad little."""
+    chars = torch.tensor([len(t) for t in model.titles], dtype=torch.long)  # (n_items + 1,), 0 = padding
+    shown = split.history
+    if model.prompt.template.has_candidates and split.candidates is not None:
+        shown = torch.cat([shown, split.candidates], 1)  # (N, L + C)
+    per_item = chars + 4 * model.prompt.tokens_per_item  # (n_items + 1,)
+    per_item[0] = 0
+    return torch.sort(per_item[shown].sum(1), stable=True).indices  # (N,)
+
+
 def _score(model: AMFRecModel, split: Split, desc: str, data: PreparedData | None = None) -> dict:
-    """Evaluate on `split`; with `data`, also on its named slices (the cold-start slice) and keep the (N,)
-    ranks under "ranks"."""
+    """Evaluate on `split` (rows sorted by prompt length; EVAL_BATCH_ITEM_TOKEN prompts per pass for the
+    item_token head, EVAL_BATCH for the title head); with `data`, also on its named slices (the cold-start
+    slice) and keep the (N,) ranks under "ranks"."""
+    batch = EVAL_BATCH_ITEM_TOKEN if model.answer == "item_token" else EVAL_BATCH
     with torch.inference_mode():
         slices = data.slices(split) if data is not None else None
-        return evaluate(model, split, EVAL_BATCH, desc, slices=slices, return_ranks=data is not None)
+        order = prompt_order(model, split)
+        return evaluate(model, split, batch, desc, slices=slices, return_ranks=data is not None, order=order)
 
 
 def train_amfrec(

@@ -6,7 +6,8 @@
 - Bad input answers 4xx with {"error", "field"}; never a traceback. Bodies over 64 KiB answer 413 unread.
 - Scoring runs in one worker thread, off the event loop, in batches (`amfrec.serve.batcher`): concurrent
   /recommend requests are gathered for at most `max_wait_ms` into one model call of at most `max_batch`
-  (`Ranker.rank_batch`: one backbone pass; rows with their own candidates and catalogue rows mixed). Up to
+  (`Ranker.rank_batch`: one backbone pass; rows with their own candidates and catalogue rows mixed); no
+  wait when every admitted request is already in the batch (a lone client). Up to
   `max_batch` requests are scored while at most `max_queue` more wait; the next one answers 503 with
   Retry-After instead of piling up memory.
 """
@@ -64,16 +65,16 @@ class Admission:
             self.inside -= 1
 
 
-def create_app(
-    ranker: Ranker, max_queue: int = 32, max_batch: int = 16, max_wait_ms: float = 5.0
-) -> FastAPI:
+def create_app(ranker: Ranker, max_queue: int = 32, max_batch: int = 16, max_wait_ms: float = 5.0) -> FastAPI:
     """The FastAPI app over a loaded `ranker`; `max_queue` bounds the requests waiting for the model,
     `max_batch` / `max_wait_ms` the batches (see the module doc). `app.state.batcher` is the batcher."""
     if max_queue < 0:
         raise ValueError(f"max_queue must be >= 0, got {max_queue}")
     app = FastAPI(title="amfrec", version="1", docs_url="/docs", redoc_url=None)
     admission = Admission(max_queue + max_batch)
-    app.state.batcher = Batcher(lambda queries: _answer_batch(ranker, queries), max_batch, max_wait_ms)
+    app.state.batcher = Batcher(
+        lambda queries: _answer_batch(ranker, queries), max_batch, max_wait_ms, lambda: admission.inside
+    )
     _add_error_handlers(app)
 
     @app.middleware("http")

@@ -1,11 +1,12 @@
 """Dynamic batching: concurrent requests gathered into one model call.
 
-`Batcher(fn, max_batch, max_wait_ms)` owns one worker thread (so the model runs off the event loop, one call
-at a time). `await batcher(item)` queues the item; the worker takes the oldest waiting item, then keeps
-taking items until it holds `max_batch` or `max_wait_ms` have passed since that oldest item arrived (items
-that already waited through the previous call go out at once), and calls `fn(items) -> results` once, one
-result per item, in order. An exception from `fn` is every item's answer in that call. Items whose caller
-went away before the call are dropped.
+`Batcher(fn, max_batch, max_wait_ms, in_flight)` owns one worker thread (so the model runs off the event
+loop, one call at a time). `await batcher(item)` queues the item; the worker takes the oldest waiting item,
+then keeps taking items until it holds `max_batch`, or `max_wait_ms` have passed since that oldest item
+arrived (items that already waited through the previous call go out at once), or it holds every request in
+flight (`in_flight()`, e.g. the server's admitted requests: a lone client never waits), and calls
+`fn(items) -> results` once, one result per item, in order. An exception from `fn` is every item's answer in
+that call. Items whose caller went away before the call are dropped.
 """
 
 from __future__ import annotations
@@ -30,12 +31,19 @@ class _Waiting:
 class Batcher:
     """One worker thread calling `fn` on batches of at most `max_batch` items (see the module doc)."""
 
-    def __init__(self, fn: Callable[[list[Any]], list[Any]], max_batch: int = 16, max_wait_ms: float = 5.0):
+    def __init__(
+        self,
+        fn: Callable[[list[Any]], list[Any]],
+        max_batch: int = 16,
+        max_wait_ms: float = 5.0,
+        in_flight: Callable[[], int] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if not 0 <= max_wait_ms <= 1000:
             raise ValueError(f"max_wait_ms must be in [0, 1000], got {max_wait_ms}")
         self.fn, self.max_batch, self.max_wait_s = fn, max_batch, max_wait_ms / 1000
+        self.in_flight = in_flight  # None: always wait up to max_wait_ms for a full batch
         self.calls, self.items = 0, 0  # model calls made and items answered (for /health)
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="amfrec-batcher", daemon=True)
@@ -64,6 +72,8 @@ class Batcher:
             return None
         batch, deadline = [first], first.arrived + self.max_wait_s
         while len(batch) < self.max_batch:
+            if self.in_flight is not None and len(batch) >= self.in_flight() and self._queue.empty():
+                break  # nobody else is on the way
             remaining = deadline - time.monotonic()
             try:
                 nxt = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
