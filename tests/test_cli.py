@@ -220,3 +220,21 @@ def test_experiment_and_bench_through_main(tiny_atomic_dir: Path, tmp_path: Path
     assert main([*argv, "--steps", "1"]) == 0
     table = capsys.readouterr().out
     assert "| float32 | answer |" in table and "CPU flags:" in table
+
+
+def test_bench_train_is_the_default_action_and_serve_has_its_own_options() -> None:
+    parser = build_parser()
+    plain = parser.parse_args(["bench", "--dtypes", "float32", "--steps", "2"])
+    explicit = parser.parse_args(["bench", "train", "--dtypes", "float32", "--steps", "2"])
+    before = parser.parse_args(["bench", "--dtypes", "float32", "train", "--steps", "2"])
+    for a in (plain, explicit, before):
+        assert (a.func.__name__, a.dtypes, a.steps, a.seq_len) == ("cmd_bench_train", "float32", 2, 256)
+    a = parser.parse_args(["bench", "serve", "--run", "R", "--clients", "1,4", "--max-wait-ms", "2.5"])
+    assert (a.func.__name__, a.run, a.clients, a.requests, a.max_batch, a.max_wait_ms) == (
+        "cmd_bench_serve",
+        Path("R"),
+        [1, 4],
+        20,
+        16,
+        2.5,
+    )
