@@ -2,11 +2,11 @@
 
 `Batcher(fn, max_batch, max_wait_ms, in_flight)` owns one worker thread (so the model runs off the event
 loop, one call at a time). `await batcher(item)` queues the item; the worker takes the oldest waiting item,
-then keeps taking items until it holds `max_batch`, or `max_wait_ms` have passed since that oldest item
-arrived (items that already waited through the previous call go out at once), or it holds every request in
-flight (`in_flight()`, e.g. the server's admitted requests: a lone client never waits), and calls
-`fn(items) -> results` once, one result per item, in order. An exception from `fn` is every item's answer in
-that call. Items whose caller went away before the call are dropped.
+then keeps taking items until it holds `max_batch`, or `max_wait_ms` have passed since it took that item
+(so requests that queued during the previous call are joined by those their clients send next), or it holds
+every request in flight (`in_flight()`, e.g. the server's admitted requests: a lone client never waits), and
+calls `fn(items) -> results` once, one result per item, in order. An exception from `fn` is every item's
+answer in that call. Items whose caller went away before the call are dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -25,7 +25,6 @@ from typing import Any
 class _Waiting:
     item: Any
     future: Future
-    arrived: float = field(default_factory=time.monotonic)
 
 
 class Batcher:
@@ -70,7 +69,7 @@ class Batcher:
         first = self._queue.get()
         if first is None:
             return None
-        batch, deadline = [first], first.arrived + self.max_wait_s
+        batch, deadline = [first], time.monotonic() + self.max_wait_s
         while len(batch) < self.max_batch:
             if self.in_flight is not None and len(batch) >= self.in_flight() and self._queue.empty():
                 break  # nobody else is on the way
