@@ -47,7 +47,7 @@ def add_bench_scale_parser(sub) -> None:
         help="catalogue sizes of the ranking alone (default 1e6)",
     )
     s.add_argument(
-        "--steps", type=int, default=2, help="timed training steps per model (after a warm-up one)"
+        "--steps", type=int, default=3, help="timed training steps per model (after a warm-up one)"
     )
     s.add_argument("--batch-size", type=int, default=256, help="baselines' batch (AMFRec: its recipe's)")
     s.add_argument("--threads", type=int, default=None, help="torch threads per stage (default: all cores)")

@@ -121,7 +121,7 @@ def _parse_ladder(sizes: list[int], items: list[int] | None) -> list[tuple[int, 
 
 def measure_scale(
     sizes: list[int], items: list[int] | None = None, rank_items: list[int] | None = None,
-    steps: int = 2, batch_size: int = 256, threads: int | None = None,
+    steps: int = 3, batch_size: int = 256, threads: int | None = None,
 ) -> ScaleResult:  # fmt: skip
     """Time and measure every stage at every size (see the module doc); returns the raw measurements."""
     import torch
@@ -160,8 +160,8 @@ def format_scale(result: ScaleResult) -> str:
     head = [f"{s['interactions']:,} inter. / {s['items']:,} items" for s in result.sizes]
     lines = [
         f"Each cell: seconds, peak MiB of the stage's process (the imports alone: {result.floor_mib:.0f} "
-        "MiB). Steps: mean of the timed steps after a warm-up one. exponent: slope of log seconds vs log "
-        "interactions.",
+        "MiB). Steps and ranking: the median of the timed repetitions after a warm-up one. exponent: "
+        "slope of log seconds vs log interactions.",
         "",
         "| stage | " + " | ".join(head) + " | exponent |",
         "|---|" + "---:|" * (len(head) + 1),
@@ -207,7 +207,7 @@ def plot_scale(result: ScaleResult, path: Path) -> Path:
 
 def run_scale_bench(
     sizes: list[int] = DEFAULT_SIZES, out: Path | None = None, items: list[int] | None = None,
-    rank_items: list[int] | None = DEFAULT_RANK_ITEMS, steps: int = 2, batch_size: int = 256,
+    rank_items: list[int] | None = DEFAULT_RANK_ITEMS, steps: int = 3, batch_size: int = 256,
     threads: int | None = None,
 ) -> str:  # fmt: skip
     """Measure the ladder; with `out`, write OUT/scale.md, scale.json and scale.png. Returns the table."""

@@ -78,6 +78,12 @@ def make_tiny_lm(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ the stages
+def timed_median(times: list[float]) -> float:
+    """The median of the repetitions after the first WARMUP_STEPS (of all of them if there are no more):
+    robust to a busy machine's stalls."""
+    return float(np.median(times[WARMUP_STEPS:] or times))
+
+
 def stage_prepare(raw: str, prepared: str) -> float:
     """`amfrec.data.prepare.prepare` of the synthetic files (the whole call is timed)."""
     from amfrec.data.prepare import prepare
@@ -121,8 +127,8 @@ def _random_vectors(data, work: Path, names: tuple[str, ...], dim: int) -> dict:
 
 
 def _sequential_steps(model, data, steps: int, seed: int = 0) -> float:
-    """`steps` optimiser steps of the shared SASRec/GRU4Rec trainer's loss on random training batches; the
-    mean seconds of the steps after the first WARMUP_STEPS (all of them when steps <= WARMUP_STEPS).
+    """`steps` optimiser steps of the shared SASRec/GRU4Rec trainer's loss on random training batches;
+    their `timed_median` seconds.
 
     The trainer has no step-level entry point (`fit` runs whole epochs plus validation), so this builds the
     network and calls its loss as `fit` does."""
@@ -144,12 +150,11 @@ def _sequential_steps(model, data, steps: int, seed: int = 0) -> float:
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    timed = times[WARMUP_STEPS:] or times
-    return sum(timed) / len(timed)
+    return timed_median(times)
 
 
 def stage_step(model: str, prepared: str, features: str, steps: int, batch_size: int) -> float:
-    """One training step of a baseline (the mean of `steps` after a warm-up one); for the models that train
+    """One training step of a baseline (the median of `steps` after a warm-up one); for the models that train
     nothing (popularity, content_knn) `fit`. Data loading and (for content models) features not timed."""
     from amfrec.baselines.content import ContentKNN, SASRecContent, SASRecContentConfig, load_content
     from amfrec.baselines.popularity import Popularity
@@ -177,7 +182,7 @@ def stage_step(model: str, prepared: str, features: str, steps: int, batch_size:
 
 def stage_amfrec_step(prepared: str, features: str, backbone: str, no_llm: bool, steps: int) -> float:
     """One AMFRec training step (the packaged recipe, catalogue softmax, SASRec user token and score) on the
-    tiny LM at `backbone`, or the no_llm control: mean seconds of `steps` after a warm-up one."""
+    tiny LM at `backbone`, or the no_llm control: median seconds of `steps` after a warm-up one."""
     import torch
 
     from amfrec.data.dataset import PreparedData
@@ -205,13 +210,13 @@ def stage_amfrec_step(prepared: str, features: str, backbone: str, no_llm: bool,
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    return sum(times[WARMUP_STEPS:]) / steps
+    return timed_median(times)
 
 
 def stage_rank(n_items: int, k: int = 10, repeats: int = 5) -> float:
     """One catalogue ranking through the Recommender contract: a SASRec (random weights) over `n_items`
     items scores every item for one 10-item history, the history is masked out, `torch.topk` takes the top
-    k. Mean seconds of `repeats` after a warm-up one (the network build is not timed)."""
+    k. Median seconds of `repeats` after a warm-up one (the network build is not timed)."""
     import torch
 
     from amfrec.baselines.sequential import SASRec
@@ -229,7 +234,7 @@ def stage_rank(n_items: int, k: int = 10, repeats: int = 5) -> float:
         scores[history[0] - 1] = float("-inf")  # seen items (catalogue column = index - 1)
         torch.topk(scores, min(k, n_items)).indices.add_(1)
         times.append(time.perf_counter() - t0)
-    return sum(times[WARMUP_STEPS:]) / repeats
+    return timed_median(times)
 
 
 def stage_floor() -> float:
