@@ -118,3 +118,5 @@ def test_bench_scale_command_line() -> None:
 def test_bench_scale_rejects_a_ladder_too_small() -> None:
     with pytest.raises(AmfrecError, match="--sizes: every size must be >= 100"):
         run_scale_bench([50], rank_items=[])
+    with pytest.raises(AmfrecError, match="--threads must be >= 1"):
+        run_scale_bench([1000], rank_items=[], threads=0)

@@ -211,8 +211,10 @@ def run_scale_bench(
     threads: int | None = None,
 ) -> str:  # fmt: skip
     """Measure the ladder; with `out`, write OUT/scale.md, scale.json and scale.png. Returns the table."""
-    if steps < 1 or batch_size < 1:
-        raise AmfrecError(f"--steps and --batch-size must be >= 1, got {steps}, {batch_size}")
+    if steps < 1 or batch_size < 1 or (threads is not None and threads < 1):
+        raise AmfrecError(
+            f"--steps, --batch-size, --threads must be >= 1, got {steps}, {batch_size}, {threads}"
+        )
     result = measure_scale(list(sizes), items, rank_items, steps, batch_size, threads)
     table = format_scale(result)
     if out is not None:
