@@ -11,6 +11,7 @@ from amfrec import __version__
 from amfrec.baselines import BASELINES
 from amfrec.cli_bench import add_bench_parser
 from amfrec.cli_compare import add_compare_parser
+from amfrec.cli_scale import add_bench_scale_parser
 from amfrec.errors import AmfrecError
 
 log = logging.getLogger("amfrec")
@@ -264,9 +265,7 @@ def _add_run_parsers(sub) -> None:
     )
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser(
-        "recommend", help="top items for a history from any trained run (AMFRec: + gate weights)"
-    )
+    r = sub.add_parser("recommend", help="top items for a history from any run (AMFRec: + gate weights)")
     r.add_argument("--run", type=Path, required=True)
     r.add_argument("--history", required=True, help="comma-separated item ids, oldest first")
     r.add_argument("--candidates", default=None, help="comma-separated item ids (default: every unseen item)")
@@ -338,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_bench_parser(sub)
     _add_tool_parsers(sub)
+    add_bench_scale_parser(sub)
     return p
 
 

@@ -203,6 +203,22 @@ def _leave_one_out(
     return train, valid, test
 
 
+def _seen_below(seq_items: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every user's distinct items, ascending, as `below` (D,): for the p-th (0-based) of them, s, the number
+    of items under s the user never interacted with (s - p - 1); and their offsets per user (U + 1,).
+
+    seq_items (N,) item indices grouped by user, starts (U + 1,). Sorting once replaces a per-user
+    (n_items + 1,) mask: linear in the interactions, not users x items."""
+    users = np.repeat(np.arange(len(starts) - 1), np.diff(starts))  # (N,)
+    order = np.lexsort((seq_items, users))
+    u, i = users[order], seq_items[order]
+    first = np.ones(len(u), dtype=bool)
+    first[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
+    u, i = u[first], i[first]  # (D,) distinct (user, item), by user then item
+    offsets = np.searchsorted(u, np.arange(len(starts)))  # (U + 1,)
+    return i - (np.arange(len(u)) - offsets[u]) - 1, offsets
+
+
 def _draw_candidates(
     splits: tuple[list[dict], ...],
     names: list[str],
@@ -213,22 +229,26 @@ def _draw_candidates(
     inter_path: Path,
 ) -> None:
     """Add "candidates" to every row (row u = user u): the target + n_candidates - 1 items the user never
-    interacted with, drawn uniformly without replacement, in a random order (one rng over the splits)."""
+    interacted with, drawn uniformly without replacement, in a random order (one rng over the splits).
+
+    The draw picks ranks k among the user's A allowed items (`rng.choice(A, ...)`, the same stream as
+    choosing from the ascending array of allowed items) and maps rank k to the item k + 1 + the number of
+    seen items below it, so no (n_items + 1,) mask is built per user."""
     rng = np.random.default_rng(seed)
     n_items, n_neg = len(names) - 1, n_candidates - 1
     index = {item_id: k for k, item_id in enumerate(names) if k > 0}
+    below, offsets = _seen_below(seq_items, starts)
     for split in splits:
         for u, row in enumerate(split):
-            allowed_mask = np.ones(n_items + 1, dtype=bool)  # (n_items + 1,)
-            allowed_mask[0] = False
-            allowed_mask[seq_items[starts[u] : starts[u + 1]]] = False
-            allowed = np.flatnonzero(allowed_mask)  # item indices the user never interacted with
-            if len(allowed) < n_neg:
+            user_below = below[offsets[u] : offsets[u + 1]]  # (S,) nondecreasing
+            n_allowed = n_items - len(user_below)
+            if n_allowed < n_neg:
                 raise AmfrecError(
-                    f"{inter_path}: user {row['user']!r} interacted with {n_items - len(allowed)} of "
+                    f"{inter_path}: user {row['user']!r} interacted with {n_items - n_allowed} of "
                     f"{n_items} items; cannot draw {n_neg} negatives (lower n_candidates)"
                 )
-            negatives = rng.choice(allowed, size=n_neg, replace=False)
+            ranks = rng.choice(n_allowed, size=n_neg, replace=False)  # (n_neg,) ranks among allowed items
+            negatives = ranks + 1 + np.searchsorted(user_below, ranks, side="right")
             cands = np.append(negatives, index[row["target"]])[rng.permutation(n_candidates)]
             row["candidates"] = [names[i] for i in cands]
 
