@@ -159,3 +159,31 @@ def test_sasrec_content_as_the_collaborative_net(tiny_prepared, tmp_path) -> Non
     assert (
         with_collab_run(str(config), {**sets}, tiny_prepared, features, 1, tmp_path, 4) == sets
     )  # named: kept
+
+
+def test_content_loss_adds_the_content_terms_own_cross_entropy(model: AMFRecModel) -> None:
+    from torch.nn import functional as F
+
+    target = CANDIDATES[:, 0]
+    rates = model.item_encoder.drop_rates.clone()
+    model.item_encoder.drop_rates.zero_()  # no dropout: the loss is deterministic
+    try:
+        model.train()
+        model.content_loss = 0.0
+        plain = float(model(HISTORY, CANDIDATES, target).lm_loss)
+        model.content_loss = 0.5
+        with_content = float(model(HISTORY, CANDIDATES, target).lm_loss)
+        with (
+            torch.no_grad()
+        ):  # by hand: the catalogue softmax of the sum, plus 0.5 x that of the content term
+            tokens, _, _ = model.item_table()
+            q, rep, _ = model._query(HISTORY, CANDIDATES, tokens)
+            parts = model.item_logits(q, rep, tokens.mean(1), None)  # (B, n_items) each
+            total = F.cross_entropy(parts.total, target - 1)
+            content = F.cross_entropy(parts.content, target - 1)
+        assert plain == pytest.approx(float(total), abs=1e-5)
+        assert with_content == pytest.approx(float(total + 0.5 * content), abs=1e-5)
+    finally:
+        model.content_loss = 0.0
+        model.item_encoder.drop_rates.copy_(rates)
+        model.eval()

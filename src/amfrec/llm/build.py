@@ -49,6 +49,7 @@ def build_amfrec(
         no_llm=cfg.no_llm,
         query_head=cfg.query_head,
         score_scale=cfg.score_scale,
+        content_loss=cfg.content_loss,
         loss_items=loss_items,
     )
     return model.to(backbone.device)

@@ -124,6 +124,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     # Initial value of the learned scale of the cosine scores (the softmax temperature's inverse).
     score_scale: float = 10.0
+    # item_token with collab_score: weight of a second cross-entropy on the content term alone, so that a
+    # strong collaborative logit cannot starve it (trained jointly, the content term alone ranked at chance).
+    content_loss: float = 0.0
     # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).
     soft_tokens: bool = True
     # Prompt: a template with the slots {history} (required), {candidates} (iff candidates are listed),
@@ -227,7 +230,8 @@ class ModelConfig:
         self._check_items()
 
     def _check_items(self) -> None:
-        """item_text, item_tokens and modality_dropout."""
+        """item_text, item_tokens, modality_dropout and content_loss."""
+        self.content_loss = _number(self.content_loss, "model.content_loss")
         self.item_text = coerce_enum(ItemText, self.item_text, "model.item_text")
         if self.item_tokens is not None:
             _positive_int(self.item_tokens, "model.item_tokens")

@@ -54,6 +54,7 @@ class AMFRecModel(nn.Module, Recommender):
         no_llm: bool = False,
         query_head: bool = False,
         score_scale: float = 10.0,
+        content_loss: float = 0.0,
         loss_items: str = "catalogue",
         score_reduction: str = "sum",
         score_chunk_rows: int = 40,
@@ -94,6 +95,9 @@ class AMFRecModel(nn.Module, Recommender):
         self.adapter = Adapter(item_encoder, user_projector, score_scale, collab_score, query_dim)
         self.token_norm = getattr(item_encoder, "token_norm", None) or backbone.embed_norm
         self.aux_weight = aux_weight
+        if content_loss < 0:
+            raise ValueError(f"content_loss must be >= 0, got {content_loss}")
+        self.content_loss = content_loss
         self._table_cache: tuple | None = None  # (weight versions, item_table()) while no gradients are taken
         self.score_chunk_rows = score_chunk_rows
 
@@ -310,15 +314,18 @@ class AMFRecModel(nn.Module, Recommender):
         if drop is not None and "id" in self.item_encoder.modalities:
             known = ~drop[:, self.item_encoder.modalities.index("id")]
         if self.loss_items is LossItems.CATALOGUE:
-            logits = self.item_logits(q, rep, out, None, known).total  # (B, n_items)
-            loss = F.cross_entropy(logits, target - 1)
+            parts = self.item_logits(q, rep, out, None, known)  # each (B, n_items)
+            label = target - 1
         else:
             candidates = candidates.to(self.device)
-            logits = self.item_logits(q, rep, out, candidates, known).total  # (B, C)
+            parts = self.item_logits(q, rep, out, candidates, known)  # each (B, C)
             hit = candidates == target[:, None]
             if not bool(hit.any(1).all()):
                 raise ValueError("loss_items 'candidates': every candidate set must hold its target")
-            loss = F.cross_entropy(logits, hit.float().argmax(1))
+            label = hit.float().argmax(1)
+        loss = F.cross_entropy(parts.total, label)
+        if self.content_loss > 0 and parts.collab is not None:  # the content term must rank on its own too
+            loss = loss + self.content_loss * F.cross_entropy(parts.content, label)
         return self._output(loss, aux, weights, int(target.shape[0]), n_tokens)
 
     # ----------------------------------------------------------------- training
