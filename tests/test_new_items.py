@@ -187,3 +187,41 @@ def test_content_loss_adds_the_content_terms_own_cross_entropy(model: AMFRecMode
         model.content_loss = 0.0
         model.item_encoder.drop_rates.copy_(rates)
         model.eval()
+
+
+def test_recommend_and_the_api_rank_new_items(tiny_atomic_dir, tmp_path) -> None:
+    """Under the new-item protocol, items with features but no training interaction are ranked by
+    `amfrec recommend` (the Ranker) and `POST /recommend` like every other item, with finite scores."""
+    import json
+
+    from fastapi.testclient import TestClient
+    from llm_fixtures import SMALL, make_tiny_amfrec_inputs
+
+    from amfrec.data.dataset import PreparedData
+    from amfrec.data.prepare import prepare
+    from amfrec.runs.amfrec_run import train_amfrec
+    from amfrec.runs.ranker import Ranker
+    from amfrec.serve.app import create_app
+
+    prepare(tiny_atomic_dir, tmp_path / "data", seed=1, new_items=0.25)
+    data = PreparedData.load(tmp_path / "data")
+    new = [data.items[int(i)].item_id for i in torch.nonzero(data.new_items).flatten()]
+    assert new and int(data.item_train_counts[data.new_items].sum()) == 0
+    features, config = make_tiny_amfrec_inputs(tmp_path / "data", tmp_path, dtype="float32")
+    sets = {**SMALL, "model.modality_dropout": {"id": 0.5}}
+    train_amfrec(tmp_path / "data", features, config, 1, tmp_path / "run", sets, limit=4)
+    history = [data.items[1].item_id, data.items[2].item_id]
+    ranker = Ranker.load(tmp_path / "run")
+    rows = ranker.rank(history)  # the whole catalogue minus the history
+    ranked = {r["item_id"]: r["score"] for r in rows}
+    assert set(new) - set(history) <= set(ranked) and all(
+        math.isfinite(ranked[i]) for i in new if i in ranked
+    )
+    assert all(sum(r["gate"].values()) == pytest.approx(1.0, abs=1e-4) for r in rows if r["item_id"] in new)
+    body = TestClient(create_app(ranker)).post(
+        "/recommend", json={"history": history, "k": 3, "candidates": new[:3]}
+    )
+    assert body.status_code == 200
+    got = [it["item_id"] for it in body.json()["items"]]
+    assert sorted(got) == sorted(new[:3]) and got == [r["item_id"] for r in ranker.rank(history, 3, new[:3])]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["slices"]["new"]["n"] >= 0
