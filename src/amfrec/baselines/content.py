@@ -276,7 +276,8 @@ class ContentKNN(Recommender):
         steps = real.flip(1).cumsum(1).flip(1) - real.long()  # (B, L) real items after each position
         weights = (self.config.decay ** steps.double()).float() * real  # (B, L)
         user = F.normalize(torch.einsum("bl,bld->bd", weights, table[history]), dim=1)  # (B, D)
-        return torch.einsum("bd,bcd->bc", user, table[candidates])  # (B, C)
+        # (B, n_items + 1) cosines, then the candidates' columns: no (B, C, D) gather when C is the catalogue
+        return (user @ table.T).gather(1, candidates)  # (B, C)
 
     def save(self, out_dir: str | Path) -> None:
         """Write content_knn.json (config, item count, modality dims); the vectors stay in the features."""
