@@ -141,19 +141,35 @@ def test_sasrec_content_as_the_collaborative_net(tiny_prepared, tmp_path) -> Non
     """`model.user_token: sasrec_content`: AMFRec reads a frozen content-aware SASRec (`amfrec experiment`
     trains the seed's run and names it), whose rows of items it never trained on are content, so every item's
     collaborative logit counts."""
+    import json
+
+    import yaml
     from llm_fixtures import SMALL, make_tiny_amfrec_inputs
 
-    from amfrec.runs.amfrec_run import load_run, train_amfrec
+    from amfrec.runs.amfrec_run import evaluate_run, load_run, train_amfrec
     from amfrec.runs.experiment import with_collab_run
 
     features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path, dtype="float32")
-    sets = {**SMALL, "model.user_token": "sasrec_content", "model.collab_score": True}
+    sets = {
+        **SMALL,
+        "model.user_token": "sasrec_content",
+        "model.collab_score": True,
+        "train.blend_examples": 8,
+    }
     sets = with_collab_run(str(config), sets, tiny_prepared, features, 1, tmp_path, limit=4)
     assert sets["model.collab_run"] == str(tmp_path / "sasrec_content")
     assert (tmp_path / "sasrec_content" / "sasrec_content.safetensors").is_file()
     train_amfrec(tiny_prepared, features, config, 1, tmp_path / "run", sets, limit=4)
     model, data, _ = load_run(tmp_path / "run")
     assert model.collab.known[1:].all()  # content rows: no item is unknown
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    again = evaluate_run(
+        tmp_path / "run", split="test", limit=4
+    )  # the blended scale was saved with the weights
+    assert {k: again[k] for k in ("hr@1", "ndcg@10", "mrr")} == {
+        k: saved[k] for k in ("hr@1", "ndcg@10", "mrr")
+    }
+    assert "content_weight" in yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train_info"]
     scores = model.score(data.test.history[:2], data.test.candidates[:2])
     assert scores.shape == (2, 20) and torch.isfinite(scores).all()
     assert (
@@ -225,3 +241,30 @@ def test_recommend_and_the_api_rank_new_items(tiny_atomic_dir, tmp_path) -> None
     got = [it["item_id"] for it in body.json()["items"]]
     assert sorted(got) == sorted(new[:3]) and got == [r["item_id"] for r in ranker.rank(history, 3, new[:3])]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["slices"]["new"]["n"] >= 0
+
+
+def test_blend_on_valid_picks_the_best_content_weight_and_folds_it_into_the_scale(model: AMFRecModel) -> None:
+    from amfrec.data.dataset import Split
+    from amfrec.metrics import RANK_KS, ranking_metrics, ranks_from_scores
+    from amfrec.runs.amfrec_run import BLEND_GRID, blend_on_valid
+
+    model.eval()
+    split = Split(users=["a", "b", "c"], history=HISTORY, target=CANDIDATES[:, 1], candidates=CANDIDATES)
+    parts = model.score_parts(HISTORY, CANDIDATES)  # content (B, C), collab (B, C)
+    pos = torch.ones(3, dtype=torch.long)  # the target is candidate 1 of every row
+    by_hand = {
+        lam: ranking_metrics(ranks_from_scores(lam * parts.content + parts.collab, pos), RANK_KS)["ndcg@10"]
+        for lam in BLEND_GRID
+    }
+    best = max(by_hand.values())
+    want = min((lam for lam, v in by_hand.items() if v == best), key=lambda lam: abs(math.log(lam)))
+    before = float(model.adapter.log_scale)
+    try:
+        assert blend_on_valid(model, split) == want
+        assert float(model.adapter.log_scale) == pytest.approx(before + math.log(want), abs=1e-6)
+        after = model.score_parts(HISTORY, CANDIDATES)
+        torch.testing.assert_close(after.content, want * parts.content, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(after.collab, parts.collab)
+    finally:
+        with torch.no_grad():
+            model.adapter.log_scale.fill_(before)

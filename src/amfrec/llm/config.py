@@ -294,6 +294,9 @@ class TrainConfig:
     redraw_negatives: bool = True
     # What the item_token head's softmax runs over (the title head always learns the target title).
     loss_items: LossItems = LossItems.CATALOGUE
+    # After training (item_token with collab_score): the content term's weight against the collaborative
+    # term, chosen among BLEND_GRID on the first blend_examples validation users (stacking); null = keep 1.
+    blend_examples: int | None = None
 
     def __post_init__(self) -> None:
         self.lr = _number(self.lr, "train.lr", strict=True)
@@ -329,6 +332,8 @@ class TrainConfig:
         if not isinstance(self.redraw_negatives, bool):
             raise ValueError(f"train.redraw_negatives: must be true or false, got {self.redraw_negatives!r}")
         self.loss_items = coerce_enum(LossItems, self.loss_items, "train.loss_items")
+        if self.blend_examples is not None:
+            _positive_int(self.blend_examples, "train.blend_examples")
 
 
 @dataclass

@@ -7,6 +7,7 @@ data and feature folders it used) and `checkpoint/` (trainable weights, config, 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from amfrec.features.store import load_features
 from amfrec.io import write_json
 from amfrec.llm.backbone import load_backbone
 from amfrec.llm.build import build_amfrec, prompt_texts
-from amfrec.llm.checkpoint import CHECKPOINT_DIR, load_checkpoint
+from amfrec.llm.checkpoint import CHECKPOINT_DIR, load_checkpoint, load_train_state, save_checkpoint
 from amfrec.llm.collab import collab_run_from_features, load_collaborative
 from amfrec.llm.config import AMFRecConfig
 from amfrec.llm.distributed import from_env
@@ -139,6 +140,9 @@ def train_amfrec(
         info = train(model, data, cfg, out, evaluate_fn=lambda m, s: _score(m, s, "validate"), resume=resume)
         weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
         model.adapter.load_state_dict(weights)
+        if cfg.train.blend_examples and model.adapter.collab_weight is not None:
+            info["content_weight"] = blend_on_valid(model, data.valid.head(cfg.train.blend_examples))
+            save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
         valid_part, test_part = data.valid.head(limit), data.test.head(limit)
         valid, test = _score(model, valid_part, "valid", data), _score(model, test_part, "test", data)
         wall = time.perf_counter() - t0
@@ -313,3 +317,19 @@ def parts_metrics(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH
         out["collab"] = score_metrics(collab, split)
         out["full"] = score_metrics(content + collab, split)
     return out
+
+
+BLEND_GRID = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # the content term's weight against the collaborative one
+
+
+def blend_on_valid(model: AMFRecModel, split: Split, grid: tuple[float, ...] = BLEND_GRID) -> float:
+    """Stacking: the weight lam of the content term (score = lam * content + collab) with the best ndcg@10 on
+    `split` (validation; ties keep the weight nearest 1), folded into the cosine scale s; returns lam."""
+    content, collab = part_scores(model, split, EVAL_BATCH_ITEM_TOKEN)  # (N, C) each
+    found = {lam: score_metrics(lam * content + collab, split)["ndcg@10"] for lam in grid}
+    best = max(found, key=lambda lam: (found[lam], -abs(math.log(lam))))
+    log.info("content weight on %d validation users: %s -> %g", len(split),
+             ", ".join(f"{lam:g}: {v:.4f}" for lam, v in found.items()), best)  # fmt: skip
+    with torch.no_grad():
+        model.adapter.log_scale.add_(math.log(best))
+    return best
