@@ -292,22 +292,26 @@ def generate_split(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATC
 
 
 def part_scores(
-    model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH
+    model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH_ITEM_TOKEN
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The item_token score's terms for every candidate of `split`: content (N, C) and collab (N, C) | None
-    (``AMFRecModel.score_parts``), on the CPU."""
+    (``AMFRecModel.score_parts``), on the CPU; batched as the evaluator batches (rows in ``prompt_order``), so
+    that their sum is exactly the score `amfrec evaluate` ranks by, in either dtype."""
     from tqdm import tqdm
 
+    order = prompt_order(model, split)  # (N,)
     content, collab = [], []
     for start in tqdm(range(0, len(split), batch_size), desc="parts", unit="batch", disable=None):
-        stop = start + batch_size
-        parts = model.score_parts(split.history[start:stop], split.candidates[start:stop])
+        rows = order[start : start + batch_size]
+        parts = model.score_parts(split.history[rows], split.candidates[rows])
         content.append(parts.content.cpu())
         collab.append(None if parts.collab is None else parts.collab.cpu())
-    return torch.cat(content), (None if collab[0] is None else torch.cat(collab))
+    back = torch.argsort(order)  # (N,) split order again
+    content_t = torch.cat(content)[back]
+    return content_t, (None if collab[0] is None else torch.cat(collab)[back])
 
 
-def parts_metrics(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH) -> dict:
+def parts_metrics(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH_ITEM_TOKEN) -> dict:
     """Metrics of the item_token score's terms on their own and together: {"content": ..., "collab": ...,
     "full": ...} ("collab" and "full" only with the collaborative score), each with its spread
     (``amfrec.evaluate.score_metrics``). Shows which term ranks: the LM's content or the collaborative net."""
@@ -325,7 +329,7 @@ BLEND_GRID = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # the content term's weight 
 def blend_on_valid(model: AMFRecModel, split: Split, grid: tuple[float, ...] = BLEND_GRID) -> float:
     """Stacking: the weight lam of the content term (score = lam * content + collab) with the best ndcg@10 on
     `split` (validation; ties keep the weight nearest 1), folded into the cosine scale s; returns lam."""
-    content, collab = part_scores(model, split, EVAL_BATCH_ITEM_TOKEN)  # (N, C) each
+    content, collab = part_scores(model, split)  # (N, C) each
     found = {lam: score_metrics(lam * content + collab, split)["ndcg@10"] for lam in grid}
     best = max(found, key=lambda lam: (found[lam], -abs(math.log(lam))))
     log.info("content weight on %d validation users: %s -> %g", len(split),

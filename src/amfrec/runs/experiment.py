@@ -50,6 +50,23 @@ VARIANTS: dict[str, tuple[str, dict]] = {
             "train.eval_examples": 100,
         },
     ),  # fmt: skip
+    "content": (
+        "for sparse data and new items: a frozen sasrec_content as the collaborative net, id + text dropout",
+        {
+            "model.user_token": "sasrec_content",
+            "model.modality_dropout": {"id": 0.5, "text": 0.3},
+            "model.item_text": "full",
+            "model.item_tokens": 24,
+        },
+    ),  # fmt: skip
+    "content_no_llm": (
+        "the content variant's control: the LM replaced by the mean of the prompt's soft tokens",
+        {
+            "model.user_token": "sasrec_content",
+            "model.modality_dropout": {"id": 0.5, "text": 0.3},
+            "model.no_llm": True,
+        },
+    ),  # fmt: skip
     "zero_shot": (
         "the frozen LM alone: titles only, no soft tokens, no training; scored by title likelihood",
         {**_TITLE, "model.soft_tokens": False, "model.user_token": None, "train.max_steps": 0},
