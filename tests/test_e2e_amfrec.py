@@ -27,12 +27,14 @@ from amfrec.runs.ranker import Ranker
 pytestmark = pytest.mark.e2e
 
 LIMIT = 16  # valid/test examples scored
+# Two passes over 96 training windows: after one pass (12 steps) the loss had fallen by only ~0.003 on an AMX
+# machine in bfloat16 (within noise, in either dtype; the recipe's curves match, docs/RESULTS.md).
 SMALL = (
-    "train.max_steps=12",
+    "train.max_steps=24",
     "train.warmup_steps=2",
     "train.batch_size=8",
     "train.train_examples=96",
-    "train.eval_every=12",
+    "train.eval_every=24",
     "train.eval_examples=16",
 )
 
@@ -75,7 +77,7 @@ def test_run_directory(amfrec_run: Path) -> None:
     for name in ("trainable.safetensors", "config.yaml", "backbone.json"):
         assert (amfrec_run / "checkpoint" / name).is_file()
     losses = json.loads((amfrec_run / "train_history.json").read_text())["losses"]
-    assert len(losses) == 12 and all(np.isfinite(losses))
+    assert len(losses) == 24 and all(np.isfinite(losses))
 
 
 def test_training_lowers_the_loss_on_real_data(amfrec_run: Path) -> None:
