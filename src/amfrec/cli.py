@@ -9,6 +9,8 @@ from pathlib import Path
 
 from amfrec import __version__
 from amfrec.baselines import BASELINES
+from amfrec.cli_args import csv_list as _csv
+from amfrec.cli_args import int_list as _ints
 from amfrec.cli_bench import add_bench_parser
 from amfrec.cli_compare import add_compare_parser
 from amfrec.cli_scale import add_bench_scale_parser
@@ -17,17 +19,6 @@ from amfrec.errors import AmfrecError
 log = logging.getLogger("amfrec")
 
 MODELS = (*BASELINES, "amfrec")
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, object]:

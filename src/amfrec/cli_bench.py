@@ -10,18 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from amfrec.cli_args import csv_list as _csv
+from amfrec.cli_args import int_list as _ints
 from amfrec.errors import AmfrecError
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
 def cmd_bench_train(a: argparse.Namespace) -> None:
