@@ -43,9 +43,11 @@ def _worker(rank: int, world: int, port: int, args: dict, results) -> None:
         dist.all_reduce(grads)
     sync(device)
     wall = time.perf_counter() - t0
+    dist.barrier()  # every rank done with its last all-reduce before any tears the group down (a rank that
+    # destroyed it while the other was still finishing aborted with SIGABRT on a loaded machine)
+    dist.destroy_process_group()
     if rank == 0:
         results.put(args["batch_size"] * args["seq_len"] * args["steps"] / wall)
-    dist.destroy_process_group()
 
 
 def tokens_per_s(world: int, **args) -> float:
