@@ -163,3 +163,17 @@ def make_tiny_amfrec_inputs(prepared: Path, root: Path, dtype: str = "auto") -> 
         yaml.safe_dump({"model": {"backbone": str(backbone), "n_candidates": 20, "dtype": dtype}})
     )
     return features, config
+
+
+def tiny_collab(n_items: int, max_len: int, seed: int = 1, known=None):
+    """A tiny random SASRec as a frozen CollaborativeNet; item embeddings ~N(0, 1) (not 0.02) so that its
+    logits are visible. known: (n_items + 1,) bool, the items it counts as trained (None = all)."""
+    from amfrec.baselines.sequential import SASRecConfig, SASRecNet
+    from amfrec.llm.collab import CollaborativeNet
+
+    torch.manual_seed(seed)
+    net = SASRecNet(n_items, max_len, SASRecConfig(hidden=8, layers=1, heads=1))
+    with torch.no_grad():
+        net.item_emb.weight.normal_()
+        net.item_emb.weight[0].zero_()
+    return CollaborativeNet(net, known=known)

@@ -14,10 +14,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features
+from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features, tiny_collab
 from torch.nn import functional as F
 
-from amfrec.baselines.sequential import SASRecConfig, SASRecNet
 from amfrec.llm.backbone import USER_TOKEN, Backbone, load_backbone
 from amfrec.llm.build import build_amfrec
 from amfrec.llm.collab import CollaborativeNet
@@ -58,13 +57,8 @@ def encoder_config(fusion: str = "gated") -> ModelConfig:
 
 
 def make_collab(seed: int = 1) -> CollaborativeNet:
-    """A tiny random SASRec, frozen; item embeddings ~N(0, 1) (not 0.02) so that its logits are visible."""
-    torch.manual_seed(seed)
-    net = SASRecNet(N_ITEMS, L, SASRecConfig(hidden=8, layers=1, heads=1))
-    with torch.no_grad():
-        net.item_emb.weight.normal_()
-        net.item_emb.weight[0].zero_()
-    return CollaborativeNet(net)
+    """A tiny random SASRec, frozen (llm_fixtures.tiny_collab)."""
+    return tiny_collab(N_ITEMS, L, seed)
 
 
 def make_model(

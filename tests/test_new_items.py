@@ -8,9 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features
+from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features, tiny_collab
 
-from amfrec.baselines.sequential import SASRecConfig, SASRecNet
 from amfrec.llm.backbone import load_backbone
 from amfrec.llm.collab import CollaborativeNet
 from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
@@ -70,14 +69,10 @@ def test_a_dropped_modality_is_encoded_as_absent() -> None:
 
 
 def collab(seed: int = 1) -> CollaborativeNet:
-    torch.manual_seed(seed)
-    net = SASRecNet(N_ITEMS, L, SASRecConfig(hidden=8, layers=1, heads=1))
-    with torch.no_grad():
-        net.item_emb.weight.normal_()
-        net.item_emb.weight[0].zero_()
+    """A tiny frozen SASRec that never trained item NEW."""
     known = torch.ones(N_ITEMS + 1, dtype=torch.bool)
     known[NEW] = False
-    return CollaborativeNet(net, known=known)
+    return tiny_collab(N_ITEMS, L, seed, known)
 
 
 def test_new_items_get_the_users_mean_collaborative_logit_and_leave_the_history() -> None:
