@@ -5,6 +5,8 @@ Baselines and the AMFRec LLM model are scored by this same code on the same cand
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -70,17 +72,23 @@ def evaluate_ranks(
     return ranks  # (N,)
 
 
-def slice_metrics(ranks: torch.Tensor, slices: dict[str, torch.Tensor]) -> dict[str, dict]:
-    """Metrics on each named subset of the examples. ranks: (N,) long; each mask: (N,) bool.
+def slice_metrics(
+    ranks: torch.Tensor,
+    slices: dict[str, torch.Tensor],
+    metrics: Callable[[torch.Tensor], dict[str, float]] | None = None,
+) -> dict[str, dict]:
+    """Metrics on each named subset of the examples. ranks: (N,) long; each mask: (N,) bool; metrics: ranks
+    -> metrics (default: ``ranking_metrics`` at RANK_KS; the full ranking passes its own).
 
     A slice with no example reports only its count ({"n": 0}).
     """
+    metrics = metrics or (lambda r: ranking_metrics(r, RANK_KS))
     out: dict[str, dict] = {}
     for name, mask in slices.items():
         if mask.shape != ranks.shape:
             raise ValueError(f"slice {name!r}: mask shape {tuple(mask.shape)} != ranks {tuple(ranks.shape)}")
         n = int(mask.sum())
-        out[name] = {**ranking_metrics(ranks[mask], RANK_KS), "n": n} if n else {"n": 0}
+        out[name] = {**metrics(ranks[mask]), "n": n} if n else {"n": 0}
     return out
 
 

@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from amfrec.data.dataset import Split
+from amfrec.evaluate import slice_metrics
 from amfrec.metrics import ranking_metrics
 from amfrec.recommender import Recommender
 
@@ -108,9 +109,6 @@ def evaluate_full(
         "n_items": n_items,
         "ranks": ranks,
     }
-    for name, mask in (slices or {}).items():
-        if mask.shape != ranks.shape:
-            raise ValueError(f"slice {name!r}: mask shape {tuple(mask.shape)} != ranks {tuple(ranks.shape)}")
-        n = int(mask.sum())
-        out.setdefault("slices", {})[name] = {**full_metrics(ranks[mask]), "n": n} if n else {"n": 0}
+    if slices:
+        out["slices"] = slice_metrics(ranks, slices, full_metrics)
     return out
