@@ -235,7 +235,7 @@ def test_recommend_and_the_api_rank_new_items(tiny_atomic_dir, tmp_path) -> None
     assert body.status_code == 200
     got = [it["item_id"] for it in body.json()["items"]]
     assert sorted(got) == sorted(new[:3]) and got == [r["item_id"] for r in ranker.rank(history, 3, new[:3])]
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["slices"]["new"]["n"] >= 0
+    assert "new" in json.loads((tmp_path / "run" / "metrics.json").read_text())["slices"]
 
 
 def test_blend_on_valid_picks_the_best_content_weight_and_folds_it_into_the_scale(model: AMFRecModel) -> None:
