@@ -13,7 +13,7 @@ from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features
 from amfrec.llm.backbone import load_backbone
 from amfrec.llm.collab import CollaborativeNet
 from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
-from amfrec.llm.item_encoder import ItemEncoder
+from amfrec.llm.item_encoder import ItemEncoder, gate_balance_loss
 from amfrec.llm.model import AMFRecModel
 
 N_ITEMS, L = len(TITLES) - 1, 5
@@ -263,3 +263,41 @@ def test_blend_on_valid_picks_the_best_content_weight_and_folds_it_into_the_scal
     finally:
         with torch.no_grad():
             model.adapter.log_scale.fill_(before)
+
+
+def test_gate_balance_loss_by_hand() -> None:
+    weights = torch.tensor([[0.5, 0.5, 0.0], [0.9, 0.1, 0.0], [0.2, 0.2, 0.6], [1.0, 0.0, 0.0]])
+    present = torch.tensor([[1, 1, 0], [1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    # KL(uniform over the present || w): row 0 splits evenly (0), row 3 has one modality (left out)
+    row1 = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    row2 = 2 * (1 / 3) * math.log((1 / 3) / 0.2) + (1 / 3) * math.log((1 / 3) / 0.6)
+    expected = (0.0 + row1 + row2) / 3
+    assert float(gate_balance_loss(weights, present)) == pytest.approx(expected, rel=1e-6)
+    assert float(gate_balance_loss(weights[3:], present[3:])) == 0.0  # no item with two modalities
+    with pytest.raises(ValueError, match="model.gate.balance"):
+        GateConfig(balance=-0.1)
+
+
+def test_gate_balance_adds_its_weight_times_the_kl_to_the_loss(model: AMFRecModel) -> None:
+    target = CANDIDATES[:, 0]
+    rates = model.item_encoder.drop_rates.clone()
+    model.item_encoder.drop_rates.zero_()  # no dropout: the loss is deterministic
+    gate = model.item_encoder.cfg.gate
+    try:
+        model.train()
+        plain = float(model(HISTORY, CANDIDATES, target).lm_loss)
+        gate.balance = 0.3
+        balanced = float(model(HISTORY, CANDIDATES, target).lm_loss)
+        with torch.no_grad():  # by hand, from the item table's weights and the feature masks
+            _, _, weights = model.item_table()  # (n_items + 1, M)
+            present = torch.stack([f.present for f in random_features(N_ITEMS).values()], -1)
+            present[0] = False  # padding
+            u = present.float() / present.sum(-1, keepdim=True).clamp(min=1)
+            kl = (u * (u.clamp(min=1e-12).log() - weights.clamp(min=1e-12).log()) * present).sum(-1)
+            expected = kl[present.sum(-1) >= 2].mean()
+        assert float(expected) > 0
+        assert balanced == pytest.approx(plain + 0.3 * float(expected), abs=1e-5)
+    finally:
+        gate.balance = 0.0
+        model.item_encoder.drop_rates.copy_(rates)
+        model.eval()

@@ -43,7 +43,8 @@ def exp(tmp_path: Path) -> Path:
         _write(run / "train_history.json", {"losses": [1.0], "evals": evals})
         _write(run / "gate_weights.json", {
             "modalities": ["id", "text", "image"], "fusion": "gated",
-            "weights": [[0.5, 0.3, 0.2], [0.6, 0.4, 0.0]], "present": [[1, 1, 1], [1, 1, 0]]})  # fmt: skip
+            "weights": [[0.5, 0.3, 0.2], [0.6, 0.4, 0.0], [0.0, 0.7, 0.3]],
+            "present": [[1, 1, 1], [1, 1, 0], [0, 1, 1]], "trained": [True, True, False]})  # fmt: skip
         corrupted = _metrics(a_hr - 0.1, 0.5) | {"gate_mean": {"id": 0.6, "text": 0.3, "image": 0.1}}
         _write(run / "test_score_corrupt-image-noise_metrics.json", corrupted)
         parts = {
@@ -64,9 +65,10 @@ def test_report_tables_and_pngs(exp: Path) -> None:
     assert "| amfrec | train<=5 | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 | 2 of 10 |" in text
     assert "| amfrec | cold | 0.5000 ± 0.0000 | 0.5000 ± 0.0000 | 3 of 10 |" in text
     assert "| sasrec | warm | 1.0000 ± 0.0000 | 1.0000 ± 0.0000 | 4 of 10 |" in text
-    # robustness: clean 0.6, corrupted 0.5, drop +0.1; image weight clean = mean(0.2, 0.0) = 0.1
-    assert "| amfrec | image=noise | 1,2 | 0.6000 | 0.5000 | +0.1000 | 0.100 | 0.100 |" in text
+    # robustness: clean 0.6, corrupted 0.5, drop +0.1; image weight clean = mean(0.2, 0.0, 0.3) = 0.167
+    assert "| amfrec | image=noise | 1,2 | 0.6000 | 0.5000 | +0.1000 | 0.167 | 0.100 |" in text
     assert "| amfrec | without image (1) | id 0.600, text 0.400, image 0.000 |" in text
+    assert "| amfrec | new, with image (1) | id 0.000, text 0.700, image 0.300 |" in text
     # score parts: content hr@1 0.05, 0.07 -> 0.06 ± 0.0141; collab and sum 0.5, 0.7; spreads constant
     parts = "| 0.0600 ± 0.0141 | 0.6000 ± 0.1414 | 0.6000 ± 0.1414 | 0.1000 ± 0.0000 | 1.0000 ± 0.0000 |"
     assert f"| amfrec | 1,2 {parts}" in text

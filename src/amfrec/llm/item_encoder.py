@@ -80,6 +80,19 @@ class ModalityGate(nn.Module):
         return F.softmax(logits, dim=-1) * any_present  # (N, M); all-absent rows -> zeros
 
 
+def gate_balance_loss(weights: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """() the mean, over items with two or more present modalities, of KL(uniform over the present ones ||
+    weights): 0 when the gate splits evenly, large when it switches a present modality off.
+
+    weights (N, M) gate weights (absent modalities 0, each row summing to 1); present (N, M) bool."""
+    n = present.sum(-1, keepdim=True).to(weights.dtype)  # (N, 1)
+    u = present.to(weights.dtype) / n.clamp(min=1)  # (N, M) uniform over the present modalities
+    log_ratio = torch.log(u.clamp(min=1e-12)) - torch.log(weights.clamp(min=1e-12))  # (N, M)
+    kl = (u * log_ratio * present).sum(-1)  # (N,)
+    rows = n[:, 0] >= 2  # (N,)
+    return kl[rows].mean() if bool(rows.any()) else weights.new_zeros(())
+
+
 class ItemEncoder(nn.Module):
     """Item indices -> soft tokens.
 

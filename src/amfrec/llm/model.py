@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from amfrec.llm.adapter import Adapter, AMFRecOutput, ScoreParts
 from amfrec.llm.backbone import Backbone
 from amfrec.llm.config import AnswerHead, LossItems, coerce_enum, default_template
+from amfrec.llm.item_encoder import gate_balance_loss
 from amfrec.llm.projector import MLPProjector
 from amfrec.llm.prompt import IGNORE_INDEX, PromptBatch, PromptBuilder, PromptTemplate, position_ids
 from amfrec.llm.scoring import ScoreReduction, generate_titles, score_titles
@@ -326,6 +327,11 @@ class AMFRecModel(nn.Module, Recommender):
         loss = F.cross_entropy(parts.total, label)
         if self.content_loss > 0 and parts.collab is not None:  # the content term must rank on its own too
             loss = loss + self.content_loss * F.cross_entropy(parts.content, label)
+        balance = self.item_encoder.cfg.gate.balance if weights is not None else 0.0
+        if balance > 0:  # no present modality switched off by the gate
+            present = self.item_encoder.presence(torch.arange(len(self.titles), device=self.device))
+            present = present if drop is None else present & ~drop  # (n_items + 1, M)
+            loss = loss + balance * gate_balance_loss(weights, present)
         return self._output(loss, aux, weights, int(target.shape[0]), n_tokens)
 
     # ----------------------------------------------------------------- training

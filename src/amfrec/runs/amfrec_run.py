@@ -165,7 +165,7 @@ def train_amfrec(
         valid_rec = metrics_record(valid, "valid", seed, name, wall)
         test_rec = metrics_record(test, "test", seed, name, wall)
         write_json(out / "train_history.json", {"losses": info["losses"], "evals": info["evals"]})
-        write_gate_weights(model, out / GATE_FILE)
+        write_gate_weights(model, out / GATE_FILE, data.item_train_counts > 0)
         ranks = {
             "valid": ranks_record(valid["ranks"], valid_part, data, "valid", seed, name),
             "test": ranks_record(test["ranks"], test_part, data, "test", seed, name),
@@ -178,9 +178,10 @@ def train_amfrec(
     return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
 
 
-def write_gate_weights(model: AMFRecModel, path: Path) -> None:
-    """RUN/gate_weights.json: every item's modality weights (the gate's; mean fusion's equal shares) and which
-    modalities it has, for the report's plots. Nothing is written for fusions without per-modality weights."""
+def write_gate_weights(model: AMFRecModel, path: Path, trained: torch.Tensor | None = None) -> None:
+    """RUN/gate_weights.json: every item's modality weights (the gate's; mean fusion's equal shares), which
+    modalities it has and, with `trained` ((n_items + 1,) bool), whether it had training interactions (false
+    = a new item), for the report. Nothing is written for fusions without per-modality weights."""
     if model.prompt.tokens_per_item == 0:  # titles only (zero-shot): the item encoder is not used
         return
     with torch.inference_mode():
@@ -196,6 +197,7 @@ def write_gate_weights(model: AMFRecModel, path: Path) -> None:
             "fusion": enc.mode.value,
             "weights": [[round(w, 5) for w in row] for row in weights[1:].float().cpu().tolist()],
             "present": present[1:].cpu().tolist(),
+            **({} if trained is None else {"trained": trained[1:].cpu().tolist()}),
         },
     )
 

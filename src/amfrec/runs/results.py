@@ -200,20 +200,34 @@ def robustness_table(groups: dict[str, list[RunRecord]]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+GATE_ROWS = ("all", "without image", "new, with image")
+
+
+def _gate_item(label: str, present: list[bool], trained: bool | None, image: int | None) -> bool:
+    """Whether an item (its modality flags, whether it had training interactions) is in gate row `label`."""
+    if label == "all":
+        return True
+    if image is None:
+        return False
+    return not present[image] if label == "without image" else present[image] and trained is False
+
+
 def gate_table(groups: dict[str, list[RunRecord]]) -> str:
-    """Mean weight per modality over all items and over items without an image (pooled over seeds)."""
+    """Mean weight per modality over all items, items without an image and new items (no training
+    interactions) with an image, pooled over seeds."""
     lines = ["| model | items (count) | mean weight per modality |", "|---|---|---|"]
     for model, runs in groups.items():
         gates = [r.gate for r in runs if r.gate]
         if not gates:
             continue
         mods = gates[0]["modalities"]
-        for label, no_image in (("all", False), ("without image", True)):
+        image = mods.index("image") if "image" in mods else None
+        for label in GATE_ROWS:
             rows = [
                 w
                 for g in gates
-                for w, p in zip(g["weights"], g["present"], strict=True)
-                if not no_image or ("image" in mods and not p[mods.index("image")])
+                for k, (w, p) in enumerate(zip(g["weights"], g["present"], strict=True))
+                if _gate_item(label, p, g["trained"][k] if "trained" in g else None, image)
             ]
             if not rows:
                 continue
