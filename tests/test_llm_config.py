@@ -16,6 +16,7 @@ from amfrec.llm.config import (
     DType,
     FusionMode,
     GateConfig,
+    ItemText,
     LossItems,
     ModelConfig,
     ProjectorConfig,
@@ -167,9 +168,10 @@ def _field_names(cls: type) -> set[str]:
 
 def test_amfrec_yaml_spells_out_the_defaults():
     # configs/amfrec.yaml is the documented default: it names every key, and its model section agrees with the
-    # dataclass defaults except for the recipe's choices lm_layers (a CPU budget) and query_head (chosen on
-    # validation; the dataclass keeps the LM's own logits as the default) -- the train section sets the
-    # schedule of the shipped recipe, so only its keys are checked.
+    # dataclass defaults except for the recipe's choices: lm_layers (a CPU budget), query_head (chosen on
+    # validation; the dataclass keeps the LM's own logits as the default) and the choices for new items and
+    # sparse data (a content-aware collaborative net, modality dropout, the full item text) -- the train
+    # section sets the schedule of the shipped recipe, so only its keys are checked.
     raw = yaml.safe_load((CONFIGS / "amfrec.yaml").read_text(encoding="utf-8"))
     assert set(raw) == {"model", "train"}
     assert set(raw["model"]) == _field_names(ModelConfig)
@@ -178,5 +180,12 @@ def test_amfrec_yaml_spells_out_the_defaults():
     assert set(raw["train"]) == _field_names(TrainConfig)
     cfg = AMFRecConfig.from_yaml(CONFIGS / "amfrec.yaml")
     assert cfg.model.lm_layers is not None and cfg.model.query_head
-    recipe = {"lm_layers": cfg.model.lm_layers, "query_head": True}
+    recipe = {
+        "lm_layers": cfg.model.lm_layers,
+        "query_head": True,
+        "user_token": UserToken.SASREC_CONTENT,
+        "modality_dropout": {"id": 0.5, "text": 0.3},
+        "item_text": ItemText.FULL,
+        "item_tokens": 16,
+    }
     assert cfg.model == dataclasses.replace(AMFRecConfig().model, **recipe)

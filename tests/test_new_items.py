@@ -172,6 +172,25 @@ def test_sasrec_content_as_the_collaborative_net(tiny_prepared, tmp_path) -> Non
     )  # named: kept
 
 
+def test_train_alone_trains_the_sasrec_content_run_it_reads(tiny_prepared, tmp_path) -> None:
+    """`amfrec train` with a sasrec_content user token and no model.collab_run trains that run into
+    RUN/sasrec_content first and names it in the run's config, so the run is served as it was trained."""
+    import yaml
+    from llm_fixtures import SMALL, make_tiny_amfrec_inputs
+
+    from amfrec.runs.amfrec_run import load_run, train_amfrec
+
+    features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path, dtype="float32")
+    sets = {**SMALL, "model.user_token": "sasrec_content", "model.collab_score": True}
+    train_amfrec(tiny_prepared, features, config, 1, tmp_path / "run", sets, limit=4)
+    collab = tmp_path / "run" / "sasrec_content"
+    assert (collab / "sasrec_content.safetensors").is_file()
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"]["collab_run"] == str(collab.resolve())
+    model, _, _ = load_run(tmp_path / "run")
+    assert model.collab.source == str(collab.resolve())
+
+
 def test_content_loss_adds_the_content_terms_own_cross_entropy(model: AMFRecModel) -> None:
     from torch.nn import functional as F
 

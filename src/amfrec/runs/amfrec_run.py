@@ -25,11 +25,12 @@ from amfrec.llm.backbone import load_backbone
 from amfrec.llm.build import build_amfrec, prompt_texts
 from amfrec.llm.checkpoint import CHECKPOINT_DIR, load_checkpoint, load_train_state, save_checkpoint
 from amfrec.llm.collab import collab_run_from_features, load_collaborative
-from amfrec.llm.config import AMFRecConfig
+from amfrec.llm.config import AMFRecConfig, UserToken
 from amfrec.llm.distributed import from_env
 from amfrec.llm.model import AMFRecModel
 from amfrec.llm.train import train
 from amfrec.metrics import generation_metrics
+from amfrec.runs.baseline_run import train_baseline
 from amfrec.runs.ranks import ranks_record, write_ranks
 from amfrec.runs.rundir import (
     load_run_config,
@@ -76,6 +77,25 @@ def build_model(
         100 * trainable / total,
     )
     return model
+
+
+def ensure_collab_run(
+    cfg: AMFRecConfig, data_dir: Path, features_dir: Path, seed: int, out: Path, limit: int | None
+) -> None:
+    """A sasrec_content user token that names no `model.collab_run`: train that run into OUT/sasrec_content
+    now (once; `amfrec experiment` names the seed's shared run instead) and record its folder in `cfg`."""
+    if cfg.model.user_token is not UserToken.SASREC_CONTENT or cfg.model.collab_run:
+        return
+    run = Path(out) / "sasrec_content"
+    if not (run / "metrics.json").exists():
+        if from_env().world > 1:
+            raise AmfrecError(
+                "model.collab_run: under torchrun, train the sasrec_content run first (amfrec train --model "
+                "sasrec_content --features ...) and name its folder with --set model.collab_run=RUN"
+            )
+        log.info("user token sasrec_content: training its collaborative run into %s first", run)
+        train_baseline("sasrec_content", data_dir, seed, run, None, limit=limit, features=features_dir)
+    cfg.model.collab_run = str(run.resolve())
 
 
 def prompt_order(model: AMFRecModel, split: Split) -> torch.Tensor:
@@ -131,6 +151,7 @@ def train_amfrec(
             f"{data.valid.candidates.shape[1]} candidates per example"
         )
     name = name or ("amfrec-no_llm" if cfg.model.no_llm else "amfrec")
+    ensure_collab_run(cfg, data_dir, features_dir, seed, out, limit)
     if not from_env().is_main:  # under torchrun: the other ranks train their slices; rank 0 writes
         info = train(build_model(cfg, data, features_dir), data, cfg, out, lambda m, s: {}, resume=resume)
         return {"test": None, "valid": None, "info": info, "out": out}

@@ -29,6 +29,7 @@ _TITLE = {
     "model.collab_score": False,
     "model.query_head": False,
     "model.lm_layers": None,
+    "model.modality_dropout": {},
 }
 VARIANTS: dict[str, tuple[str, dict]] = {
     "no_llm": (
@@ -50,21 +51,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
             "train.eval_examples": 100,
         },
     ),  # fmt: skip
-    "content": (
-        "for sparse data and new items: a frozen sasrec_content as the collaborative net, id + text dropout",
+    "sasrec_user": (
+        "the recipe before issue 20: a frozen SASRec as the collaborative net, titles only, no dropout",
         {
-            "model.user_token": "sasrec_content",
-            "model.modality_dropout": {"id": 0.5, "text": 0.3},
-            "model.item_text": "full",
-            "model.item_tokens": 24,
-        },
-    ),  # fmt: skip
-    "content_no_llm": (
-        "the content variant's control: the LM replaced by the mean of the prompt's soft tokens",
-        {
-            "model.user_token": "sasrec_content",
-            "model.modality_dropout": {"id": 0.5, "text": 0.3},
-            "model.no_llm": True,
+            "model.user_token": "sasrec",
+            "model.modality_dropout": {},
+            "model.item_text": "title",
+            "model.item_tokens": 32,
         },
     ),  # fmt: skip
     "zero_shot": (
