@@ -25,7 +25,7 @@ pytestmark = pytest.mark.e2e
 AMAZON = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amazon-scientific"
 LIMIT = 64  # valid/test examples scored per model
 TINY_AMFREC = {"train.max_steps": 2, "train.warmup_steps": 1, "train.batch_size": 4, "train.eval_every": 2,
-               "train.eval_examples": 8, "model.modality_dropout": {"id": 0.5}}  # fmt: skip
+               "train.eval_examples": 8}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +64,14 @@ def test_every_baseline_trains_and_reports_the_slices(amazon: Path, model: str) 
 
 
 def test_amfrec_trains_on_it_and_ranks_a_new_item(amazon: Path) -> None:
-    cfg = amazon / "tiny.yaml"
-    cfg.write_text("model:\n  item_text: full\n  item_tokens: 16\n")
-    result = train_amfrec(amazon / "data", amazon / "F", cfg, 1, amazon / "amfrec", TINY_AMFREC, limit=LIMIT)
+    """The shipped recipe (configs/amfrec.yaml: the real LM, a frozen sasrec_content user token, modality
+    dropout, the full item text) at a tiny budget."""
+    collab = amazon / "collab"
+    train_baseline(
+        "sasrec_content", amazon / "data", 1, collab, {"max_epochs": 1}, limit=LIMIT, features=amazon / "F"
+    )
+    sets = {**TINY_AMFREC, "model.collab_run": str(collab)}
+    result = train_amfrec(amazon / "data", amazon / "F", None, 1, amazon / "amfrec", sets, limit=LIMIT)
     assert result["test"]["n"] == LIMIT and "new" in result["test"]["slices"]
     data = PreparedData.load(amazon / "data")
     new_id = data.items[int(np.flatnonzero(data.new_items.numpy())[0])].item_id
