@@ -1,4 +1,4 @@
-"""`amfrec bench-scale` (issue 19's scale curve) and the linear candidate draw of `prepare` it led to."""
+"""`amfrec bench scale` (issue 19's scale curve) and the linear candidate draw of `prepare` it led to."""
 
 from __future__ import annotations
 
@@ -105,13 +105,13 @@ def test_scale_bench_runs_every_stage_at_the_smallest_size(tmp_path: Path) -> No
     assert (tmp_path / "scale.md").read_text().strip() in table
 
 
-def test_bench_scale_command_line() -> None:
-    a = build_parser().parse_args(
-        ["bench-scale", "--sizes", "1e3,2e4", "--rank-items", "1e6", "--threads", "1"]
-    )
+@pytest.mark.parametrize("command", [["bench", "scale"], ["bench-scale"]])
+def test_bench_scale_command_line(command: list[str]) -> None:
+    a = build_parser().parse_args([*command, "--sizes", "1e3,2e4", "--rank-items", "1e6", "--threads", "1"])
     assert (a.sizes, a.rank_items, a.items, a.threads, a.steps) == ([1000, 20000], [1000000], None, 1, 3)
+    assert a.func.__name__ == "cmd_bench_scale"
     with pytest.raises(SystemExit) as e:
-        build_parser().parse_args(["bench-scale", "--sizes", "1.5"])
+        build_parser().parse_args([*command, "--sizes", "1.5"])
     assert e.value.code == 2
 
 

@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_parser(sub)
     add_bench_parser(sub)
     _add_tool_parsers(sub)
-    add_bench_scale_parser(sub)
+    add_bench_scale_parser(sub, "bench-scale")
     return p
 
 

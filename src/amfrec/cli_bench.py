@@ -1,5 +1,6 @@
-"""`amfrec bench [train]` and `amfrec bench serve`'s arguments and commands (part of the command line; the
-work is `amfrec.runs.bench`, `amfrec.runs.bench_ddp` and `amfrec.serve.bench`).
+"""`amfrec bench [train]`, `amfrec bench serve` and `amfrec bench scale`: arguments and commands (part of the
+command line; the work is `amfrec.runs.bench`, `amfrec.runs.bench_ddp`, `amfrec.serve.bench` and
+`amfrec.runs.bench_scale`).
 
 `amfrec bench` without an action is `amfrec bench train` (so `amfrec bench --dtypes ...` keeps working); the
 training options may come before or after `train`.
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from amfrec.cli_args import csv_list as _csv
 from amfrec.cli_args import int_list as _ints
+from amfrec.cli_scale import add_bench_scale_parser
 from amfrec.errors import AmfrecError
 
 
@@ -59,10 +61,10 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: bool) -> None:
 
 
 def add_bench_parser(sub) -> None:
-    """`amfrec bench [train] ...`, `amfrec bench serve --run RUN ...`."""
+    """`amfrec bench [train] ...`, `amfrec bench serve --run RUN ...`, `amfrec bench scale ...`."""
     b = sub.add_parser(
         "bench",
-        help="training throughput and MFU (default, or `bench train`); `bench serve --run RUN`",
+        help="train throughput, MFU (default, or `bench train`); `bench serve --run RUN`; `bench scale`",
         description="ACTION is optional: without one, `amfrec bench` is `amfrec bench train`.",
     )
     _add_train_args(b, defaults=True)
@@ -83,3 +85,4 @@ def add_bench_parser(sub) -> None:
     s.add_argument("--k", type=int, default=10, help="items per answer")
     s.add_argument("--repeats", type=int, default=5, help="timed in-process calls (median)")
     s.set_defaults(func=cmd_bench_serve)
+    add_bench_scale_parser(actions)

@@ -1,5 +1,5 @@
-"""`amfrec bench-scale`'s arguments and command (part of the command line; the work is
-`amfrec.runs.bench_scale`). To become `amfrec bench scale`."""
+"""`amfrec bench scale`'s arguments and command (part of the command line; the work is
+`amfrec.runs.bench_scale`). `amfrec bench-scale`, its first name, is the same command."""
 
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ def cmd_bench_scale(a: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
-def add_bench_scale_parser(sub) -> None:
-    """`amfrec bench-scale`."""
+def add_bench_scale_parser(sub, name: str = "scale") -> None:
+    """`amfrec bench scale` (`sub`: bench's actions) or, with name "bench-scale", its first name."""
     s = sub.add_parser(
-        "bench-scale", help="time and peak memory of every stage on synthetic data of growing size (log-log)"
+        name, help="time and peak memory of every stage on synthetic data of growing size (log-log)"
     )
     s.add_argument(
         "--sizes", type=_counts, default=[10**4, 10**5, 10**6], help="interactions (default 1e4,1e5,1e6)"

@@ -181,7 +181,8 @@ def stage_step(model: str, prepared: str, features: str, steps: int, batch_size:
 
 
 def stage_amfrec_step(prepared: str, features: str, backbone: str, no_llm: bool, steps: int) -> float:
-    """One AMFRec training step (the packaged recipe, catalogue softmax, SASRec user token and score) on the
+    """One AMFRec training step (the packaged recipe, catalogue softmax, with the id features' SASRec as the
+    user token and score where the recipe reads a sasrec_content run, which the bench does not train) on the
     tiny LM at `backbone`, or the no_llm control: median seconds of `steps` after a warm-up one."""
     import torch
 
@@ -193,7 +194,7 @@ def stage_amfrec_step(prepared: str, features: str, backbone: str, no_llm: bool,
     from amfrec.runs.rundir import resolve_config
 
     overrides = {"model.backbone": backbone, "model.dtype": "float32", "model.lm_layers": None,
-                 "model.no_llm": no_llm, "train.seed": 0}  # fmt: skip
+                 "model.no_llm": no_llm, "model.user_token": "sasrec", "train.seed": 0}  # fmt: skip
     cfg = AMFRecConfig.from_yaml(resolve_config(None), overrides)
     data = PreparedData.load(prepared)
     torch.manual_seed(0)
