@@ -41,7 +41,8 @@ class Adapter(nn.Module):
     user_projector maps the collaborative representation (B, H) into the LM's space (None = no user token).
     log_scale: log of the cosine scale s (init log(score_scale)); collab_weight: the weight w of the
     collaborative logit (init 1; None = not used); query: a d x d linear map on the answer-position state,
-    identity at start (None = not used).
+    identity at start (None = not used); residual: a d x d map of the LM's state added to the no_llm state,
+    zero at start (None = not used).
     """
 
     def __init__(
@@ -51,6 +52,7 @@ class Adapter(nn.Module):
         score_scale: float = 10.0,
         collab_score: bool = False,
         query_dim: int | None = None,
+        residual_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.item_encoder = item_encoder
@@ -61,5 +63,10 @@ class Adapter(nn.Module):
             with torch.no_grad():
                 self.query.weight.copy_(torch.eye(query_dim))
                 self.query.bias.zero_()
+        self.residual = None  # llm_residual: the LM's state -> an addition to the control's, 0 at start
+        if residual_dim is not None:
+            self.residual = nn.Linear(residual_dim, residual_dim)
+            nn.init.zeros_(self.residual.weight)
+            nn.init.zeros_(self.residual.bias)
         self.log_scale = nn.Parameter(torch.tensor(math.log(score_scale)))
         self.collab_weight = nn.Parameter(torch.tensor(1.0)) if collab_score else None

@@ -50,6 +50,7 @@ def build_amfrec(
         query_head=cfg.query_head,
         score_scale=cfg.score_scale,
         content_loss=cfg.content_loss,
+        llm_residual=cfg.llm_residual,
         loss_items=loss_items,
     )
     return model.to(backbone.device)

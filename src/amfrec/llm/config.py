@@ -133,6 +133,9 @@ class ModelConfig:
     # item_token with collab_score: weight of a second cross-entropy on the content term alone, so that a
     # strong collaborative logit cannot starve it (trained jointly, the content term alone ranked at chance).
     content_loss: float = 0.0
+    # item_token with the LM: the query is the no_llm control's (the mean of the prompt's soft tokens) plus a
+    # zero-initialised map of the LM's state, so training starts from the control and the LM can only add.
+    llm_residual: bool = False
     # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).
     soft_tokens: bool = True
     # Prompt: a template with the slots {history} (required), {candidates} (iff candidates are listed),
@@ -196,7 +199,7 @@ class ModelConfig:
         if self.user_token is not None:
             self.user_token = coerce_enum(UserToken, self.user_token, "model.user_token")
         for name in ("prompt_candidates", "collab_score", "no_llm", "query_head", "soft_tokens",
-                     "gradient_checkpointing"):  # fmt: skip
+                     "gradient_checkpointing", "llm_residual"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model.{name}: must be true or false, got {getattr(self, name)!r}")
         self.score_scale = _number(self.score_scale, "model.score_scale", strict=True)
@@ -205,7 +208,7 @@ class ModelConfig:
         if self.answer == AnswerHead.TITLE:
             if not self.prompt_candidates:
                 raise ValueError("model.prompt_candidates: answer 'title' needs the candidates in the prompt")
-            for name in ("collab_score", "no_llm", "query_head"):
+            for name in ("collab_score", "no_llm", "query_head", "llm_residual"):
                 if getattr(self, name):
                     raise ValueError(f"model.{name}: only with answer 'item_token'")
         elif self.gate.use_user_context if isinstance(self.gate, GateConfig) else False:

@@ -24,7 +24,14 @@ from amfrec.llm.backbone import Backbone
 from amfrec.llm.config import AnswerHead, LossItems, coerce_enum, default_template
 from amfrec.llm.item_encoder import gate_balance_loss
 from amfrec.llm.projector import MLPProjector
-from amfrec.llm.prompt import IGNORE_INDEX, PromptBatch, PromptBuilder, PromptTemplate, position_ids
+from amfrec.llm.prompt import (
+    IGNORE_INDEX,
+    PromptBatch,
+    PromptBuilder,
+    PromptTemplate,
+    position_ids,
+    prompt_items,
+)
 from amfrec.llm.scoring import ScoreReduction, generate_titles, score_titles
 from amfrec.recommender import Recommender
 
@@ -56,6 +63,7 @@ class AMFRecModel(nn.Module, Recommender):
         query_head: bool = False,
         score_scale: float = 10.0,
         content_loss: float = 0.0,
+        llm_residual: bool = False,
         loss_items: str = "catalogue",
         score_reduction: str = "sum",
         score_chunk_rows: int = 40,
@@ -93,7 +101,8 @@ class AMFRecModel(nn.Module, Recommender):
         if user_token:
             user_projector = MLPProjector(collab.hidden, backbone.hidden_size, backbone.hidden_size)
         query_dim = backbone.hidden_size if query_head else None
-        self.adapter = Adapter(item_encoder, user_projector, score_scale, collab_score, query_dim)
+        residual = backbone.hidden_size if llm_residual and not no_llm else None
+        self.adapter = Adapter(item_encoder, user_projector, score_scale, collab_score, query_dim, residual)
         self.token_norm = getattr(item_encoder, "token_norm", None) or backbone.embed_norm
         self.aux_weight = aux_weight
         if content_loss < 0:
@@ -133,18 +142,6 @@ class AMFRecModel(nn.Module, Recommender):
         raise NotImplementedError("train AMFRec with amfrec.llm.train.train(model, data, config)")
 
     # ----------------------------------------------------------------- prompt pieces
-    def _items(self, history: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The prompt's items (B, S): non-zero history (oldest first) then the listed candidates, 0-padded;
-        valid (B, S) bool."""
-        if (candidates <= 0).any():
-            raise ValueError("candidates must be item indices >= 1 (0 is padding)")
-        full = torch.cat([history, candidates], 1) if self.prompt.template.has_candidates else history
-        valid = full != 0
-        order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # valid first, order kept
-        items, valid = full.gather(1, order), valid.gather(1, order)
-        width = max(int(valid.sum(1).max()), 1)
-        return items[:, :width], valid[:, :width]
-
     def _titles(self, idx: torch.Tensor) -> list[list[str]]:
         """(B, L) item indices -> per-row titles of the non-zero items, in order."""
         return [[self.titles[i] for i in row if i] for row in idx.tolist()]
@@ -184,7 +181,7 @@ class AMFRecModel(nn.Module, Recommender):
         if self.prompt.tokens_per_item == 0:  # titles only: nothing to inject
             zero = torch.zeros((), device=self.device)
             return zero.new_zeros((0, self.backbone.hidden_size)), zero, None
-        items, valid = self._items(history, candidates)
+        items, valid = prompt_items(history, candidates, self.prompt.template.has_candidates)
         if table is not None:
             tokens, aux, weights = table[items], torch.zeros((), device=items.device), None  # (B, S, T, d)
         else:
@@ -258,24 +255,28 @@ class AMFRecModel(nn.Module, Recommender):
     ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         """The answer-position state q (B, d) float32, the collaborative rep (B, H) | None, tokens read.
 
-        With the LM: its last hidden state after the hybrid prompt. no_llm: the mean of the prompt's soft
-        tokens (history items, and the user token when there is one).
+        With the LM: its last hidden state after the hybrid prompt (llm_residual: the no_llm state plus a
+        zero-initialised map of it). no_llm: the mean of the prompt's soft tokens (history items, and the user
+        token when there is one).
         """
         history, candidates = history.to(self.device), candidates.to(self.device)
         user, rep = self.user_vectors(history)
-        if self.no_llm:
+        if self.no_llm or self.adapter.residual is not None:
             hist = table[history].flatten(1, 2)  # (B, L * T, d), padding rows are zero
             count = (history != 0).sum(1, keepdim=True) * table.shape[1]  # (B, 1)
             total = hist.sum(1)
             if user is not None:
                 total, count = total + user, count + 1
-            return total / count.clamp(min=1), rep, 0
+            mean = total / count.clamp(min=1)  # (B, d): the control's state
+            if self.no_llm:
+                return mean, rep, 0
         batch, embeds, _, _ = self.embed_prompt(history, candidates, None, table, user)
         mask = batch.attention_mask
-        hidden = self.backbone.decode(
-            embeds, mask, position_ids(mask)
-        )  # (B, T, d); the last column is the answer
-        return hidden[:, -1].float(), rep, int(mask.sum())
+        hidden = self.backbone.decode(embeds, mask, position_ids(mask))  # (B, T, d); last column: the answer
+        q = hidden[:, -1].float()  # (B, d)
+        if self.adapter.residual is not None:  # the control's state + what the LM adds (0 at the start)
+            q = mean + self.adapter.residual(q)
+        return q, rep, int(mask.sum())
 
     def item_logits(
         self,

@@ -212,3 +212,18 @@ class PromptBuilder:
             n_slots=n_slots,
             prompt_lengths=torch.tensor([len(p) for p in prompts], dtype=torch.long),
         )
+
+
+def prompt_items(
+    history: torch.Tensor, candidates: torch.Tensor, with_candidates: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The items a prompt shows, (B, S): the non-zero history (oldest first), then the candidates when they
+    are listed (`with_candidates`), 0-padded; and valid (B, S) bool. candidates (B, C) must be >= 1."""
+    if (candidates <= 0).any():
+        raise ValueError("candidates must be item indices >= 1 (0 is padding)")
+    full = torch.cat([history, candidates], 1) if with_candidates else history
+    valid = full != 0
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)  # valid first, order kept
+    items, valid = full.gather(1, order), valid.gather(1, order)
+    width = max(int(valid.sum(1).max()), 1)
+    return items[:, :width], valid[:, :width]
