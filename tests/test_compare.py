@@ -194,3 +194,31 @@ def test_malformed_ranks_files_name_the_file(tmp_path: Path, change: dict, match
     with pytest.raises(AmfrecError, match=match) as e:
         read_ranks(path)
     assert str(path) in str(e.value)
+
+
+def test_compare_the_cost_of_a_corruption(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`--corrupt image=noise`: each side's per-user value is its clean minus its corrupted value."""
+    sides = {}
+    for name, shift in (("pop1", 1), ("sas1", 0)):  # popularity's targets each fall one place; SASRec's stay
+        run = tmp_path / name
+        shutil.copytree(runs / name, run)
+        rec = _ranks(run)
+        corrupted = {**rec, "ranks": [min(r + shift, rec["n_candidates"]) for r in rec["ranks"]]}
+        (run / "test_score_corrupt-image-noise_ranks.json").write_text(json.dumps(corrupted))
+        clean = stats.per_example(rec["ranks"], "ndcg@10")
+        sides[name] = clean - stats.per_example(corrupted["ranks"], "ndcg@10")  # (N,) the cost per user
+    argv = ["compare", str(tmp_path / "pop1"), str(tmp_path / "sas1"), "--metric", "ndcg@10"]
+    assert main([*argv, "--corrupt", "image=noise"]) == 0
+    out = capsys.readouterr().out
+    cells = _table_row(out)
+    cost_a, cost_b = sides["pop1"], sides["sas1"]
+    assert float(cost_b.sum()) == 0.0 and float(cost_a.mean()) > 0
+    assert cells[4:7] == [
+        f"{cost_a.mean():.4f}",
+        f"{cost_b.mean():.4f}",
+        f"{cost_a.mean() - cost_b.mean():+.4f}",
+    ]
+    assert "A = cost of image=noise to pop1" in out
+    (tmp_path / "sas1" / "test_score_corrupt-image-noise_ranks.json").unlink()
+    err = one_line_error(capsys, [*argv, "--corrupt", "image=noise"])
+    assert "test_score_corrupt-image-noise_ranks.json" in err and "--corrupt image=noise`" in err

@@ -20,6 +20,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
             protocol=a.protocol,
             n_resamples=a.resamples,
             seed=a.seed,
+            corrupt=a.corrupt,
         )
     )
 
@@ -45,4 +46,10 @@ def add_compare_parser(sub) -> None:
     )
     c.add_argument("--resamples", type=int, default=10000, help="bootstrap resamples and sign flips")
     c.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    c.add_argument(
+        "--corrupt",
+        default=None,
+        metavar="MODALITY=HOW",
+        help="compare what this corruption costs each side: clean minus `amfrec evaluate --corrupt` ranks",
+    )
     c.set_defaults(func=cmd_compare)

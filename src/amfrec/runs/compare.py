@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from amfrec.errors import AmfrecError
+from amfrec.features.corrupt import parse_corruption
 from amfrec.runs.ranks import ALL, load_pairs, paired_result
 from amfrec.stats import PairedResult
 
@@ -83,11 +84,22 @@ def compare(
     protocol: str | None = None,
     n_resamples: int = 10000,
     seed: int = 0,
+    corrupt: str | None = None,
 ) -> str:
-    """The comparison of side A with side B as a small text table (see the module docstring for the sides)."""
+    """The comparison of side A with side B as a small text table (see the module docstring for the sides).
+    corrupt: `MODALITY=HOW`: compare what that corruption costs each side (clean minus corrupted, per user;
+    the runs' `amfrec evaluate --corrupt` ranks files)."""
     pairs, label_a, label_b = resolve_pairs(a, b, exp)
     loaded = load_pairs(pairs, split, protocol)
-    result = paired_result(loaded, metric, slice, n_resamples, seed)
+    minus = None
+    if corrupt is not None:
+        if protocol not in (None, "score"):
+            raise AmfrecError(f"--corrupt: with the score protocol only, not {protocol!r}")
+        name, how = parse_corruption(corrupt)
+        minus = load_pairs(pairs, split, f"score_corrupt-{name}-{how.value}")
+        cost = f"cost of {name}={how.value} to"
+        label_a, label_b = f"{cost} {label_a}", f"{cost} {label_b}"
+    result = paired_result(loaded, metric, slice, n_resamples, seed, minus)
     seeds = [rec["seed"] for (rec, _), _ in loaded]
     return "\n".join(
         [

@@ -99,6 +99,9 @@ def load_run_ranks(run: str | Path, split: str = "test", protocol: str | None = 
         raise AmfrecError(f"{run}: run folder not found")
     if not path.is_file():
         command = f"`amfrec evaluate --run {run} --split {split} --protocol {protocol or 'score'}`"
+        base, _, corrupt = (protocol or "").partition("_corrupt-")
+        if corrupt:  # score_corrupt-image-noise -> --corrupt image=noise
+            command = f"`amfrec evaluate --run {run} --split {split} --corrupt {corrupt.replace('-', '=', 1)}`"
         if protocol:
             raise AmfrecError(f"{path}: no ranks file; write it with {command}")
         raise AmfrecError(
@@ -162,19 +165,34 @@ def common_slices(loaded: list) -> list[str]:
 
 
 def paired_result(
-    loaded: list, metric: str = "hr@1", slice: str = ALL, n_resamples: int = 10000, seed: int = 0
+    loaded: list,
+    metric: str = "hr@1",
+    slice: str = ALL,
+    n_resamples: int = 10000,
+    seed: int = 0,
+    minus: list | None = None,
 ) -> PairedResult:
-    """The paired test of A against B on `metric` over slice `slice`, seeds pooled as independent users."""
+    """The paired test of A against B on `metric` over slice `slice`, seeds pooled as independent users.
+    minus: pairs loaded like `loaded` from the same runs' other ranks files (a corrupted evaluation): each
+    side's per-user value is then its `loaded` value minus its `minus` value (the cost of the corruption)."""
     values_a, values_b = [], []
-    for (a, path_a), (b, path_b) in loaded:
+    for k, ((a, path_a), (b, path_b)) in enumerate(loaded):
         rows = slice_rows(a, slice, path_a)  # (K,)
         if not np.array_equal(rows, slice_rows(b, slice, path_b)):
             raise AmfrecError(f"{path_a} and {path_b}: slice {slice!r} holds different rows")
         try:
-            values_a.append(per_example(np.asarray(a["ranks"])[rows], metric))  # (K,)
-            values_b.append(per_example(np.asarray(b["ranks"])[rows], metric))  # (K,)
+            va, vb = (per_example(np.asarray(r["ranks"])[rows], metric) for r in (a, b))  # (K,) each
+            if minus is not None:
+                for (other, path), (rec, own) in zip(minus[k], ((a, path_a), (b, path_b)), strict=True):
+                    if other["users"] != rec["users"]:
+                        raise AmfrecError(f"{path} and {own}: different users, cannot subtract")
+                (ca, _), (cb, _) = minus[k]
+                va = va - per_example(np.asarray(ca["ranks"])[rows], metric)
+                vb = vb - per_example(np.asarray(cb["ranks"])[rows], metric)
         except ValueError as e:
             raise AmfrecError(f"--metric {metric}: {e}") from None
+        values_a.append(va)
+        values_b.append(vb)
     va, vb = np.concatenate(values_a), np.concatenate(values_b)  # (sum K,)
     if va.size == 0:
         raise AmfrecError(f"slice {slice!r} is empty in {', '.join(str(p) for (_, p), _ in loaded)}")
