@@ -99,9 +99,9 @@ def load_run_ranks(run: str | Path, split: str = "test", protocol: str | None = 
         raise AmfrecError(f"{run}: run folder not found")
     if not path.is_file():
         command = f"`amfrec evaluate --run {run} --split {split} --protocol {protocol or 'score'}`"
-        base, _, corrupt = (protocol or "").partition("_corrupt-")
-        if corrupt:  # score_corrupt-image-noise -> --corrupt image=noise
-            command = f"`amfrec evaluate --run {run} --split {split} --corrupt {corrupt.replace('-', '=', 1)}`"
+        corrupt = (protocol or "").partition("_corrupt-")[2].replace("-", "=", 1)  # image-noise -> image=noise
+        if corrupt:
+            command = f"`amfrec evaluate --run {run} --split {split} --corrupt {corrupt}`"
         if protocol:
             raise AmfrecError(f"{path}: no ranks file; write it with {command}")
         raise AmfrecError(
