@@ -99,7 +99,7 @@ def load_run_ranks(run: str | Path, split: str = "test", protocol: str | None = 
         raise AmfrecError(f"{run}: run folder not found")
     if not path.is_file():
         command = f"`amfrec evaluate --run {run} --split {split} --protocol {protocol or 'score'}`"
-        corrupt = (protocol or "").partition("_corrupt-")[2].replace("-", "=", 1)  # image-noise -> image=noise
+        corrupt = (protocol or "").partition("_corrupt-")[2].replace("-", "=", 1)  # image=noise
         if corrupt:
             command = f"`amfrec evaluate --run {run} --split {split} --corrupt {corrupt}`"
         if protocol:
