@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from amfrec.llm.backbone import load_backbone
 from amfrec.llm.config import AnswerHead, default_template
 from amfrec.llm.model import AMFRecModel
-from amfrec.llm.prompt import IGNORE_INDEX, PromptTemplate
+from amfrec.llm.prompt import IGNORE_INDEX, PromptTemplate, prompt_items
 from amfrec.llm.scoring import _custom_mask
 from amfrec.recommender import Recommender
 
@@ -89,11 +89,12 @@ def test_is_recommender_and_parameter_report(backbone):
 
 def test_items_order(backbone):
     model = make_model(backbone)
-    items, valid = model._items(HISTORY[:2], CANDIDATES[:2])
+    with_candidates = model.prompt.template.has_candidates
+    items, valid = prompt_items(HISTORY[:2], CANDIDATES[:2], with_candidates)
     assert items.tolist() == [[1, 2, 3, 4, 10, 8, 11], [4, 1, 12, 3, 2, 0, 0]]
     assert valid.sum(1).tolist() == [7, 5]
     with pytest.raises(ValueError, match="candidates"):
-        model._items(HISTORY[:1], torch.tensor([[0, 1]]))
+        prompt_items(HISTORY[:1], torch.tensor([[0, 1]]), with_candidates)
 
 
 def test_tokens_per_item_mismatch_raises(backbone):
@@ -128,7 +129,7 @@ def test_placeholders_align_with_mask_labels_and_items(backbone):
     model = make_model(backbone, tokens_per_item=2)
     batch = model.prompt.build(model._titles(HISTORY), model._titles(CANDIDATES), [TITLES[t] for t in TARGET])
     slots = batch.input_ids == model.prompt.item_token_id
-    _, valid = model._items(HISTORY, CANDIDATES)
+    _, valid = prompt_items(HISTORY, CANDIDATES, model.prompt.template.has_candidates)
     assert slots.sum(1).tolist() == (valid.sum(1) * 2).tolist() == batch.n_slots.tolist()
     assert (batch.attention_mask[slots] == 1).all()
     assert (batch.labels[slots] == IGNORE_INDEX).all()
@@ -151,7 +152,7 @@ def test_forward_loss_and_gradients(backbone):
     torch.testing.assert_close(out.loss, out.lm_loss + 0.01 * aux)
     assert out.n_answer_tokens == int((batch.labels != IGNORE_INDEX).sum())
     assert out.n_tokens == int(batch.attention_mask.sum())
-    _, valid = model._items(HISTORY, CANDIDATES)  # (3, 9): the prompt's items, padded
+    _, valid = prompt_items(HISTORY, CANDIDATES, model.prompt.template.has_candidates)  # (3, 9), padded
     assert out.weights.shape == (3, 9, 2)  # the gate's weights on id and text for every prompt item
     torch.testing.assert_close(out.weights.sum(-1), valid.float())  # shares of 1; padding items 0
     out.loss.backward()
