@@ -223,3 +223,26 @@ def test_experiment_trains_content_models_on_a_feature_folder(tiny_prepared, fea
     assert rec["test"]["model"] == "content_knn" and run_info(tmp_path / "content_knn")["features"] == str(
         features.resolve()
     )
+
+
+def test_as_amfrecs_collaborative_net_an_unknown_item_is_scored_by_its_content(new_item_case):
+    """A sasrec_content run frozen inside AMFRec: an item outside `known` (an id dropped in training) gets
+    the logit of its content-only row, which is how the net scores the new item X at test time."""
+    from amfrec.llm.collab import CollaborativeNet
+
+    data, x, model, _ = new_item_case
+    net = model._require_net()
+    collab = CollaborativeNet(net, known=None, cold_table=net.item_emb.content_weight)
+    history = data.test.history[:3]  # (3, L)
+    rep = collab(history)  # (3, H)
+    with torch.no_grad():
+        table = net.item_emb.weight  # (n_items + 1, H)
+        content_only = net.item_emb.content_weight()
+        torch.testing.assert_close(table[x], content_only[x])  # X never trained: its row is content only
+        assert not torch.allclose(table[1:], content_only[1:])  # trained items carry an ID part
+        known = torch.ones(data.n_items + 1, dtype=torch.bool)
+        known[[1, 2]] = False  # as if items 1 and 2 had their ids dropped
+        got = collab.item_logits(rep, None, known)  # (3, n_items)
+        expected = rep @ table[1:].T
+        expected[:, :2] = rep @ content_only[1:3].T
+    torch.testing.assert_close(got, expected)

@@ -320,3 +320,33 @@ def test_gate_balance_adds_its_weight_times_the_kl_to_the_loss(model: AMFRecMode
         gate.balance = 0.0
         model.item_encoder.drop_rates.copy_(rates)
         model.eval()
+
+
+def test_the_catalogue_softmax_leaves_out_items_never_trained(model: AMFRecModel) -> None:
+    """With `train_items`, an item with no training interaction is no class of the catalogue softmax (it
+    could only ever be a negative there, so training would learn to push every new item down)."""
+    from torch.nn import functional as F
+
+    target = CANDIDATES[:, 0]
+    rates = model.item_encoder.drop_rates.clone()
+    model.item_encoder.drop_rates.zero_()  # no dropout: the loss is deterministic
+    trained = torch.ones(N_ITEMS + 1, dtype=torch.bool)
+    trained[[0, NEW, 12]] = False
+    try:
+        model.train()
+        model.train_items = trained
+        masked = float(model(HISTORY, CANDIDATES, target).lm_loss)
+        with torch.no_grad():  # by hand: the softmax over the trained items only
+            tokens, _, _ = model.item_table()
+            q, rep, _ = model._query(HISTORY, CANDIDATES, tokens)
+            total = model.item_logits(q, rep, tokens.mean(1), None).total  # (B, n_items)
+            keep = torch.nonzero(trained[1:]).squeeze(1)  # columns of the trained items
+            label = torch.searchsorted(keep, target - 1)  # the targets' columns among them
+            expected = F.cross_entropy(total[:, keep], label)
+        assert masked == pytest.approx(float(expected), abs=1e-5)
+        model.train_items = None
+        assert float(model(HISTORY, CANDIDATES, target).lm_loss) > masked  # more classes, larger loss
+    finally:
+        model.train_items = None
+        model.item_encoder.drop_rates.copy_(rates)
+        model.eval()

@@ -158,7 +158,12 @@ class ContentEmbedding(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """(n_items + 1, H) the item table."""
-        table = self.ids.weight * self.seen.unsqueeze(1).to(self.ids.weight.dtype)  # (n_items + 1, H)
+        ids = self.ids.weight * self.seen.unsqueeze(1).to(self.ids.weight.dtype)  # (n_items + 1, H)
+        return ids + self.content_weight()
+
+    def content_weight(self) -> torch.Tensor:
+        """(n_items + 1, H) the table without its ID part: every item as an unseen one is scored."""
+        table = torch.zeros_like(self.ids.weight)
         for i, name in enumerate(self.modalities):
             table = table + self.proj[name](getattr(self, f"content{i}"))  # absent rows project to 0
         return table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from amfrec.data.dataset import ItemInfo
@@ -20,6 +21,7 @@ def build_amfrec(
     backbone: Backbone | None = None,
     collab: nn.Module | None = None,
     loss_items: str = "catalogue",
+    train_items: torch.Tensor | None = None,
 ) -> AMFRecModel:
     """An AMFRecModel from a ``ModelConfig`` (``amfrec.llm.config``), loaded features and item titles.
 
@@ -52,6 +54,7 @@ def build_amfrec(
         content_loss=cfg.content_loss,
         llm_residual=cfg.llm_residual,
         loss_items=loss_items,
+        train_items=train_items,
     )
     return model.to(backbone.device)
 

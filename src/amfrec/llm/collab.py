@@ -6,11 +6,14 @@ learned weight. Its weights never train and are not part of AMFRec's checkpoint:
 
 Items the collaborative net never trained on (`known` False: no training interaction, so a random row) carry
 no collaborative evidence: they are left out of the history it reads, and their logit is the user's mean
-logit over the known items (no evidence either way), so only the content term tells them apart.
+logit over the known items (no evidence either way), so only the content term tells them apart. A net that
+scores unseen items by their content (sasrec_content: `cold_table`) gives them that content-only logit
+instead, and so does an item whose id is dropped in training: it is scored exactly as a new item is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,10 +26,18 @@ from amfrec.io import read_json, read_yaml_mapping
 class CollaborativeNet(nn.Module):
     """A frozen sequential recommender network: history (B, L) -> representation (B, H); item logits."""
 
-    def __init__(self, net: nn.Module, source: str = "", known: torch.Tensor | None = None) -> None:
-        """known: (n_items + 1,) bool, the items whose rows were trained (None = every item)."""
+    def __init__(
+        self,
+        net: nn.Module,
+        source: str = "",
+        known: torch.Tensor | None = None,
+        cold_table: Callable[[], torch.Tensor] | None = None,
+    ) -> None:
+        """known: (n_items + 1,) bool, the items whose rows were trained (None = every item); cold_table:
+        () -> (n_items + 1, H), the net's rows for items it did not see (None = no such rows: mean logit)."""
         super().__init__()
         self.net = net
+        self.cold_table = cold_table
         self.source = source
         self.net.requires_grad_(False)
         self.net.eval()
@@ -64,14 +75,18 @@ class CollaborativeNet(nn.Module):
         """rep (B, H); items (B, C) indices -> (B, C), or None -> (B, n_items) over items 1..n_items.
 
         known: (n_items + 1,) bool, the items whose logit is used (default ``self.known``; training passes it
-        with dropped ids removed); every other item gets the user's mean logit over ``self.known``.
+        with dropped ids removed); every other item gets its ``cold_table`` logit, or without one the user's
+        mean logit over ``self.known``.
         """
         table = self.net.item_table().float()  # (n_items + 1, H)
         logits = rep @ table.T  # (B, n_items + 1)
-        base = self.known.to(logits.dtype)  # (n_items + 1,)
-        mean = (logits * base).sum(1, keepdim=True) / base.sum().clamp(min=1)  # (B, 1)
+        if self.cold_table is not None:
+            other = rep @ self.cold_table().float().T  # (B, n_items + 1): content-only rows
+        else:
+            base = self.known.to(logits.dtype)  # (n_items + 1,)
+            other = (logits * base).sum(1, keepdim=True) / base.sum().clamp(min=1)  # (B, 1)
         use = self.known if known is None else known & self.known
-        logits = torch.where(use, logits, mean)  # (B, n_items + 1)
+        logits = torch.where(use, logits, other)  # (B, n_items + 1)
         return logits[:, 1:] if items is None else logits.gather(1, items)
 
 
@@ -103,9 +118,9 @@ def load_collaborative(
         if not features:
             raise AmfrecError(f"{Path(run) / 'config.yaml'}: not a sasrec_content run (no run.features)")
         model = SASRecContent.load(run, None, features)
-        known = None
+        known, cold = None, model._require_net().item_emb.content_weight
     else:
-        model = {"sasrec": SASRec, "gru4rec": GRU4Rec}[str(kind)].load(run)
+        model, cold = {"sasrec": SASRec, "gru4rec": GRU4Rec}[str(kind)].load(run), None
     if model.n_items != n_items:
         raise AmfrecError(f"{run}: the {kind} run covers {model.n_items} items, the data has {n_items}")
-    return CollaborativeNet(model._require_net(), source=str(Path(run).resolve()), known=known)
+    return CollaborativeNet(model._require_net(), str(Path(run).resolve()), known, cold)

@@ -168,6 +168,12 @@ class ItemEncoder(nn.Module):
         """items (N,) long -> (N, M) bool: which modalities each item has."""
         return torch.stack([getattr(self, f"mask{i}")[items] for i in range(len(self.modalities))], -1)
 
+    def balance_loss(self, weights: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """``gate_balance_loss`` of the item table's gate weights (n_items + 1, M), the dropped modalities
+        (``draw_dropout``) counted as absent."""
+        present = self.presence(torch.arange(weights.shape[0], device=weights.device))  # (n_items + 1, M)
+        return gate_balance_loss(weights, present if drop is None else present & ~drop)
+
     def draw_dropout(self, n_rows: int) -> torch.Tensor | None:
         """(n_rows, M) bool: the modalities items 0..n_rows-1 drop in this training step (each with its
         ``modality_dropout`` rate, but never every modality an item has), or None when nothing is dropped."""

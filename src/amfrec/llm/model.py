@@ -22,7 +22,6 @@ from torch.nn import functional as F
 from amfrec.llm.adapter import Adapter, AMFRecOutput, ScoreParts
 from amfrec.llm.backbone import Backbone
 from amfrec.llm.config import AnswerHead, LossItems, coerce_enum, default_template
-from amfrec.llm.item_encoder import gate_balance_loss
 from amfrec.llm.projector import MLPProjector
 from amfrec.llm.prompt import (
     IGNORE_INDEX,
@@ -65,6 +64,7 @@ class AMFRecModel(nn.Module, Recommender):
         content_loss: float = 0.0,
         llm_residual: bool = False,
         loss_items: str = "catalogue",
+        train_items: torch.Tensor | None = None,
         score_reduction: str = "sum",
         score_chunk_rows: int = 40,
     ) -> None:
@@ -108,6 +108,9 @@ class AMFRecModel(nn.Module, Recommender):
         if content_loss < 0:
             raise ValueError(f"content_loss must be >= 0, got {content_loss}")
         self.content_loss = content_loss
+        # (n_items + 1,) bool: items with training interactions, the only classes of the catalogue softmax
+        train_items = None if train_items is None else train_items.bool()
+        self.register_buffer("train_items", train_items, persistent=False)
         self._table_cache: tuple | None = None  # (weight versions, item_table()) while no gradients are taken
         self.score_chunk_rows = score_chunk_rows
 
@@ -318,6 +321,9 @@ class AMFRecModel(nn.Module, Recommender):
         if self.loss_items is LossItems.CATALOGUE:
             parts = self.item_logits(q, rep, out, None, known)  # each (B, n_items)
             label = target - 1
+            if self.train_items is not None:  # never a target, so no class: else only ever a negative
+                never = ~self.train_items[1:]  # (n_items,); -inf content = -inf total as well
+                parts = ScoreParts(parts.content.masked_fill(never, float("-inf")), parts.collab)
         else:
             candidates = candidates.to(self.device)
             parts = self.item_logits(q, rep, out, candidates, known)  # each (B, C)
@@ -330,9 +336,7 @@ class AMFRecModel(nn.Module, Recommender):
             loss = loss + self.content_loss * F.cross_entropy(parts.content, label)
         balance = self.item_encoder.cfg.gate.balance if weights is not None else 0.0
         if balance > 0:  # no present modality switched off by the gate
-            present = self.item_encoder.presence(torch.arange(len(self.titles), device=self.device))
-            present = present if drop is None else present & ~drop  # (n_items + 1, M)
-            loss = loss + balance * gate_balance_loss(weights, present)
+            loss = loss + balance * self.item_encoder.balance_loss(weights, drop)
         return self._output(loss, aux, weights, int(target.shape[0]), n_tokens)
 
     # ----------------------------------------------------------------- training

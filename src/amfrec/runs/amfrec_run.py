@@ -66,9 +66,8 @@ def build_model(
         collab = load_collaborative(cfg.model.user_token.value, run, data.n_items, known).to(backbone.device)
         log.info("user token: the frozen %s of %s", cfg.model.user_token.value, run)
     texts = prompt_texts(data.items, cfg.model.item_text, cfg.model.item_tokens, backbone.tokenizer)
-    model = build_amfrec(
-        cfg.model, features, texts, backbone=backbone, collab=collab, loss_items=cfg.train.loss_items
-    )
+    model = build_amfrec(cfg.model, features, texts, backbone=backbone, collab=collab,
+                         loss_items=cfg.train.loss_items, train_items=data.item_train_counts > 0)  # fmt: skip
     trainable, total = model.parameter_report()
     log.info(
         "AMFRec: %s trainable of %s parameters (%.3f%%)",
