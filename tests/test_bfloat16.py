@@ -106,7 +106,7 @@ def test_bfloat16_scores_agree_with_float32_within_its_precision(lm_dir: Path) -
     q = {}
     with torch.no_grad():
         for dtype, model in models.items():
-            q[dtype], _, _ = model._query(HISTORY, CANDIDATES, model.item_table()[0])  # (B, d) float32
+            q[dtype], _, _, _ = model._query(HISTORY, CANDIDATES, model.item_table()[0])  # (B, d) float32
     layers = 2
     rel = 8 * (layers + 1) * UNIT_ROUNDOFF
     err = (q["bfloat16"] - q["float32"]).norm(dim=-1) / q["float32"].norm(dim=-1)  # (B,)

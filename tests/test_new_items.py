@@ -207,7 +207,7 @@ def test_content_loss_adds_the_content_terms_own_cross_entropy(model: AMFRecMode
             torch.no_grad()
         ):  # by hand: the catalogue softmax of the sum, plus 0.5 x that of the content term
             tokens, _, _ = model.item_table()
-            q, rep, _ = model._query(HISTORY, CANDIDATES, tokens)
+            q, _, rep, _ = model._query(HISTORY, CANDIDATES, tokens)
             parts = model.item_logits(q, rep, tokens.mean(1), None)  # (B, n_items) each
             total = F.cross_entropy(parts.total, target - 1)
             content = F.cross_entropy(parts.content, target - 1)
@@ -338,7 +338,7 @@ def test_the_catalogue_softmax_leaves_out_items_never_trained(model: AMFRecModel
         masked = float(model(HISTORY, CANDIDATES, target).lm_loss)
         with torch.no_grad():  # by hand: the softmax over the trained items only
             tokens, _, _ = model.item_table()
-            q, rep, _ = model._query(HISTORY, CANDIDATES, tokens)
+            q, _, rep, _ = model._query(HISTORY, CANDIDATES, tokens)
             total = model.item_logits(q, rep, tokens.mean(1), None).total  # (B, n_items)
             keep = torch.nonzero(trained[1:]).squeeze(1)  # columns of the trained items
             label = torch.searchsorted(keep, target - 1)  # the targets' columns among them

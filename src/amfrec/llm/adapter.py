@@ -18,6 +18,20 @@ class AMFRecOutput:
     n_answer_tokens: int
     n_tokens: int  # real (non-padding) prompt + answer tokens: the throughput unit
 
+    @classmethod
+    def of(
+        cls,
+        loss: torch.Tensor,
+        aux_weight: float,
+        aux,
+        weights: torch.Tensor | None,
+        n_answer: int,
+        n_tokens: int,
+    ) -> AMFRecOutput:
+        """The head's loss + aux_weight * the item encoder's aux loss (tensor or number), with the counts."""
+        aux = aux.to(loss.dtype) if torch.is_tensor(aux) else loss.new_tensor(float(aux))
+        return cls(loss + aux_weight * aux, loss, aux, weights, n_answer, n_tokens)
+
 
 @dataclass
 class ScoreParts:
@@ -42,7 +56,8 @@ class Adapter(nn.Module):
     log_scale: log of the cosine scale s (init log(score_scale)); collab_weight: the weight w of the
     collaborative logit (init 1; None = not used); query: a d x d linear map on the answer-position state,
     identity at start (None = not used); residual: a d x d map of the LM's state added to the no_llm state,
-    zero at start (None = not used).
+    zero at start (None = not used); new_query, new_log_scale: the query map (identity at start) and the
+    cosine scale of the control's query, which scores items without a trained id (``new_item_control``).
     """
 
     def __init__(
@@ -53,16 +68,12 @@ class Adapter(nn.Module):
         collab_score: bool = False,
         query_dim: int | None = None,
         residual_dim: int | None = None,
+        new_item_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.item_encoder = item_encoder
         self.user = user_projector
-        self.query = None
-        if query_dim is not None:
-            self.query = nn.Linear(query_dim, query_dim)
-            with torch.no_grad():
-                self.query.weight.copy_(torch.eye(query_dim))
-                self.query.bias.zero_()
+        self.query = None if query_dim is None else _identity(query_dim)
         self.residual = None  # llm_residual: the LM's state -> an addition to the control's, 0 at start
         if residual_dim is not None:
             self.residual = nn.Linear(residual_dim, residual_dim)
@@ -70,3 +81,16 @@ class Adapter(nn.Module):
             nn.init.zeros_(self.residual.bias)
         self.log_scale = nn.Parameter(torch.tensor(math.log(score_scale)))
         self.collab_weight = nn.Parameter(torch.tensor(1.0)) if collab_score else None
+        self.new_query = self.new_log_scale = None  # new_item_control: the control's query for items w/o id
+        if new_item_dim is not None:
+            self.new_query = _identity(new_item_dim)
+            self.new_log_scale = nn.Parameter(torch.tensor(math.log(score_scale)))
+
+
+def _identity(dim: int) -> nn.Linear:
+    """A dim x dim linear map that starts as the identity."""
+    layer = nn.Linear(dim, dim)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(dim))
+        layer.bias.zero_()
+    return layer

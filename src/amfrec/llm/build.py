@@ -53,6 +53,8 @@ def build_amfrec(
         score_scale=cfg.score_scale,
         content_loss=cfg.content_loss,
         llm_residual=cfg.llm_residual,
+        new_item_control=cfg.new_item_control,
+        new_item_collab=cfg.new_item_collab,
         loss_items=loss_items,
         train_items=train_items,
     )

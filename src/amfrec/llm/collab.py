@@ -70,22 +70,26 @@ class CollaborativeNet(nn.Module):
         return torch.where((kept != 0).any(1, keepdim=True), rep, torch.zeros_like(rep))
 
     def item_logits(
-        self, rep: torch.Tensor, items: torch.Tensor | None = None, known: torch.Tensor | None = None
+        self,
+        rep: torch.Tensor,
+        items: torch.Tensor | None = None,
+        known: torch.Tensor | None = None,
+        cold_mix: float = 1.0,
     ) -> torch.Tensor:
         """rep (B, H); items (B, C) indices -> (B, C), or None -> (B, n_items) over items 1..n_items.
 
         known: (n_items + 1,) bool, the items whose logit is used (default ``self.known``; training passes it
-        with dropped ids removed); every other item gets its ``cold_table`` logit, or without one the user's
-        mean logit over ``self.known``.
+        with dropped ids removed); every other item gets cold_mix x its ``cold_table`` logit + (1 - cold_mix)
+        x the user's mean logit over the used items (without a cold table: the mean logit alone).
         """
         table = self.net.item_table().float()  # (n_items + 1, H)
         logits = rep @ table.T  # (B, n_items + 1)
-        if self.cold_table is not None:
-            other = rep @ self.cold_table().float().T  # (B, n_items + 1): content-only rows
-        else:
-            base = self.known.to(logits.dtype)  # (n_items + 1,)
-            other = (logits * base).sum(1, keepdim=True) / base.sum().clamp(min=1)  # (B, 1)
         use = self.known if known is None else known & self.known
+        base = use.to(logits.dtype)  # (n_items + 1,)
+        other = (logits * base).sum(1, keepdim=True) / base.sum().clamp(min=1)  # (B, 1): no evidence
+        if self.cold_table is not None and cold_mix > 0:
+            cold = rep @ self.cold_table().float().T  # (B, n_items + 1): content-only rows
+            other = cold if cold_mix == 1 else cold_mix * cold + (1 - cold_mix) * other
         logits = torch.where(use, logits, other)  # (B, n_items + 1)
         return logits[:, 1:] if items is None else logits.gather(1, items)
 

@@ -136,6 +136,13 @@ class ModelConfig:
     # item_token with the LM: the query is the no_llm control's (the mean of the prompt's soft tokens) plus a
     # zero-initialised map of the LM's state, so training starts from the control and the LM can only add.
     llm_residual: bool = False
+    # item_token with the LM: an item without a trained id (a new item; in training, one whose id was dropped)
+    # is scored against the control's query (the mean of the prompt's soft tokens, its own map and scale), not
+    # the LM's state. The LM's state, trained on items it saw, did not carry to new ones (RESULTS, issue 20).
+    new_item_control: bool = False
+    # The collaborative logit of an item without a trained id: 1 = the collaborative net's content-only row
+    # (sasrec_content's cold rows), 0 = the user's mean logit (no evidence: the content term alone ranks it).
+    new_item_collab: float = 1.0
     # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).
     soft_tokens: bool = True
     # Prompt: a template with the slots {history} (required), {candidates} (iff candidates are listed),
@@ -199,16 +206,19 @@ class ModelConfig:
         if self.user_token is not None:
             self.user_token = coerce_enum(UserToken, self.user_token, "model.user_token")
         for name in ("prompt_candidates", "collab_score", "no_llm", "query_head", "soft_tokens",
-                     "gradient_checkpointing", "llm_residual"):  # fmt: skip
+                     "gradient_checkpointing", "llm_residual", "new_item_control"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model.{name}: must be true or false, got {getattr(self, name)!r}")
         self.score_scale = _number(self.score_scale, "model.score_scale", strict=True)
+        self.new_item_collab = _number(self.new_item_collab, "model.new_item_collab")
+        if self.new_item_collab > 1:
+            raise ValueError(f"model.new_item_collab: must be in [0, 1], got {self.new_item_collab!r}")
         if self.lm_layers is not None:
             _positive_int(self.lm_layers, "model.lm_layers")
         if self.answer == AnswerHead.TITLE:
             if not self.prompt_candidates:
                 raise ValueError("model.prompt_candidates: answer 'title' needs the candidates in the prompt")
-            for name in ("collab_score", "no_llm", "query_head", "llm_residual"):
+            for name in ("collab_score", "no_llm", "query_head", "llm_residual", "new_item_control"):
                 if getattr(self, name):
                     raise ValueError(f"model.{name}: only with answer 'item_token'")
         elif self.gate.use_user_context if isinstance(self.gate, GateConfig) else False:

@@ -7,6 +7,7 @@
   e_c) [+ w * collab(u, c)]`` with a learned scale s and, optionally, the frozen collaborative net's own
   logit with a learned weight w. One backbone pass scores any set of items; the loss is a softmax over the
   catalogue (or the candidates). ``no_llm``: the LM replaced by the mean of the prompt's soft tokens.
+  ``new_item_control``: items without a trained id are scored against that mean instead of the LM's state.
 - Answer head ``title`` (LLaRA): causal-LM loss on the target title + eos, logits only at the answer
   positions; scoring by title log-likelihood (``amfrec.llm.scoring``); greedy generation.
 
@@ -22,6 +23,7 @@ from torch.nn import functional as F
 from amfrec.llm.adapter import Adapter, AMFRecOutput, ScoreParts
 from amfrec.llm.backbone import Backbone
 from amfrec.llm.config import AnswerHead, LossItems, coerce_enum, default_template
+from amfrec.llm.head import control_state, cosine_scores, fresh_items
 from amfrec.llm.projector import MLPProjector
 from amfrec.llm.prompt import (
     IGNORE_INDEX,
@@ -30,6 +32,7 @@ from amfrec.llm.prompt import (
     PromptTemplate,
     position_ids,
     prompt_items,
+    scatter_slots,
 )
 from amfrec.llm.scoring import ScoreReduction, generate_titles, score_titles
 from amfrec.recommender import Recommender
@@ -63,6 +66,8 @@ class AMFRecModel(nn.Module, Recommender):
         score_scale: float = 10.0,
         content_loss: float = 0.0,
         llm_residual: bool = False,
+        new_item_control: bool = False,
+        new_item_collab: float = 1.0,
         loss_items: str = "catalogue",
         train_items: torch.Tensor | None = None,
         score_reduction: str = "sum",
@@ -102,7 +107,13 @@ class AMFRecModel(nn.Module, Recommender):
             user_projector = MLPProjector(collab.hidden, backbone.hidden_size, backbone.hidden_size)
         query_dim = backbone.hidden_size if query_head else None
         residual = backbone.hidden_size if llm_residual and not no_llm else None
-        self.adapter = Adapter(item_encoder, user_projector, score_scale, collab_score, query_dim, residual)
+        new_dim = backbone.hidden_size if new_item_control else None
+        if not 0.0 <= new_item_collab <= 1.0:
+            raise ValueError(f"new_item_collab must be in [0, 1], got {new_item_collab}")
+        self.new_item_collab = new_item_collab  # fresh items' collab logit: content row (1) .. mean logit (0)
+        self.adapter = Adapter(
+            item_encoder, user_projector, score_scale, collab_score, query_dim, residual, new_dim
+        )
         self.token_norm = getattr(item_encoder, "token_norm", None) or backbone.embed_norm
         self.aux_weight = aux_weight
         if content_loss < 0:
@@ -222,16 +233,7 @@ class AMFRecModel(nn.Module, Recommender):
             if user_vectors is None:
                 raise ValueError("the prompt has a <|user|> placeholder but no user vectors were given")
             slots.append((self.prompt.user_token_id, user_vectors, "<|user|>"))
-        for token_id, vectors, name in slots:
-            mask = input_ids == token_id  # (B, T)
-            n_slots = int(mask.sum())
-            if n_slots != vectors.shape[0]:
-                raise ValueError(f"prompt has {n_slots} {name} placeholders but {vectors.shape[0]} vectors")
-            if vectors.shape[-1] != embeds.shape[-1]:
-                raise ValueError(f"vectors have dim {vectors.shape[-1]}, backbone expects {embeds.shape[-1]}")
-            mask3 = mask.unsqueeze(-1).expand_as(embeds)  # (B, T, d)
-            embeds = embeds.masked_scatter(mask3, vectors.to(embeds.dtype))
-        return embeds
+        return scatter_slots(embeds, input_ids, slots)
 
     def embed_prompt(
         self,
@@ -255,31 +257,33 @@ class AMFRecModel(nn.Module, Recommender):
     # ----------------------------------------------------------------- item_token head
     def _query(
         self, history: torch.Tensor, candidates: torch.Tensor, table: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """The answer-position state q (B, d) float32, the collaborative rep (B, H) | None, tokens read.
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
+        """(q (B, d) float32, the control's q (B, d) | None, the collaborative rep (B, H) | None, tokens).
 
-        With the LM: its last hidden state after the hybrid prompt (llm_residual: the no_llm state plus a
-        zero-initialised map of it). no_llm: the mean of the prompt's soft tokens (history items, and the user
-        token when there is one).
+        q: with the LM, its last hidden state after the hybrid prompt (llm_residual: the control's state plus
+        a zero-initialised map of it); no_llm: the control's state, the mean of the prompt's soft tokens
+        (``control_state``). The control's q is returned for ``new_item_control`` only.
         """
         history, candidates = history.to(self.device), candidates.to(self.device)
         user, rep = self.user_vectors(history)
-        if self.no_llm or self.adapter.residual is not None:
-            hist = table[history].flatten(1, 2)  # (B, L * T, d), padding rows are zero
-            count = (history != 0).sum(1, keepdim=True) * table.shape[1]  # (B, 1)
-            total = hist.sum(1)
-            if user is not None:
-                total, count = total + user, count + 1
-            mean = total / count.clamp(min=1)  # (B, d): the control's state
+        mean = None
+        if self.no_llm or self.adapter.residual is not None or self.adapter.new_query is not None:
+            mean = control_state(table, history, user)  # (B, d)
             if self.no_llm:
-                return mean, rep, 0
+                return mean, None if self.adapter.new_query is None else mean, rep, 0
         batch, embeds, _, _ = self.embed_prompt(history, candidates, None, table, user)
         mask = batch.attention_mask
         hidden = self.backbone.decode(embeds, mask, position_ids(mask))  # (B, T, d); last column: the answer
         q = hidden[:, -1].float()  # (B, d)
         if self.adapter.residual is not None:  # the control's state + what the LM adds (0 at the start)
             q = mean + self.adapter.residual(q)
-        return q, rep, int(mask.sum())
+        return q, None if self.adapter.new_query is None else mean, rep, int(mask.sum())
+
+    def fresh_items(self, drop: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(n_items + 1,) bool, the items the control's query scores (``new_item_control``), or None."""
+        if self.adapter.new_query is None:
+            return None
+        return fresh_items(len(self.titles), self.train_items, drop, self.item_encoder.modalities)
 
     def item_logits(
         self,
@@ -288,45 +292,52 @@ class AMFRecModel(nn.Module, Recommender):
         out: torch.Tensor,
         items: torch.Tensor | None,
         known: torch.Tensor | None = None,
+        q_new: torch.Tensor | None = None,
+        fresh: torch.Tensor | None = None,
     ) -> ScoreParts:
         """Scores of items, term by term: q (B, d); out (n_items + 1, d) output vectors; items (B, C) or None
         = 1..n_items; known (n_items + 1,) bool, the items whose collaborative logit counts (None = those the
         collaborative net trained on; the others get the user's mean logit, see ``CollaborativeNet``).
 
         content s * cos(W q + b, out[c]), collab w * collab(rep, c) (None without the collaborative score),
-        each (B, C) or (B, n_items); W q + b only with the query map (``query_head``), else q itself.
+        each (B, C) or (B, n_items); W q + b only with the query map (``query_head``), else q itself. With
+        ``new_item_control`` the items in fresh ((n_items + 1,) bool) get s' * cos(W' q_new + b', out[c]).
         """
         if self.adapter.query is not None:
             q = self.adapter.query(q)  # (B, d)
-        qn = F.normalize(q, dim=-1)
-        on = F.normalize(out, dim=-1)
-        # (B, n_items) over the catalogue, or (B, C) over the given items
-        cos = qn @ on[1:].T if items is None else torch.einsum("bd,bcd->bc", qn, on[items])
+        content = self.adapter.log_scale.exp() * cosine_scores(q, out, items)  # (B, n_items) or (B, C)
+        if q_new is not None and fresh is not None:
+            new = self.adapter.new_log_scale.exp() * cosine_scores(self.adapter.new_query(q_new), out, items)
+            content = torch.where(fresh[1:] if items is None else fresh[items], new, content)
         collab = None
         if self.adapter.collab_weight is not None:
-            collab = self.adapter.collab_weight * self.collab.item_logits(rep, items, known)
-        return ScoreParts(content=self.adapter.log_scale.exp() * cos, collab=collab)
+            logits = self.collab.item_logits(rep, items, known, self.new_item_collab)
+            collab = self.adapter.collab_weight * logits
+        return ScoreParts(content=content, collab=collab)
 
     def _forward_item_token(
         self, history: torch.Tensor, candidates: torch.Tensor, target: torch.Tensor
     ) -> AMFRecOutput:
         drop = self.item_encoder.draw_dropout(len(self.titles)) if self.training else None  # (R, M) | None
         tokens, aux, weights = self.item_table(drop)  # (n_items + 1, T, d)
-        q, rep, n_tokens = self._query(history, candidates, tokens)
+        q, q_new, rep, n_tokens = self._query(history, candidates, tokens)
+        fresh = self.fresh_items(drop)  # (n_items + 1,) bool | None
         out = tokens.mean(1)  # (n_items + 1, d): an item's output vector = its (mean) soft token
         target = target.to(self.device)
         known = None  # an item whose id is dropped is scored as a new item: no collaborative logit either
         if drop is not None and "id" in self.item_encoder.modalities:
             known = ~drop[:, self.item_encoder.modalities.index("id")]
+        if fresh is not None:
+            known = ~fresh
         if self.loss_items is LossItems.CATALOGUE:
-            parts = self.item_logits(q, rep, out, None, known)  # each (B, n_items)
+            parts = self.item_logits(q, rep, out, None, known, q_new, fresh)  # each (B, n_items)
             label = target - 1
             if self.train_items is not None:  # never a target, so no class: else only ever a negative
                 never = ~self.train_items[1:]  # (n_items,); -inf content = -inf total as well
                 parts = ScoreParts(parts.content.masked_fill(never, float("-inf")), parts.collab)
         else:
             candidates = candidates.to(self.device)
-            parts = self.item_logits(q, rep, out, candidates, known)  # each (B, C)
+            parts = self.item_logits(q, rep, out, candidates, known, q_new, fresh)  # each (B, C)
             hit = candidates == target[:, None]
             if not bool(hit.any(1).all()):
                 raise ValueError("loss_items 'candidates': every candidate set must hold its target")
@@ -337,7 +348,7 @@ class AMFRecModel(nn.Module, Recommender):
         balance = self.item_encoder.cfg.gate.balance if weights is not None else 0.0
         if balance > 0:  # no present modality switched off by the gate
             loss = loss + balance * self.item_encoder.balance_loss(weights, drop)
-        return self._output(loss, aux, weights, int(target.shape[0]), n_tokens)
+        return AMFRecOutput.of(loss, self.aux_weight, aux, weights, int(target.shape[0]), n_tokens)
 
     # ----------------------------------------------------------------- training
     def forward(self, history: torch.Tensor, candidates: torch.Tensor, target: torch.Tensor) -> AMFRecOutput:
@@ -353,20 +364,8 @@ class AMFRecModel(nn.Module, Recommender):
         sel = targets != IGNORE_INDEX  # (B, T-1)
         logits = self.lm.get_output_embeddings()(hidden[:, :-1][sel]).float()  # (N, V), answer positions only
         lm_loss = F.cross_entropy(logits, targets[sel])
-        return self._output(lm_loss, aux, weights, int(sel.sum()), int(batch.attention_mask.sum()))
-
-    def _output(
-        self, loss: torch.Tensor, aux, weights: torch.Tensor | None, n_answer: int, n_tokens: int
-    ) -> AMFRecOutput:
-        """The head's loss plus aux_weight * the item encoder's aux loss, with the counts."""
-        aux = aux.to(loss.dtype) if torch.is_tensor(aux) else loss.new_tensor(float(aux))
-        return AMFRecOutput(
-            loss=loss + self.aux_weight * aux,
-            lm_loss=loss,
-            aux_loss=aux,
-            weights=weights,
-            n_answer_tokens=n_answer,
-            n_tokens=n_tokens,
+        return AMFRecOutput.of(
+            lm_loss, self.aux_weight, aux, weights, int(sel.sum()), int(batch.attention_mask.sum())
         )
 
     # ----------------------------------------------------------------- inference
@@ -387,8 +386,10 @@ class AMFRecModel(nn.Module, Recommender):
         if self.answer is not AnswerHead.ITEM_TOKEN:
             raise ValueError("score parts exist for answer 'item_token' only")
         tokens, _, _ = self.item_table()
-        q, rep, _ = self._query(history, candidates, tokens)
-        parts = self.item_logits(q, rep, tokens.mean(1), candidates.to(self.device))
+        q, q_new, rep, _ = self._query(history, candidates, tokens)
+        fresh = self.fresh_items()  # (n_items + 1,) bool | None
+        known = None if fresh is None else ~fresh
+        parts = self.item_logits(q, rep, tokens.mean(1), candidates.to(self.device), known, q_new, fresh)
         collab = None if parts.collab is None else parts.collab.float()
         return ScoreParts(content=parts.content.float(), collab=collab)
 

@@ -227,3 +227,23 @@ def prompt_items(
     items, valid = full.gather(1, order), valid.gather(1, order)
     width = max(int(valid.sum(1).max()), 1)
     return items[:, :width], valid[:, :width]
+
+
+def scatter_slots(
+    embeds: torch.Tensor, input_ids: torch.Tensor, slots: list[tuple[int, torch.Tensor, str]]
+) -> torch.Tensor:
+    """embeds (B, T, d) with the rows of each placeholder replaced, by one ``masked_scatter`` per slot.
+
+    slots: (token id, vectors (N, d) in placeholder order (row-major over the batch), name for errors).
+    Raises ValueError when a placeholder count differs from the number of vectors, or the widths differ.
+    """
+    for token_id, vectors, name in slots:
+        mask = input_ids == token_id  # (B, T)
+        n_slots = int(mask.sum())
+        if n_slots != vectors.shape[0]:
+            raise ValueError(f"prompt has {n_slots} {name} placeholders but {vectors.shape[0]} vectors")
+        if vectors.shape[-1] != embeds.shape[-1]:
+            raise ValueError(f"vectors have dim {vectors.shape[-1]}, backbone expects {embeds.shape[-1]}")
+        mask3 = mask.unsqueeze(-1).expand_as(embeds)  # (B, T, d)
+        embeds = embeds.masked_scatter(mask3, vectors.to(embeds.dtype))
+    return embeds

@@ -357,5 +357,7 @@ def blend_on_valid(model: AMFRecModel, split: Split, grid: tuple[float, ...] = B
     log.info("content weight on %d validation users: %s -> %g", len(split),
              ", ".join(f"{lam:g}: {v:.4f}" for lam, v in found.items()), best)  # fmt: skip
     with torch.no_grad():
-        model.adapter.log_scale.add_(math.log(best))
+        for scale in (model.adapter.log_scale, model.adapter.new_log_scale):
+            if scale is not None:  # new_item_control: the control's content term is scaled alike
+                scale.add_(math.log(best))
     return best
