@@ -36,9 +36,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "the control: the LM replaced by the mean of the prompt's soft tokens",
         {"model.no_llm": True},
     ),
-    "new_control": (
-        "items without a trained id scored against the control's query, not the LM's state",
-        {"model.new_item_control": True},
+    "lm_new_items": (
+        "items without a trained id scored against the LM's state too (the recipe before new_item_control)",
+        {"model.new_item_control": False},
     ),
     "mean": ("mean fusion of the modality projections (no gate)", {"model.fusion": "mean"}),
     "concat": ("one projector over the concatenated features (no gate)", {"model.fusion": "concat"}),
