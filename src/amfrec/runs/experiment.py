@@ -30,6 +30,7 @@ _TITLE = {
     "model.query_head": False,
     "model.lm_layers": None,
     "model.modality_dropout": {},
+    "model.new_item_control": False,
 }
 VARIANTS: dict[str, tuple[str, dict]] = {
     "no_llm": (
@@ -41,6 +42,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         {"model.new_item_control": False},
     ),
     "mean": ("mean fusion of the modality projections (no gate)", {"model.fusion": "mean"}),
+    "mean_no_llm": (
+        "the control with mean fusion (no gate): the gate's robustness at the control's cost",
+        {"model.fusion": "mean", "model.no_llm": True},
+    ),
     "concat": ("one projector over the concatenated features (no gate)", {"model.fusion": "concat"}),
     "id_only": ("the id modality alone", {"model.fusion": "single", "model.single_modality": "id"}),
     "text_only": ("the text modality alone", {"model.fusion": "single", "model.single_modality": "text"}),
