@@ -5,6 +5,8 @@ Baselines and the AMFRec LLM model are scored by this same code on the same cand
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 import torch
@@ -13,6 +15,8 @@ from tqdm.auto import tqdm
 from amfrec.data.dataset import Split
 from amfrec.metrics import RANK_KS, ranking_metrics, ranks_from_scores
 from amfrec.recommender import Recommender
+
+log = logging.getLogger(__name__)
 
 
 def target_positions(split: Split) -> torch.Tensor:
@@ -57,6 +61,7 @@ def evaluate_ranks(
     elif not torch.equal(torch.sort(order).values, torch.arange(n)):
         raise ValueError(f"order must be a permutation of 0..{n - 1}")
     ranks = torch.empty(n, dtype=torch.long)  # (N,)
+    t0 = time.perf_counter()
     with tqdm(total=n, desc=desc, unit="user", leave=False, disable=None) as bar:
         for start in range(0, n, batch_size):
             rows = order[start : start + batch_size]  # (B,)
@@ -69,6 +74,8 @@ def evaluate_ranks(
                 )
             ranks[rows] = ranks_from_scores(scores.detach().float().cpu(), target_pos[rows])
             bar.update(len(rows))
+    seconds = time.perf_counter() - t0
+    log.info("%s: %d users in %.1f s (%.1f users/s)", desc, n, seconds, n / max(seconds, 1e-9))
     return ranks  # (N,)
 
 
