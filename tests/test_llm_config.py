@@ -170,8 +170,8 @@ def test_amfrec_yaml_spells_out_the_defaults():
     # configs/amfrec.yaml is the documented default: it names every key, and its model section agrees with the
     # dataclass defaults except for the recipe's choices: lm_layers (a CPU budget), query_head (chosen on
     # validation; the dataclass keeps the LM's own logits as the default) and the choices for new items and
-    # sparse data (a content-aware collaborative net, modality dropout, the full item text, new items scored by
-    # the control's query) -- the train
+    # sparse data (a content-aware collaborative net, modality dropout, the full item text, new items scored
+    # by the control's query) -- the train
     # section sets the schedule of the shipped recipe, so only its keys are checked.
     raw = yaml.safe_load((CONFIGS / "amfrec.yaml").read_text(encoding="utf-8"))
     assert set(raw) == {"model", "train"}

@@ -210,9 +210,6 @@ class ModelConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model.{name}: must be true or false, got {getattr(self, name)!r}")
         self.score_scale = _number(self.score_scale, "model.score_scale", strict=True)
-        self.new_item_collab = _number(self.new_item_collab, "model.new_item_collab")
-        if self.new_item_collab > 1:
-            raise ValueError(f"model.new_item_collab: must be in [0, 1], got {self.new_item_collab!r}")
         if self.lm_layers is not None:
             _positive_int(self.lm_layers, "model.lm_layers")
         if self.answer == AnswerHead.TITLE:
@@ -249,7 +246,10 @@ class ModelConfig:
         self._check_items()
 
     def _check_items(self) -> None:
-        """item_text, item_tokens, modality_dropout and content_loss."""
+        """item_text, item_tokens, modality_dropout, content_loss and new_item_collab."""
+        self.new_item_collab = _number(self.new_item_collab, "model.new_item_collab")
+        if self.new_item_collab > 1:
+            raise ValueError(f"model.new_item_collab: must be in [0, 1], got {self.new_item_collab!r}")
         self.content_loss = _number(self.content_loss, "model.content_loss")
         self.item_text = coerce_enum(ItemText, self.item_text, "model.item_text")
         if self.item_tokens is not None:
