@@ -32,15 +32,18 @@ def cosine_scores(q: torch.Tensor, out: torch.Tensor, items: torch.Tensor | None
 
 
 def fresh_items(
-    n_rows: int, train_items: torch.Tensor | None, drop: torch.Tensor | None, modalities: list[str]
+    n_rows: int,
+    train_items: torch.Tensor | None,
+    drop: torch.Tensor | None,
+    modalities: list[str],
+    device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """(n_rows,) bool: the items without a trained id, scored by the control's query (``new_item_control``).
 
     Those never trained (``~train_items``, (n_rows,) bool; None = every item trained) and, in a training
     step, those whose id ``drop`` ((n_rows, M) bool, M = len(modalities)) dropped: trained as new items are
-    scored.
+    scored. device: where the mask lives when neither tensor is given (None = the CPU).
     """
-    device = drop.device if drop is not None else None
     fresh = torch.zeros(n_rows, dtype=torch.bool, device=device) if train_items is None else ~train_items
     if drop is not None and "id" in modalities:
         fresh = fresh | drop[:, modalities.index("id")].to(fresh.device)

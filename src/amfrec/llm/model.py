@@ -102,17 +102,16 @@ class AMFRecModel(nn.Module, Recommender):
         self.prompt = PromptBuilder(
             backbone.tokenizer, template, item_token=backbone.item_token, tokens_per_item=tokens_per_item
         )
-        user_projector = None
-        if user_token:
-            user_projector = MLPProjector(collab.hidden, backbone.hidden_size, backbone.hidden_size)
-        query_dim = backbone.hidden_size if query_head else None
-        residual = backbone.hidden_size if llm_residual and not no_llm else None
-        new_dim = backbone.hidden_size if new_item_control else None
+        d = backbone.hidden_size
+        user_map = MLPProjector(collab.hidden, d, d) if user_token else None
+        query_dim = d if query_head else None
+        residual = d if llm_residual and not no_llm else None
+        new_dim = d if new_item_control else None
         if not 0.0 <= new_item_collab <= 1.0:
             raise ValueError(f"new_item_collab must be in [0, 1], got {new_item_collab}")
         self.new_item_collab = new_item_collab  # fresh items' collab logit: content row (1) .. mean logit (0)
         self.adapter = Adapter(
-            item_encoder, user_projector, score_scale, collab_score, query_dim, residual, new_dim
+            item_encoder, user_map, score_scale, collab_score, query_dim, residual, new_dim
         )
         self.token_norm = getattr(item_encoder, "token_norm", None) or backbone.embed_norm
         self.aux_weight = aux_weight
@@ -283,7 +282,8 @@ class AMFRecModel(nn.Module, Recommender):
         """(n_items + 1,) bool, the items the control's query scores (``new_item_control``), or None."""
         if self.adapter.new_query is None:
             return None
-        return fresh_items(len(self.titles), self.train_items, drop, self.item_encoder.modalities)
+        mods = self.item_encoder.modalities
+        return fresh_items(len(self.titles), self.train_items, drop, mods, self.device)
 
     def item_logits(
         self,
