@@ -31,6 +31,7 @@ from amfrec.errors import AmfrecError
 from amfrec.hardware import pick_dtype
 from amfrec.io import atomic_dir, file_sha256
 from amfrec.llm.config import DType
+from amfrec.llm.fast_decoder import FastDecoder, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class Backbone:
     item_token: str = ITEM_TOKEN
     item_token_id: int = -1
     load_seconds: float = field(default=0.0, compare=False)
+    # `decode`'s fast path (Llama-family decoders, see amfrec.llm.fast_decoder); None = transformers' forward
+    fast: FastDecoder | None = field(default=None, compare=False)
 
     @property
     def device(self) -> torch.device:
@@ -73,7 +76,12 @@ class Backbone:
     def decode(
         self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None
     ) -> torch.Tensor:
-        """Last hidden states (B, T, d) of the frozen decoder (no output head) for inputs_embeds (B, T, d)."""
+        """Last hidden states (B, T, d) of the frozen decoder (no output head) for inputs_embeds (B, T, d).
+
+        attention_mask (B, T) (1 = token; or a 4-D custom mask), position_ids (B, T). Without a cache and with
+        a 2-D mask, the fast path (`self.fast`) when there is one; else the transformers forward."""
+        if self.fast is not None and cache is None and attention_mask.dim() == 2:
+            return self.fast(embeds, attention_mask, position_ids)
         decoder = self.model.base_model
         # transformers 5 renamed ``past_key_values`` to ``cache``; use whichever the decoder accepts
         cache_kw = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
@@ -117,6 +125,7 @@ def load_backbone(
     else:
         model, tokenizer, identity = _load_pretrained(name_or_path, dt)
     backbone = _finish(model, tokenizer, identity, device)
+    set_fast_decoder(backbone)
     backbone.load_seconds = time.perf_counter() - start
     log.info(
         "backbone %s: %d params, hidden %d, %s on %s, loaded in %.1f s",
@@ -244,6 +253,19 @@ def decoder_layers(backbone: Backbone) -> nn.ModuleList:
     return layers
 
 
+def set_fast_decoder(backbone: Backbone, enabled: bool = True, compile: bool = False) -> None:
+    """Turn `decode`'s fast path on (when the decoder supports it; logged when not) or off, in place.
+    compile: `torch.compile` the fast path's layer function (see amfrec.llm.fast_decoder)."""
+    reason = unsupported_reason(backbone.model.base_model)
+    if not enabled or reason is not None:
+        if enabled:
+            log.info("backbone %s: transformers' forward (%s)", backbone.identity["name"], reason)
+        backbone.fast = None
+        return
+    checkpointed = bool(backbone.identity.get("gradient_checkpointing"))
+    backbone.fast = FastDecoder(backbone.model.base_model, compile=compile, checkpoint=checkpointed)
+
+
 def checkpoint_layers(backbone: Backbone) -> None:
     """Gradient checkpointing of the frozen decoder (in place): while gradients are recorded, each layer keeps
     only its input and recomputes its activations in the backward pass — memory for long prompts at about
@@ -262,6 +284,8 @@ def checkpoint_layers(backbone: Backbone) -> None:
 
         layer.forward, layer._amfrec_checkpointed = forward, True
     backbone.identity["gradient_checkpointing"] = True
+    if backbone.fast is not None:
+        backbone.fast.checkpoint = True
 
 
 def truncate_layers(backbone: Backbone, n_layers: int | None) -> None:

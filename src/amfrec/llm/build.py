@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from amfrec.data.dataset import ItemInfo
-from amfrec.llm.backbone import Backbone, checkpoint_layers, load_backbone, truncate_layers
+from amfrec.llm.backbone import Backbone, checkpoint_layers, load_backbone, set_fast_decoder, truncate_layers
 from amfrec.llm.item_encoder import ItemEncoder
 from amfrec.llm.model import AMFRecModel
 from amfrec.llm.options import ItemText
@@ -33,6 +33,7 @@ def build_amfrec(
     if backbone is None:
         backbone = load_backbone(cfg.backbone, dtype=str(cfg.dtype), device=device)
     truncate_layers(backbone, cfg.lm_layers)
+    set_fast_decoder(backbone, cfg.fast_decoder, cfg.compile)
     if cfg.gradient_checkpointing:
         checkpoint_layers(backbone)
     template = PromptTemplate(text=cfg.template, noun=cfg.noun, noun_plural=cfg.noun_plural)

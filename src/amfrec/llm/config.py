@@ -128,6 +128,12 @@ class ModelConfig:
     # Recompute the frozen decoder's activations in the backward pass instead of keeping them: less memory for
     # long prompts or big backbones, about one more forward of compute; results unchanged.
     gradient_checkpointing: bool = False
+    # Llama-family backbones: the frozen decoder's forward without transformers' float32 casts and flash
+    # attention backward (amfrec.llm.fast_decoder; the same function, 1.1-1.3x faster steps on CPU).
+    fast_decoder: bool = True
+    # With fast_decoder: torch.compile its layer function (element-wise work fused; ~15 s to compile, then
+    # about 1.4x faster again on a CPU). Off by default: the first steps pay the compilation.
+    compile: bool = False
     # Initial value of the learned scale of the cosine scores (the softmax temperature's inverse).
     score_scale: float = 10.0
     # item_token with collab_score: weight of a second cross-entropy on the content term alone, so that a
@@ -206,7 +212,8 @@ class ModelConfig:
         if self.user_token is not None:
             self.user_token = coerce_enum(UserToken, self.user_token, "model.user_token")
         for name in ("prompt_candidates", "collab_score", "no_llm", "query_head", "soft_tokens",
-                     "gradient_checkpointing", "llm_residual", "new_item_control"):  # fmt: skip
+                     "gradient_checkpointing", "llm_residual", "new_item_control", "fast_decoder",
+                     "compile"):  # fmt: skip
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model.{name}: must be true or false, got {getattr(self, name)!r}")
         self.score_scale = _number(self.score_scale, "model.score_scale", strict=True)

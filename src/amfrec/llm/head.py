@@ -24,11 +24,16 @@ def control_state(table: torch.Tensor, history: torch.Tensor, user: torch.Tensor
 def cosine_scores(q: torch.Tensor, out: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
     """cos(q_b, out[c]): q (B, d); out (n_items + 1, d); items (B, C), or None = items 1..n_items.
 
-    Returns (B, C) or (B, n_items).
+    Returns (B, C) or (B, n_items). Long candidate lists (a quarter of the catalogue or more, e.g. a ranker's
+    whole catalogue per row) are read off one (B, n_items + 1) product instead of gathering (B, C, d) rows.
     """
     qn = F.normalize(q, dim=-1)
     on = F.normalize(out, dim=-1)
-    return qn @ on[1:].T if items is None else torch.einsum("bd,bcd->bc", qn, on[items])
+    if items is None:
+        return qn @ on[1:].T
+    if 4 * items.shape[1] >= on.shape[0]:
+        return (qn @ on.T).gather(1, items)  # (B, n_items + 1) -> (B, C)
+    return torch.einsum("bd,bcd->bc", qn, on[items])
 
 
 def fresh_items(

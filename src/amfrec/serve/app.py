@@ -4,8 +4,8 @@
   `amfrec recommend` (both go through `amfrec.runs.ranker.Ranker`).
 - GET /items?query=&page=&per_page= (title search), /items/{id}, /posters/{id}, /health, /info; GET / = page.
 - Bad input answers 4xx with {"error", "field"}; never a traceback. Bodies over 64 KiB answer 413 unread.
-- Scoring runs in one worker thread, off the event loop, in batches (`amfrec.serve.batcher`): concurrent
-  /recommend requests are gathered for at most `max_wait_ms` into one model call of at most `max_batch`
+- Scoring runs off the event loop, in the main thread (uvicorn serves from a thread of its own), in
+  batches (`amfrec.serve.batcher`): concurrent /recommend requests are gathered for at most `max_wait_ms` into one model call of at most `max_batch`
   (`Ranker.rank_batch`: one backbone pass; rows with their own candidates and catalogue rows mixed); no
   wait when every admitted request is already in the batch (a lone client). Up to
   `max_batch` requests are scored while at most `max_queue` more wait; the next one answers 503 with
@@ -65,15 +65,26 @@ class Admission:
             self.inside -= 1
 
 
-def create_app(ranker: Ranker, max_queue: int = 32, max_batch: int = 16, max_wait_ms: float = 5.0) -> FastAPI:
+def create_app(
+    ranker: Ranker,
+    max_queue: int = 32,
+    max_batch: int = 16,
+    max_wait_ms: float = 5.0,
+    batch_thread: bool = True,
+) -> FastAPI:
     """The FastAPI app over a loaded `ranker`; `max_queue` bounds the requests waiting for the model,
-    `max_batch` / `max_wait_ms` the batches (see the module doc). `app.state.batcher` is the batcher."""
+    `max_batch` / `max_wait_ms` the batches (see the module doc). `app.state.batcher` is the batcher; with
+    `batch_thread=False` the caller runs its loop (`app.state.batcher.run()`)."""
     if max_queue < 0:
         raise ValueError(f"max_queue must be >= 0, got {max_queue}")
     app = FastAPI(title="amfrec", version="1", docs_url="/docs", redoc_url=None)
     admission = Admission(max_queue + max_batch)
     app.state.batcher = Batcher(
-        lambda queries: _answer_batch(ranker, queries), max_batch, max_wait_ms, lambda: admission.inside
+        lambda queries: _answer_batch(ranker, queries),
+        max_batch,
+        max_wait_ms,
+        lambda: admission.inside,
+        thread=batch_thread,
     )
     _add_error_handlers(app)
 
@@ -91,7 +102,7 @@ def create_app(ranker: Ranker, max_queue: int = 32, max_batch: int = 16, max_wai
     @app.get("/health")
     async def health():
         return {"status": "ok", "in_flight": admission.inside, "model_calls": batcher.calls,
-                "answered": batcher.items}  # fmt: skip
+                "answered": batcher.items, "model_busy_s": round(batcher.busy_s, 4)}  # fmt: skip
 
     @app.get("/info")
     async def info():
@@ -111,7 +122,7 @@ def create_app(ranker: Ranker, max_queue: int = 32, max_batch: int = 16, max_wai
 
 
 def _answer_batch(ranker: Ranker, queries: list[RankQuery]) -> list[tuple[list[dict], dict]]:
-    """In the batcher's thread: each query's ranked rows (one model call) and its history's gate weights."""
+    """In the batcher's loop: each query's ranked rows (one model call) and its history's gate weights."""
     ranked = ranker.rank_batch(queries)
     return [(rows, ranker.gate_weights(list(q.seen)) or {}) for q, rows in zip(queries, ranked, strict=True)]
 
@@ -218,14 +229,35 @@ def serve(
     max_batch: int = 16,
     max_wait_ms: float = 5.0,
 ) -> None:
-    """Load the run once and serve it with uvicorn until interrupted."""
+    """Load the run once and serve it until interrupted: uvicorn in a thread, the model in this (main)
+    thread, where torch's thread pool runs fastest (see `amfrec.serve.batcher`)."""
     import uvicorn
 
     if max_queue < 0 or not 0 <= max_wait_ms <= 1000:
         raise AmfrecError(f"--max-queue must be >= 0 and --max-wait-ms in [0, 1000], got {max_queue}, "
                           f"{max_wait_ms}")  # fmt: skip
     ranker = Ranker.load(run)
-    app = create_app(ranker, max_queue=max_queue, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    app = create_app(
+        ranker, max_queue=max_queue, max_batch=max_batch, max_wait_ms=max_wait_ms, batch_thread=False
+    )
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+
+    def http_loop() -> None:
+        try:
+            server.run()
+        finally:  # stopped, or never listening (port taken): end the model loop too
+            app.state.batcher.close()
+
+    http = threading.Thread(target=http_loop, name="amfrec-http", daemon=True)
     log.info("serving %s (%s) on http://%s:%d (batches of <= %d, <= %g ms wait)", run, ranker.info["model"],
              host, port, max_batch, max_wait_ms)  # fmt: skip
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    http.start()
+    try:
+        app.state.batcher.run()  # until Ctrl-C (SIGTERM ends the process)
+    except KeyboardInterrupt:
+        log.info("interrupted")
+    finally:
+        server.should_exit = True
+        http.join(10)
+    if not server.started:
+        raise AmfrecError(f"amfrec serve: could not listen on {host}:{port} (see the log above)")

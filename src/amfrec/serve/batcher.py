@@ -1,8 +1,11 @@
 """Dynamic batching: concurrent requests gathered into one model call.
 
-`Batcher(fn, max_batch, max_wait_ms, in_flight)` owns one worker thread (so the model runs off the event
-loop, one call at a time). `await batcher(item)` queues the item; the worker takes the oldest waiting item,
-then keeps taking items until it holds `max_batch`, or `max_wait_ms` have passed since it took that item
+`Batcher(fn, max_batch, max_wait_ms, in_flight)` calls the model off the event loop, one call at a time: in
+a worker thread of its own, or, with `thread=False`, in whichever thread calls `run()` (the server runs it in
+the main thread: torch's OpenMP pool keeps its workers spinning between operations only while its threads
+are no more than the cores, so a second pool in a worker thread made each forward about 2x slower).
+`await batcher(item)` queues the item; the loop takes the oldest waiting item, then keeps taking items
+until it holds `max_batch`, or `max_wait_ms` have passed since it took that item
 (so requests that queued during the previous call are joined by those their clients send next), or it holds
 every request in flight (`in_flight()`, e.g. the server's admitted requests: a lone client never waits), and
 calls `fn(items) -> results` once, one result per item, in order. An exception from `fn` is every item's
@@ -28,7 +31,7 @@ class _Waiting:
 
 
 class Batcher:
-    """One worker thread calling `fn` on batches of at most `max_batch` items (see the module doc)."""
+    """One loop calling `fn` on batches of at most `max_batch` items (see the module doc)."""
 
     def __init__(
         self,
@@ -36,6 +39,7 @@ class Batcher:
         max_batch: int = 16,
         max_wait_ms: float = 5.0,
         in_flight: Callable[[], int] | None = None,
+        thread: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -43,14 +47,22 @@ class Batcher:
             raise ValueError(f"max_wait_ms must be in [0, 1000], got {max_wait_ms}")
         self.fn, self.max_batch, self.max_wait_s = fn, max_batch, max_wait_ms / 1000
         self.in_flight = in_flight  # None: always wait up to max_wait_ms for a full batch
-        self.calls, self.items = 0, 0  # model calls made and items answered (for /health)
+        self.calls, self.items, self.busy_s = (
+            0,
+            0,
+            0.0,
+        )  # model calls, items answered, seconds in fn (/health)
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="amfrec-batcher", daemon=True)
-        self._thread.start()
+        self._closed = False
+        self._thread = (
+            threading.Thread(target=self.run, name="amfrec-batcher", daemon=True) if thread else None
+        )
+        if self._thread is not None:
+            self._thread.start()
 
     def submit(self, item: Any) -> Future:
         """Queue one item; the future gets its result (or the call's exception)."""
-        if not self._thread.is_alive():
+        if self._closed:
             raise RuntimeError("the batcher is closed")
         waiting = _Waiting(item, Future())
         self._queue.put(waiting)
@@ -60,9 +72,11 @@ class Batcher:
         return await asyncio.wrap_future(self.submit(item))
 
     def close(self) -> None:
-        """Stop the worker after the items already queued."""
+        """Stop the loop after the items already queued (and join the worker thread, if it has one)."""
+        self._closed = True
         self._queue.put(None)
-        self._thread.join(60)
+        if self._thread is not None:
+            self._thread.join(60)
 
     def _gather(self) -> list[_Waiting] | None:
         """The next batch (live items only; may be empty), or None once closed."""
@@ -84,10 +98,12 @@ class Batcher:
             batch.append(nxt)
         return [w for w in batch if w.future.set_running_or_notify_cancel()]
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """The loop: gather a batch, call `fn`, answer; returns after `close()`."""
         while (batch := self._gather()) is not None:
             if not batch:
                 continue
+            start = time.perf_counter()
             try:
                 results = self.fn([w.item for w in batch])
                 if len(results) != len(batch):
@@ -97,5 +113,6 @@ class Batcher:
                     w.future.set_exception(e)
                 continue
             self.calls, self.items = self.calls + 1, self.items + len(batch)
+            self.busy_s += time.perf_counter() - start
             for w, result in zip(batch, results, strict=True):
                 w.future.set_result(result)

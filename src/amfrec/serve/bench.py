@@ -136,8 +136,8 @@ def bench_serve(
     del ranker  # the server loads its own copy
     gc.collect()
     lines = [
-        "| clients x requests | requests/s | p50 ms | p99 ms | mean batch | statuses |",
-        "|---|---:|---:|---:|---:|---|",
+        "| clients x requests | requests/s | p50 ms | p99 ms | mean batch | model busy | statuses |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     with running_server(run, max_queue=max(clients), timeout=600, max_batch=max_batch,
                         max_wait_ms=max_wait_ms) as url:  # fmt: skip
@@ -150,8 +150,9 @@ def bench_serve(
             after = httpx.get(f"{url}/health", timeout=10).json()
             calls = max(after["model_calls"] - before["model_calls"], 1)
             batch = (after["answered"] - before["answered"]) / calls
+            busy = (after["model_busy_s"] - before["model_busy_s"]) / r["wall_s"]
             lines.append(f"| {c} x {requests} | {r['requests_per_s']:.1f} | {r['p50_ms']:.1f} | "
-                         f"{r['p99_ms']:.1f} | {batch:.1f} | {r['statuses']} |")  # fmt: skip
+                         f"{r['p99_ms']:.1f} | {batch:.1f} | {busy:.0%} | {r['statuses']} |")  # fmt: skip
     server_dtype = info.get("dtype", dtype)
     head = [
         f"CPU flags: {cpu_flags() or 'unknown'}",

@@ -1,0 +1,135 @@
+"""The fast decoder path computes what transformers' decoder computes (outputs and input gradients), on tiny
+random Llama and Qwen2 models with non-trivial norm weights and left padding; unsupported models fall back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from llm_fixtures import make_tiny_backbone_dir, make_tiny_model
+
+from amfrec.llm.backbone import load_backbone, set_fast_decoder
+from amfrec.llm.fast_decoder import FastDecoder, attention_bias, unsupported_reason
+from amfrec.llm.head import cosine_scores
+from amfrec.llm.prompt import position_ids
+
+
+def _randomise_norms(decoder: torch.nn.Module, seed: int = 0) -> None:
+    """Norm weights away from 1, so a norm applied in the wrong place shows."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in decoder.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+
+
+def _batch(d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """embeds (3, 7, d); rows 1 and 2 left-padded by 3 and 6 tokens; position ids from the mask."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, :3] = 0
+    mask[2, :6] = 0
+    return torch.randn(3, 7, d, generator=g), mask, position_ids(mask)
+
+
+def _hf(decoder, x, mask, pos) -> torch.Tensor:
+    return decoder(inputs_embeds=x, attention_mask=mask, position_ids=pos).last_hidden_state
+
+
+def _tiny_qwen2():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2}
+    config = Qwen2Config(vocab_size=50, num_hidden_layers=2, max_position_embeddings=64, **sizes)
+    torch.manual_seed(1)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():  # Qwen2 has q/k/v biases (zero at init): make them count
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return model
+
+
+@pytest.mark.parametrize("make", [lambda: make_tiny_model(40), _tiny_qwen2], ids=["llama", "qwen2"])
+def test_fast_path_equals_transformers_outputs_and_input_gradients(make) -> None:
+    decoder = make().eval().requires_grad_(False).model
+    _randomise_norms(decoder)
+    assert unsupported_reason(decoder) is None
+    x, mask, pos = _batch(decoder.config.hidden_size)
+    tokens = mask.bool()  # padding positions' outputs are never read
+    grad_out = torch.randn(3, 7, x.shape[-1], generator=torch.Generator().manual_seed(2)) * tokens[..., None]
+    fast = FastDecoder(decoder)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref, out = _hf(decoder, xa, mask, pos), fast(xb, mask, pos)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[tokens], ref[tokens], rtol=1e-5, atol=1e-5)
+    ref.backward(grad_out)
+    out.backward(grad_out)
+    assert torch.isfinite(xb.grad).all()
+    scale = xa.grad.abs().max()
+    torch.testing.assert_close(xb.grad / scale, xa.grad / scale, rtol=0, atol=1e-5)
+
+
+def test_checkpointed_and_compiled_fast_paths_give_the_same_values() -> None:
+    decoder = make_tiny_model(40).eval().requires_grad_(False).model
+    _randomise_norms(decoder, seed=3)
+    x, mask, pos = _batch(decoder.config.hidden_size, seed=4)
+    results = []
+    for fast in (
+        FastDecoder(decoder),
+        FastDecoder(decoder, checkpoint=True),
+        FastDecoder(decoder, compile=True),
+    ):
+        xg = x.clone().requires_grad_(True)
+        out = fast(xg, mask, pos)
+        out[mask.bool()].square().sum().backward()
+        results.append((out.detach()[mask.bool()], xg.grad))
+    for out, grad in results[1:]:
+        torch.testing.assert_close(out, results[0][0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad, results[0][1], rtol=1e-4, atol=1e-4)
+    # a second prompt length reuses the compiled function (dynamic shapes) and still matches
+    x2, m2 = torch.randn(2, 11, x.shape[-1]), torch.ones(2, 11, dtype=torch.long)
+    fast = FastDecoder(decoder, compile=True)
+    torch.testing.assert_close(
+        fast(x2, m2, position_ids(m2)), _hf(decoder, x2, m2, position_ids(m2)), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_attention_bias_by_hand() -> None:
+    """Row [pad, tok, tok]: query 0 (padding) sees itself only; query 1 sees 1; query 2 sees 1 and 2."""
+    bias = attention_bias(torch.tensor([[0, 1, 1]]), torch.float32)[0, 0]
+    low = torch.finfo(torch.float32).min
+    expected = torch.tensor([[0, low, low], [low, 0, low], [low, 0, 0]])
+    assert torch.equal(bias, expected)
+
+
+def test_loaded_backbones_take_the_fast_path_and_unsupported_ones_fall_back(tmp_path: Path) -> None:
+    bb = load_backbone(str(make_tiny_backbone_dir(tmp_path / "tiny")), dtype="float32")
+    assert bb.fast is not None
+    decoder = bb.model.base_model
+    x, mask, pos = _batch(bb.hidden_size)
+    with torch.no_grad():
+        fast = bb.decode(x, mask, pos)
+        set_fast_decoder(bb, enabled=False)
+        assert bb.fast is None
+        slow = bb.decode(x, mask, pos)
+    torch.testing.assert_close(fast[mask.bool()], slow[mask.bool()], rtol=1e-5, atol=1e-5)
+    decoder.config.hidden_act = "gelu"  # an MLP the fast path does not implement
+    assert "activation" in unsupported_reason(decoder)
+    set_fast_decoder(bb)
+    assert bb.fast is None
+    with pytest.raises(ValueError, match="unsupported model"):
+        FastDecoder(decoder)
+
+
+def test_cosine_scores_of_long_and_short_candidate_lists_against_a_loop() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, out = torch.randn(3, 8, generator=g), torch.randn(11, 8, generator=g)  # 10 items + padding row 0
+    for n_candidates in (2, 10):  # a gather of rows, then one product over the catalogue
+        items = torch.randint(1, 11, (3, n_candidates), generator=g)
+        expected = torch.tensor(
+            [[torch.nn.functional.cosine_similarity(q[b], out[c], dim=0).item() for c in row] for b, row in
+             enumerate(items.tolist())]
+        )  # fmt: skip
+        torch.testing.assert_close(cosine_scores(q, out, items), expected, rtol=1e-5, atol=1e-6)
