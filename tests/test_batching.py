@@ -200,6 +200,29 @@ def test_the_batcher_gathers_concurrent_items_into_one_call() -> None:
         Batcher(fn, max_batch=0)
 
 
+def test_without_its_own_thread_the_batcher_runs_in_the_caller_until_closed() -> None:
+    """`thread=False` (the server: the model in the main thread): nothing is answered until someone runs
+    `run()`; that thread makes the calls; `close()` ends `run()` after the queued items."""
+    threads: list[str] = []
+
+    def fn(items: list[int]) -> list[int]:
+        threads.append(threading.current_thread().name)
+        return [i + 1 for i in items]
+
+    batcher = Batcher(fn, max_batch=4, max_wait_ms=50, thread=False)
+    futures = [batcher.submit(i) for i in range(3)]
+    time.sleep(0.1)
+    assert not any(f.done() for f in futures)  # no loop running yet
+    runner = threading.Thread(target=batcher.run, name="caller")
+    runner.start()
+    assert [f.result(10) for f in futures] == [1, 2, 3]
+    batcher.close()
+    runner.join(10)
+    assert not runner.is_alive() and set(threads) == {"caller"} and batcher.busy_s > 0
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(9)
+
+
 def test_a_lone_item_does_not_wait_when_nothing_else_is_in_flight() -> None:
     batcher = Batcher(lambda items: items, max_batch=4, max_wait_ms=1000, in_flight=lambda: 1)
     t0 = time.monotonic()

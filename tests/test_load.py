@@ -33,7 +33,7 @@ def test_bench_serve_prints_the_floor_and_one_row_per_client_count(tiny_amfrec_r
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("CPU flags: ")
     assert lines[1].startswith(f"run: {tiny_amfrec_run} (amfrec, ") and " dtype " in lines[1]
-    assert lines[2].startswith("in-process forward of one request (floor): ") and lines[2].count(" ms") == 2
+    assert lines[2].startswith("in-process forward of one request (floor): ") and lines[2].count(" ms") == 1
     header, rule, *rows = lines[4:]
     assert header.split("|")[1:-1] == [
         " clients x requests ",
@@ -41,10 +41,12 @@ def test_bench_serve_prints_the_floor_and_one_row_per_client_count(tiny_amfrec_r
         " p50 ms ",
         " p99 ms ",
         " mean batch ",
+        " model busy ",
         " statuses ",
     ]
     assert [row.split("|")[1].strip() for row in rows] == ["1 x 3", "2 x 3"]
-    assert [row.split("|")[6].strip() for row in rows] == ["{200: 3}", "{200: 6}"]  # every request answered
+    assert [row.split("|")[7].strip() for row in rows] == ["{200: 3}", "{200: 6}"]  # every request answered
+    assert all(0 < float(row.split("|")[6].strip().rstrip("%")) <= 100 for row in rows)  # the model's share
 
 
 def test_bench_serve_refuses_bad_counts(tiny_amfrec_run: Path, capsys) -> None:

@@ -4,11 +4,11 @@
   `amfrec recommend` (both go through `amfrec.runs.ranker.Ranker`).
 - GET /items?query=&page=&per_page= (title search), /items/{id}, /posters/{id}, /health, /info; GET / = page.
 - Bad input answers 4xx with {"error", "field"}; never a traceback. Bodies over 64 KiB answer 413 unread.
-- Scoring runs off the event loop, in the main thread (uvicorn serves from a thread of its own), in
-  batches (`amfrec.serve.batcher`): concurrent /recommend requests are gathered for at most `max_wait_ms` into one model call of at most `max_batch`
-  (`Ranker.rank_batch`: one backbone pass; rows with their own candidates and catalogue rows mixed); no
-  wait when every admitted request is already in the batch (a lone client). Up to
-  `max_batch` requests are scored while at most `max_queue` more wait; the next one answers 503 with
+- Scoring runs off the event loop, in the main thread (uvicorn serves from a thread of its own), in batches
+  (`amfrec.serve.batcher`): concurrent /recommend requests are gathered for at most `max_wait_ms` into one
+  model call of at most `max_batch` (`Ranker.rank_batch`: one backbone pass; rows with their own candidates
+  and catalogue rows mixed); no wait when every admitted request is already in the batch (a lone client).
+  Up to `max_batch` requests are scored while at most `max_queue` more wait; the next one answers 503 with
   Retry-After instead of piling up memory.
 """
 

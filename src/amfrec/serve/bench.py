@@ -3,12 +3,12 @@ from `amfrec serve` over loopback, in one table.
 
 - The floor: the run loaded in this process; the median over `repeats` (after one warm-up) of
   `Ranker.rank_batch` on one typical request alone (a test user's whole history, the catalogue ranked, top
-  k): the model's forward plus the top-k, no HTTP, no queueing; in the main thread and in a new thread (where
-  the server's batcher scores; torch's thread pools belong to the calling thread, and on a busy machine the
-  two can differ).
+  k): the model's forward plus the top-k, no HTTP, no queueing, in the main thread (where the server scores
+  too, see `amfrec.serve.batcher`).
 - The load: `amfrec serve` started as a child process on a free 127.0.0.1 port (`running_server`), warmed up,
   then `amfrec.serve.load.load_test` with each client count in turn (same histories: the first 50 test
-  users'); the server's /health counters give the mean batch size.
+  users'); the server's /health counters give the mean batch size and the share of the wall time the
+  model was computing ("model busy": near 100%, the server is compute-bound).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,31 +80,16 @@ def typical_histories(ranker: Ranker, n: int = 50) -> list[list[str]]:
     return [[ranker.data.items[i].item_id for i in row[row > 0].tolist()] for row in rows]
 
 
-def floor_ms(
-    ranker: Ranker, history: list[str], k: int = 10, repeats: int = 5, thread: bool = False
-) -> float:
-    """Median milliseconds of ranking one request alone in-process (after one warm-up call); `thread`: in a
-    new thread, as the server's batcher does (torch's thread pools are per calling thread)."""
+def floor_ms(ranker: Ranker, history: list[str], k: int = 10, repeats: int = 5) -> float:
+    """Median milliseconds of ranking one request alone in-process (after one warm-up call)."""
     query = ranker.query(history, k)
-
-    def measure() -> float:
+    ranker.rank_batch([query])
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
         ranker.rank_batch([query])
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            ranker.rank_batch([query])
-            times.append(1000 * (time.perf_counter() - t0))
-        return statistics.median(times)
-
-    if not thread:
-        return measure()
-    result: list[float] = []
-    worker = threading.Thread(target=lambda: result.append(measure()), name="amfrec-floor")
-    worker.start()
-    worker.join()
-    if not result:
-        raise RuntimeError("the in-process floor failed in its thread (see the log)")
-    return result[0]
+        times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
 
 
 def _model_dtype(ranker: Ranker) -> str:
@@ -131,7 +115,6 @@ def bench_serve(
     histories = typical_histories(ranker)
     typical = sorted(histories, key=len)[len(histories) // 2]  # the median history length
     floor = floor_ms(ranker, typical, k, repeats)
-    floor_thread = floor_ms(ranker, typical, k, repeats, thread=True)
     model, n_items, dtype = ranker.info["model"], ranker.data.n_items, _model_dtype(ranker)
     del ranker  # the server loads its own copy
     gc.collect()
@@ -159,8 +142,8 @@ def bench_serve(
         f"run: {run} ({model}, {n_items} items); dtype {server_dtype} (server)"
         + ("" if server_dtype == dtype else f", {dtype} (in-process floor)")
         + f"; torch threads {torch.get_num_threads()}; batches <= {max_batch}, wait <= {max_wait_ms:g} ms",
-        f"in-process forward of one request (floor): {floor:.1f} ms; in a worker thread as the server: "
-        f"{floor_thread:.1f} ms ({len(typical)}-item history, top {k} of the catalogue, median of {repeats})",
+        f"in-process forward of one request (floor): {floor:.1f} ms ({len(typical)}-item history, top {k} of "
+        f"the catalogue, median of {repeats})",
         "",
     ]
     return "\n".join(head + lines)
