@@ -26,20 +26,25 @@ def test_flops_per_token_by_hand() -> None:
     # body 1,000 linear weights, head 200, logits at 8 of 256 positions: 4 * (1000 + 200 * 8 / 256) = 4025
     assert flops_per_token(1000, 200, 8, 256) == pytest.approx(4025.0)
     assert flops_per_token(1000, 200, 256, 256) == pytest.approx(4 * 1200)  # logits everywhere
+    # + attention over 2 layers of width 16 at T = 256: (4 + 8) * 256 * 16 * 2 = 98,304
+    assert flops_per_token(1000, 200, 8, 256, n_layers=2, d_attn=16) == pytest.approx(4025.0 + 98304)
 
 
 def test_bench_table_on_tiny_backbone(tmp_path: Path) -> None:
     path = make_tiny_backbone_dir(tmp_path / "tiny")
-    model = load_backbone(str(path)).model
-    assert train_step_tokens_per_s(model, batch_size=2, seq_len=8, answer_len=2, steps=1, device="cpu") > 0
-    assert all(p.grad is None for p in model.parameters())  # input gradients only: the backbone stays frozen
-    table = run_bench(str(path), dtypes=["float32"], seq_len=8, batch_size=2, answer_len=2, steps=1)
+    backbone = load_backbone(str(path))
+    assert train_step_tokens_per_s(backbone, batch_size=2, seq_len=8, answer_len=2, steps=1) > 0
+    assert all(p.grad is None for p in backbone.model.parameters())  # input gradients only: frozen backbone
+    table = run_bench(
+        str(path), dtypes=["float32"], seq_len=8, batch_size=2, answer_len=2, steps=1, compile=True
+    )
     lines = table.splitlines()
     assert lines[0].startswith("dtype probe (CPU, 256x256 matmul): float32 ")
     assert "dtype auto -> " in lines[0] and lines[1].startswith("CPU flags: ")
-    assert lines[3].startswith("| dtype | logits | train tokens/s")
-    rows = [line.split("|") for line in lines[5:]]
-    assert [r[2].strip() for r in rows] == ["answer", "all"]
+    assert lines[3].startswith("logits on the last 2 positions")
+    assert lines[4].startswith("| dtype | decoder | train tokens/s")
+    rows = [line.split("|") for line in lines[6:]]
+    assert [r[2].strip() for r in rows] == ["transformers", "fast", "fast, compiled"]
     for r in rows:
         assert float(r[3]) > 0 and float(r[5]) > 0 and r[6].strip().endswith("%")
         # the columns agree: MFU = achieved / peak (rounded as printed)

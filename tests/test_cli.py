@@ -219,7 +219,7 @@ def test_experiment_and_bench_through_main(tiny_atomic_dir: Path, tmp_path: Path
     argv = ["bench", "--backbone", str(tiny), "--dtypes", "float32", "--seq-len", "8", "--batch-size", "2"]
     assert main([*argv, "--steps", "1"]) == 0
     table = capsys.readouterr().out
-    assert "| float32 | answer |" in table and "CPU flags:" in table
+    assert "| float32 | fast |" in table and "CPU flags:" in table
 
 
 def test_bench_train_is_the_default_action_and_serve_has_its_own_options() -> None:

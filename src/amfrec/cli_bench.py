@@ -26,7 +26,7 @@ def cmd_bench_train(a: argparse.Namespace) -> None:
         return
     from amfrec.runs.bench import run_bench
 
-    print(run_bench(a.backbone, _csv(a.dtypes), a.seq_len, a.batch_size, a.answer_len, a.steps))
+    print(run_bench(a.backbone, _csv(a.dtypes), a.seq_len, a.batch_size, a.answer_len, a.steps, a.compile))
 
 
 def cmd_bench_serve(a: argparse.Namespace) -> None:
@@ -54,9 +54,12 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: bool) -> None:
         "--dtypes", default=d("auto"), help="comma-separated: auto (the probe's pick), float32, bfloat16"
     )
     p.add_argument("--seq-len", type=int, default=d(256))
-    p.add_argument("--batch-size", type=int, default=d(4))
+    p.add_argument("--batch-size", type=int, default=d(8))
     p.add_argument("--answer-len", type=int, default=d(8), help="positions whose logits are computed")
     p.add_argument("--steps", type=int, default=d(5))
+    p.add_argument(
+        "--compile", action="store_true", default=d(False), help="also time the torch.compile'd fast path"
+    )
     p.add_argument("--ddp", type=int, default=d(0), help="N: also N data-parallel processes -> scaling table")
 
 

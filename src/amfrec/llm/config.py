@@ -90,6 +90,13 @@ class GateConfig:
         self.temperature = _number(self.temperature, "model.gate.temperature", strict=True)
 
 
+# ModelConfig's true/false settings (checked together)
+_MODEL_FLAGS = (
+    "prompt_candidates", "collab_score", "no_llm", "query_head", "soft_tokens", "gradient_checkpointing",
+    "llm_residual", "new_item_control", "fast_decoder", "compile",
+)  # fmt: skip
+
+
 @dataclass
 class ModelConfig:
     # Backbone: a name the backbone loader knows ("smollm2-135m"), a hub id or a local path; kept frozen.
@@ -211,9 +218,7 @@ class ModelConfig:
         self.answer = coerce_enum(AnswerHead, self.answer, "model.answer")
         if self.user_token is not None:
             self.user_token = coerce_enum(UserToken, self.user_token, "model.user_token")
-        for name in ("prompt_candidates", "collab_score", "no_llm", "query_head", "soft_tokens",
-                     "gradient_checkpointing", "llm_residual", "new_item_control", "fast_decoder",
-                     "compile"):  # fmt: skip
+        for name in _MODEL_FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model.{name}: must be true or false, got {getattr(self, name)!r}")
         self.score_scale = _number(self.score_scale, "model.score_scale", strict=True)

@@ -12,7 +12,8 @@ attention's backward took 6x its forward. Here, one function per layer (`_layer`
 - the decoder's own weights, read in place (no copy: fusing q/k/v and gate/up into single products was
   only 2% faster here and would double the weights' memory);
 - attention as two batched products around a softmax on CPU (its backward is 2-3x faster than flash
-  attention's here), `scaled_dot_product_attention` on CUDA (memory-efficient kernels);
+  attention's here; grouped query heads stacked, not key/value heads copied: 1.2x faster steps),
+  `scaled_dot_product_attention` on CUDA (memory-efficient kernels);
 - and, with `compile=True`, `torch.compile` of that function: the element-wise work around the products
   fused into a few loops (1.3-1.5x faster steps here after ~15 s of compilation; one graph serves every
   layer; shapes are marked dynamic so prompts of any length reuse it).
@@ -63,13 +64,17 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> tor
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):
-    """q (B, H, T, hd), k/v (B, Hkv, T, hd), bias (B, 1, T, T) additive -> (B, H, T, hd)."""
+    """q (B, H, T, hd), k/v (B, Hkv, T, hd), bias (B, 1, T, T) additive -> (B, H, T, hd).
+
+    On CPU the query heads that share a key/value head are stacked into one product (no copies of k and v):
+    head h reads key/value head h // (H / Hkv), as transformers' `repeat_kv` has it."""
     if q.is_cuda:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=True)
-    rep = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)  # (B, H, T, hd)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale + bias  # (B, H, T, T)
-    return torch.matmul(scores.softmax(-1), v)
+    B, H, T, hd = q.shape
+    kv_heads, rep = k.shape[1], H // k.shape[1]
+    scores = torch.matmul(q.reshape(B, kv_heads, rep * T, hd), k.transpose(-1, -2))  # (B, Hkv, rep * T, T)
+    scores = scores.view(B, kv_heads, rep, T, T) * scale + bias[:, :, None]  # (B, Hkv, rep, T, T)
+    return torch.matmul(scores.softmax(-1).view(B, kv_heads, rep * T, T), v).view(B, H, T, hd)
 
 
 def layer_weights(layer: nn.Module) -> tuple:

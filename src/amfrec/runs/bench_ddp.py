@@ -32,14 +32,14 @@ def _worker(rank: int, world: int, port: int, args: dict, results) -> None:
     device = f"cuda:{rank}" if cuda else "cpu"
     if not cuda:
         torch.set_num_threads(max(1, usable_cores() // world))
-    model = load_backbone(args["backbone"], dtype=args["dtype"], device=device).model
+    backbone = load_backbone(args["backbone"], dtype=args["dtype"], device=device)
     grads = torch.zeros(args["grad_mb"] * 2**20 // 4, device=device)  # the adapter's gradient, float32
     local = args["batch_size"] // world
-    train_step_tokens_per_s(model, local, args["seq_len"], args["answer_len"], 1, device)  # warm-up
+    train_step_tokens_per_s(backbone, local, args["seq_len"], args["answer_len"], 1)  # warm-up
     dist.barrier()
     t0 = time.perf_counter()
     for _ in range(args["steps"]):
-        train_step_tokens_per_s(model, local, args["seq_len"], args["answer_len"], 1, device)
+        train_step_tokens_per_s(backbone, local, args["seq_len"], args["answer_len"], 1)
         dist.all_reduce(grads)
     sync(device)
     wall = time.perf_counter() - t0
