@@ -88,7 +88,7 @@ def test_checkpointed_and_compiled_fast_paths_give_the_same_values() -> None:
     for out, grad in results[1:]:
         torch.testing.assert_close(out, results[0][0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(grad, results[0][1], rtol=1e-4, atol=1e-4)
-    # a second prompt length reuses the compiled function (dynamic shapes) and still matches
+    # another batch shape (compiled once more, padded to PAD_MULTIPLE tokens) still matches
     x2, m2 = torch.randn(2, 11, x.shape[-1]), torch.ones(2, 11, dtype=torch.long)
     fast = FastDecoder(decoder, compile=True)
     torch.testing.assert_close(

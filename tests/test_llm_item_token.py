@@ -363,26 +363,34 @@ def test_query_head_starts_as_the_identity_and_learns(backbone: Backbone) -> Non
     torch.testing.assert_close(headed.score(HISTORY, CANDIDATES), -plain.score(HISTORY, CANDIDATES))
 
 
-def test_gradient_checkpointing_recomputes_layers_and_changes_nothing(tmp_path) -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["transformers", "fast"])
+def test_gradient_checkpointing_recomputes_layers_and_changes_nothing(tmp_path, fast: bool) -> None:
     """The same loss and adapter gradients with checkpointing; each layer runs twice per step (forward, then
-    again in the backward pass) instead of once."""
+    again in the backward pass) instead of once, on transformers' forward and on the fast path."""
     cfg = ModelConfig(modalities=["id", "text"], projector=ProjectorConfig(hidden=8),
-                      gate=GateConfig(hidden=8), user_token=None, collab_score=False)  # fmt: skip
+                      gate=GateConfig(hidden=8), user_token=None, collab_score=False,
+                      fast_decoder=fast)  # fmt: skip
     path = make_tiny_backbone_dir(tmp_path / "lm")
     results = []
     for checkpointing in (False, True):
         bb = load_backbone(str(path), dtype="float32", device="cpu")
         calls: list[int] = []
-        for layer in bb.model.base_model.layers:  # count every run of a layer's own forward
 
-            def counted(*args, _inner=layer.forward, _calls=calls, **kwargs):
+        def counted(inner, _calls=calls):  # count every run of a layer
+            def run(*args, **kwargs):
                 _calls.append(1)
-                return _inner(*args, **kwargs)
+                return inner(*args, **kwargs)
 
-            layer.forward = counted
+            return run
+
+        for layer in bb.model.base_model.layers:  # before checkpointing wraps them
+            layer.forward = counted(layer.forward)
         torch.manual_seed(0)
         cfg_k = dataclasses.replace(cfg, gradient_checkpointing=checkpointing)
         model = build_amfrec(cfg_k, features(), TITLES, backbone=bb)
+        assert (bb.fast is not None) == fast
+        if fast:  # the fast path calls its layer function, never the layers' forward
+            bb.fast.layer_fn = counted(bb.fast.layer_fn)
         out = model(HISTORY, CANDIDATES, TARGET)
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in model.adapter.named_parameters() if p.grad is not None}
