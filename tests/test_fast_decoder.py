@@ -10,7 +10,7 @@ import torch
 from llm_fixtures import make_tiny_backbone_dir, make_tiny_model
 
 from amfrec.llm.backbone import load_backbone, set_fast_decoder
-from amfrec.llm.fast_decoder import FastDecoder, attention_bias, unsupported_reason
+from amfrec.llm.fast_decoder import FastDecoder, attention_bias, grouped_attention, unsupported_reason
 from amfrec.llm.head import cosine_scores
 from amfrec.llm.prompt import position_ids
 
@@ -94,6 +94,33 @@ def test_checkpointed_and_compiled_fast_paths_give_the_same_values() -> None:
     torch.testing.assert_close(
         fast(x2, m2, position_ids(m2)), _hf(decoder, x2, m2, position_ids(m2)), rtol=1e-5, atol=1e-5
     )
+
+
+def test_grouped_attention_equals_scaled_dot_product_attention() -> None:
+    """The bfloat16 CPU path's products, in float32 against torch's own attention with repeated k/v heads."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (
+        torch.randn(2, 6, 5, 4, generator=g),
+        torch.randn(2, 2, 5, 4, generator=g),
+        torch.randn(2, 2, 5, 4),
+    )
+    bias = attention_bias(torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1]]), torch.float32)  # (2, 1, 5, 5)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), attn_mask=bias, scale=0.5
+    )
+    torch.testing.assert_close(grouped_attention(q, k, v, bias, 0.5), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fast_path_in_bfloat16_is_close_to_transformers() -> None:
+    """bfloat16 (the grouped products on CPU): within bfloat16 rounding of transformers' bfloat16 forward."""
+    decoder = make_tiny_model(40).eval().requires_grad_(False).model
+    _randomise_norms(decoder, seed=6)
+    decoder.to(torch.bfloat16)
+    x, mask, pos = _batch(decoder.config.hidden_size, seed=7)
+    x = x.to(torch.bfloat16)
+    tokens = mask.bool()
+    ref, out = _hf(decoder, x, mask, pos)[tokens].float(), FastDecoder(decoder)(x, mask, pos)[tokens].float()
+    assert ((out - ref).norm() / ref.norm()).item() < 0.03  # bfloat16 keeps ~3 significant digits per step
 
 
 def test_attention_bias_by_hand() -> None:

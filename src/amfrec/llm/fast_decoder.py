@@ -11,9 +11,10 @@ attention's backward took 6x its forward. Here, one function per layer (`_layer`
 - rotary embedding as `x * cos + swap_halves(x) * sin_signed` (one `cat`, one `addcmul`);
 - the decoder's own weights, read in place (no copy: fusing q/k/v and gate/up into single products was
   only 2% faster here and would double the weights' memory);
-- attention as two batched products around a softmax on CPU (its backward is 2-3x faster than flash
-  attention's here; grouped query heads stacked, not key/value heads copied: 1.2x faster steps),
-  `scaled_dot_product_attention` on CUDA (memory-efficient kernels);
+- attention in bfloat16 on CPU as two batched products around a softmax (its backward is 2-3x faster than
+  flash attention's here; grouped query heads stacked, not key/value heads copied: 1.2x faster steps);
+  `scaled_dot_product_attention` in float32 (flash attention: 1.05-1.25x faster than the products there)
+  and on CUDA;
 - and, with `compile=True`, `torch.compile` of that function for static shapes: the element-wise work
   around the products fused into a few loops (1.35x faster steps on one core here, after ~10 s of
   compilation per shape; one graph serves every layer). Prompts are left-padded to a multiple of
@@ -68,15 +69,22 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> tor
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):
     """q (B, H, T, hd), k/v (B, Hkv, T, hd), bias (B, 1, T, T) additive -> (B, H, T, hd).
 
-    On CPU the query heads that share a key/value head are stacked into one product (no copies of k and v):
-    head h reads key/value head h // (H / Hkv), as transformers' `repeat_kv` has it."""
-    if q.is_cuda:
+    `grouped_attention` on CPU in bfloat16 (whose flash-attention backward is the slow one), else
+    `scaled_dot_product_attention`."""
+    if q.is_cuda or q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=True)
-    B, H, T, hd = q.shape
-    kv_heads, rep = k.shape[1], H // k.shape[1]
-    scores = torch.matmul(q.reshape(B, kv_heads, rep * T, hd), k.transpose(-1, -2))  # (B, Hkv, rep * T, T)
-    scores = scores.view(B, kv_heads, rep, T, T) * scale + bias[:, :, None]  # (B, Hkv, rep, T, T)
-    return torch.matmul(scores.softmax(-1).view(B, kv_heads, rep * T, T), v).view(B, H, T, hd)
+    return grouped_attention(q, k, v, bias, scale)
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):
+    """Attention as two batched products around a softmax, the query heads that share a key/value head
+    stacked into one product (no copies of k and v): head h reads key/value head h // (H / Hkv), as
+    transformers' `repeat_kv` has it. q (B, H, Tq, hd), k/v (B, Hkv, Tk, hd), bias (B, 1, Tq, Tk)."""
+    B, H, Tq, hd = q.shape
+    kv_heads, rep, Tk = k.shape[1], H // k.shape[1], k.shape[2]
+    scores = torch.matmul(q.reshape(B, kv_heads, rep * Tq, hd), k.transpose(-1, -2))  # (B, Hkv, rep * Tq, Tk)
+    scores = scores.view(B, kv_heads, rep, Tq, Tk) * scale + bias[:, :, None]  # (B, Hkv, rep, Tq, Tk)
+    return torch.matmul(scores.softmax(-1).view(B, kv_heads, rep * Tq, Tk), v).view(B, H, Tq, hd)
 
 
 def layer_weights(layer: nn.Module) -> tuple:
