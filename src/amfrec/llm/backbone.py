@@ -254,9 +254,11 @@ def decoder_layers(backbone: Backbone) -> nn.ModuleList:
 
 
 def set_fast_decoder(backbone: Backbone, enabled: bool = True, compile: bool = False) -> None:
-    """Turn `decode`'s fast path on (when the decoder supports it; logged when not) or off, in place.
+    """Turn `decode`'s fast path on (on CPU, when the decoder supports it; logged when not) or off, in place.
     compile: `torch.compile` the fast path's layer function (see amfrec.llm.fast_decoder)."""
     reason = unsupported_reason(backbone.model.base_model)
+    if backbone.device.type != "cpu":
+        reason = f"the fast path is for CPUs, the model is on {backbone.device.type}"
     if not enabled or reason is not None:
         if enabled:
             log.info("backbone %s: transformers' forward (%s)", backbone.identity["name"], reason)

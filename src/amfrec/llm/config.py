@@ -135,11 +135,11 @@ class ModelConfig:
     # Recompute the frozen decoder's activations in the backward pass instead of keeping them: less memory for
     # long prompts or big backbones, about one more forward of compute; results unchanged.
     gradient_checkpointing: bool = False
-    # Llama-family backbones: the frozen decoder's forward without transformers' float32 casts and flash
-    # attention backward (amfrec.llm.fast_decoder; the same function, 1.1-1.3x faster steps on CPU).
+    # Llama-family backbones on CPU: the frozen decoder's forward without transformers' float32 casts and
+    # flash attention backward (amfrec.llm.fast_decoder; the same function, 1.1-1.3x faster steps).
     fast_decoder: bool = True
-    # With fast_decoder: torch.compile its layer function (element-wise work fused; ~15 s to compile, then
-    # about 1.4x faster again on a CPU). Off by default: the first steps pay the compilation.
+    # With fast_decoder: torch.compile its layer function (element-wise work fused; ~10 s per prompt shape,
+    # then ~1.7x faster bfloat16 steps on an AMX CPU). Off by default: short runs pay more than they gain.
     compile: bool = False
     # Initial value of the learned scale of the cosine scores (the softmax temperature's inverse).
     score_scale: float = 10.0

@@ -13,8 +13,7 @@ attention's backward took 6x its forward. Here, one function per layer (`_layer`
   only 2% faster here and would double the weights' memory);
 - attention in bfloat16 on CPU as two batched products around a softmax (its backward is 2-3x faster than
   flash attention's here; grouped query heads stacked, not key/value heads copied: 1.2x faster steps);
-  `scaled_dot_product_attention` in float32 (flash attention: 1.05-1.25x faster than the products there)
-  and on CUDA;
+  `scaled_dot_product_attention` in float32 (flash attention: 1.05-1.25x faster than the products there);
 - and, with `compile=True`, `torch.compile` of that function for static shapes: the element-wise work
   around the products fused into a few loops (1.35x faster steps on one core here, after ~10 s of
   compilation per shape; one graph serves every layer). Prompts are left-padded to a multiple of
@@ -23,7 +22,8 @@ attention's backward took 6x its forward. Here, one function per layer (`_layer`
 Padding: rows are left-padded (`attention_mask` (B, T), 1 = token). A padding query attends to itself only,
 so no row of the softmax is empty (its output is never read). Position ids come from the caller.
 Only a plain 2-D mask without a KV cache takes this path (`Backbone.decode` falls back to transformers for
-cached or custom-masked decoding).
+cached or custom-masked decoding), and only on CPU, where it was measured: on a GPU (none was at hand)
+transformers' forward and its fused kernels stay.
 """
 
 from __future__ import annotations
@@ -69,9 +69,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> tor
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):
     """q (B, H, T, hd), k/v (B, Hkv, T, hd), bias (B, 1, T, T) additive -> (B, H, T, hd).
 
-    `grouped_attention` on CPU in bfloat16 (whose flash-attention backward is the slow one), else
+    `grouped_attention` in bfloat16 (whose CPU flash-attention backward is the slow one), else
     `scaled_dot_product_attention`."""
-    if q.is_cuda or q.dtype == torch.float32:
+    if q.dtype == torch.float32:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=True)
     return grouped_attention(q, k, v, bias, scale)
 
