@@ -118,9 +118,9 @@ def run_bench(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     auto_choice, auto_reason = resolve_dtype("auto", device)
     resolved = list(dict.fromkeys(auto_choice if n == "auto" else n for n in names))
-    paths = [("transformers", False, False), ("fast", True, False)] + [
-        ("fast, compiled", True, True)
-    ] * compile
+    paths = [("transformers", False, False), ("fast", True, False)]  # (label, fast path, compiled)
+    if compile:
+        paths.append(("fast, compiled", True, True))
     for name in resolved:
         bb = load_backbone(backbone, dtype=name)
         model, device = bb.model, str(bb.device)
@@ -130,14 +130,8 @@ def run_bench(
         d_attn = config.num_attention_heads * (
             getattr(config, "head_dim", None) or bb.hidden_size // config.num_attention_heads
         )
-        per_token = flops_per_token(
-            linear_params(model.base_model),
-            model.lm_head.weight.numel(),
-            answer_len,
-            seq_len,
-            n_layers,
-            d_attn,
-        )
+        n_body, n_head = linear_params(model.base_model), model.lm_head.weight.numel()
+        per_token = flops_per_token(n_body, n_head, answer_len, seq_len, n_layers, d_attn)
         for label, fast, compiled in paths:
             set_fast_decoder(bb, fast, compiled)
             if fast and bb.fast is None:

@@ -47,17 +47,13 @@ class Batcher:
             raise ValueError(f"max_wait_ms must be in [0, 1000], got {max_wait_ms}")
         self.fn, self.max_batch, self.max_wait_s = fn, max_batch, max_wait_ms / 1000
         self.in_flight = in_flight  # None: always wait up to max_wait_ms for a full batch
-        self.calls, self.items, self.busy_s = (
-            0,
-            0,
-            0.0,
-        )  # model calls, items answered, seconds in fn (/health)
+        # for /health: model calls made, items answered, seconds spent in fn
+        self.calls, self.items, self.busy_s = 0, 0, 0.0
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
         self._closed = False
-        self._thread = (
-            threading.Thread(target=self.run, name="amfrec-batcher", daemon=True) if thread else None
-        )
-        if self._thread is not None:
+        self._thread = None
+        if thread:
+            self._thread = threading.Thread(target=self.run, name="amfrec-batcher", daemon=True)
             self._thread.start()
 
     def submit(self, item: Any) -> Future:
