@@ -53,6 +53,25 @@ def test_bench_table_on_tiny_backbone(tmp_path: Path) -> None:
         run_bench(str(path), dtypes=["float8"])
 
 
+def test_experiment_reuses_a_run_only_when_its_recipe_is_the_same(
+    tiny_atomic_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "exp"
+    first = run_experiment(["popularity"], tiny_atomic_dir, None, None, [1], out)
+    run = out / "seed1" / "popularity"
+    recipe = json.loads((run / "recipe.json").read_text())
+    assert recipe["model"] == "popularity" and recipe["limit"] is None
+    metrics = (run / "metrics.json").stat().st_mtime_ns
+    assert (
+        run_experiment(["popularity"], tiny_atomic_dir, None, None, [1], out) == first
+    )  # reused, not retrained
+    assert (run / "metrics.json").stat().st_mtime_ns == metrics
+    with pytest.raises(AmfrecError, match=r"another recipe \(limit differ\)"):
+        run_experiment(["popularity"], tiny_atomic_dir, None, None, [1], out, limit=5)
+    (run / "recipe.json").unlink()  # an older experiment's folder: reused as it is
+    assert run_experiment(["popularity"], tiny_atomic_dir, None, None, [1], out, limit=5) == first
+
+
 def test_experiment_table_over_seeds(tiny_atomic_dir: Path, tmp_path: Path) -> None:
     table = run_experiment(["popularity"], tiny_atomic_dir, None, None, [1, 2], tmp_path / "exp")
     runs = json.loads((tmp_path / "exp" / "results.json").read_text())["runs"]["popularity"]

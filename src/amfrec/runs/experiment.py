@@ -129,15 +129,64 @@ def run_experiment(
             }
         for model in models:
             run = root / run_name(model)
+            wanted = recipe(model, config, overrides or {}, features, limit, modalities)
             if (run / "metrics.json").exists():
+                check_reuse(run, wanted)
                 log.info("%s seed %d: reusing %s", model, seed, run)
             else:
                 train_one(model, prepared, features, config, seed, run, overrides or {}, limit, modalities)
+                write_json(run / RECIPE_FILE, wanted)
             results[run_name(model)].append(read_json(run / "metrics.json"))
     table = format_table(results, seeds)
     write_json(out / "results.json", {"seeds": seeds, "runs": results})
     (out / "results.md").write_text(table + "\n", encoding="utf-8")
     return table
+
+
+RECIPE_FILE = "recipe.json"  # in each run folder: what `amfrec experiment` trained it from
+
+
+def recipe(
+    model: str,
+    config: str | None,
+    overrides: dict,
+    features: Path | None,
+    limit: int | None,
+    modalities: list[str] | None,
+) -> dict:
+    """What a run of `model` in an experiment is trained from: the model spec, its config file's text (the
+    experiment's config for AMFRec, the packaged one for a baseline; every default is spelled out there),
+    and, where the model reads them, the overrides, the feature folder and the modalities; and --limit."""
+    from amfrec.runs.rundir import PACKAGED_CONFIGS, resolve_config
+
+    name, _ = parse_model(model)
+    path = resolve_config(config) if name == "amfrec" else PACKAGED_CONFIGS / f"{name}.yaml"
+    out = {
+        "model": model,
+        "config": path.read_text(encoding="utf-8") if path.is_file() else "",
+        "limit": limit,
+    }
+    if name == "amfrec" or name in CONTENT_BASELINES:
+        out |= {"features": None if features is None else str(features), "modalities": modalities}
+    if name == "amfrec":
+        out["overrides"] = overrides
+    return out
+
+
+def check_reuse(run: Path, wanted: dict) -> None:
+    """Refuse to reuse `run` when its recipe file says it was trained from another recipe (AmfrecError
+    naming the differing fields); a run without one (an older experiment) is reused with a warning."""
+    path = run / RECIPE_FILE
+    if not path.is_file():
+        log.warning("%s: no %s (an older experiment); reused without checking its recipe", run, RECIPE_FILE)
+        return
+    have = read_json(path)
+    differ = sorted(k for k in wanted.keys() | have.keys() if have.get(k) != wanted.get(k))
+    if differ:
+        raise AmfrecError(
+            f"{path}: this run was trained from another recipe ({', '.join(differ)} differ); use another "
+            f"--out, or delete {run} to train it again"
+        )
 
 
 def prepare_seed(data: Path | None, prepared: Path, seed: int, new_items: float, negatives: int) -> None:
