@@ -160,3 +160,19 @@ def test_cosine_scores_of_long_and_short_candidate_lists_against_a_loop() -> Non
              enumerate(items.tolist())]
         )  # fmt: skip
         torch.testing.assert_close(cosine_scores(q, out, items), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_long_bfloat16_prompts_take_flash_attention(monkeypatch) -> None:
+    """Past PRODUCTS_MAX_LEN keys the (T, T) products are not built (their memory); the answer is the same."""
+    import amfrec.llm.fast_decoder as fd
+
+    g = torch.Generator().manual_seed(8)
+    q, k, v = (torch.randn(1, 4, 6, 8, generator=g).to(torch.bfloat16) for _ in range(3))
+    bias = attention_bias(torch.ones(1, 6, dtype=torch.long), torch.bfloat16)
+    products = fd._attention(q, k[:, :2], v[:, :2], bias, 0.3)
+    called: list[int] = []
+    monkeypatch.setattr(fd, "PRODUCTS_MAX_LEN", 5)
+    monkeypatch.setattr(fd, "grouped_attention", lambda *a: called.append(1))
+    flash = fd._attention(q, k[:, :2], v[:, :2], bias, 0.3)
+    assert not called
+    torch.testing.assert_close(flash.float(), products.float(), rtol=0.02, atol=0.02)

@@ -4,19 +4,20 @@ transformers decoder, with less work around the matrix products.
 Profiled on a 2-core AMX CPU (bfloat16, SmolLM2-135M, batch 8 x 256, forward + input-gradient backward),
 the transformers forward spends most of a step outside its matrix products: its RMSNorm casts every
 activation to float32 and back, rotary embedding builds `cat((-x2, x1))` per query and key, and CPU flash
-attention's backward took 6x its forward. Here, one function per layer (`_layer`) does:
+attention's bfloat16 backward took 6-8x its forward. Here, one function per layer (`_layer`) does:
 
 - RMSNorm without a float32 copy of the activations (`x * rsqrt(mean(x^2) + eps)`, the mean accumulated
   in float32);
 - rotary embedding as `x * cos + swap_halves(x) * sin_signed` (one `cat`, one `addcmul`);
 - the decoder's own weights, read in place (no copy: fusing q/k/v and gate/up into single products was
   only 2% faster here and would double the weights' memory);
-- attention in bfloat16 on CPU as two batched products around a softmax (its backward is 2-3x faster than
-  flash attention's here; grouped query heads stacked, not key/value heads copied: 1.2x faster steps);
-  `scaled_dot_product_attention` in float32 (flash attention: 1.05-1.25x faster than the products there);
+- attention in bfloat16 (prompts up to `PRODUCTS_MAX_LEN` tokens) as two batched products around a
+  softmax (its backward is 2x faster than flash attention's here; grouped query heads stacked, not
+  key/value heads copied: 1.2x faster steps); `scaled_dot_product_attention` in float32 (flash attention:
+  1.05-1.25x faster than the products there) and for longer prompts;
 - and, with `compile=True`, `torch.compile` of that function for static shapes: the element-wise work
-  around the products fused into a few loops (1.35x faster steps on one core here, after ~10 s of
-  compilation per shape; one graph serves every layer). Prompts are left-padded to a multiple of
+  around the products fused into a few loops (`amfrec bench`'s bfloat16 step 1.7x faster here, after
+  ~10 s of compilation per shape; one graph serves every layer). Prompts are left-padded to a multiple of
   `PAD_MULTIPLE` tokens so that few shapes occur (dynamic shapes compiled to 3x slower code here).
 
 Padding: rows are left-padded (`attention_mask` (B, T), 1 = token). A padding query attends to itself only,
@@ -34,6 +35,9 @@ from torch import nn
 
 SUPPORTED_LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer")
 PAD_MULTIPLE = 32  # compiled: sequence lengths rounded up to this (each new shape compiles once)
+# Longer prompts take flash attention in bfloat16 too: the products keep (B, H, T, T) scores per layer for the
+# backward pass (16 prompts of 512 tokens: 75 MB a layer), flash attention does not.
+PRODUCTS_MAX_LEN = 512
 
 
 def unsupported_reason(decoder: nn.Module) -> str | None:
@@ -69,9 +73,9 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> tor
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):
     """q (B, H, T, hd), k/v (B, Hkv, T, hd), bias (B, 1, T, T) additive -> (B, H, T, hd).
 
-    `grouped_attention` in bfloat16 (whose CPU flash-attention backward is the slow one), else
-    `scaled_dot_product_attention`."""
-    if q.dtype == torch.float32:
+    `grouped_attention` in bfloat16 up to PRODUCTS_MAX_LEN keys (CPU flash attention's bfloat16 backward is
+    the slow one), else `scaled_dot_product_attention`."""
+    if q.dtype == torch.float32 or k.shape[2] > PRODUCTS_MAX_LEN:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=True)
     return grouped_attention(q, k, v, bias, scale)
 
