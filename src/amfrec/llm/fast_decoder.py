@@ -141,7 +141,7 @@ def attention_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Te
 
 
 class FastDecoder:
-    """Calls a frozen transformers decoder's own modules layer by layer (see the module doc).
+    """Runs a frozen transformers decoder layer by layer on the decoder's own weights (see the module doc).
 
     Holds no weights of its own: `decoder.layers` is read at every call (so truncated layers count).
     checkpoint: recompute each layer in the backward pass (gradient checkpointing) while gradients are on.
