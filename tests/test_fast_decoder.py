@@ -117,10 +117,13 @@ def test_fast_path_in_bfloat16_is_close_to_transformers() -> None:
     _randomise_norms(decoder, seed=6)
     decoder.to(torch.bfloat16)
     x, mask, pos = _batch(decoder.config.hidden_size, seed=7)
-    x = x.to(torch.bfloat16)
     tokens = mask.bool()
-    ref, out = _hf(decoder, x, mask, pos)[tokens].float(), FastDecoder(decoder)(x, mask, pos)[tokens].float()
-    assert ((out - ref).norm() / ref.norm()).item() < 0.03  # bfloat16 keeps ~3 significant digits per step
+    with torch.no_grad():
+        ref = _hf(decoder, x.to(torch.bfloat16), mask, pos)[tokens].float()
+    for grad in (True, False):  # the products (a training step) and flash attention (no gradients)
+        xb = x.to(torch.bfloat16).requires_grad_(grad)
+        out = FastDecoder(decoder)(xb, mask, pos)[tokens].float()
+        assert ((out - ref).norm() / ref.norm()).item() < 0.03  # bfloat16 keeps ~3 significant digits a step
 
 
 def test_attention_bias_by_hand() -> None:
@@ -168,6 +171,7 @@ def test_long_bfloat16_prompts_take_flash_attention(monkeypatch) -> None:
 
     g = torch.Generator().manual_seed(8)
     q, k, v = (torch.randn(1, 4, 6, 8, generator=g).to(torch.bfloat16) for _ in range(3))
+    q.requires_grad_(True)  # a training step: the products, up to PRODUCTS_MAX_LEN keys
     bias = attention_bias(torch.ones(1, 6, dtype=torch.long), torch.bfloat16)
     products = fd._attention(q, k[:, :2], v[:, :2], bias, 0.3)
     called: list[int] = []
@@ -176,3 +180,7 @@ def test_long_bfloat16_prompts_take_flash_attention(monkeypatch) -> None:
     flash = fd._attention(q, k[:, :2], v[:, :2], bias, 0.3)
     assert not called
     torch.testing.assert_close(flash.float(), products.float(), rtol=0.02, atol=0.02)
+    monkeypatch.setattr(fd, "PRODUCTS_MAX_LEN", 512)
+    with torch.no_grad():  # no gradients (evaluation, serving): flash attention's faster forward
+        fd._attention(q, k[:, :2], v[:, :2], bias, 0.3)
+    assert not called

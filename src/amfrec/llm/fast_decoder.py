@@ -11,10 +11,11 @@ attention's bfloat16 backward took 6-8x its forward. Here, one function per laye
 - rotary embedding as `x * cos + swap_halves(x) * sin_signed` (one `cat`, one `addcmul`);
 - the decoder's own weights, read in place (no copy: fusing q/k/v and gate/up into single products was
   only 2% faster here and would double the weights' memory);
-- attention in bfloat16 (prompts up to `PRODUCTS_MAX_LEN` tokens) as two batched products around a
-  softmax (its backward is 2x faster than flash attention's here; grouped query heads stacked, not
-  key/value heads copied: 1.2x faster steps); `scaled_dot_product_attention` in float32 (flash attention:
-  1.05-1.25x faster than the products there) and for longer prompts;
+- attention, in a bfloat16 training step (prompts up to `PRODUCTS_MAX_LEN` tokens), as two batched
+  products around a softmax (its backward is 2x faster than flash attention's here; grouped query heads
+  stacked, not key/value heads copied: 1.2x faster steps); `scaled_dot_product_attention` (flash attention)
+  without gradients (its forward is the faster one; evaluation as fast as transformers' then), in
+  float32 (1.05-1.25x faster than the products there) and for longer prompts;
 - and, with `compile=True`, `torch.compile` of that function for static shapes: the element-wise work
   around the products fused into a few loops (`amfrec bench`'s bfloat16 step 1.7x faster here, after
   ~10 s of compilation per shape; one graph serves every layer). Prompts are left-padded to a multiple of
@@ -73,9 +74,11 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> tor
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float):
     """q (B, H, T, hd), k/v (B, Hkv, T, hd), bias (B, 1, T, T) additive -> (B, H, T, hd).
 
-    `grouped_attention` in bfloat16 up to PRODUCTS_MAX_LEN keys (CPU flash attention's bfloat16 backward is
-    the slow one), else `scaled_dot_product_attention`."""
-    if q.dtype == torch.float32 or k.shape[2] > PRODUCTS_MAX_LEN:
+    `grouped_attention` when gradients flow back through it in bfloat16, up to PRODUCTS_MAX_LEN keys (CPU
+    flash attention's bfloat16 backward is the slow one; its forward is 2-4x faster than the products'), else
+    `scaled_dot_product_attention`."""
+    training = torch.is_grad_enabled() and q.requires_grad
+    if q.dtype == torch.float32 or not training or k.shape[2] > PRODUCTS_MAX_LEN:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=True)
     return grouped_attention(q, k, v, bias, scale)
 
