@@ -4,7 +4,7 @@ transformers decoder, with less work around the matrix products.
 Profiled on a 2-core AMX CPU (bfloat16, SmolLM2-135M, batch 8 x 256, forward + input-gradient backward),
 the transformers forward spends most of a step outside its matrix products: its RMSNorm casts every
 activation to float32 and back, rotary embedding builds `cat((-x2, x1))` per query and key, and CPU flash
-attention's bfloat16 backward took 6-8x its forward. Here, one function per layer (`_layer`) does:
+attention's bfloat16 backward took 5-8x its forward. Here, one function per layer (`_layer`) does:
 
 - RMSNorm without a float32 copy of the activations (`x * rsqrt(mean(x^2) + eps)`, the mean accumulated
   in float32);
@@ -19,7 +19,7 @@ attention's bfloat16 backward took 6-8x its forward. Here, one function per laye
 - and, with `compile=True`, `torch.compile` of that function for static shapes: the element-wise work
   around the products fused into a few loops (`amfrec bench`'s bfloat16 step 1.7x faster here, after
   ~10 s of compilation per shape; one graph serves every layer). Prompts are left-padded to a multiple of
-  `PAD_MULTIPLE` tokens so that few shapes occur (dynamic shapes compiled to 3x slower code here).
+  `PAD_MULTIPLE` tokens so that few shapes occur (dynamic shapes compiled to code 2.4x slower than eager here).
 
 Padding: rows are left-padded (`attention_mask` (B, T), 1 = token). A padding query attends to itself only,
 so no row of the softmax is empty (its output is never read). Position ids come from the caller.
@@ -75,7 +75,7 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Te
     """q (B, H, T, hd), k/v (B, Hkv, T, hd), bias (B, 1, T, T) additive -> (B, H, T, hd).
 
     `grouped_attention` when gradients flow back through it in bfloat16, up to PRODUCTS_MAX_LEN keys (CPU
-    flash attention's bfloat16 backward is the slow one; its forward is 2-4x faster than the products'), else
+    flash attention's bfloat16 backward is the slow one; its forward is 2-5x faster than the products'), else
     `scaled_dot_product_attention`."""
     training = torch.is_grad_enabled() and q.requires_grad
     if q.dtype == torch.float32 or not training or k.shape[2] > PRODUCTS_MAX_LEN:
