@@ -19,7 +19,8 @@ attention's bfloat16 backward took 5-8x its forward. Here, one function per laye
 - and, with `compile=True`, `torch.compile` of that function for static shapes: the element-wise work
   around the products fused into a few loops (`amfrec bench`'s bfloat16 step 1.7x faster here, after
   ~10 s of compilation per shape; one graph serves every layer). Prompts are left-padded to a multiple of
-  `PAD_MULTIPLE` tokens so that few shapes occur (dynamic shapes compiled to code 2.4x slower than eager here).
+  `PAD_MULTIPLE` tokens so that few shapes occur (dynamic shapes compiled to code 2.4x slower than eager
+  here).
 
 Padding: rows are left-padded (`attention_mask` (B, T), 1 = token). A padding query attends to itself only,
 so no row of the softmax is empty (its output is never read). Position ids come from the caller.
