@@ -96,6 +96,25 @@ def test_checkpointed_and_compiled_fast_paths_give_the_same_values() -> None:
     )
 
 
+@pytest.mark.parametrize("kind", ["eager", "checkpointed", "compiled"])
+def test_last_only_is_transformers_last_position_with_its_input_gradients(kind: str) -> None:
+    """`last_only` (the item_token head's query) computes the last layer for the last position alone; its
+    output and input gradients are those of transformers' full forward read at the last position."""
+    decoder = make_tiny_model(40).eval().requires_grad_(False).model
+    _randomise_norms(decoder, seed=9)
+    x, mask, pos = _batch(decoder.config.hidden_size, seed=10)
+    fast = FastDecoder(decoder, compile=kind == "compiled", checkpoint=kind == "checkpointed")
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ref, out = _hf(decoder, xa, mask, pos)[:, -1:], fast(xb, mask, pos, last_only=True)
+    assert out.shape == (3, 1, x.shape[-1])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    ref.square().sum().backward()
+    out.square().sum().backward()
+    tokens = mask.bool()  # a padding position's input gets no gradient in either
+    scale = xa.grad.abs().max()
+    torch.testing.assert_close(xb.grad[tokens] / scale, xa.grad[tokens] / scale, rtol=0, atol=1e-5)
+
+
 def test_grouped_attention_equals_scaled_dot_product_attention() -> None:
     """The bfloat16 CPU path's products, in float32 against torch's own attention with repeated k/v heads."""
     g = torch.Generator().manual_seed(5)
@@ -140,11 +159,14 @@ def test_loaded_backbones_take_the_fast_path_and_unsupported_ones_fall_back(tmp_
     decoder = bb.model.base_model
     x, mask, pos = _batch(bb.hidden_size)
     with torch.no_grad():
-        fast = bb.decode(x, mask, pos)
+        fast, fast_last = bb.decode(x, mask, pos), bb.decode(x, mask, pos, last_only=True)
         set_fast_decoder(bb, enabled=False)
         assert bb.fast is None
-        slow = bb.decode(x, mask, pos)
+        slow, slow_last = bb.decode(x, mask, pos), bb.decode(x, mask, pos, last_only=True)
     torch.testing.assert_close(fast[mask.bool()], slow[mask.bool()], rtol=1e-5, atol=1e-5)
+    assert fast_last.shape == slow_last.shape == (3, 1, bb.hidden_size)
+    torch.testing.assert_close(fast_last, slow[:, -1:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(slow_last, slow[:, -1:], rtol=0, atol=0)
     decoder.config.hidden_act = "gelu"  # an MLP the fast path does not implement
     assert "activation" in unsupported_reason(decoder)
     set_fast_decoder(bb)

@@ -74,14 +74,21 @@ class Backbone:
         return next(self.model.parameters()).dtype
 
     def decode(
-        self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, cache=None
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache=None,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """Last hidden states (B, T, d) of the frozen decoder (no output head) for inputs_embeds (B, T, d).
+        """Last hidden states (B, T, d) of the frozen decoder (no output head) for inputs_embeds (B, T, d);
+        with `last_only`, the last position's only, (B, 1, d) (the fast path then skips the rest of the last
+        layer's work).
 
         attention_mask (B, T) (1 = token; or a 4-D custom mask), position_ids (B, T). Without a cache and with
         a 2-D mask, the fast path (`self.fast`) when there is one; else the transformers forward."""
         if self.fast is not None and cache is None and attention_mask.dim() == 2:
-            return self.fast(embeds, attention_mask, position_ids)
+            return self.fast(embeds, attention_mask, position_ids, last_only)
         decoder = self.model.base_model
         # transformers 5 renamed ``past_key_values`` to ``cache``; use whichever the decoder accepts
         cache_kw = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
@@ -91,7 +98,7 @@ class Backbone:
             position_ids=position_ids,
             **{cache_kw: cache, "use_cache": cache is not None},
         )
-        return out.last_hidden_state
+        return out.last_hidden_state[:, -1:] if last_only else out.last_hidden_state
 
 
 def default_cache_dir() -> Path:

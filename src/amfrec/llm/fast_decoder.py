@@ -115,20 +115,24 @@ def _layer(
     cos: torch.Tensor,
     sin: torch.Tensor,
     bias: torch.Tensor,
+    last: bool = False,
 ) -> torch.Tensor:
-    """One decoder layer: x (B, T, d) -> (B, T, d), as the transformers layer computes it.
+    """One decoder layer: x (B, T, d) -> (B, T, d), as the transformers layer computes it; with `last`, only
+    the last position's output (B, 1, d) (keys and values still from every position).
 
     w = layer_weights(layer): the weights come in as arguments (not the module), so one compiled graph serves
     every layer."""
     g1, wq, bq, wk, bk, wv, bv, wo, bo, g2, wg, wu, wd = w
     B, T, _ = x.shape
+    Tq = 1 if last else T  # query positions
     hd = cos.shape[-1]
     h = _rms(x, g1, eps)
-    q = _rotate(F.linear(h, wq, bq).view(B, T, -1, hd), cos, sin).transpose(1, 2)  # (B, H, T, hd)
+    q = F.linear(h[:, -Tq:], wq, bq).view(B, Tq, -1, hd)
+    q = _rotate(q, cos[:, -Tq:], sin[:, -Tq:]).transpose(1, 2)  # (B, H, Tq, hd)
     k = _rotate(F.linear(h, wk, bk).view(B, T, -1, hd), cos, sin).transpose(1, 2)  # (B, Hkv, T, hd)
     v = F.linear(h, wv, bv).view(B, T, -1, hd).transpose(1, 2)  # (B, Hkv, T, hd)
-    o = _attention(q, k, v, bias, scale).transpose(1, 2).reshape(B, T, -1)  # (B, T, H * hd)
-    x = x + F.linear(o, wo, bo)
+    o = _attention(q, k, v, bias[:, :, -Tq:], scale).transpose(1, 2).reshape(B, Tq, -1)  # (B, Tq, H * hd)
+    x = x[:, -Tq:] + F.linear(o, wo, bo)
     h = _rms(x, g2, eps)
     return x + F.linear(F.silu(F.linear(h, wg)) * F.linear(h, wu), wd)
 
@@ -160,9 +164,15 @@ class FastDecoder:
         self.layer_fn = torch.compile(_layer, dynamic=False) if compile else _layer
 
     def __call__(
-        self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        last_only: bool = False,
     ) -> torch.Tensor:
-        """embeds (B, T, d), attention_mask (B, T), position_ids (B, T) -> last hidden states (B, T, d)."""
+        """embeds (B, T, d), attention_mask (B, T), position_ids (B, T) -> last hidden states (B, T, d), or
+        with `last_only` the last position's (B, 1, d): the last layer then computes that position alone
+        (its query, output projection and MLP; about a tenth of a 10-layer decoder's products)."""
         from torch.utils.checkpoint import checkpoint
 
         T = embeds.shape[1]
@@ -177,10 +187,12 @@ class FastDecoder:
         cos, sin = cos[:, :, None], sin[:, :, None]  # (B, T, 1, hd)
         bias = attention_bias(attention_mask, x.dtype)  # (B, 1, T, T)
         recompute = self.checkpoint and torch.is_grad_enabled()
-        for layer in self.decoder.layers:
+        layers = self.decoder.layers
+        for i, layer in enumerate(layers):
             args = (layer_weights(layer), layer.input_layernorm.variance_epsilon, layer.self_attn.scaling)
+            last = last_only and i == len(layers) - 1
             if recompute:
-                x = checkpoint(self.layer_fn, x, *args, cos, sin, bias, use_reentrant=False)
+                x = checkpoint(self.layer_fn, x, *args, cos, sin, bias, last, use_reentrant=False)
             else:
-                x = self.layer_fn(x, *args, cos, sin, bias)
-        return self.decoder.norm(x[:, pad:])
+                x = self.layer_fn(x, *args, cos, sin, bias, last)
+        return self.decoder.norm(x[:, -1:] if last_only else x[:, pad:])
