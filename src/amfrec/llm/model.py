@@ -272,7 +272,7 @@ class AMFRecModel(nn.Module, Recommender):
                 return mean, None if self.adapter.new_query is None else mean, rep, 0
         batch, embeds, _, _ = self.embed_prompt(history, candidates, None, table, user)
         mask = batch.attention_mask
-        hidden = self.backbone.decode(embeds, mask, position_ids(mask), last_only=True)  # (B, 1, d): the answer
+        hidden = self.backbone.decode(embeds, mask, position_ids(mask), last_only=True)  # (B, 1, d): answer
         q = hidden[:, -1].float()  # (B, d)
         if self.adapter.residual is not None:  # the control's state + what the LM adds (0 at the start)
             q = mean + self.adapter.residual(q)
