@@ -127,7 +127,8 @@ def _layer(
     Tq = 1 if last else T  # query positions
     hd = cos.shape[-1]
     h = _rms(x, g1, eps)
-    q = F.linear(h[:, -Tq:], wq, bq).view(B, Tq, -1, hd)
+    # 2-D rows: a strided (B, 1, d) slice made F.linear a batched product over a copy of the weight per row
+    q = F.linear(h[:, -Tq:].reshape(B * Tq, -1), wq, bq).view(B, Tq, -1, hd)
     q = _rotate(q, cos[:, -Tq:], sin[:, -Tq:]).transpose(1, 2)  # (B, H, Tq, hd)
     k = _rotate(F.linear(h, wk, bk).view(B, T, -1, hd), cos, sin).transpose(1, 2)  # (B, Hkv, T, hd)
     v = F.linear(h, wv, bv).view(B, T, -1, hd).transpose(1, 2)  # (B, Hkv, T, hd)
