@@ -154,6 +154,26 @@ def test_import_spec_and_unknown_modality(tmp_path: Path) -> None:
         parse_import_spec("visual=v.npy")
 
 
+def test_an_imported_id_table_is_masked_like_a_built_one(tmp_path: Path) -> None:
+    """`--import id=...`: rows of items without a training interaction are absent, as with --id-from (a
+    collaborative row nothing in the training data taught would leak or be noise); other names keep them."""
+    D = make_prepared(tmp_path)
+    ids = [json.loads(line)["item_id"] for line in (D / "items.jsonl").read_text().splitlines()]
+    table = np.arange(4 * 3, dtype=np.float32).reshape(4, 3) + 1
+    np.save(tmp_path / "t.npy", table)
+    (tmp_path / "t.txt").write_text("\n".join(ids) + "\n")
+    spec = {"matrix": str(tmp_path / "t.npy"), "ids": str(tmp_path / "t.txt")}
+    build_features(D, tmp_path / "F", [], import_specs={"id": spec, "other": spec})
+    feats = load_features(tmp_path / "F", 4)
+    # the one training window (history item 1, target item 2) trains items 1 and 2 only
+    assert feats["id"].present.tolist() == [False, True, True, False, False]
+    np.testing.assert_array_equal(
+        feats["id"].values[1:].numpy(), np.r_[table[:2], np.zeros((2, 3), np.float32)]
+    )
+    assert feats["other"].present.tolist() == [False, True, True, True, True]
+    np.testing.assert_array_equal(feats["other"].values[1:].numpy(), table)
+
+
 @pytest.mark.e2e
 def test_ml100k_posters_match_1423_items(prepared_ml100k: Path, ml100k_dir: Path) -> None:
     from amfrec.data.dataset import PreparedData

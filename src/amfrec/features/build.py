@@ -154,25 +154,36 @@ def _id_job(data: PreparedData, id_from: Path | None) -> _Job:
     if not path.is_file():
         raise AmfrecError(f"{path}: file not found (--id-from must be a SASRec run directory)")
     file_sha = file_sha256(path)
-    # items no training window holds (e.g. the new items of the new-item protocol): their rows were never
-    # trained, so they are absent (mask False, row zero)
-    untrained = (data.item_train_counts == 0).numpy()  # (n_items + 1,)
-    untrained[0] = False
+    untrained = _untrained(data)
 
     def produce():
         arr = np.load(path, allow_pickle=False)
         check_values(path, arr, data.n_items + 1, None)
         present = np.ones(data.n_items + 1, dtype=np.bool_)
-        present[untrained] = False
         values = np.asarray(arr, dtype=np.float32).copy()
-        values[untrained] = 0.0
-        log.info(
-            "id: %d of %d items have no training interaction: absent", int(untrained.sum()), data.n_items
-        )
-        return values, present, arr.shape[1]
+        return (*_absent_untrained(values, present, untrained, data.n_items), arr.shape[1])
 
     info = {"name": "sasrec item embeddings", "version": str(path.resolve()), "file_sha256": file_sha}
     return _Job("id", info, sha256_json([file_sha, np.flatnonzero(untrained).tolist()]), produce)
+
+
+def _untrained(data: PreparedData) -> np.ndarray:
+    """(n_items + 1,) bool: the items no training window holds (e.g. the new items of the new-item protocol;
+    row 0, the padding, False)."""
+    untrained = (data.item_train_counts == 0).numpy()
+    untrained[0] = False
+    return untrained
+
+
+def _absent_untrained(
+    values: np.ndarray, present: np.ndarray, untrained: np.ndarray, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """An id table's rows of untrained items made absent (mask False, row zero): nothing in the training
+    data can have taught them, so a value there came from elsewhere (a leak) or is noise."""
+    present, values = present & ~untrained, values.copy()
+    values[untrained] = 0.0
+    log.info("id: %d of %d items have no training interaction: absent", int(untrained.sum()), n_items)
+    return values, present
 
 
 def _import_job(name: str, spec: dict, data: PreparedData) -> _Job:
@@ -182,10 +193,15 @@ def _import_job(name: str, spec: dict, data: PreparedData) -> _Job:
     if not matrix.is_file():
         raise AmfrecError(f"{matrix}: file not found")
     ids = spec["ids"]
-    ids_sha = sha256_json(read_ids(ids))
+    # an imported id table is masked as a built one is: the rows of items without training interactions absent
+    untrained = _untrained(data) if name == "id" else None
+    key = read_ids(ids) if untrained is None else [read_ids(ids), np.flatnonzero(untrained).tolist()]
+    ids_sha = sha256_json(key)
 
     def produce():
         values, present = import_npy(matrix, ids, data, dim=spec.get("dim"))
+        if untrained is not None:
+            values, present = _absent_untrained(values, present, untrained, data.n_items)
         return values, present, values.shape[1]
 
     info = {"name": f"import {matrix.name}", "version": "npy", "file_sha256": file_sha256(matrix)}
