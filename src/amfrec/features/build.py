@@ -160,7 +160,7 @@ def _id_job(data: PreparedData, id_from: Path | None) -> _Job:
         arr = np.load(path, allow_pickle=False)
         check_values(path, arr, data.n_items + 1, None)
         present = np.ones(data.n_items + 1, dtype=np.bool_)
-        values = np.asarray(arr, dtype=np.float32).copy()
+        values = np.asarray(arr, dtype=np.float32)  # copied with the untrained rows zeroed
         return (*_absent_untrained(values, present, untrained, data.n_items), arr.shape[1])
 
     info = {"name": "sasrec item embeddings", "version": str(path.resolve()), "file_sha256": file_sha}
