@@ -52,6 +52,22 @@ def test_render_item_placeholders(tok):
     assert b.clean_title(f"Bad{ITEM_TOKEN}Title") == "Bad Title"  # a title cannot smuggle placeholders in
 
 
+def test_candidates_a_template_does_not_list_are_not_rendered_and_their_count_stays(tok):
+    """A catalogue ranking passes every item as a candidate: a template without {candidates} renders the same
+    text as with none (the item strings are never built), and {n_candidates} alone still counts them."""
+    history = ["Toy Story", "Babe"]
+    b = PromptBuilder(tok, PromptTemplate(text="Watched {history}. Next?"))
+    assert not b.template.reads_candidates
+    assert (
+        b.render(history, ["Seven"] * 500)
+        == b.render(history, [])
+        == (f"Watched Toy Story {ITEM_TOKEN}, Babe {ITEM_TOKEN}. Next?")
+    )
+    counted = PromptBuilder(tok, PromptTemplate(text="Watched {history}. One of {n_candidates}?"))
+    assert counted.template.reads_candidates and not counted.template.has_candidates
+    assert counted.render(history, ["Seven", "Babe", "Heat"]).endswith("One of 3?")
+
+
 def test_labels_cover_exactly_the_answer(tok):
     b = PromptBuilder(tok)
     batch = b.build(

@@ -247,7 +247,11 @@ class AMFRecModel(nn.Module, Recommender):
         user: the user soft tokens (B, d) when already computed (else computed here when the prompt has one).
         """
         history, candidates = history.to(self.device), candidates.to(self.device)
-        batch = self.prompt.build(self._titles(history), self._titles(candidates), answers).to(self.device)
+        # candidate titles only when the prompt reads them (a catalogue ranking passes every item)
+        listed = (
+            self._titles(candidates) if self.prompt.template.reads_candidates else [[] for _ in candidates]
+        )
+        batch = self.prompt.build(self._titles(history), listed, answers).to(self.device)
         vectors, aux, weights = self._item_vectors(history, candidates, table)
         if user is None and self.prompt.template.has_user:
             user, _ = self.user_vectors(history)

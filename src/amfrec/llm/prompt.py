@@ -78,6 +78,11 @@ class PromptTemplate:
         return "candidates" in self.slots
 
     @property
+    def reads_candidates(self) -> bool:
+        """Whether the text depends on the candidates at all (their titles or their count)."""
+        return bool(self.slots & {"candidates", "n_candidates"})
+
+    @property
     def has_user(self) -> bool:
         return "user" in self.slots
 
@@ -157,10 +162,14 @@ class PromptBuilder:
         return f"{self.clean_title(title)} {self.item_token * self.tokens_per_item}"
 
     def render(self, history_titles: list[str], candidate_titles: list[str]) -> str:
-        """The prompt text of one example."""
-        return self.template.render(
-            [self.render_item(t) for t in history_titles], [self.render_item(t) for t in candidate_titles]
+        """The prompt text of one example (candidates rendered only when the template lists them: a
+        catalogue ranking passes every item)."""
+        listed = (
+            [self.render_item(t) for t in candidate_titles]
+            if self.template.has_candidates
+            else candidate_titles
         )
+        return self.template.render([self.render_item(t) for t in history_titles], listed)
 
     def encode_answers(self, titles: list[str]) -> list[list[int]]:
         """Token ids of ``answer_prefix + title`` followed by eos, one list per title (one tokenizer call)."""

@@ -252,7 +252,8 @@ class Ranker:
         gates = self.gate_weights(items)
         rows = []
         for item, score in zip(items, scores, strict=True):
-            row = {"item_id": self.data.items[item].item_id, "title": self.data.titles[item], "score": score}
+            it = self.data.items[item]
+            row = {"item_id": it.item_id, "title": it.title, "score": score}
             if gates is not None:
                 row["gate"] = gates[item]
             rows.append(row)

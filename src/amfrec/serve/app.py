@@ -144,7 +144,8 @@ def _add_recommend_route(app: FastAPI, ranker: Ranker, admission: Admission, bat
         finally:
             admission.leave()
         hist = [
-            Item(item_id=data.items[i].item_id, title=data.titles[i], gate=gates.get(i)) for i in query.seen
+            Item(item_id=data.items[i].item_id, title=data.items[i].title, gate=gates.get(i))
+            for i in query.seen
         ]
         return RecommendResponse(model=ranker.info["model"], items=[Item(**r) for r in rows], history=hist)
 
