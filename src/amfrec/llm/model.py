@@ -247,10 +247,7 @@ class AMFRecModel(nn.Module, Recommender):
         user: the user soft tokens (B, d) when already computed (else computed here when the prompt has one).
         """
         history, candidates = history.to(self.device), candidates.to(self.device)
-        # candidate titles only when the prompt reads them (a catalogue ranking passes every item)
-        listed = (
-            self._titles(candidates) if self.prompt.template.reads_candidates else [[] for _ in candidates]
-        )
+        listed = self._titles(candidates) if self.prompt.template.reads_candidates else [[]] * len(candidates)
         batch = self.prompt.build(self._titles(history), listed, answers).to(self.device)
         vectors, aux, weights = self._item_vectors(history, candidates, table)
         if user is None and self.prompt.template.has_user:
@@ -276,8 +273,7 @@ class AMFRecModel(nn.Module, Recommender):
                 return mean, None if self.adapter.new_query is None else mean, rep, 0
         batch, embeds, _, _ = self.embed_prompt(history, candidates, None, table, user)
         mask = batch.attention_mask
-        hidden = self.backbone.decode(embeds, mask, position_ids(mask), last_only=True)  # (B, 1, d): answer
-        q = hidden[:, -1].float()  # (B, d)
+        q = self.backbone.decode(embeds, mask, position_ids(mask), last_only=True)[:, -1].float()  # (B, d)
         if self.adapter.residual is not None:  # the control's state + what the LM adds (0 at the start)
             q = mean + self.adapter.residual(q)
         return q, None if self.adapter.new_query is None else mean, rep, int(mask.sum())

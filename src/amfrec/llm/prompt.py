@@ -79,7 +79,8 @@ class PromptTemplate:
 
     @property
     def reads_candidates(self) -> bool:
-        """Whether the text depends on the candidates at all (their titles or their count)."""
+        """Whether the text depends on the candidates at all (their titles or their count): if not, a
+        catalogue ranking (every item a candidate) need not look up or render their titles."""
         return bool(self.slots & {"candidates", "n_candidates"})
 
     @property
