@@ -231,6 +231,44 @@ def test_a_lone_item_does_not_wait_when_nothing_else_is_in_flight() -> None:
     batcher.close()
 
 
+def test_after_a_larger_call_the_batcher_waits_for_as_many_items() -> None:
+    """Closed-loop clients send again right after their answers: after a call of n items the next one gathers
+    (for at most max_wait_ms) until it holds n again, even when fewer are in flight yet; a lone item after a
+    lone call does not wait."""
+    calls: list[list[int]] = []
+    futures: list = []
+
+    def fn(items: list[int]) -> list[int]:
+        calls.append(list(items))
+        return items
+
+    def submit(i: int):
+        futures.append(batcher.submit(i))
+        return futures[-1]
+
+    batcher = Batcher(fn, max_batch=8, max_wait_ms=400, in_flight=lambda: sum(not f.done() for f in futures),
+                      thread=False)  # fmt: skip
+    burst = [submit(i) for i in range(3)]
+    runner = threading.Thread(target=batcher.run, daemon=True)  # daemon: a failed assert must not hang
+    runner.start()
+    assert [f.result(10) for f in burst] == [0, 1, 2]
+    t0 = time.monotonic()
+    early = submit(10)  # 1 in flight, but the last call held 3: wait for more
+    time.sleep(0.1)
+    late = submit(11)
+    assert (early.result(10), late.result(10)) == (10, 11) and calls[1] == [10, 11]
+    assert time.monotonic() - t0 >= 0.1
+    t0 = time.monotonic()
+    assert submit(12).result(10) == 12  # the last call held 2: waits the 400 ms out, then goes alone
+    assert time.monotonic() - t0 > 0.3
+    t0 = time.monotonic()
+    assert submit(13).result(10) == 13  # the last call held 1: no wait
+    assert time.monotonic() - t0 < 0.3
+    batcher.close()
+    runner.join(10)
+    assert calls == [[0, 1, 2], [10, 11], [12], [13]]
+
+
 def test_concurrent_http_requests_share_one_model_call(f32_ranker: Ranker, monkeypatch) -> None:
     """While one request is scored, three more arrive; they go together in the next model call, and each
     answer equals the request ranked alone."""

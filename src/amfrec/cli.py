@@ -271,7 +271,7 @@ def _add_run_parsers(sub) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-queue", type=int, default=32, help="requests that may wait; the next gets 503")
     s.add_argument("--max-batch", type=int, default=16, help="requests scored in one model call (at most)")
-    s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for a batch")
+    s.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for a batch")
     s.set_defaults(func=cmd_serve)
 
 

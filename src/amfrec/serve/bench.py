@@ -39,7 +39,7 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    run: Path, max_queue: int = 32, timeout: float = 120.0, max_batch: int = 16, max_wait_ms: float = 5.0
+    run: Path, max_queue: int = 32, timeout: float = 120.0, max_batch: int = 16, max_wait_ms: float = 10.0
 ) -> Iterator[str]:
     """Start `amfrec serve --run RUN` on 127.0.0.1 in a child process; yield its base URL once /health
     answers; stop it after. Raises RuntimeError when it exits early, TimeoutError after `timeout` s."""
@@ -102,7 +102,7 @@ def bench_serve(
     clients: list[int] | tuple[int, ...] = (1, 8),
     requests: int = 20,
     max_batch: int = 16,
-    max_wait_ms: float = 5.0,
+    max_wait_ms: float = 10.0,
     k: int = 10,
     repeats: int = 5,
 ) -> str:
