@@ -15,6 +15,7 @@ from amfrec.cli_bench import add_bench_parser
 from amfrec.cli_compare import add_compare_parser
 from amfrec.cli_scale import add_bench_scale_parser
 from amfrec.errors import AmfrecError
+from amfrec.serve.batcher import MAX_WAIT_MS
 
 log = logging.getLogger("amfrec")
 
@@ -271,7 +272,9 @@ def _add_run_parsers(sub) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-queue", type=int, default=32, help="requests that may wait; the next gets 503")
     s.add_argument("--max-batch", type=int, default=16, help="requests scored in one model call (at most)")
-    s.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for a batch")
+    s.add_argument(
+        "--max-wait-ms", type=float, default=MAX_WAIT_MS, help="how long a request waits for a batch"
+    )
     s.set_defaults(func=cmd_serve)
 
 

@@ -15,6 +15,7 @@ from amfrec.cli_args import csv_list as _csv
 from amfrec.cli_args import int_list as _ints
 from amfrec.cli_scale import add_bench_scale_parser
 from amfrec.errors import AmfrecError
+from amfrec.serve.batcher import MAX_WAIT_MS
 
 
 def cmd_bench_train(a: argparse.Namespace) -> None:
@@ -84,7 +85,7 @@ def add_bench_parser(sub) -> None:
     s.add_argument("--clients", type=_ints, default=[1, 8], help="client counts, comma-separated (1,8)")
     s.add_argument("--requests", type=int, default=20, help="requests per client")
     s.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch")
-    s.add_argument("--max-wait-ms", type=float, default=10.0, help="the server's --max-wait-ms")
+    s.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS, help="the server's --max-wait-ms")
     s.add_argument("--k", type=int, default=10, help="items per answer")
     s.add_argument("--repeats", type=int, default=5, help="timed in-process calls (median)")
     s.set_defaults(func=cmd_bench_serve)

@@ -28,7 +28,7 @@ from amfrec.errors import AmfrecError
 from amfrec.features.build import default_posters_dir, poster_paths
 from amfrec.runs.ranker import Query as RankQuery
 from amfrec.runs.ranker import Ranker, UnknownItems
-from amfrec.serve.batcher import Batcher
+from amfrec.serve.batcher import MAX_WAIT_MS, Batcher
 from amfrec.serve.schemas import (
     MAX_BODY_BYTES,
     Item,
@@ -69,7 +69,7 @@ def create_app(
     ranker: Ranker,
     max_queue: int = 32,
     max_batch: int = 16,
-    max_wait_ms: float = 10.0,
+    max_wait_ms: float = MAX_WAIT_MS,
     batch_thread: bool = True,
 ) -> FastAPI:
     """The FastAPI app over a loaded `ranker`; `max_queue` bounds the requests waiting for the model,
@@ -228,7 +228,7 @@ def serve(
     port: int = 8000,
     max_queue: int = 32,
     max_batch: int = 16,
-    max_wait_ms: float = 10.0,
+    max_wait_ms: float = MAX_WAIT_MS,
 ) -> None:
     """Load the run once and serve it until interrupted: uvicorn in a thread, the model in this (main)
     thread, where torch's thread pool runs fastest (see `amfrec.serve.batcher`)."""

@@ -28,6 +28,7 @@ import torch
 from amfrec.errors import AmfrecError
 from amfrec.hardware import cpu_flags
 from amfrec.runs.ranker import Ranker
+from amfrec.serve.batcher import MAX_WAIT_MS
 from amfrec.serve.load import load_test
 
 
@@ -39,7 +40,11 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    run: Path, max_queue: int = 32, timeout: float = 120.0, max_batch: int = 16, max_wait_ms: float = 10.0
+    run: Path,
+    max_queue: int = 32,
+    timeout: float = 120.0,
+    max_batch: int = 16,
+    max_wait_ms: float = MAX_WAIT_MS,
 ) -> Iterator[str]:
     """Start `amfrec serve --run RUN` on 127.0.0.1 in a child process; yield its base URL once /health
     answers; stop it after. Raises RuntimeError when it exits early, TimeoutError after `timeout` s."""
@@ -102,7 +107,7 @@ def bench_serve(
     clients: list[int] | tuple[int, ...] = (1, 8),
     requests: int = 20,
     max_batch: int = 16,
-    max_wait_ms: float = 10.0,
+    max_wait_ms: float = MAX_WAIT_MS,
     k: int = 10,
     repeats: int = 5,
 ) -> str:
