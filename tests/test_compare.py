@@ -69,14 +69,24 @@ def test_compare_end_to_end(runs: Path, capsys: pytest.CaptureFixture) -> None:
     pop, sas = [_ranks(runs / f"pop{s}") for s in (1, 2)], [_ranks(runs / f"sas{s}") for s in (1, 2)]
     a = np.array([r == 1 for rec in pop for r in rec["ranks"]], dtype=float)  # hr@1 per (seed, user)
     b = np.array([r == 1 for rec in sas for r in rec["ranks"]], dtype=float)
-    lo, hi = stats.paired_bootstrap_ci(a - b, 500, seed=3)
-    p = stats.sign_flip_p(a - b, 500, seed=3)
+    users = np.array([u for rec in pop for u in rec["users"]])
+    assert len(set(users)) == 30  # both seeds score the same 30 users: 30 clusters of 2 rows
+    lo, hi = stats.cluster_bootstrap_ci(a - b, users, 500, seed=3)
+    p = stats.cluster_sign_flip_p(a - b, users, 500, seed=3)
+    per_seed = " ".join(f"{(a[k * 30 : k * 30 + 30] - b[k * 30 : k * 30 + 30]).mean():+.4f}" for k in (0, 1))
     argv = ["compare", f"{runs / 'pop1'},{runs / 'pop2'}", f"{runs / 'sas1'},{runs / 'sas2'}"]
     assert main([*argv, "--resamples", "500", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     means = [f"{a.mean():.4f}", f"{b.mean():.4f}", f"{a.mean() - b.mean():+.4f}"]
-    expected = ["hr@1", "all", "1,2", "60", *means, f"[{lo:+.4f}, {hi:+.4f}]", f"{p:.3g}"]
-    assert _table_row(out) == expected
+    expected = ["hr@1", "all", "1,2", "30", "60", *means, f"[{lo:+.4f}, {hi:+.4f}]", f"{p:.3g}", per_seed]
+    row = _table_row(out)
+    assert row[:-1] == expected
+    assert row[-1] in {v.value for v in stats.Verdict}
+    # the per-seed table: each seed's own paired test
+    for k, seed in enumerate((1, 2)):
+        own = stats.paired_test(a[k * 30 : k * 30 + 30], b[k * 30 : k * 30 + 30], n_resamples=500, seed=3)
+        line = f"| {seed} | 30 | {own.mean_a:.4f} | {own.mean_b:.4f} | {own.diff:+.4f} |"
+        assert line in out, out
     assert "A = pop1:" in out and "B = sas1:" in out
     # the same through an experiment folder: --exp EXP MODEL_A MODEL_B pools every EXP/seed*/MODEL
     exp = runs.parent / "exp"
@@ -87,7 +97,7 @@ def test_compare_end_to_end(runs: Path, capsys: pytest.CaptureFixture) -> None:
     assert (
         main(["compare", "--exp", str(exp), "popularity", "sasrec", "--resamples", "500", "--seed", "3"]) == 0
     )
-    assert _table_row(capsys.readouterr().out) == expected
+    assert _table_row(capsys.readouterr().out)[:-1] == expected
 
 
 def test_compare_a_slice_and_a_metric(runs: Path, capsys: pytest.CaptureFixture) -> None:
@@ -100,8 +110,8 @@ def test_compare_a_slice_and_a_metric(runs: Path, capsys: pytest.CaptureFixture)
         == 0
     )
     cells = _table_row(capsys.readouterr().out)
-    assert cells[:7] == ["ndcg@10", "cold", "1", str(len(rows)), f"{a.mean():.4f}", f"{b.mean():.4f}",
-                         f"{a.mean() - b.mean():+.4f}"]  # fmt: skip
+    assert cells[:8] == ["ndcg@10", "cold", "1", str(len(rows)), str(len(rows)), f"{a.mean():.4f}",
+                         f"{b.mean():.4f}", f"{a.mean() - b.mean():+.4f}"]  # fmt: skip
 
 
 def one_line_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
@@ -213,7 +223,7 @@ def test_compare_the_cost_of_a_corruption(runs: Path, tmp_path: Path, capsys: py
     cells = _table_row(out)
     cost_a, cost_b = sides["pop1"], sides["sas1"]
     assert float(cost_b.sum()) == 0.0 and float(cost_a.mean()) > 0
-    assert cells[4:7] == [
+    assert cells[5:8] == [
         f"{cost_a.mean():.4f}",
         f"{cost_b.mean():.4f}",
         f"{cost_a.mean() - cost_b.mean():+.4f}",

@@ -107,7 +107,7 @@ def _ranks_file(path: Path, model: str, seed: int, ranks: list[int], slices: dic
 
 def test_report_paired_comparisons_by_hand(tmp_path: Path) -> None:
     """Each model against sasrec, amfrec against amfrec-no_llm, seeds pooled; a run without ranks is named."""
-    from amfrec.stats import paired_bootstrap_ci, sign_flip_p
+    from amfrec.stats import cluster_bootstrap_ci, cluster_sign_flip_p
 
     ranks = {  # seed -> model -> the ranks of users u1..u4
         1: {"sasrec": [1, 2, 1, 5], "amfrec": [1, 1, 3, 1], "amfrec-no_llm": [2, 1, 1, 1]},
@@ -124,20 +124,26 @@ def test_report_paired_comparisons_by_hand(tmp_path: Path) -> None:
     assert "## Paired comparisons" in text
 
     def row(a: str, b: str, metric: str, slice: str, n: int, va: list[float], vb: list[float]) -> str:
+        """The row by hand: rows are seed 1's users then seed 2's (the same users), a user one cluster."""
         d = [x - y for x, y in zip(va, vb, strict=True)]
-        lo, hi = paired_bootstrap_ci(d, 10000, seed=0)
+        users = (["u1", "u2", "u3", "u4"] if slice == "all" else ["u1", "u2"]) * 2
+        lo, hi = cluster_bootstrap_ci(d, users, 10000, seed=0)
         mean_a, mean_b = sum(va) / len(va), sum(vb) / len(vb)
         means = [f"{mean_a:.4f}", f"{mean_b:.4f}", f"{mean_a - mean_b:+.4f}"]
-        cells = [a, b, metric, slice, "1,2", str(n), *means, f"[{lo:+.4f}, {hi:+.4f}]"]
-        cells.append(f"{sign_flip_p(d, 10000, seed=0):.3g}")
+        cells = [a, b, metric, slice, "1,2", str(n // 2), str(n), *means, f"[{lo:+.4f}, {hi:+.4f}]"]
+        cells.append(f"{cluster_sign_flip_p(d, users, 10000, seed=0):.3g}")
+        half = n // 2
+        cells.append(f"{sum(d[:half]) / half:+.4f} {sum(d[half:]) / half:+.4f}")
         return "| " + " | ".join(cells) + " |"
 
     # hr@1 per (seed, user): amfrec 1,1,0,1 | 0,1,1,0 (mean 5/8); sasrec 1,0,1,0 | 1,1,1,1 (6/8)
     amf, sas = [1, 1, 0, 1, 0, 1, 1, 0], [1, 0, 1, 0, 1, 1, 1, 1]
     assert row("amfrec", "sasrec", "hr@1", "all", 8, amf, sas) in text
-    assert "| amfrec | sasrec | hr@1 | all | 1,2 | 8 | 0.6250 | 0.7500 | -0.1250 |" in text
+    # per seed -0.25 and 0.0 hr@1; 4 users, 8 (seed, user) rows; the interval holds 0: no difference shown
+    line = "| amfrec | sasrec | hr@1 | all | 1,2 | 4 | 8 | 0.6250 | 0.7500 | -0.1250 |"
+    assert line in text and text.split(line)[1].split("\n")[0].endswith("| no difference shown |")
     # the slice "tail" = users u1, u2 of each seed: amfrec 1,1 | 0,1; sasrec 1,0 | 1,1 -> a tie
-    assert "| amfrec | sasrec | hr@1 | tail | 1,2 | 4 | 0.7500 | 0.7500 | +0.0000 |" in text
+    assert "| amfrec | sasrec | hr@1 | tail | 1,2 | 2 | 4 | 0.7500 | 0.7500 | +0.0000 |" in text
     g = 1 / math.log2(3)  # ndcg@10 of rank 2; rank 3 -> 0.5, rank 5 -> 1 / log2(6)
     amf_ndcg = [1, 1, 0.5, 1, g, 1, 1, 0.5]
     sas_ndcg = [1, g, 1, 1 / math.log2(6), 1, 1, 1, 1]

@@ -3,8 +3,11 @@
 Per example, a metric value is computed from the target's rank (`per_example`); two models scored on the
 same examples give a paired difference per example. Its mean gets a percentile bootstrap confidence interval
 (`paired_bootstrap_ci`) and a two-sided sign-flip permutation p-value (`sign_flip_p`); `paired_test` bundles
-both into a `PairedResult`. Every draw comes from `numpy.random.default_rng(seed)` in a fixed order, so a
-seed gives the same numbers on every machine, and the work is done in vectorised chunks of resamples.
+both into a `PairedResult`. Over several training seeds scored on the same users, `clustered_test` resamples
+a user with all of its seeds together (a cluster bootstrap), tests each seed on its own, and gives a
+`Verdict`: "A beats B" needs the pooled interval above 0 and every seed's difference above 0. Every draw
+comes from `numpy.random.default_rng(seed)` in a fixed order, so a seed gives the same numbers on every
+machine, and the work is done in vectorised chunks of resamples.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -149,3 +153,132 @@ def paired_test(
         metric=metric,
         slice=slice,
     )
+
+
+# ------------------------------------------------------------------------------------ clusters (seeds)
+# Under the standard protocol every training seed is scored on the same users and targets: the (seed, user)
+# differences of one user are not independent, and pooling them as users makes the interval too narrow.
+# The cluster versions below resample (or sign-flip) a user with all of its seeds together.
+
+
+def _cluster_sums(d: np.ndarray, clusters: Sequence | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """((G,) sums of `d` per cluster, (G,) counts): clusters are the distinct values of the (N,) keys, in
+    sorted order."""
+    keys = np.asarray(clusters)
+    if keys.shape != d.shape:
+        raise ValueError(f"clusters of shape {keys.shape} for differences of shape {d.shape}")
+    codes = np.unique(keys, return_inverse=True)[1].reshape(-1)  # (N,) in 0..G-1
+    return np.bincount(codes, weights=d), np.bincount(codes).astype(np.float64)
+
+
+def cluster_bootstrap_ci(
+    diff: Sequence[float] | np.ndarray,
+    clusters: Sequence | np.ndarray,
+    n_resamples: int = 10000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of the (N,) differences `diff`, resampling whole clusters.
+
+    clusters: (N,) keys (a user id per difference); the G distinct keys, sorted, are the clusters. Each
+    resample draws G clusters with replacement (`rng.integers(0, G, size=G, dtype=int32)` per resample, in
+    order); its mean is the drawn clusters' summed differences over their summed counts.
+    """
+    d = _as_diff(diff)
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    sums, counts = _cluster_sums(d, clusters)  # (G,), (G,)
+    rng = np.random.default_rng(seed)
+    g = sums.size
+    draws = (rng.integers(0, g, size=(c, g), dtype=np.int32) for c in _chunks(n_resamples, g))  # (c, G)
+    means = np.concatenate([sums[idx].sum(axis=1) / counts[idx].sum(axis=1) for idx in draws])
+    lo, hi = np.quantile(means, [(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    return float(lo), float(hi)
+
+
+def cluster_sign_flip_p(
+    diff: Sequence[float] | np.ndarray,
+    clusters: Sequence | np.ndarray,
+    n_permutations: int = 10000,
+    seed: int = 0,
+) -> float:
+    """Two-sided sign-flip p-value of the mean of (N,) differences, flipping whole clusters: `sign_flip_p`
+    over the G clusters' summed differences (a user's seeds keep one sign together)."""
+    sums, _ = _cluster_sums(_as_diff(diff), clusters)
+    return sign_flip_p(sums, n_permutations=n_permutations, seed=seed)
+
+
+class Verdict(StrEnum):
+    """What a clustered comparison allows one to say of A against B."""
+
+    BEATS = "A beats B"  # the pooled interval above 0 and every seed's difference above 0
+    LOSES = "B beats A"  # the mirror image
+    MIXED = (
+        "undecided: seeds disagree"  # the pooled interval excludes 0, a seed's difference has the other sign
+    )
+    TIE = "no difference shown"  # the pooled interval holds 0
+
+
+@dataclass(frozen=True)
+class ClusteredResult:
+    """A comparison of A and B over seeds: the pooled difference with users as clusters (`pooled.n` counts
+    (seed, user) rows), each seed's own paired test, and the verdict of both together."""
+
+    pooled: PairedResult
+    n_users: int
+    seeds: tuple[int, ...]
+    per_seed: tuple[PairedResult, ...]
+
+    @property
+    def verdict(self) -> Verdict:
+        diffs = [r.diff for r in self.per_seed]
+        if self.pooled.ci_lo > 0:
+            return Verdict.BEATS if all(x > 0 for x in diffs) else Verdict.MIXED
+        if self.pooled.ci_hi < 0:
+            return Verdict.LOSES if all(x < 0 for x in diffs) else Verdict.MIXED
+        return Verdict.TIE
+
+
+def clustered_test(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    users: Sequence | np.ndarray,
+    seeds: Sequence[int] | np.ndarray,
+    metric: str = "",
+    slice: str = "all",
+    n_resamples: int = 10000,
+    seed: int = 0,
+) -> ClusteredResult:
+    """Compare (N,) per-row values `a` and `b`, one row per (seed, user) given by (N,) `seeds` and `users`.
+
+    Pooled: means over every row, the cluster bootstrap interval and cluster sign-flip p with users as the
+    clusters. Per seed: `paired_test` on that seed's rows (its users are independent).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)  # (N,), (N,)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in shape: {a.shape} vs {b.shape}")
+    d = _as_diff(a - b)
+    seeds = np.asarray(seeds)
+    if seeds.shape != d.shape:
+        raise ValueError(f"seeds of shape {seeds.shape} for values of shape {d.shape}")
+    lo, hi = cluster_bootstrap_ci(d, users, n_resamples=n_resamples, seed=seed)
+    pooled = PairedResult(
+        n=int(d.size),
+        mean_a=float(a.mean()),
+        mean_b=float(b.mean()),
+        diff=float(d.mean()),
+        ci_lo=lo,
+        ci_hi=hi,
+        p=cluster_sign_flip_p(d, users, n_permutations=n_resamples, seed=seed),
+        metric=metric,
+        slice=slice,
+    )
+    order = [int(s) for s in dict.fromkeys(seeds.tolist())]  # seeds in order of first appearance
+    per_seed = tuple(
+        paired_test(a[seeds == s], b[seeds == s], metric, slice, n_resamples=n_resamples, seed=seed)
+        for s in order
+    )
+    n_users = int(np.unique(np.asarray(users)).size)
+    return ClusteredResult(pooled=pooled, n_users=n_users, seeds=tuple(order), per_seed=per_seed)

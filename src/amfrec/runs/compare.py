@@ -1,5 +1,7 @@
 """`amfrec compare RUN_A RUN_B`: the paired per-user difference of two models, with its bootstrap interval and
-sign-flip p-value (`amfrec.runs.ranks` pairs the ranks files, `amfrec.stats` does the statistics).
+sign-flip p-value, seeds pooled with each user as one cluster, each seed's own difference beside it, and the
+verdict ("A beats B" needs the pooled interval above 0 and every seed above 0). `amfrec.runs.ranks` pairs the
+ranks files, `amfrec.stats` does the statistics.
 
 A side is a run folder, a comma-separated list of run folders (one per seed, paired with the other side's in
 order), or, with `exp`, a model name: every EXP/seed<S>/<MODEL> whose seed both models have.
@@ -13,31 +15,46 @@ from pathlib import Path
 from amfrec.errors import AmfrecError
 from amfrec.features.corrupt import parse_corruption
 from amfrec.runs.ranks import ALL, load_pairs, paired_result
-from amfrec.stats import PairedResult
+from amfrec.stats import ClusteredResult, PairedResult
 
 log = logging.getLogger(__name__)
 
-PAIRED_HEADER = ("metric", "slice", "seeds", "n", "mean A", "mean B", "A − B", "95% CI", "p")
+PAIRED_HEADER = (
+    "metric", "slice", "seeds", "users", "n", "mean A", "mean B", "A − B", "95% CI", "p", "A − B per seed",
+    "verdict",
+)  # fmt: skip
+SEED_HEADER = ("seed", "n", "mean A", "mean B", "A − B", "95% CI", "p")
 
 
-def paired_cells(result: PairedResult, seeds: list[int]) -> list[str]:
-    """One table row's cells (in the order of PAIRED_HEADER)."""
+def paired_cells(result: ClusteredResult) -> list[str]:
+    """One table row's cells (in the order of PAIRED_HEADER): the pooled comparison and its verdict."""
+    r = result.pooled
     return [
-        result.metric,
-        result.slice,
-        ",".join(map(str, seeds)),
-        str(result.n),
-        f"{result.mean_a:.4f}",
-        f"{result.mean_b:.4f}",
-        f"{result.diff:+.4f}",
-        f"[{result.ci_lo:+.4f}, {result.ci_hi:+.4f}]",
-        f"{result.p:.3g}",
+        r.metric,
+        r.slice,
+        ",".join(map(str, result.seeds)),
+        str(result.n_users),
+        str(r.n),
+        f"{r.mean_a:.4f}",
+        f"{r.mean_b:.4f}",
+        f"{r.diff:+.4f}",
+        f"[{r.ci_lo:+.4f}, {r.ci_hi:+.4f}]",
+        f"{r.p:.3g}",
+        " ".join(f"{s.diff:+.4f}" for s in result.per_seed),
+        result.verdict.value,
     ]
+
+
+def seed_cells(seed: int, r: PairedResult) -> list[str]:
+    """A row of the per-seed table (SEED_HEADER): one seed's own paired test."""
+    return [str(seed), str(r.n), f"{r.mean_a:.4f}", f"{r.mean_b:.4f}", f"{r.diff:+.4f}",
+            f"[{r.ci_lo:+.4f}, {r.ci_hi:+.4f}]", f"{r.p:.3g}"]  # fmt: skip
 
 
 def markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
     """A markdown table: text columns left-aligned, the others (numbers) right-aligned."""
-    align = ["---" if h in ("A", "B", "metric", "slice", "seeds") else "---:" for h in header]
+    left = ("A", "B", "metric", "slice", "seeds", "A − B per seed", "verdict")
+    align = ["---" if h in left else "---:" for h in header]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     return "\n".join([*lines, *("| " + " | ".join(r) + " |" for r in rows)])
 
@@ -100,15 +117,21 @@ def compare(
         cost = f"cost of {name}={how.value} to"
         label_a, label_b = f"{cost} {label_a}", f"{cost} {label_b}"
     result = paired_result(loaded, metric, slice, n_resamples, seed, minus)
-    seeds = [rec["seed"] for (rec, _), _ in loaded]
+    per_seed = [seed_cells(s, r) for s, r in zip(result.seeds, result.per_seed, strict=True)]
     return "\n".join(
         [
             f"A = {label_a}: " + ", ".join(str(p) for (_, p), _ in loaded),
             f"B = {label_b}: " + ", ".join(str(p) for _, (_, p) in loaded),
             "",
-            markdown_table(PAIRED_HEADER, [paired_cells(result, seeds)]),
+            markdown_table(PAIRED_HEADER, [paired_cells(result)]),
             "",
-            "Paired by (seed, user), seeds pooled; 95% percentile bootstrap interval of the mean difference "
-            f"and two-sided sign-flip p-value, {n_resamples} resamples each (seed {seed}).",
+            "Each seed on its own:",
+            "",
+            markdown_table(SEED_HEADER, per_seed),
+            "",
+            "Paired by (seed, user). Pooled over seeds with each user one cluster (resampled and "
+            "sign-flipped with all of its seeds together); 95% percentile bootstrap interval of the mean "
+            f"difference and two-sided sign-flip p-value, {n_resamples} resamples each (seed {seed}). A verdict of "
+            "'A beats B' needs the pooled interval above 0 and every seed's difference above 0.",
         ]
     )

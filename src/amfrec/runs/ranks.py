@@ -6,7 +6,8 @@ A run writes RUN/test_ranks.json and RUN/valid_ranks.json beside its metrics (th
 "targets": [N item ids], "ranks": [N ints, 1 = best], "slices": {name: [row indices in the slice]}}.
 
 Two runs are paired by (seed, user): both files must hold the same seed, users and targets, in the same
-order. Seeds are pooled as independent users; the statistics are `amfrec.stats.paired_test`.
+order. Over several seeds a user is one cluster (every seed scores the same users): the statistics are
+`amfrec.stats.clustered_test` (cluster bootstrap, per-seed tests, verdict).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from amfrec.data.dataset import PreparedData, Split
 from amfrec.errors import AmfrecError
 from amfrec.io import read_json, write_text
-from amfrec.stats import PairedResult, paired_test, per_example
+from amfrec.stats import ClusteredResult, clustered_test, per_example
 
 RANKS_FORMAT = "amfrec-ranks/1"
 ALL = "all"  # the slice of every row
@@ -171,11 +172,12 @@ def paired_result(
     n_resamples: int = 10000,
     seed: int = 0,
     minus: list | None = None,
-) -> PairedResult:
-    """The paired test of A against B on `metric` over slice `slice`, seeds pooled as independent users.
+) -> ClusteredResult:
+    """The paired test of A against B on `metric` over slice `slice`: users resampled with all their seeds
+    (one cluster per user id), and each pair of runs (a seed) tested on its own.
     minus: pairs loaded like `loaded` from the same runs' other ranks files (a corrupted evaluation): each
     side's per-user value is then its `loaded` value minus its `minus` value (the cost of the corruption)."""
-    values_a, values_b = [], []
+    values_a, values_b, users, seeds = [], [], [], []
     for k, ((a, path_a), (b, path_b)) in enumerate(loaded):
         rows = slice_rows(a, slice, path_a)  # (K,)
         if not np.array_equal(rows, slice_rows(b, slice, path_b)):
@@ -193,9 +195,23 @@ def paired_result(
             raise AmfrecError(f"--metric {metric}: {e}") from None
         values_a.append(va)
         values_b.append(vb)
+        users.append(np.asarray(a["users"], dtype=str)[rows])
+        seeds.append(np.full(rows.size, a["seed"]))
     va, vb = np.concatenate(values_a), np.concatenate(values_b)  # (sum K,)
     if va.size == 0:
         raise AmfrecError(f"slice {slice!r} is empty in {', '.join(str(p) for (_, p), _ in loaded)}")
     if n_resamples < 1:
         raise AmfrecError(f"--resamples must be >= 1, got {n_resamples}")
-    return paired_test(va, vb, metric=metric, slice=slice, n_resamples=n_resamples, seed=seed)
+    run_seeds = [a["seed"] for (a, _), _ in loaded]
+    if len(set(run_seeds)) < len(run_seeds):
+        raise AmfrecError(f"seeds {run_seeds}: two pairs of runs share a seed; give one pair per seed")
+    return clustered_test(
+        va,
+        vb,
+        np.concatenate(users),
+        np.concatenate(seeds),
+        metric,
+        slice,
+        n_resamples=n_resamples,
+        seed=seed,
+    )

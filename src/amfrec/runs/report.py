@@ -29,7 +29,8 @@ TABLE_KEYS = ("hr@1", "hr@5", "hr@10", "ndcg@10", "mrr")
 PAIRED_TEXT = (
     "Per test user, A's metric minus B's on the same candidates (`amfrec compare`): the mean difference, its "
     "95% percentile bootstrap interval and the two-sided sign-flip p-value (10,000 resamples each, seed 0), "
-    "seeds pooled as independent users; slices as in the ranks files."
+    "seeds pooled with each user one cluster (resampled with all of its seeds), each seed's own difference "
+    "beside it; 'A beats B' needs the interval above 0 and every seed above 0; slices as in the ranks files."
 )
 PLOTS = {
     "metrics.png": (plot_metrics, "Test metrics per model"),

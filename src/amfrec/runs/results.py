@@ -251,8 +251,9 @@ def paired_table(
     groups: dict[str, list[RunRecord]], n_resamples: int = 10000, seed: int = 0
 ) -> tuple[str, list[str]]:
     """(markdown table, notes on the pairs left out): each pair of `paired_pairs` on hr@1 and ndcg@10, on
-    all test users and on every slice of the ranks files, seeds pooled, with bootstrap interval and sign-flip
-    p-value. A pair is left out (with a note) when a run lacks test_ranks.json or the runs do not pair."""
+    all test users and on every slice of the ranks files, seeds pooled with users as clusters, with bootstrap
+    interval, sign-flip p-value, each seed's difference and the verdict. A pair is left out (with a note)
+    when a run lacks test_ranks.json or the runs do not pair."""
     rows, notes = [], []
     for model_a, model_b in paired_pairs(groups):
         runs_a = {r.seed: r for r in groups[model_a]}
@@ -273,5 +274,5 @@ def paired_table(
                 continue  # an empty slice
             for metric in PAIRED_METRICS:
                 result = paired_result(loaded, metric, name, n_resamples, seed)
-                rows.append([model_a, model_b, *paired_cells(result, seeds)])
+                rows.append([model_a, model_b, *paired_cells(result)])
     return (markdown_table(("A", "B", *PAIRED_HEADER), rows) if rows else ""), notes
