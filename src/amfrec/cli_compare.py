@@ -28,7 +28,8 @@ def cmd_compare(a: argparse.Namespace) -> None:
 def add_compare_parser(sub) -> None:
     """`amfrec compare RUN_A RUN_B`."""
     c = sub.add_parser(
-        "compare", help="paired per-user difference of two models: users as clusters over seeds, per-seed differences, verdict"
+        "compare",
+        help="paired per-user difference of two models: users as clusters over seeds, each seed, verdict",
     )
     c.add_argument("run_a", metavar="RUN_A", help="run folder, or comma-separated run folders (one per seed)")
     c.add_argument("run_b", metavar="RUN_B", help="the same for model B (paired with RUN_A's in order)")

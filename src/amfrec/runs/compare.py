@@ -131,7 +131,7 @@ def compare(
             "",
             "Paired by (seed, user). Pooled over seeds with each user one cluster (resampled and "
             "sign-flipped with all of its seeds together); 95% percentile bootstrap interval of the mean "
-            f"difference and two-sided sign-flip p-value, {n_resamples} resamples each (seed {seed}). A verdict of "
-            "'A beats B' needs the pooled interval above 0 and every seed's difference above 0.",
+            f"difference and two-sided sign-flip p-value, {n_resamples} resamples each (seed {seed}). "
+            "A verdict of 'A beats B' needs the pooled interval above 0 and every seed's difference above 0.",
         ]
     )
