@@ -21,7 +21,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("llm",),  # the AMFRec model: backbone, prompt, item encoder, head, training loop
     ("runs",),  # application: run folders, experiments, reports, quickstart, bench
     ("serve",),  # the HTTP API and web page over a run
-    ("cli", "cli_args", "cli_compare", "cli_bench", "cli_scale", "__main__"),  # the only readers of argv
+    (
+        "cli",
+        "cli_args",
+        "cli_compare",
+        "cli_bench",
+        "cli_scale",
+        "cli_tune",
+        "__main__",
+    ),  # the only readers of argv
 )
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 400, 80
 

@@ -1,0 +1,76 @@
+"""`amfrec tune`: a staged search on validation, end to end on the tiny prepared data (1-epoch SASRec)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from amfrec.cli import main
+from amfrec.errors import AmfrecError
+from amfrec.runs.tune import parse_stage, trial_name
+
+
+def _valid(run: Path) -> dict:
+    return json.loads((run / "valid_metrics.json").read_text())
+
+
+def test_tune_searches_stage_by_stage(tiny_prepared: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "tune"
+    argv = ["tune", "--model", "sasrec", "--data", str(tiny_prepared), "--out", str(out)]
+    argv += ["--stage", "hidden=8,16", "--stage", "dropout=0.0,0.5 max_epochs=1"]
+    assert main([*argv, "--stage", "lr=0.01"]) == 0
+    text = capsys.readouterr().out
+    # stage 1: two sizes; its best (by validation ndcg@10, read here from the run folders) is carried on
+    stage1 = {h: _valid(out / f"hidden{h}")["ndcg@10"] for h in (8, 16)}
+    h = max(stage1, key=lambda k: (stage1[k], -k))  # the first of equals
+    stage2 = {
+        (d, e): _valid(out / trial_name({"hidden": h, "dropout": d, "max_epochs": e}))["ndcg@10"]
+        for d in (0.0, 0.5)
+        for e in (1,)
+    }
+    d, e = max(stage2, key=lambda k: (stage2[k], -k[0]))
+    final = out / trial_name({"hidden": h, "dropout": d, "max_epochs": e, "lr": 0.01})
+    assert final.is_dir() and len([p for p in out.iterdir() if p.is_dir()]) == 5
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(lines) == 1 + 5  # header + one row per trial
+    assert sum("| best |" in line for line in lines) == 3  # one best per stage
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert (best["hidden"], best["dropout"], best["max_epochs"], best["lr"]) == (h, d, e, 0.01)
+    assert best["layers"] == 2  # the packaged config's other fields
+    assert (out / "search.md").read_text().strip() in text
+    # a second call reuses every finished trial
+    stamp = (final / "valid_metrics.json").stat().st_mtime_ns
+    assert main([*argv, "--stage", "lr=0.01"]) == 0
+    assert (final / "valid_metrics.json").stat().st_mtime_ns == stamp
+    # best.yaml is a config that `amfrec train --config` reads
+    run = tmp_path / "again"
+    assert main(["-q", "train", "--model", "sasrec", "--data", str(tiny_prepared), "--config",
+                 str(out / "best.yaml"), "--out", str(run)]) == 0  # fmt: skip
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["hidden"] == h
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("hidden", "KEY=V1"),
+        ("hidden=", "KEY=V1"),
+        ("=8", "KEY=V1"),
+        ("a=1 a=2", "given twice"),
+        ("", "empty"),
+    ],
+)
+def test_bad_stages(text: str, match: str) -> None:
+    with pytest.raises(AmfrecError, match=match):
+        parse_stage(text)
+
+
+def test_tune_refuses_what_it_cannot_search(tiny_prepared: Path, tmp_path: Path, capsys) -> None:
+    base = ["tune", "--data", str(tiny_prepared), "--out", str(tmp_path / "t"), "--stage", "hidden=8"]
+    for model, match in (("amfrec", "not a baseline"), ("sasrec_content", "--features is required")):
+        assert main([*base, "--model", model]) == 2
+        err = capsys.readouterr().err.strip()
+        assert match in err and "\n" not in err
+    assert parse_stage("max_len=10,50 dropout=0.2") == {"max_len": [10, 50], "dropout": [0.2]}
