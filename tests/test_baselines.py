@@ -1,4 +1,5 @@
-"""Popularity, SASRec, GRU4Rec and train_baseline (unit tests on tiny synthetic data; one e2e on ml-100k)."""
+"""Popularity, SASRec, GRU4Rec, the config's max_len and train_baseline (unit tests on tiny synthetic data;
+one e2e on ml-100k). BERT4Rec: tests/test_bert4rec.py."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import pytest
 import torch
 import yaml
 
+from amfrec.baselines.content import SASRecContentConfig
 from amfrec.baselines.popularity import Popularity, training_interaction_counts
 from amfrec.baselines.sequential import (
+    BERT4Rec,
+    BERT4RecConfig,
     GRU4Rec,
     GRU4RecConfig,
     GRU4RecNet,
@@ -117,6 +121,14 @@ def test_popularity_scores_and_roundtrip(cyclic, tmp_path):
         (GRU4RecConfig, {"patience": 0}, "patience"),
         (GRU4RecConfig, {"positions": "first"}, "positions"),
         (GRU4RecConfig, {"num_threads": 0}, "num_threads"),
+        (
+            SASRecConfig,
+            {"max_len": 0},
+            r"SASRecConfig.max_len must be null .* or an integer >= 1",
+        ),
+        (GRU4RecConfig, {"max_len": 2.5}, "GRU4RecConfig.max_len"),
+        (BERT4RecConfig, {"max_len": True}, "BERT4RecConfig.max_len"),
+        (SASRecContentConfig, {"max_len": "10"}, "SASRecContentConfig.max_len"),
     ],
 )
 def test_config_validation(cls, kwargs, match):
@@ -274,7 +286,7 @@ def test_train_baseline_popularity(tiny_prepared, tmp_path):
 
 def test_train_baseline_user_errors(tiny_prepared, tmp_path):
     with pytest.raises(AmfrecError, match="unknown baseline"):
-        train_baseline("bert4rec", tiny_prepared, 1, tmp_path / "a")
+        train_baseline("caser", tiny_prepared, 1, tmp_path / "a")
     with pytest.raises(AmfrecError, match="unknown config field"):
         train_baseline("sasrec", tiny_prepared, 1, tmp_path / "b", {"hiden": 8})
     with pytest.raises(AmfrecError, match="heads"):
@@ -332,7 +344,7 @@ def test_same_results_as_before_the_restructure(tiny_atomic_dir, tmp_path):
         assert (test["hr@1"], test["ndcg@10"], test["mrr"]) == pytest.approx(want, abs=1e-12), name
 
 
-@pytest.mark.parametrize("name", ["popularity", "sasrec", "gru4rec"])
+@pytest.mark.parametrize("name", ["popularity", "sasrec", "gru4rec", "bert4rec"])
 def test_scores_follow_the_candidates_when_permuted(cyclic, name):
     """Every baseline scores a candidate by itself: permuting the candidates permutes the scores (so a
     target's rank never depends on its column). AMFRec: tests/test_llm_item_token.py."""
@@ -340,9 +352,87 @@ def test_scores_follow_the_candidates_when_permuted(cyclic, name):
         "popularity": Popularity,
         "sasrec": lambda: SASRec(SASRecConfig(max_epochs=1, hidden=16, heads=1)),
         "gru4rec": lambda: GRU4Rec(GRU4RecConfig(max_epochs=1, hidden=16)),
+        "bert4rec": lambda: BERT4Rec(BERT4RecConfig(max_epochs=1, hidden=16, inner=32)),
     }
     model = builders[name]()
     model.fit(cyclic, seed=0)
     h, c = cyclic.test.history[:6], cyclic.test.candidates[:6]  # (6, L), (6, C)
     perm = torch.randperm(c.shape[1], generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(model.score(h, c[:, perm]), model.score(h, c)[:, perm], rtol=0, atol=1e-6)
+
+
+# ---- max_len: the model reads the last L items of the data's histories ---------------------------
+
+SHORT = 4  # the tiny fixture is prepared with max_len 10
+SEQUENTIAL = {
+    "sasrec": (SASRec, lambda **kw: SASRecConfig(hidden=16, heads=1, max_epochs=3, patience=3, **kw)),
+    "gru4rec": (GRU4Rec, lambda **kw: GRU4RecConfig(hidden=16, max_epochs=3, patience=3, **kw)),
+    "bert4rec": (BERT4Rec, lambda **kw: BERT4RecConfig(hidden=16, inner=32, max_epochs=3, patience=3, **kw)),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_short(tiny_atomic_dir, tmp_path_factory) -> PreparedData:
+    """The tiny fixture prepared with max_len SHORT (same seed, so the same windows cut shorter)."""
+    from amfrec.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("tiny-short") / "seed1"
+    prepare(tiny_atomic_dir, out, seed=1, max_len=SHORT)
+    return PreparedData.load(out)
+
+
+@pytest.mark.parametrize("name", list(SEQUENTIAL))
+def test_max_len_equals_data_prepared_with_the_shorter_max_len(tiny_prepared, tiny_short, name, tmp_path):
+    """Training with max_len=4 on the max_len-10 folder is training on the max_len-4 folder: the same
+    windows, the same per-epoch draws, so bit-identical scores; the saved weights remember 4."""
+    cls, cfg = SEQUENTIAL[name]
+    long = PreparedData.load(tiny_prepared)
+    assert long.max_len == 10 and tiny_short.max_len == SHORT
+    assert torch.equal(long.train.history[:, -SHORT:], tiny_short.train.history)  # the premise
+    cut, plain = cls(cfg(max_len=SHORT)), cls(cfg())
+    info = cut.fit(long, seed=2)
+    plain_info = plain.fit(tiny_short, seed=2)
+    assert info["max_len"] == plain_info["max_len"] == SHORT and cut.max_len == SHORT
+    assert info["epochs"] == plain_info["epochs"]
+    h, c = long.test.history, long.test.candidates  # (N, 10), (N, C)
+    assert torch.equal(cut.score(h, c), plain.score(tiny_short.test.history, c))
+    cut.save(tmp_path)
+    again = cls.load(tmp_path, long)
+    assert again.max_len == SHORT and again.config.max_len == SHORT
+    assert torch.equal(again.score(h, c), cut.score(h, c))
+
+
+@pytest.mark.parametrize("name", list(SEQUENTIAL))
+def test_max_len_scores_ignore_older_items(cyclic, name):
+    """Scoring reads only the last L items: changing an older one changes nothing, a recent one does."""
+    cls, cfg = SEQUENTIAL[name]
+    model = cls(cfg(max_len=3))
+    model.fit(cyclic, seed=0)  # cyclic's histories hold up to 5 items
+    h, c = cyclic.test.history, cyclic.test.candidates
+    older, recent = h.clone(), h.clone()
+    older[:, :-3] = torch.where(older[:, :-3] > 0, 7, 0)
+    recent[:, -1] = 7
+    assert torch.equal(model.score(older, c), model.score(h, c))
+    assert not torch.equal(model.score(recent, c), model.score(h, c))
+
+
+def test_max_len_above_the_data_is_refused(tiny_prepared, tmp_path):
+    with pytest.raises(ValueError, match=r"SASRecConfig.max_len=11 exceeds the prepared data's max_len=10"):
+        SASRecConfig(max_len=11).history_len(10)
+    assert SASRecConfig(max_len=10).history_len(10) == 10 and SASRecConfig().history_len(7) == 7
+    with pytest.raises(AmfrecError, match=r"GRU4RecConfig.max_len=50 exceeds the prepared data's max_len=10"):
+        train_baseline("gru4rec", tiny_prepared, 1, tmp_path / "g", {"max_len": 50})
+    assert not (tmp_path / "g").exists()
+
+
+def test_max_len_from_the_command_line(tiny_prepared, tmp_path, capsys):
+    from amfrec.cli import main
+
+    argv = ["train", "--model", "sasrec", "--data", str(tiny_prepared), "--seed", "1"]
+    sets = ["--set", "max_epochs=1", "--set", "hidden=16"]
+    assert main([*argv, "--out", str(tmp_path / "s"), *sets, "--set", "max_len=5"]) == 0
+    cfg = load_run_config(tmp_path / "s")
+    assert cfg["model"]["max_len"] == 5 and cfg["train_info"]["max_len"] == 5 and cfg["run"]["max_len"] == 10
+    assert SASRec.load(tmp_path / "s").net.pos_emb.num_embeddings == 5
+    assert main([*argv, "--out", str(tmp_path / "t"), *sets, "--set", "max_len=50"]) == 2
+    assert "max_len=50 exceeds the prepared data's max_len=10" in capsys.readouterr().err

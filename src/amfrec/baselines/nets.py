@@ -1,8 +1,13 @@
 """The sequential baselines' configs and networks.
 
 Networks: (B, L) left-padded item indices -> (B, L, H) representation at every position (same left-padded
-layout; rows at padded positions are meaningless). The last column is the representation of the whole
-history; `item_table()` is the (n_items + 1, H) item-embedding table.
+layout; rows at padded positions are meaningless). SASRec/GRU4Rec: the last column is the representation of
+the whole history. BERT4Rec is bidirectional: its input is the history with a [mask] token appended, whose
+output (through `BERT4RecNet.logits`) scores the next item. `item_table()` is the (n_items + 1, H)
+item-embedding table.
+
+`max_len` (the networks' argument) is the *effective* history length: the config's `max_len` when set, else
+the prepared data's (`SequentialConfig.history_len`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,12 @@ class TrainPositions(enum.StrEnum):
 
 @dataclass
 class SequentialConfig:
-    """Hyperparameters shared by SASRec and GRU4Rec (max_len comes from the data)."""
+    """Hyperparameters shared by SASRec, GRU4Rec and BERT4Rec.
+
+    max_len: None = the prepared data's history length; an int L = the model reads only the last L items of
+    each history (L <= the data's max_len, checked at fit), so one folder prepared with `--max-len 200`
+    serves a search over 10/50/200 (the last 10 items of a 200-item window are the `--max-len 10` window).
+    """
 
     hidden: int = 64
     layers: int = 2
@@ -39,6 +49,7 @@ class SequentialConfig:
     # CPU oversubscription costs a lot (7x slower with 2 threads than 1 on the loaded 2-core dev box).
     # None = leave torch's setting.
     num_threads: int | None = 1
+    max_len: int | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -50,6 +61,13 @@ class SequentialConfig:
             ) from None
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ValueError(f"{type(self).__name__}.num_threads must be None or an integer >= 1")
+        if self.max_len is not None and (
+            not isinstance(self.max_len, int) or isinstance(self.max_len, bool) or self.max_len < 1
+        ):
+            raise ValueError(
+                f"{type(self).__name__}.max_len must be null (the data's) or an integer >= 1, "
+                f"got {self.max_len!r}"
+            )
         for name in ("hidden", "layers", "batch_size", "max_epochs", "patience", "eval_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -64,6 +82,18 @@ class SequentialConfig:
             raise ValueError(f"{type(self).__name__}.lr must be > 0, got {self.lr!r}")
         if not float(self.weight_decay) >= 0.0:
             raise ValueError(f"{type(self).__name__}.weight_decay must be >= 0, got {self.weight_decay!r}")
+
+    def history_len(self, data_max_len: int) -> int:
+        """The effective history length on data prepared with `data_max_len`; ValueError naming both numbers
+        when the config asks for more than the data holds."""
+        if self.max_len is None:
+            return data_max_len
+        if self.max_len > data_max_len:
+            raise ValueError(
+                f"{type(self).__name__}.max_len={self.max_len} exceeds the prepared data's "
+                f"max_len={data_max_len} (prepare the data with --max-len {self.max_len} or more)"
+            )
+        return self.max_len
 
 
 @dataclass
@@ -84,17 +114,49 @@ class GRU4RecConfig(SequentialConfig):
     lr: float = 3e-3  # chosen on ml-100k validation ndcg@10 (0.754 vs 0.696 at 1e-3, seed 1)
 
 
-class _Block(nn.Module):
-    """Pre-LN transformer block: causal self-attention + point-wise FFN of width `hidden` (as SASRec)."""
+@dataclass
+class BERT4RecConfig(SequentialConfig):
+    """BERT4Rec's fields (RecBole's defaults where they apply: hidden 64, 2 layers, 2 heads, dropout 0.2,
+    FFN width 256, mask_ratio 0.2, lr 1e-3).
 
-    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+    positions: `all` = the cloze objective: every real position of a window plus its target is masked with
+    probability `mask_ratio` (at least one per window: the target when the draw masks none), and an epoch
+    draws ceil(N / (L * mask_ratio)) of the N windows, so each (context, next item) pair is a masked target
+    about once per epoch, as SASRec's `all`; `last` = every window, only its target masked (the inference
+    task alone)."""
+
+    heads: int = 2
+    inner: int = 256  # RecBole's inner_size (4 x hidden, as BERT)
+    mask_ratio: float = 0.2  # RecBole's default; the paper tunes 0.2 (ml-1m, sparse) ... 0.6
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.heads, int) or self.heads < 1 or self.hidden % self.heads:
+            raise ValueError(
+                f"BERT4RecConfig.heads must be an integer >= 1 dividing hidden={self.hidden}, "
+                f"got {self.heads!r}"
+            )
+        if not isinstance(self.inner, int) or isinstance(self.inner, bool) or self.inner < 1:
+            raise ValueError(f"BERT4RecConfig.inner must be an integer >= 1, got {self.inner!r}")
+        ratio = self.mask_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 < ratio <= 1.0:
+            raise ValueError(f"BERT4RecConfig.mask_ratio must be a number in (0, 1], got {ratio!r}")
+        self.mask_ratio = float(ratio)
+
+
+class _Block(nn.Module):
+    """Pre-LN transformer block: self-attention (the caller's mask: causal for SASRec, bidirectional for
+    BERT4Rec) + point-wise FFN of width `inner` (default `hidden`, as SASRec)."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float, inner: int | None = None) -> None:
         super().__init__()
+        inner = inner or hidden
         self.heads = heads
         self.norm1 = nn.LayerNorm(hidden)
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.proj = nn.Linear(hidden, hidden)
         self.norm2 = nn.LayerNorm(hidden)
-        self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.ffn = nn.Sequential(nn.Linear(hidden, inner), nn.GELU(), nn.Linear(inner, hidden))
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -184,3 +246,54 @@ class GRU4RecNet(nn.Module):
 
     def item_table(self) -> torch.Tensor:
         return self.item_emb.weight  # (n_items + 1, H)
+
+
+class BERT4RecNet(nn.Module):
+    """Bidirectional self-attention over the item sequence (Sun et al. 2019); items at [mask] positions are
+    predicted by `logits`: GELU(W h + b) -> LayerNorm, dot the (tied) item table, plus a per-item bias.
+
+    Item index n_items + 1 is the [mask] token; `max_len` = L history items, so L + 1 positions (the history
+    and the appended [mask]). Positions are counted from the right, as SASRecNet's: the last column always
+    gets the last position's embedding, whatever the width.
+    """
+
+    def __init__(self, n_items: int, max_len: int, cfg: BERT4RecConfig) -> None:
+        super().__init__()
+        self.n_items, self.mask_id = n_items, n_items + 1
+        self.item_emb = nn.Embedding(n_items + 2, cfg.hidden, padding_idx=0)
+        self.pos_emb = nn.Embedding(max_len + 1, cfg.hidden)
+        self.in_norm = nn.LayerNorm(cfg.hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            _Block(cfg.hidden, cfg.heads, cfg.dropout, cfg.inner) for _ in range(cfg.layers)
+        )
+        self.norm = nn.LayerNorm(cfg.hidden)
+        self.head = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(), nn.LayerNorm(cfg.hidden))
+        self.bias = nn.Parameter(torch.zeros(n_items + 1))  # (n_items + 1,) output bias, row 0 unused
+        for emb in (self.item_emb, self.pos_emb):  # RecBole's initializer_range
+            nn.init.normal_(emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq (B, n) left-padded item indices ([mask] = n_items + 1), n <= L + 1 -> (B, n, H)."""
+        n = seq.shape[1]
+        real = seq != 0  # (B, n)
+        x = self.drop(self.in_norm(self.item_emb(seq) + self.pos_emb.weight[-n:])) * real.unsqueeze(-1)
+        eye = torch.eye(n, dtype=torch.bool, device=seq.device)
+        # Every query sees every real key (both directions); a padded query only itself (no NaN row).
+        allowed = (real.unsqueeze(1) | eye).unsqueeze(1)  # (B, 1, n, n)
+        for block in self.blocks:
+            x = block(x, allowed) * real.unsqueeze(-1)
+        return self.norm(x)  # (B, n, H)
+
+    def logits(self, reps: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """reps (..., H) at [mask] positions -> scores of `items` ((..., C) indices: (..., C)), or of every
+        item (None: (..., n_items), column j = item j + 1)."""
+        out = self.head(reps)  # (..., H)
+        if items is None:
+            return out @ self.item_emb.weight[1 : self.n_items + 1].T + self.bias[1:]
+        return torch.einsum("...h,...ch->...c", out, self.item_emb(items)) + self.bias[items]
+
+    def item_table(self) -> torch.Tensor:
+        return self.item_emb.weight[: self.n_items + 1]  # (n_items + 1, H), without the [mask] row

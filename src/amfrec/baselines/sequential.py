@@ -1,4 +1,4 @@
-"""SASRec and GRU4Rec with one shared trainer (full-softmax next-item loss, early stopping).
+"""SASRec, GRU4Rec and BERT4Rec with one shared trainer (full-softmax loss, early stopping).
 
 Training: next-item cross-entropy over *all* items (full softmax, logits = sequence representation
 . item embedding table) on the training windows (history of <= L items, target).
@@ -8,6 +8,9 @@ Training: next-item cross-entropy over *all* items (full softmax, logits = seque
   ceil(N / L) of the N windows: every pair is seen about once per epoch, at a random context length
   (as SASRec's own all-position training does) -- about L times cheaper than `last`.
 - `positions: last`: every window, only its last position (the target); one pair = one example.
+BERT4Rec's loss is the cloze one instead (`BERT4Rec`: masked items of the window plus its target).
+`max_len` (config) L: the model reads the last L items of every history (training, scoring; default: the
+data's), and L is the `max_len` of its position table, its per-epoch window count and its saved metadata.
 Early stopping on validation ndcg@10 via the shared evaluator; `fit` restores the best epoch.
 Scoring: dot product of the sequence representation with the candidates' item embeddings.
 """
@@ -32,6 +35,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from amfrec.baselines.nets import (  # noqa: F401 - the configs are part of this module's API
+    BERT4RecConfig,
+    BERT4RecNet,
     GRU4RecConfig,
     GRU4RecNet,
     SASRecConfig,
@@ -88,6 +93,10 @@ class SequentialRecommender(Recommender):
         """reps (M, H) -> (M, n_items) training logits over every item (padding is no class)."""
         return reps @ self._require_net().item_table()[1:].T
 
+    def _windows_per_epoch(self, n: int, max_len: int) -> int:
+        """How many of the n training windows (of at most `max_len` items) an epoch draws."""
+        return n if self.config.positions is TrainPositions.LAST else math.ceil(n / max_len)
+
     def fit(self, data: PreparedData, seed: int) -> dict:
         """Train on data.train with early stopping on data.valid ndcg@10; restore the best epoch."""
         threads = torch.get_num_threads()
@@ -102,15 +111,19 @@ class SequentialRecommender(Recommender):
         from amfrec.evaluate import evaluate  # local: evaluate imports models.base
 
         cfg = self.config
+        try:
+            max_len = cfg.history_len(data.max_len)
+        except ValueError as e:
+            raise AmfrecError(f"{data.path}: {e}") from None
         torch.manual_seed(seed)
-        net = self._build(data.n_items, data.max_len)
+        net = self._build(data.n_items, max_len)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         gen = torch.Generator().manual_seed(seed)
-        history, target = data.train.history, data.train.target  # (N, L), (N,)
+        history, target = data.train.history[:, -max_len:], data.train.target  # (N, L), (N,)
         n = len(data.train)
         if n == 0:
             raise AmfrecError(f"{data.path}: the training split is empty")
-        per_epoch = n if cfg.positions is TrainPositions.LAST else math.ceil(n / data.max_len)
+        per_epoch = self._windows_per_epoch(n, max_len)
         best: dict[str, Any] = {"epoch": 0, "ndcg@10": -1.0, "state": None}
         epochs: list[dict] = []
         t0 = time.perf_counter()
@@ -157,6 +170,7 @@ class SequentialRecommender(Recommender):
             "best_valid_ndcg@10": best["ndcg@10"],
             "epochs_run": len(epochs),
             "train_time_s": round(time.perf_counter() - t0, 3),
+            "max_len": max_len,
             "epochs": epochs,
         }
 
@@ -246,3 +260,52 @@ class GRU4Rec(SequentialRecommender):
     config_cls = GRU4RecConfig
     net_cls = GRU4RecNet
     weights_file = "gru4rec.safetensors"
+
+
+def cloze_mask(seq: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """seq (B, n) left-padded with real last column -> (B, n) bool: each real item masked with probability
+    `ratio` (one vectorised draw), and the last item of every row where the draw masked none."""
+    draw = torch.rand(seq.shape, generator=generator, device=seq.device) < ratio  # (B, n)
+    masked = draw & (seq != 0)
+    masked[:, -1] |= ~masked.any(dim=1)
+    return masked
+
+
+class BERT4Rec(SequentialRecommender):
+    """Bidirectional sequential recommendation with the cloze objective (Sun et al. 2019), full softmax.
+
+    Training (`positions: all`): the window's history plus its target, each real item replaced by [mask]
+    with probability `mask_ratio` (the target when none was drawn), cross-entropy of the masked items over
+    every item. Scoring: [mask] appended after the last L items of the history; its output scores the
+    candidates (the same task as training's masked target).
+    """
+
+    name = "bert4rec"
+    config_cls = BERT4RecConfig
+    net_cls = BERT4RecNet
+    weights_file = "bert4rec.safetensors"
+
+    def _windows_per_epoch(self, n: int, max_len: int) -> int:
+        if self.config.positions is TrainPositions.LAST:
+            return n
+        return min(n, math.ceil(n / (max_len * self.config.mask_ratio)))  # type: ignore[attr-defined]
+
+    def _loss(self, history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the masked items. history (B, L), target (B,); masks from torch's RNG."""
+        net = self._require_net()
+        seq = torch.cat([history, target.unsqueeze(1)], dim=1)  # (B, L + 1), the target always real
+        last = self.config.positions is TrainPositions.LAST
+        masked = cloze_mask(seq, 0.0 if last else self.config.mask_ratio)  # type: ignore[attr-defined]
+        reps = net(seq.masked_fill(masked, net.mask_id))  # (B, L + 1, H)
+        return F.cross_entropy(net.logits(reps[masked]), seq[masked] - 1)  # (M, n_items) vs (M,)
+
+    @torch.no_grad()
+    def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """history (B, L'), candidates (B, C) -> (B, C): [mask] after the last L history items, its output
+        against the candidates' item embeddings (plus their output bias)."""
+        net = self._require_net()
+        net.eval()
+        history = history[:, -self.max_len :]  # (B, <= L)
+        mask = torch.full_like(history[:, :1], net.mask_id)  # (B, 1)
+        rep = net(torch.cat([history, mask], dim=1))[:, -1]  # (B, H)
+        return net.logits(rep, candidates)  # (B, C)

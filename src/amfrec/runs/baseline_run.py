@@ -22,7 +22,14 @@ from amfrec.baselines.content import (
     load_content,
 )
 from amfrec.baselines.popularity import Popularity
-from amfrec.baselines.sequential import GRU4Rec, GRU4RecConfig, SASRec, SASRecConfig
+from amfrec.baselines.sequential import (
+    BERT4Rec,
+    BERT4RecConfig,
+    GRU4Rec,
+    GRU4RecConfig,
+    SASRec,
+    SASRecConfig,
+)
 from amfrec.data.dataset import PreparedData
 from amfrec.errors import AmfrecError
 from amfrec.evaluate import evaluate
@@ -82,6 +89,7 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any]], tuple[Recommender, dict]]] = {
     "popularity": _popularity,
     "sasrec": _sequential(SASRec, SASRecConfig),
     "gru4rec": _sequential(GRU4Rec, GRU4RecConfig),
+    "bert4rec": _sequential(BERT4Rec, BERT4RecConfig),
     "sasrec_content": _sequential(SASRecContent, SASRecContentConfig),
     "content_knn": _sequential(ContentKNN, ContentKNNConfig),
 }
@@ -196,6 +204,7 @@ LOADERS: dict[str, Callable[[Path, PreparedData], Recommender]] = {
     "popularity": Popularity.load,
     "sasrec": SASRec.load,
     "gru4rec": GRU4Rec.load,
+    "bert4rec": BERT4Rec.load,
     "sasrec_content": _with_features(SASRecContent.load),
     "content_knn": _with_features(ContentKNN.load),
 }
