@@ -350,3 +350,14 @@ def test_the_catalogue_softmax_leaves_out_items_never_trained(model: AMFRecModel
         model.train_items = None
         model.item_encoder.drop_rates.copy_(rates)
         model.eval()
+
+
+def test_a_collaborative_net_with_a_shorter_history_reads_the_last_items() -> None:
+    """A SASRec trained on the last 4 items, given 7: its representation is that of the last 4 known items
+    (computed here on the net itself), not a shape error."""
+    collab = tiny_collab(n_items=12, max_len=4)
+    assert collab.max_len == 4
+    history = torch.tensor([[0, 3, 5, 7, 2, 9, 11, 4], [0, 0, 0, 0, 0, 0, 6, 1]])  # (2, 8) left-padded
+    with torch.no_grad():
+        expected = collab.net(torch.tensor([[2, 9, 11, 4], [0, 0, 6, 1]]))[:, -1]
+    torch.testing.assert_close(collab(history), expected)

@@ -285,7 +285,7 @@ def _add_experiment_parsers(sub) -> None:
     x.add_argument(
         "--models",
         default="popularity,sasrec,gru4rec,amfrec",
-        help="comma-separated: popularity, sasrec, gru4rec, sasrec_content, content_knn, amfrec, "
+        help="comma-separated: popularity, sasrec, gru4rec, bert4rec, sasrec_content, content_knn, amfrec, "
         "amfrec:VARIANT (an ablation, e.g. amfrec:no_llm; see amfrec.runs.experiment.VARIANTS)",
     )
     x.add_argument("--data", type=Path, required=True, help="raw data folder (prepared once per seed)")

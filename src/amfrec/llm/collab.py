@@ -48,6 +48,10 @@ class CollaborativeNet(nn.Module):
         known = known.clone()
         known[0] = False  # padding
         self.register_buffer("known", known, persistent=False)
+        # The most history items the net reads: its position table's size (a SASRec trained with a shorter
+        # max_len than AMFRec's histories reads their last items, as it was trained); None = any (GRU4Rec).
+        pos = getattr(net, "pos_emb", None)
+        self.max_len: int | None = int(pos.num_embeddings) if isinstance(pos, nn.Embedding) else None
 
     @property
     def hidden(self) -> int:
@@ -65,6 +69,8 @@ class CollaborativeNet(nn.Module):
         kept = history * self.known[history]  # (B, L): unknown items -> padding, moved first (order kept)
         order = torch.sort((kept != 0).to(torch.int8), dim=1, stable=True).indices
         kept = kept.gather(1, order)
+        if self.max_len is not None:
+            kept = kept[:, -self.max_len :]  # (B, <= max_len) the last known items
         with torch.no_grad():
             rep = self.net(kept)[:, -1].float()  # (B, H)
         return torch.where((kept != 0).any(1, keepdim=True), rep, torch.zeros_like(rep))

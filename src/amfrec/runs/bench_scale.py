@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 DEFAULT_RANK_ITEMS = (1_000_000,)
-SASREC_LIKE = ("sasrec", "gru4rec", "sasrec_content")  # one optimiser step of the shared trainer
+SASREC_LIKE = ("sasrec", "gru4rec", "bert4rec", "sasrec_content")  # one optimiser step of the shared trainer
 FIT_ONLY = ("popularity", "content_knn")  # nothing to train: `fit` is the step
 # what the forkserver imports once (every stage's process starts with them: the "imports alone" memory)
 PRELOAD = ["torch", "transformers", "amfrec.runs.amfrec_run", "amfrec.runs.scale_stages"]

@@ -22,7 +22,15 @@ from amfrec.io import read_json
 from amfrec.runs.compare import PAIRED_HEADER, markdown_table, paired_cells
 from amfrec.runs.ranks import ALL, common_slices, load_pairs, paired_result, ranks_path
 
-ORDER = ("popularity", "sasrec", "gru4rec", "amfrec")  # then the AMFRec variants, by name
+ORDER = (
+    "popularity",
+    "sasrec",
+    "gru4rec",
+    "bert4rec",
+    "sasrec_content",
+    "content_knn",
+    "amfrec",
+)  # then the AMFRec variants, by name
 CORRUPT_FILE = re.compile(r"test_score_corrupt-(?P<modality>[^-]+)-(?P<how>\w+)_metrics\.json")
 
 

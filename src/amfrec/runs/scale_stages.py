@@ -158,7 +158,14 @@ def stage_step(model: str, prepared: str, features: str, steps: int, batch_size:
     nothing (popularity, content_knn) `fit`. Data loading and (for content models) features not timed."""
     from amfrec.baselines.content import ContentKNN, SASRecContent, SASRecContentConfig, load_content
     from amfrec.baselines.popularity import Popularity
-    from amfrec.baselines.sequential import GRU4Rec, GRU4RecConfig, SASRec, SASRecConfig
+    from amfrec.baselines.sequential import (
+        BERT4Rec,
+        BERT4RecConfig,
+        GRU4Rec,
+        GRU4RecConfig,
+        SASRec,
+        SASRecConfig,
+    )
     from amfrec.data.dataset import PreparedData
 
     data = PreparedData.load(prepared)
@@ -175,7 +182,11 @@ def stage_step(model: str, prepared: str, features: str, steps: int, batch_size:
         rec.seen = data.item_train_counts > 0  # as `fit` sets it
         rec.seen[0] = False
     else:
-        cls, cfg = {"sasrec": (SASRec, SASRecConfig), "gru4rec": (GRU4Rec, GRU4RecConfig)}[model]
+        cls, cfg = {
+            "sasrec": (SASRec, SASRecConfig),
+            "gru4rec": (GRU4Rec, GRU4RecConfig),
+            "bert4rec": (BERT4Rec, BERT4RecConfig),
+        }[model]
         rec = cls(cfg(batch_size=batch_size))
     return _sequential_steps(rec, data, WARMUP_STEPS + steps)
 
