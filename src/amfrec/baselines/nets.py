@@ -121,9 +121,9 @@ class BERT4RecConfig(SequentialConfig):
 
     positions: `all` = the cloze objective: every real position of a window plus its target is masked with
     probability `mask_ratio` (at least one per window: the target when the draw masks none), and an epoch
-    draws ceil(N / (L * mask_ratio)) of the N windows, so each (context, next item) pair is a masked target
-    about once per epoch, as SASRec's `all`; `last` = every window, only its target masked (the inference
-    task alone)."""
+    draws ceil(N / (mean tokens per window * mask_ratio)) of the N windows, so each (context, next item)
+    pair is a masked target about once per epoch, as SASRec's `all`; `last` = every window, only its target
+    masked (the inference task alone)."""
 
     heads: int = 2
     inner: int = 256  # RecBole's inner_size (4 x hidden, as BERT)

@@ -4,9 +4,12 @@ Training: next-item cross-entropy over *all* items (full softmax, logits = seque
 . item embedding table) on the training windows (history of <= L items, target).
 - `positions: all` (default): each window is read as L next-item examples (position p predicts the
   item at p + 1, the last position predicts the window's target; padded positions are skipped).
-  A (prefix, next item) pair occurs in up to L overlapping windows, so an epoch draws a random
-  ceil(N / L) of the N windows: every pair is seen about once per epoch, at a random context length
-  (as SASRec's own all-position training does) -- about L times cheaper than `last`.
+  A (prefix, next item) pair occurs in as many overlapping windows as a window holds history items (k,
+  at most L; fewer at the start of a sequence, and on sparse data most windows are short), so an epoch
+  draws a random ceil(N / mean k) of the N windows: every pair is seen about once per epoch, at a random
+  context length (as SASRec's own all-position training does) -- about mean-k times cheaper than `last`.
+  (Dividing by L instead would make an epoch of short windows see a fraction of the pairs, and early
+  stopping would then end an undertrained model whenever L is longer than the typical history.)
 - `positions: last`: every window, only its last position (the target); one pair = one example.
 BERT4Rec's loss is the cloze one instead (`BERT4Rec`: masked items of the window plus its target).
 `max_len` (config) L: the model reads the last L items of every history (training, scoring; default: the
@@ -93,9 +96,13 @@ class SequentialRecommender(Recommender):
         """reps (M, H) -> (M, n_items) training logits over every item (padding is no class)."""
         return reps @ self._require_net().item_table()[1:].T
 
-    def _windows_per_epoch(self, n: int, max_len: int) -> int:
-        """How many of the n training windows (of at most `max_len` items) an epoch draws."""
-        return n if self.config.positions is TrainPositions.LAST else math.ceil(n / max_len)
+    def _windows_per_epoch(self, history: torch.Tensor) -> int:
+        """How many of the N training windows, history (N, L) left-padded, an epoch draws: N / the mean
+        number of history items per window (each pair about once per epoch), or N for `positions: last`."""
+        n = history.shape[0]
+        if self.config.positions is TrainPositions.LAST:
+            return n
+        return math.ceil(n / float((history != 0).sum(1).clamp(min=1).float().mean()))
 
     def fit(self, data: PreparedData, seed: int) -> dict:
         """Train on data.train with early stopping on data.valid ndcg@10; restore the best epoch."""
@@ -123,7 +130,7 @@ class SequentialRecommender(Recommender):
         n = len(data.train)
         if n == 0:
             raise AmfrecError(f"{data.path}: the training split is empty")
-        per_epoch = self._windows_per_epoch(n, max_len)
+        per_epoch = self._windows_per_epoch(history)
         best: dict[str, Any] = {"epoch": 0, "ndcg@10": -1.0, "state": None}
         epochs: list[dict] = []
         t0 = time.perf_counter()
@@ -285,10 +292,14 @@ class BERT4Rec(SequentialRecommender):
     net_cls = BERT4RecNet
     weights_file = "bert4rec.safetensors"
 
-    def _windows_per_epoch(self, n: int, max_len: int) -> int:
+    def _windows_per_epoch(self, history: torch.Tensor) -> int:
+        """A window of k history items has k + 1 real tokens (with its target), mask_ratio of them masked
+        targets: an epoch draws N / (mean (k + 1) x mask_ratio) windows (at most N)."""
+        n = history.shape[0]
         if self.config.positions is TrainPositions.LAST:
             return n
-        return min(n, math.ceil(n / (max_len * self.config.mask_ratio)))  # type: ignore[attr-defined]
+        tokens = float((history != 0).sum(1).float().mean()) + 1.0
+        return min(n, math.ceil(n / (tokens * self.config.mask_ratio)))  # type: ignore[attr-defined]
 
     def _loss(self, history: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the masked items. history (B, L), target (B,); masks from torch's RNG."""
