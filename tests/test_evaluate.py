@@ -130,9 +130,10 @@ def test_metrics_record_and_write_run(tmp_path):
     assert set(rec) == {
         *(f"hr@{k}" for k in (1, 3, 5, 10)),
         *(f"ndcg@{k}" for k in (1, 3, 5, 10)),
-        *("mrr", "n", "split", "seed", "model", "wall_time_s"),
+        *("mrr", "n", "split", "seed", "model", "wall_time_s", "eval_time_s"),
     }
     assert rec["split"] == "test" and rec["seed"] == 3 and rec["n"] == 7 and rec["wall_time_s"] == 1.235
+    assert rec["eval_time_s"] == round(m["eval_time_s"], 3) and 0 <= m["eval_time_s"] < 60  # the scoring's
 
     def write_weights(path):
         path.write_text("w")

@@ -1,6 +1,5 @@
 """AMFRecConfig: defaults, precise validation errors, YAML round trip, overrides, the shipped configs."""
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from amfrec.llm.config import (
     TrainConfig,
     UserToken,
 )
+from amfrec.runs.rundir import resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -33,7 +33,10 @@ def test_defaults_and_enums():
     assert cfg.model.projector.n_experts == 4 and cfg.model.projector.top_k is None
     assert cfg.model.dtype is DType.AUTO
     assert cfg.model.answer is AnswerHead.ITEM_TOKEN and not cfg.model.prompt_candidates
-    assert cfg.model.user_token is UserToken.SASREC and cfg.model.collab_score and not cfg.model.no_llm
+    assert (
+        cfg.model.user_token is UserToken.SASREC_CONTENT and cfg.model.collab_score and not cfg.model.no_llm
+    )
+    assert cfg.model.new_item_control is True and cfg.model.query_head is True
     assert cfg.model.template == ITEM_TOKEN_USER_TEMPLATE  # None resolves to the head's default
     assert not cfg.model.gate.use_user_context
     assert cfg.train.loss_items is LossItems.CATALOGUE
@@ -162,32 +165,98 @@ def test_shipped_configs_load(name):
     assert ("{user}" in cfg.model.template) == (cfg.model.user_token is not None)
 
 
-def _field_names(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+def _leaves(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out |= _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
 
 
-def test_amfrec_yaml_spells_out_the_defaults():
-    # configs/amfrec.yaml is the documented default: it names every key, and its model section agrees with the
-    # dataclass defaults except for the recipe's choices: lm_layers (a CPU budget), query_head (chosen on
-    # validation; the dataclass keeps the LM's own logits as the default) and the choices for new items and
-    # sparse data (a content-aware collaborative net, modality dropout, the full item text, new items scored
-    # by the control's query) -- the train
-    # section sets the schedule of the shipped recipe, so only its keys are checked.
+def test_packaged_amfrec_yaml_is_the_defaults():
+    # One source of truth: the dataclass defaults are the recipe; the packaged "amfrec" config resolves to
+    # them and repeats none of them (a key there would be a change of the recipe).
+    assert AMFRecConfig.from_yaml(resolve_config("amfrec")) == AMFRecConfig()
+    assert AMFRecConfig.from_yaml(resolve_config(None)) == AMFRecConfig()  # what `amfrec train` reads
     raw = yaml.safe_load((CONFIGS / "amfrec.yaml").read_text(encoding="utf-8"))
-    assert set(raw) == {"model", "train"}
-    assert set(raw["model"]) == _field_names(ModelConfig)
-    assert set(raw["model"]["projector"]) == _field_names(ProjectorConfig)
-    assert set(raw["model"]["gate"]) == _field_names(GateConfig)
-    assert set(raw["train"]) == _field_names(TrainConfig)
-    cfg = AMFRecConfig.from_yaml(CONFIGS / "amfrec.yaml")
-    assert cfg.model.lm_layers is not None and cfg.model.query_head
-    recipe = {
-        "lm_layers": cfg.model.lm_layers,
-        "query_head": True,
-        "user_token": UserToken.SASREC_CONTENT,
-        "modality_dropout": {"id": 0.5, "text": 0.3},
-        "item_text": ItemText.FULL,
-        "item_tokens": 16,
-        "new_item_control": True,
-    }
-    assert cfg.model == dataclasses.replace(AMFRecConfig().model, **recipe)
+    defaults = _leaves(AMFRecConfig().to_dict())
+    repeated = {k: v for k, v in _leaves(raw).items() if defaults.get(k, object()) == v}
+    assert not repeated
+    model = AMFRecConfig().model
+    assert model.user_token is UserToken.SASREC_CONTENT and model.new_item_control is True
+    recipe = {"lm_layers": 10, "query_head": True, "collab_score": True, "item_text": ItemText.FULL,
+              "item_tokens": 16, "modality_dropout": {"id": 0.5, "text": 0.3}}  # fmt: skip
+    assert {k: getattr(model, k) for k in recipe} == recipe
+    train = {"lr": 0.003, "warmup_steps": 10, "max_steps": 200, "batch_size": 16, "eval_every": 50,
+             "eval_examples": 200, "patience": 3}  # fmt: skip
+    assert {k: getattr(AMFRecConfig().train, k) for k in train} == train
+
+
+def test_quickstart_yaml_only_shrinks_the_training_budget():
+    raw = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text(encoding="utf-8"))
+    assert set(raw) == {"train"}
+    assert set(raw["train"]) <= {"max_steps", "warmup_steps", "eval_every", "eval_examples", "patience",
+                                 "train_examples"}  # fmt: skip
+    quick, recipe = AMFRecConfig.from_yaml(CONFIGS / "quickstart.yaml"), AMFRecConfig()
+    assert quick.model == recipe.model
+    assert quick.train.max_steps < recipe.train.max_steps
+
+
+def test_head_dependent_defaults_resolve_with_the_head():
+    title = ModelConfig(answer="title")  # valid alone: item_token's own settings resolve to off
+    assert title.prompt_candidates and not (title.collab_score or title.query_head or title.new_item_control)
+    assert title.modality_dropout == {} and "{candidates}" in title.template
+    item = ModelConfig()
+    assert not item.prompt_candidates and item.collab_score and item.query_head and item.new_item_control
+    assert not ModelConfig(user_token=None).collab_score  # no collaborative run: no collaborative score
+    d = AMFRecConfig().to_dict()["model"]  # what a run's config.yaml shows: resolved, no null left
+    assert d["modality_dropout"] == {"id": 0.5, "text": 0.3} and d["new_item_control"] is True
+    assert d["prompt_candidates"] is False and d["collab_score"] is True and d["query_head"] is True
+    assert AMFRecConfig.from_dict(AMFRecConfig(model=title).to_dict()).model == title
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: ModelConfig(answer="title", query_head=True),
+            "model.query_head: only with answer 'item_token'",
+        ),
+        (lambda: ModelConfig(answer="title", collab_score=True), "model.collab_score: only with answer"),
+        (lambda: ModelConfig(answer="title", new_item_control=True), "model.new_item_control: only with"),
+        (
+            lambda: ModelConfig(answer="title", prompt_candidates=False),
+            "model.prompt_candidates: answer 'title'",
+        ),
+        (
+            lambda: ModelConfig(user_token=None, collab_score=True),
+            "model.collab_score: needs model.user_token",
+        ),
+        (
+            lambda: ModelConfig(answer="title", modality_dropout={"id": 0.5}),
+            "model.modality_dropout: only with",
+        ),
+        (lambda: ModelConfig(modalities=["id"], modality_dropout={"text": 0.3}), "'text' is not in"),
+        (lambda: ModelConfig(query_head=None, no_llm="yes"), "model.no_llm: must be true or false"),
+    ],
+)
+def test_explicit_contradictions_stay_errors(make, message):
+    with pytest.raises(ValueError) as e:
+        make()
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, rates",
+    [
+        ({}, {"id": 0.5, "text": 0.3}),
+        ({"modalities": ["id"]}, {"id": 0.5}),
+        ({"modalities": ["text", "image"]}, {"text": 0.3}),
+        ({"fusion": "single", "single_modality": "image"}, {}),
+        ({"fusion": "single", "single_modality": "id"}, {"id": 0.5}),
+        ({"fusion": "llara"}, {"id": 0.5}),
+        ({"modalities": ["id"], "modality_dropout": {}}, {}),  # given: kept as given
+        ({"modality_dropout": {"image": 0.2}}, {"image": 0.2}),
+    ],
+)
+def test_modality_dropout_default_follows_the_modalities(kwargs, rates):
+    assert ModelConfig(**kwargs).modality_dropout == rates

@@ -285,10 +285,13 @@ def test_catalogue_and_candidates_losses(backbone: Backbone, fusion: str) -> Non
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda: ModelConfig(answer="title", collab_score=False), "model.prompt_candidates"),
-        (lambda: ModelConfig(answer="title", prompt_candidates=True), "model.collab_score"),
+        (lambda: ModelConfig(answer="title", prompt_candidates=False), "model.prompt_candidates"),
+        (lambda: ModelConfig(answer="title", collab_score=True), "model.collab_score"),
         (lambda: ModelConfig(gate=GateConfig(use_user_context=True)), "model.gate.use_user_context"),
-        (lambda: ModelConfig(user_token=None), "model.collab_score: needs model.user_token"),
+        (
+            lambda: ModelConfig(user_token=None, collab_score=True),
+            "model.collab_score: needs model.user_token",
+        ),
         (lambda: ModelConfig(template="Watched {history}. Next:"), "{user}"),
         (
             lambda: ModelConfig(template="{user} watched {history} of {candidates}. Next:"),
@@ -338,8 +341,11 @@ def test_model_constructor_validation(backbone: Backbone) -> None:
 
 
 def test_build_amfrec_from_the_default_head_config(backbone: Backbone) -> None:
-    cfg = ModelConfig(
-        modalities=["id", "text"], projector=ProjectorConfig(n_experts=2, hidden=8), gate=GateConfig(hidden=8)
+    cfg = ModelConfig(  # the tiny backbone has 2 layers: all of them
+        modalities=["id", "text"],
+        projector=ProjectorConfig(n_experts=2, hidden=8),
+        gate=GateConfig(hidden=8),
+        lm_layers=None,
     )
     assert cfg.user_token is not None and cfg.collab_score  # the defaults
     model = build_amfrec(cfg, features(), TITLES, backbone=backbone, collab=make_collab())
@@ -369,7 +375,7 @@ def test_gradient_checkpointing_recomputes_layers_and_changes_nothing(tmp_path, 
     again in the backward pass) instead of once, on transformers' forward and on the fast path."""
     cfg = ModelConfig(modalities=["id", "text"], projector=ProjectorConfig(hidden=8),
                       gate=GateConfig(hidden=8), user_token=None, collab_score=False,
-                      fast_decoder=fast)  # fmt: skip
+                      fast_decoder=fast, lm_layers=None)  # fmt: skip
     path = make_tiny_backbone_dir(tmp_path / "lm")
     results = []
     for checkpointing in (False, True):
@@ -406,7 +412,8 @@ def test_gradient_checkpointing_recomputes_layers_and_changes_nothing(tmp_path, 
 
 def test_the_item_table_is_reused_without_gradients_until_a_weight_changes(backbone: Backbone) -> None:
     cfg = ModelConfig(modalities=["id", "text"], projector=ProjectorConfig(hidden=8),
-                      gate=GateConfig(hidden=8), user_token=None, collab_score=False)  # fmt: skip
+                      gate=GateConfig(hidden=8), user_token=None, collab_score=False,
+                      lm_layers=None)  # fmt: skip
     model = build_amfrec(cfg, features(), TITLES, backbone=backbone).eval()
     with torch.no_grad():
         first = model.item_table()[0]

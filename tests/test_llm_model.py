@@ -288,6 +288,7 @@ def test_build_amfrec_with_real_item_encoder(backbone, fusion, n_tokens):
         prompt_candidates=True,
         user_token=None,
         collab_score=False,
+        lm_layers=None,
     )
     model = build_amfrec(cfg, feats, TITLES, backbone=backbone)
     assert model.answer is AnswerHead.TITLE

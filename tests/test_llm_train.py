@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 from llm_fixtures import make_tiny_backbone_dir, random_features
 
 from amfrec.data.dataset import ItemInfo, PreparedData, Split
@@ -47,6 +48,7 @@ MODEL_CFG = ModelConfig(
     max_len=L,
     user_token=None,
     collab_score=False,
+    lm_layers=None,  # the tiny backbone's 2 layers
 )
 TITLES = ["<pad>"] + [f"Item {i}" for i in range(1, N_ITEMS + 1)]
 
@@ -251,6 +253,23 @@ def test_altered_or_truncated_checkpoint_is_refused_by_name(tmp_path, caplog, ba
     assert state and "no manifest" in caplog.text
 
 
+def test_a_checkpoint_from_before_a_key_existed_loads_as_it_was_trained(tmp_path, backbone):
+    """Keys added after the item_token head (new_item_control, item_text, item_tokens, modality_dropout)
+    mean what they meant then when a checkpoint lacks them, not the recipe's defaults of today."""
+    save_checkpoint(tiny_model(backbone), AMFRecConfig(model=MODEL_CFG, train=_cfg()), tmp_path / "ck")
+    path = tmp_path / "ck" / "config.yaml"
+    raw = yaml.safe_load(path.read_text())
+    assert raw["model"]["new_item_control"] is True and raw["model"]["item_text"] == "full"
+    for key in ("new_item_control", "item_text", "item_tokens", "modality_dropout"):
+        del raw["model"][key]
+    path.write_text(yaml.safe_dump(raw))
+    (tmp_path / "ck" / "manifest.json").unlink()  # the old format: files not verified
+    _, cfg, _ = load_checkpoint(tmp_path / "ck")
+    old = (cfg.model.new_item_control, cfg.model.item_text, cfg.model.item_tokens, cfg.model.modality_dropout)
+    assert old == (False, "title", 32, {})
+    assert cfg.model.query_head is True  # a key the checkpoint names keeps its value
+
+
 def test_train_writes_resolved_config(tmp_path, backbone):
     cfg = AMFRecConfig(model=MODEL_CFG, train=_cfg(max_steps=4, eval_every=4))
     train(tiny_model(backbone), _data(), cfg, tmp_path, _ndcg10)
@@ -317,6 +336,7 @@ def test_with_real_amfrec_model_on_tiny_backbone(tmp_path):
                 "gate": {"hidden": 8},
                 "max_len": 3,
                 "n_candidates": 4,
+                "lm_layers": None,
             },
             "train": {
                 "max_steps": 4,

@@ -108,7 +108,8 @@ def evaluate(
     return_ranks: bool = False,
     order: torch.Tensor | None = None,
 ) -> dict:
-    """Score every candidate set of `split` with `model`; return hr@k, ndcg@k (k in 1,3,5,10), mrr and n.
+    """Score every candidate set of `split` with `model`; return hr@k, ndcg@k (k in 1,3,5,10), mrr, n and
+    eval_time_s (the seconds the scoring took).
 
     slices: named (N,) bool masks (e.g. `PreparedData.slices(split)`); their metrics go under "slices".
     return_ranks: also return the (N,) long ranks under "ranks" (not copied by `metrics_record`).
@@ -116,8 +117,10 @@ def evaluate(
     """
     if len(split) == 0:
         raise ValueError("cannot evaluate an empty split")
+    t0 = time.perf_counter()
     ranks = evaluate_ranks(model, split, batch_size=batch_size, desc=desc, order=order)
-    out: dict = {**ranking_metrics(ranks, RANK_KS), "n": len(split)}
+    seconds = time.perf_counter() - t0  # the scoring's cost: n / seconds users/s
+    out: dict = {**ranking_metrics(ranks, RANK_KS), "n": len(split), "eval_time_s": seconds}
     if slices:
         out["slices"] = slice_metrics(ranks, slices)
     if return_ranks:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from amfrec.errors import AmfrecError
-from amfrec.io import atomic_dir, file_sha256, read_json, write_json
+from amfrec.io import atomic_dir, file_sha256, read_json, read_yaml_mapping, write_json
 from amfrec.llm.config import AMFRecConfig
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,15 @@ TRAINABLE_FILE, CONFIG_FILE, BACKBONE_FILE, STATE_FILE, MANIFEST_FILE = (
     "manifest.json",
 )
 FORMAT = "amfrec-checkpoint/2"
+# What a model key added after the item_token head (2026-11-28) meant in a checkpoint written before the
+# key existed (the defaults then, before the recipe became the defaults): filled in, so an old run loads as
+# it was trained.
+LEGACY_MODEL_DEFAULTS = {
+    "new_item_control": False,
+    "item_text": "title",
+    "item_tokens": 32,
+    "modality_dropout": {},
+}
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -95,7 +104,13 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], AMF
         if not (directory / name).is_file():
             raise AmfrecError(f"{directory / name}: file not found (not an AMFRec checkpoint)")
     state = load_file(str(directory / TRAINABLE_FILE))
-    config = AMFRecConfig.from_yaml(directory / CONFIG_FILE)
+    model = read_yaml_mapping(directory / CONFIG_FILE).get("model")
+    older = {
+        f"model.{k}": v
+        for k, v in LEGACY_MODEL_DEFAULTS.items()
+        if isinstance(model, dict) and k not in model
+    }
+    config = AMFRecConfig.from_yaml(directory / CONFIG_FILE, older)
     return state, config, read_json(directory / BACKBONE_FILE)
 
 

@@ -90,6 +90,10 @@ class GateConfig:
         self.temperature = _number(self.temperature, "model.gate.temperature", strict=True)
 
 
+# The recipe's modality dropout (model.modality_dropout: None): id dropped for half the items of a step, so
+# half are trained as new items are scored; text less often, so that it carries the ranking alone too.
+RECIPE_DROPOUT = {"id": 0.5, "text": 0.3}
+
 # ModelConfig's true/false settings (checked together)
 _MODEL_FLAGS = (
     "prompt_candidates", "collab_score", "no_llm", "query_head", "soft_tokens", "gradient_checkpointing",
@@ -113,25 +117,29 @@ class ModelConfig:
     # Answer head: item_token (scores items by their own soft token) or title (LLaRA's generated title).
     answer: AnswerHead = AnswerHead.ITEM_TOKEN
     # List the candidates in the prompt (title needs them; item_token scores without them, so the score of an
-    # item does not depend on which other items are candidates, and the prompt is 2-3x shorter).
-    prompt_candidates: bool = False
-    # One more soft token: the collaborative run's (frozen) user representation through a trainable MLP.
-    user_token: UserToken | None = UserToken.SASREC
+    # item does not depend on which other items are candidates, and the prompt is 2-3x shorter). None = the
+    # head's own: true with title, false with item_token.
+    prompt_candidates: bool | None = None
+    # One more soft token: the collaborative run's (frozen) user representation through a trainable MLP. The
+    # recipe's is a content-aware SASRec (ID + text/image vectors): it also scores items it never trained on.
+    user_token: UserToken | None = UserToken.SASREC_CONTENT
     # The run folder of that collaborative net; null = the run the id features were read from (`amfrec
     # experiment` fills it in for sasrec_content: the seed's sasrec_content run).
     collab_run: str | None = None
     # item_token: add the frozen collaborative net's own logit (user rep . item embedding) with a learned
-    # weight, so the LM only has to contribute what the collaborative signal lacks. Needs user_token.
-    collab_score: bool = True
+    # weight, so the LM only has to contribute what the collaborative signal lacks. Needs user_token. None =
+    # on with the item_token head and a user token, else off.
+    collab_score: bool | None = None
     # Control without the LM: the prompt's soft tokens (history items + user) mean-pooled replace the LM's
     # last hidden state; everything else (projectors, gate, head, training) is the same.
     no_llm: bool = False
     # Run only the first `lm_layers` decoder layers of the frozen LM (then its final norm); null = all. A
     # CPU budget knob: 10 of SmolLM2's 30 layers cost about a third of the FLOPs per token.
-    lm_layers: int | None = None
+    lm_layers: int | None = 10
     # item_token: a trainable d x d map (identity at start) on the answer-position state before the cosine,
     # so the frozen LM's state can be read into the item space; false = the raw state (the LM's own logits).
-    query_head: bool = False
+    # Chosen on validation (RESULTS). None = on with the item_token head, off with the title head.
+    query_head: bool | None = None
     # Recompute the frozen decoder's activations in the backward pass instead of keeping them: less memory for
     # long prompts or big backbones, about one more forward of compute; results unchanged.
     gradient_checkpointing: bool = False
@@ -152,7 +160,8 @@ class ModelConfig:
     # item_token with the LM: an item without a trained id (a new item; in training, one whose id was dropped)
     # is scored against the control's query (the mean of the prompt's soft tokens, its own map and scale), not
     # the LM's state. The LM's state, trained on items it saw, did not carry to new ones (RESULTS, issue 20).
-    new_item_control: bool = False
+    # None = on with the item_token head, off with the title head.
+    new_item_control: bool | None = None
     # The collaborative logit of an item without a trained id: 1 = the collaborative net's content-only row
     # (sasrec_content's cold rows), 0 = the user's mean logit (no evidence: the content term alone ranks it).
     new_item_collab: float = 1.0
@@ -166,14 +175,16 @@ class ModelConfig:
     max_len: int = 10  # history items in the prompt
     n_candidates: int = 20
     # What stands before an item's <|item|> in the prompt: its title, or its full text (title, categories,
-    # brand, ...), cut to item_tokens backbone tokens, so long product texts cannot blow up the prompt.
-    item_text: ItemText = ItemText.TITLE
-    item_tokens: int | None = 32  # null = no cut
+    # brand, ...), cut to item_tokens backbone tokens, so long product texts cannot blow up the prompt (16:
+    # a CPU budget; sparse catalogues are told apart by more than their titles).
+    item_text: ItemText = ItemText.FULL
+    item_tokens: int | None = 16  # null = no cut
     # Training only (item_token head): per step, each item drops modality m with probability
     # modality_dropout[m] (never all of its modalities), so every projector learns to carry the ranking alone
     # and the gate to reweight. An item whose id is dropped also loses its collaborative logit: it is trained
-    # exactly as a new item is scored. E.g. {id: 0.5}.
-    modality_dropout: dict[str, float] = field(default_factory=dict)
+    # exactly as a new item is scored. None = RECIPE_DROPOUT on the modalities the item encoder reads
+    # (`used_modalities`), none with the title head; a given mapping is checked as given ({} = none).
+    modality_dropout: dict[str, float] | None = None
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
@@ -218,6 +229,7 @@ class ModelConfig:
         self.answer = coerce_enum(AnswerHead, self.answer, "model.answer")
         if self.user_token is not None:
             self.user_token = coerce_enum(UserToken, self.user_token, "model.user_token")
+        self._resolve_head_flags()
         for name in _MODEL_FLAGS:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"model.{name}: must be true or false, got {getattr(self, name)!r}")
@@ -257,6 +269,19 @@ class ModelConfig:
         _positive_int(self.n_candidates, "model.n_candidates", minimum=2)
         self._check_items()
 
+    def _resolve_head_flags(self) -> None:
+        """The head-dependent settings left at None: item_token's own (query_head, new_item_control and,
+        with a user token, collab_score) on with that head and off with title, which lists the candidates;
+        so `answer: title` alone is a valid config, and a value given explicitly is checked as given."""
+        item_token = self.answer == AnswerHead.ITEM_TOKEN
+        if self.prompt_candidates is None:
+            self.prompt_candidates = not item_token
+        for name in ("query_head", "new_item_control"):
+            if getattr(self, name) is None:
+                setattr(self, name, item_token)
+        if self.collab_score is None:
+            self.collab_score = item_token and self.user_token is not None
+
     def _check_items(self) -> None:
         """item_text, item_tokens, modality_dropout, content_loss and new_item_collab."""
         self.new_item_collab = _number(self.new_item_collab, "model.new_item_collab")
@@ -266,6 +291,9 @@ class ModelConfig:
         self.item_text = coerce_enum(ItemText, self.item_text, "model.item_text")
         if self.item_tokens is not None:
             _positive_int(self.item_tokens, "model.item_tokens")
+        if self.modality_dropout is None:  # the recipe's rates, on what the encoder reads (title: none)
+            use = self.used_modalities if self.answer == AnswerHead.ITEM_TOKEN else []
+            self.modality_dropout = {m: rate for m, rate in RECIPE_DROPOUT.items() if m in use}
         if not isinstance(self.modality_dropout, Mapping):
             raise ValueError(
                 f"model.modality_dropout: must map modality -> rate, got {self.modality_dropout!r}"

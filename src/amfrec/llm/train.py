@@ -109,7 +109,7 @@ def train(
 
     def save(name: str) -> None:
         if ranks.is_main:
-            snapshot = {"optimizer": opt.state_dict(), "train": st, "format": LOOP_FORMAT}
+            snapshot = {"optimizer": opt.state_dict(), "train": st, "format": LOOP_FORMAT, **_rng_state()}
             save_checkpoint(model, full_cfg, out / name, snapshot)
 
     if tcfg.max_steps == 0 and not resume:  # no training (zero-shot): the initial adapter is the model
@@ -168,8 +168,18 @@ def _restore(model: nn.Module, opt: torch.optim.Optimizer, out: Path) -> dict:
     model.adapter.load_state_dict(weights, strict=True)
     saved = load_train_state(src)
     opt.load_state_dict(saved["optimizer"])
+    if saved.get("torch_rng") is not None:  # the random draws (modality dropout) go on as they would have
+        torch.set_rng_state(saved["torch_rng"])
+    if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(saved["cuda_rng"])
     log.info("resumed from %s at step %d", src, saved["train"]["step"])
     return saved["train"]
+
+
+def _rng_state() -> dict:
+    """torch's random state, saved beside the loop state: a resumed run draws what the run would have."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    return {"torch_rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state() if cuda else None}
 
 
 def _train_step(

@@ -21,17 +21,10 @@ TABLE_KEYS = ("hr@1", "hr@5", "hr@10", "ndcg@10", "mrr")
 
 # The ablations of AMFRec (docs/RESULTS.md, "Ablations"), as named config overrides on top of the experiment's
 # config: `--models amfrec:no_llm` trains the recipe with these settings into the run folder `amfrec-no_llm`.
-# Title-head variants list the candidates in the prompt (~4x longer prompts) and read every LM layer (the
-# title is the LM's own vocabulary); `title` trains 48 steps of 8 windows to fit a CPU budget.
-_TITLE = {
-    "model.answer": "title",
-    "model.prompt_candidates": True,
-    "model.collab_score": False,
-    "model.query_head": False,
-    "model.lm_layers": None,
-    "model.modality_dropout": {},
-    "model.new_item_control": False,
-}
+# Title-head variants list the candidates in the prompt (~4x longer prompts; the item_token head's own
+# settings and the modality dropout resolve to off with that head) and read every LM layer (the title is the
+# LM's own vocabulary); `title` trains 48 steps of 8 windows to fit a CPU budget.
+_TITLE = {"model.answer": "title", "model.lm_layers": None}
 VARIANTS: dict[str, tuple[str, dict]] = {
     "no_llm": (
         "the control: the LM replaced by the mean of the prompt's soft tokens",
@@ -154,18 +147,20 @@ def recipe(
     limit: int | None,
     modalities: list[str] | None,
 ) -> dict:
-    """What a run of `model` in an experiment is trained from: the model spec, its config file's text (the
-    experiment's config for AMFRec, the packaged one for a baseline; every default is spelled out there),
-    and, where the model reads them, the overrides, the feature folder and the modalities; and --limit."""
+    """What a run of `model` in an experiment is trained from: the model spec, its config (for AMFRec the
+    experiment's config file resolved, every default included, so that a changed default is a changed
+    recipe; for a baseline its packaged file's text, which spells out every default), and, where the model
+    reads them, the overrides, the feature folder and the modalities; and --limit."""
+    from amfrec.llm.config import AMFRecConfig
     from amfrec.runs.rundir import PACKAGED_CONFIGS, resolve_config
 
     name, _ = parse_model(model)
     path = resolve_config(config) if name == "amfrec" else PACKAGED_CONFIGS / f"{name}.yaml"
-    out = {
-        "model": model,
-        "config": path.read_text(encoding="utf-8") if path.is_file() else "",
-        "limit": limit,
-    }
+    if name == "amfrec":
+        text = AMFRecConfig.from_yaml(path).to_yaml()
+    else:
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    out = {"model": model, "config": text, "limit": limit}
     if name == "amfrec" or name in CONTENT_BASELINES:
         out |= {"features": None if features is None else str(features), "modalities": modalities}
     if name == "amfrec":

@@ -38,7 +38,8 @@ def metrics_record(
     metrics: Mapping[str, Any], split: str, seed: int, model: str, wall_time_s: float
 ) -> dict[str, Any]:
     """The flat metrics-file record: METRIC_KEYS (+ GEN_METRIC_KEYS when present), split, seed, model,
-    wall_time_s (+ slices when present). Raises ValueError when a ranking metric is missing."""
+    wall_time_s (+ slices, and eval_time_s, the scoring's seconds, when present). Raises ValueError when a
+    ranking metric is missing."""
     missing = [k for k in METRIC_KEYS if k not in metrics]
     if missing:
         raise ValueError(f"metrics lack {missing}")
@@ -48,6 +49,8 @@ def metrics_record(
     if "slices" in metrics:  # {name: {metric: value, "n": count}}, e.g. the cold-start slice
         rec["slices"] = {name: dict(m) for name, m in metrics["slices"].items()}
     rec.update(split=str(split), seed=int(seed), model=str(model), wall_time_s=round(float(wall_time_s), 3))
+    if "eval_time_s" in metrics:  # the scoring alone (evaluate): n / eval_time_s users/s
+        rec["eval_time_s"] = round(float(metrics["eval_time_s"]), 3)
     return rec
 
 
