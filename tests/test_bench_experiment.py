@@ -79,7 +79,7 @@ def test_experiment_table_over_seeds(tiny_atomic_dir: Path, tmp_path: Path) -> N
     assert (tmp_path / "exp" / "seed2" / "popularity" / "metrics.json").is_file()
     assert "| popularity |" in table and (tmp_path / "exp" / "results.md").read_text().strip() == table
     with pytest.raises(AmfrecError, match="unknown model"):
-        run_experiment(["bert4rec"], tiny_atomic_dir, None, None, [1], tmp_path / "x")
+        run_experiment(["caser"], tiny_atomic_dir, None, None, [1], tmp_path / "x")
 
 
 def test_format_table_mean_and_std() -> None:

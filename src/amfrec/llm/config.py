@@ -95,9 +95,7 @@ class GateConfig:
 
 # The recipe's modality dropout (model.modality_dropout: None): id dropped for half the items of a step, so
 # half are trained as new items are scored; text less often, so that it carries the ranking alone too.
-# Validation ndcg@10, amazon-scientific, seed 1, no-LM control (RESULTS "The design search where content
-# matters", first round): id 0.5: 0.5358 vs 0.5153 without (standard protocol, SASRec collaborative net);
-# + text 0.3: 0.5731 vs 0.5700 (new-item protocol, sasrec_content). No other rates in RESULTS.
+# Chosen on validation (each recipe choice and its number: RESULTS, "The recipe").
 RECIPE_DROPOUT = {"id": 0.5, "text": 0.3}
 
 # ModelConfig's true/false settings (checked together)
@@ -114,14 +112,12 @@ class ModelConfig:
     dtype: DType = DType.AUTO  # never fixed in a packaged config: CPUs differ 70x in bf16 speed
     # Modalities to use, in this order (the gate's weight columns follow it); must exist in the feature dir.
     modalities: list[str] = field(default_factory=lambda: ["id", "text", "image"])
-    # gated: validation ndcg@10 0.5731 vs 0.5667 with mean fusion (amazon-scientific, new-item protocol,
-    # seed 1, no-LM control; RESULTS "The design search where content matters", second round).
+    # gated: chosen on validation against mean fusion (RESULTS, "The recipe").
     fusion: FusionMode = FusionMode.GATED
     # The modality for fusion="single" (required then, ignored otherwise).
     single_modality: str | None = None
     # Soft-token norm: "embed_norm" = the backbone's mean input-embedding norm, a float = that norm,
-    # None = the projector's raw output. embed_norm: nothing found in RESULTS that compares it on validation
-    # (or test) with the other settings; not a measured choice.
+    # None = the projector's raw output. embed_norm: never compared (RESULTS, "The recipe").
     token_scale: str | float | None = "embed_norm"
     # Answer head: item_token (scores items by their own soft token) or title (LLaRA's generated title).
     answer: AnswerHead = AnswerHead.ITEM_TOKEN
@@ -131,50 +127,34 @@ class ModelConfig:
     prompt_candidates: bool | None = None
     # One more soft token: the collaborative run's (frozen) user representation through a trainable MLP. The
     # recipe's is a content-aware SASRec (ID + text/image vectors): it also scores items it never trained on.
-    # Validation ndcg@10 0.5700 vs 0.4913 with SASRec (amazon-scientific, new-item protocol, seed 1, no-LM
-    # control, id dropout 0.5; RESULTS "The design search where content matters", first round).
+    # Chosen on validation against SASRec (RESULTS, "The recipe").
     user_token: UserToken | None = UserToken.SASREC_CONTENT
-    # The run folder of that collaborative net; null = the run the id features were read from (`amfrec
-    # experiment` fills it in for sasrec_content: the seed's sasrec_content run).
+    # The collaborative net's run folder; null = the id features' run (experiment: the seed's sasrec_content).
     collab_run: str | None = None
     # item_token: add the frozen collaborative net's own logit (user rep . item embedding) with a learned
     # weight, so the LM only has to contribute what the collaborative signal lacks. Needs user_token. None =
-    # on with the item_token head and a user token, else off. Adopted on an earlier prototype's hr@1 (0.34
-    # with the LM, 0.39 without it; split not named; RESULTS "Item-token head, SASRec user token,
-    # collaborative score"), not on a validation comparison. Later, ml-100k seed 1, LM (RESULTS "Why the
-    # frozen LM does not earn its cost"): test hr@1 0.4761 vs 0.3690 content only; validation ndcg@10 at the
-    # last of 2,000 steps (H200) 0.756 vs 0.734 content only.
+    # on with the item_token head and a user token, else off. Adopted on a prototype's numbers of an unnamed
+    # split, later seen on validation too (RESULTS, "The recipe").
     collab_score: bool | None = None
-    # Control without the LM: the prompt's soft tokens (history items + user) mean-pooled replace the LM's
-    # last hidden state; everything else (projectors, gate, head, training) is the same.
+    # The control: the prompt's soft tokens mean-pooled replace the LM's state; all else is the same.
     no_llm: bool = False
     # Run only the first `lm_layers` decoder layers of the frozen LM (then its final norm); null = all.
-    # 10: a CPU budget, not a quality choice: 10 of SmolLM2's 30 layers cost about a third of the FLOPs per
-    # token (482-555 training tokens/s with 10 layers, 77 with all 30, contended); never compared on
-    # validation (RESULTS "Item-token head, SASRec user token, collaborative score").
+    # 10: a CPU budget (about a third of the FLOPs per token), never compared on validation.
     lm_layers: int | None = 10
-    # item_token: a trainable d x d map (identity at start) on the answer-position state before the cosine,
-    # so the frozen LM's state can be read into the item space; false = the raw state (the LM's own logits).
-    # None = on with the item_token head, off with the title head. Validation ndcg@10 0.7523 vs 0.7500
-    # without, changed together with train.lr 0.003 (ml-100k, seed 1; mean over seeds 1-3 0.7478 vs 0.7441;
-    # RESULTS "Item-token head, SASRec user token, collaborative score"): on that design's SASRec user token,
-    # not re-validated with sasrec_content.
+    # item_token: a trainable d x d map (identity at start) on the answer state before the cosine; None = on
+    # with item_token, off with title. Chosen on validation with train.lr, on the older design with a SASRec
+    # user token; not re-validated (RESULTS, "The recipe").
     query_head: bool | None = None
-    # Recompute the frozen decoder's activations in the backward pass instead of keeping them: less memory for
-    # long prompts or big backbones, about one more forward of compute; results unchanged.
+    # Recompute the frozen decoder's activations in backward: less memory, about one more forward.
     gradient_checkpointing: bool = False
-    # Llama-family backbones on CPU: the frozen decoder's forward without transformers' float32 casts and
-    # flash attention backward (amfrec.llm.fast_decoder; the same function, 1.1-1.3x faster steps).
+    # Llama-family LMs: amfrec.llm.fast_decoder's forward (the same function, 1.1-1.3x faster steps on CPU).
     fast_decoder: bool = True
-    # With fast_decoder: torch.compile its layer function (element-wise work fused; ~10 s per prompt shape;
-    # `amfrec bench`'s bfloat16 step 1.7x faster on an AMX CPU, a 200-step quickstart run 8%). Off by default.
+    # With fast_decoder: torch.compile its layers (~10 s per prompt shape; bf16 step 1.7x faster on AMX).
     compile: bool = False
-    # Initial value of the learned scale of the cosine scores (the softmax temperature's inverse). 10: nothing
-    # found in RESULTS that compares initial values (it drifted from 10 to 8.3-9.8 in training, RESULTS
-    # "Item-token head, SASRec user token, collaborative score"); not a measured choice.
+    # Initial value of the learned scale of the cosine scores (the softmax temperature's inverse); never
+    # compared (it drifts to 8.3-9.8 in training).
     score_scale: float = 10.0
-    # item_token with collab_score: weight of a second cross-entropy on the content term alone, so that a
-    # strong collaborative logit cannot starve it (trained jointly, the content term alone ranked at chance).
+    # With collab_score: weight of a second cross-entropy on the content term alone (so it is not starved).
     content_loss: float = 0.0
     # item_token with the LM: the query is the no_llm control's (the mean of the prompt's soft tokens) plus a
     # zero-initialised map of the LM's state, so training starts from the control and the LM can only add.
@@ -182,16 +162,12 @@ class ModelConfig:
     # item_token with the LM: an item without a trained id (a new item; in training, one whose id was dropped)
     # is scored against the control's query (the mean of the prompt's soft tokens, its own map and scale), not
     # the LM's state. The LM's state, trained on items it saw, did not carry to new ones. None = on with the
-    # item_token head, off with the title head. Chosen on test new-slice numbers (ml-100k control, seeds 1, 2:
-    # new +0.0687, warm -0.0142; amazon +0.0105 vs sasrec_content); validation did not favour it: 0.7036 vs
-    # 0.7067 without (ml-100k control, seed 1), amazon 0.5728 with no validation value before (RESULTS "The
-    # design search where content matters", third round).
+    # item_token head, off with the title head. Adopted on TEST new-slice numbers; validation did not favour
+    # it (RESULTS, "The recipe"): to be re-chosen on validation.
     new_item_control: bool | None = None
     # The collaborative logit of an item without a trained id: 1 = the collaborative net's content-only row
     # (sasrec_content's cold rows), 0 = the user's mean logit (no evidence: the content term alone ranks it).
-    # 1: validation ndcg@10 0.7036 vs 0.6782 at 0 (ml-100k, no-LM control with new_item_control, seed 1;
-    # RESULTS "The design search where content matters", third round). The fix was prompted by seed 3's test
-    # new slice (second round), where validation moved only 0.5682 -> 0.5683 (amazon-scientific, new items).
+    # 1: chosen on validation against 0 (RESULTS, "The recipe").
     new_item_collab: float = 1.0
     # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).
     soft_tokens: bool = True
@@ -204,10 +180,7 @@ class ModelConfig:
     n_candidates: int = 20
     # What stands before an item's <|item|> in the prompt: its title, or its full text (title, categories,
     # brand, ...), cut to item_tokens backbone tokens, so long product texts cannot blow up the prompt.
-    # full: nothing found in RESULTS that compares it with title on validation (or test); not measured.
-    # 16: a CPU budget, not a quality choice (the first round's LM with 24 tokens per item trained 1,856 s,
-    # over the 30-minute budget; RESULTS "The design search where content matters"); never compared on
-    # validation.
+    # full: never compared with title; 16: a CPU budget (RESULTS, "The recipe").
     item_text: ItemText = ItemText.FULL
     item_tokens: int | None = 16  # null = no cut
     # Training only (item_token head): per step, each item drops modality m with probability
