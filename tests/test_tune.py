@@ -74,3 +74,16 @@ def test_tune_refuses_what_it_cannot_search(tiny_prepared: Path, tmp_path: Path,
         err = capsys.readouterr().err.strip()
         assert match in err and "\n" not in err
     assert parse_stage("max_len=10,50 dropout=0.2") == {"max_len": [10, 50], "dropout": [0.2]}
+
+
+def test_the_packaged_tuned_configs_build_their_models() -> None:
+    """configs/tuned/<data set>/<model>.yaml: every file is a valid config of the model it is named after."""
+    from amfrec.runs.baseline_run import BUILDERS, baseline_settings
+    from amfrec.runs.rundir import PACKAGED_CONFIGS
+
+    files = sorted((PACKAGED_CONFIGS / "tuned").glob("*/*.yaml"))
+    assert {f.parent.name for f in files} == {"ml-100k", "amazon-scientific"}
+    for f in files:
+        settings = baseline_settings(f.stem, str(f), None)
+        model, config = BUILDERS[f.stem](settings)
+        assert config["max_len"] == settings["max_len"] and "validation ndcg@10" in f.read_text()

@@ -134,7 +134,8 @@ def write_best(model: str, trials: list[Trial], out: Path, metric: str = "ndcg@1
     last = max(t.stage for t in trials)
     best = max((t for t in trials if t.stage == last), key=lambda t: t.valid[metric])
     settings = baseline_settings(model, None, best.settings)
-    head = f"# {model} tuned by `amfrec tune` on validation {metric} ({best.valid[metric]:.4f}, {best.run})\n"
+    score = f"{best.valid[metric]:.4f}"
+    head = f"# {model} tuned by `amfrec tune`: validation {metric} {score} (trial {best.run.name})\n"
     path = out / BEST_FILE
     write_text(path, head + yaml.safe_dump(settings, sort_keys=False))
     return path
