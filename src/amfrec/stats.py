@@ -57,6 +57,14 @@ def _as_diff(diff: Sequence[float] | np.ndarray) -> np.ndarray:
     return d
 
 
+def _paired(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> tuple[np.ndarray, ...]:
+    """(a, b, a - b) as (N,) float64 vectors; ValueError when the shapes differ or a value is not finite."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)  # (N,), (N,)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in shape: {a.shape} vs {b.shape}")
+    return a, b, _as_diff(a - b)
+
+
 def _chunks(total: int, n: int) -> list[int]:
     """Sizes of the resample chunks: `total` split so that a chunk holds about _CHUNK_ELEMENTS numbers."""
     step = max(1, _CHUNK_ELEMENTS // n)
@@ -136,10 +144,7 @@ def paired_test(
     seed: int = 0,
 ) -> PairedResult:
     """Compare (N,) per-example values `a` and `b` of the same examples: means, bootstrap CI, sign-flip p."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)  # (N,), (N,)
-    if a.shape != b.shape:
-        raise ValueError(f"paired values differ in shape: {a.shape} vs {b.shape}")
-    d = _as_diff(a - b)
+    a, b, d = _paired(a, b)
     lo, hi = paired_bootstrap_ci(d, n_resamples=n_resamples, seed=seed)
     p = sign_flip_p(d, n_permutations=n_resamples, seed=seed)
     return PairedResult(
@@ -256,10 +261,7 @@ def clustered_test(
     Pooled: means over every row, the cluster bootstrap interval and cluster sign-flip p with users as the
     clusters. Per seed: `paired_test` on that seed's rows (its users are independent).
     """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)  # (N,), (N,)
-    if a.shape != b.shape:
-        raise ValueError(f"paired values differ in shape: {a.shape} vs {b.shape}")
-    d = _as_diff(a - b)
+    a, b, d = _paired(a, b)
     seeds = np.asarray(seeds)
     if seeds.shape != d.shape:
         raise ValueError(f"seeds of shape {seeds.shape} for values of shape {d.shape}")
