@@ -98,6 +98,12 @@ def test_compare_end_to_end(runs: Path, capsys: pytest.CaptureFixture) -> None:
         main(["compare", "--exp", str(exp), "popularity", "sasrec", "--resamples", "500", "--seed", "3"]) == 0
     )
     assert _table_row(capsys.readouterr().out)[:-1] == expected
+    # a run folder without metrics.json (still training) is left out: the same comparison, seeds 1 and 2
+    (exp / "seed3" / "sasrec").mkdir(parents=True)
+    (exp / "seed3" / "popularity").mkdir(parents=True)
+    argv = ["compare", "--exp", str(exp), "popularity", "sasrec", "--resamples", "500", "--seed", "3"]
+    assert main(argv) == 0
+    assert _table_row(capsys.readouterr().out)[:-1] == expected
 
 
 def test_compare_a_slice_and_a_metric(runs: Path, capsys: pytest.CaptureFixture) -> None:

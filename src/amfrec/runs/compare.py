@@ -60,12 +60,17 @@ def markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -
 
 
 def seed_runs(exp: Path, model: str) -> dict[int, Path]:
-    """{seed: EXP/seed<S>/<model>} for every seed folder that holds a `model` run folder."""
+    """{seed: EXP/seed<S>/<model>} for every seed folder that holds a finished `model` run folder (one with
+    its metrics.json; a folder without, still training or failed, is left out with a warning)."""
     out = {}
     for run in exp.glob(f"seed*/{model}"):
         seed = run.parent.name.removeprefix("seed")
-        if seed.isdigit() and run.is_dir():
-            out[int(seed)] = run
+        if not (seed.isdigit() and run.is_dir()):
+            continue
+        if not (run / "metrics.json").is_file():
+            log.warning("%s: no metrics.json (still training, or failed); left out", run)
+            continue
+        out[int(seed)] = run
     return dict(sorted(out.items()))
 
 
