@@ -86,6 +86,12 @@ def test_a_flipped_seed_is_not_a_win() -> None:
     )
     noise = np.random.default_rng(5).choice([-1.0, 1.0], size=900)
     assert stats.clustered_test(noise, 0 * noise, users, seeds, n_resamples=500).verdict is stats.Verdict.TIE
+    # one seed tells nothing of the spread between seeds: "ahead", never "beats"
+    one = seeds == 1
+    r1 = stats.clustered_test(a[one], a[one] - np.abs(diff[one]), users[one], seeds[one], n_resamples=500)
+    assert r1.pooled.ci_lo > 0 and r1.verdict is stats.Verdict.AHEAD_ONE_SEED
+    r1 = stats.clustered_test(a[one] - np.abs(diff[one]), a[one], users[one], seeds[one], n_resamples=500)
+    assert r1.verdict is stats.Verdict.BEHIND_ONE_SEED
 
 
 def test_each_seed_is_tested_on_its_own_rows() -> None:

@@ -220,10 +220,10 @@ class Verdict(StrEnum):
 
     BEATS = "A beats B"  # the pooled interval above 0 and every seed's difference above 0
     LOSES = "B beats A"  # the mirror image
-    MIXED = (
-        "undecided: seeds disagree"  # the pooled interval excludes 0, a seed's difference has the other sign
-    )
+    MIXED = "undecided: seeds disagree"  # the interval excludes 0, a seed's difference has the other sign
     TIE = "no difference shown"  # the pooled interval holds 0
+    AHEAD_ONE_SEED = "A ahead, one seed only"  # interval above 0, but nothing is known of the seeds' spread
+    BEHIND_ONE_SEED = "B ahead, one seed only"
 
 
 @dataclass(frozen=True)
@@ -239,10 +239,11 @@ class ClusteredResult:
     @property
     def verdict(self) -> Verdict:
         diffs = [r.diff for r in self.per_seed]
+        one = len(diffs) < 2
         if self.pooled.ci_lo > 0:
-            return Verdict.BEATS if all(x > 0 for x in diffs) else Verdict.MIXED
+            return Verdict.AHEAD_ONE_SEED if one else Verdict.BEATS if min(diffs) > 0 else Verdict.MIXED
         if self.pooled.ci_hi < 0:
-            return Verdict.LOSES if all(x < 0 for x in diffs) else Verdict.MIXED
+            return Verdict.BEHIND_ONE_SEED if one else Verdict.LOSES if max(diffs) < 0 else Verdict.MIXED
         return Verdict.TIE
 
 
