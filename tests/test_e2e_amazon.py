@@ -52,10 +52,10 @@ def test_prepared_with_new_items_and_imported_images(amazon: Path) -> None:
     assert int(new.sum()) == round(0.2 * 4385) and int(data.item_train_counts[new].sum()) == 0
 
 
-@pytest.mark.parametrize("model", ["popularity", "gru4rec", "sasrec_content", "content_knn"])
+@pytest.mark.parametrize("model", ["popularity", "gru4rec", "bert4rec", "sasrec_content", "content_knn"])
 def test_every_baseline_trains_and_reports_the_slices(amazon: Path, model: str) -> None:
     features = amazon / "F" if model in ("sasrec_content", "content_knn") else None
-    overrides = {"max_epochs": 1} if model in ("gru4rec", "sasrec_content") else None
+    overrides = {"max_epochs": 1} if model in ("gru4rec", "bert4rec", "sasrec_content") else None
     result = train_baseline(
         model, amazon / "data", 1, amazon / model, overrides, limit=LIMIT, features=features
     )
