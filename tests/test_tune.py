@@ -41,6 +41,12 @@ def test_tune_searches_stage_by_stage(tiny_prepared: Path, tmp_path: Path, capsy
     assert (best["hidden"], best["dropout"], best["max_epochs"], best["lr"]) == (h, d, e, 0.01)
     assert best["layers"] == 2  # the packaged config's other fields
     assert (out / "search.md").read_text().strip() in text
+    # a stage that repeats a setting already trained (hidden = stage 1's best) reads its run: no new folder
+    again = tmp_path / "again-tune"
+    base = ["tune", "--model", "sasrec", "--data", str(tiny_prepared), "--out", str(again)]
+    assert main([*base, "--stage", "hidden=8,16", "--stage", f"hidden={h}"]) == 0
+    assert sorted(p.name for p in again.iterdir() if p.is_dir()) == ["hidden16", "hidden8"]
+    assert capsys.readouterr().out.count(f"| hidden={h} |") == 2  # a row in each stage
     # a second call reuses every finished trial
     stamp = (final / "valid_metrics.json").stat().st_mtime_ns
     assert main([*argv, "--stage", "lr=0.01"]) == 0

@@ -2,7 +2,8 @@
 
 Each stage is a small grid (`max_len=10,50,200`, or `hidden=64,128 dropout=0.2,0.5`); a stage's trials
 carry the best settings of the stages before it (a coordinate search: the history length first, then the
-size). Every trial is one `amfrec train` run folder under OUT/<settings>, reused when it is there; the best
+size). Every trial is one `amfrec train` run folder under OUT/<settings>, reused when it is there; a trial
+whose resolved config equals an earlier trial's reads that trial's run instead of training again. The best
 trial of a stage has the highest validation `metric`. The table shows every trial's validation hr@1 and
 ndcg@10 with the paired per-user difference to its stage's best (95% bootstrap interval), so a reader sees
 which choices the validation users could tell apart. The best settings are written to OUT/best.yaml: the
@@ -82,7 +83,7 @@ def run_search(
     metric: str = "ndcg@10",
 ) -> list[Trial]:
     """Train every trial of every stage (reusing finished run folders); return the trials in order."""
-    from amfrec.runs.baseline_run import train_baseline
+    from amfrec.runs.baseline_run import baseline_settings, train_baseline
 
     if model not in BASELINES:
         raise AmfrecError(f"amfrec tune: {model!r} is not a baseline; choose one of {list(BASELINES)}")
@@ -90,11 +91,13 @@ def run_search(
         raise AmfrecError(f"--features is required to tune {model}")
     best: dict[str, Any] = {}
     trials: list[Trial] = []
+    runs: dict[str, Path] = {}  # the resolved config of every trial so far -> its run folder
     for k, grid in enumerate(stages, start=1):
         stage = []
         for combo in itertools.product(*grid.values()):
             settings = {**best, **dict(zip(grid, combo, strict=True))}
-            run = out / trial_name(settings)
+            resolved = yaml.safe_dump(baseline_settings(model, None, settings), sort_keys=True)
+            run = runs.setdefault(resolved, out / trial_name(settings))  # a setting seen before: its run
             if not (run / "valid_metrics.json").is_file():
                 log.info("tune %s stage %d: %s", model, k, settings)
                 train_baseline(model, data, seed, run, settings, features=features)
