@@ -30,6 +30,7 @@ from amfrec.llm.backbone import Backbone, load_backbone
 from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
 from amfrec.llm.item_encoder import ItemEncoder
 from amfrec.llm.model import AMFRecModel
+from amfrec.llm.query import query
 from amfrec.runs.amfrec_run import evaluate_run, load_run, train_amfrec
 from amfrec.runs.ranker import Ranker
 from amfrec.serve.app import create_app
@@ -106,7 +107,7 @@ def test_bfloat16_scores_agree_with_float32_within_its_precision(lm_dir: Path) -
     q = {}
     with torch.no_grad():
         for dtype, model in models.items():
-            q[dtype], _, _, _ = model._query(HISTORY, CANDIDATES, model.item_table()[0])  # (B, d) float32
+            q[dtype], _, _, _ = query(model, HISTORY, CANDIDATES, model.item_table()[0])  # (B, d) float32
     layers = 2
     rel = 8 * (layers + 1) * UNIT_ROUNDOFF
     err = (q["bfloat16"] - q["float32"]).norm(dim=-1) / q["float32"].norm(dim=-1)  # (B,)

@@ -24,6 +24,7 @@ from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
 from amfrec.llm.item_encoder import ItemEncoder
 from amfrec.llm.model import AMFRecModel
 from amfrec.llm.prompt import PromptTemplate
+from amfrec.llm.query import query
 
 N_ITEMS, L = len(TITLES) - 1, 5
 # history left-padded with 0, most recent last; candidates (B, C); targets (B,)
@@ -215,7 +216,7 @@ def test_no_llm_query_is_the_mean_of_the_prompts_soft_tokens(
         with torch.no_grad():
             table, _, _ = model.item_table()  # (n + 1, T, d)
             user, _ = model.user_vectors(HISTORY)
-            q, _, _, n_read = model._query(HISTORY, CANDIDATES, table)
+            q, _, _, n_read = query(model, HISTORY, CANDIDATES, table)
         assert table.shape[1] == (2 if fusion == "tokens" else 1)
         assert (user is not None) == user_token and n_read == 0
         want = []

@@ -12,6 +12,7 @@ from amfrec.llm.config import AMFRecConfig, GateConfig, ModelConfig, ProjectorCo
 from amfrec.llm.head import fresh_items
 from amfrec.llm.item_encoder import ItemEncoder
 from amfrec.llm.model import AMFRecModel
+from amfrec.llm.query import query
 
 N_ITEMS, L = len(TITLES) - 1, 5
 HISTORY = torch.tensor([[0, 0, 1, 2, 3], [0, 0, 0, 0, 4], [5, 6, 7, 8, 9]])  # (B, L)
@@ -84,7 +85,7 @@ def test_the_controls_query_by_hand(backbone) -> None:
     model = build(backbone, no_llm=False, new_item_control=True)
     table = model.item_table()[0]  # (n_items + 1, T, d)
     user, _ = model.user_vectors(HISTORY)  # (B, d)
-    _, q_new, _, _ = model._query(HISTORY, CANDIDATES, table)
+    _, q_new, _, _ = query(model, HISTORY, CANDIDATES, table)
     for b in range(len(HISTORY)):  # the mean over each history item's tokens and the user token
         rows = [table[i, t] for i in HISTORY[b].tolist() if i for t in range(table.shape[1])]
         want = torch.stack([*rows, user[b]]).mean(0)

@@ -15,6 +15,7 @@ from amfrec.llm.collab import CollaborativeNet
 from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
 from amfrec.llm.item_encoder import ItemEncoder, gate_balance_loss
 from amfrec.llm.model import AMFRecModel
+from amfrec.llm.query import query
 
 N_ITEMS, L = len(TITLES) - 1, 5
 NEW = 7  # the item the collaborative net never trained on
@@ -207,7 +208,7 @@ def test_content_loss_adds_the_content_terms_own_cross_entropy(model: AMFRecMode
             torch.no_grad()
         ):  # by hand: the catalogue softmax of the sum, plus 0.5 x that of the content term
             tokens, _, _ = model.item_table()
-            q, _, rep, _ = model._query(HISTORY, CANDIDATES, tokens)
+            q, _, rep, _ = query(model, HISTORY, CANDIDATES, tokens)
             parts = model.item_logits(q, rep, tokens.mean(1), None)  # (B, n_items) each
             total = F.cross_entropy(parts.total, target - 1)
             content = F.cross_entropy(parts.content, target - 1)
@@ -338,7 +339,7 @@ def test_the_catalogue_softmax_leaves_out_items_never_trained(model: AMFRecModel
         masked = float(model(HISTORY, CANDIDATES, target).lm_loss)
         with torch.no_grad():  # by hand: the softmax over the trained items only
             tokens, _, _ = model.item_table()
-            q, _, rep, _ = model._query(HISTORY, CANDIDATES, tokens)
+            q, _, rep, _ = query(model, HISTORY, CANDIDATES, tokens)
             total = model.item_logits(q, rep, tokens.mean(1), None).total  # (B, n_items)
             keep = torch.nonzero(trained[1:]).squeeze(1)  # columns of the trained items
             label = torch.searchsorted(keep, target - 1)  # the targets' columns among them

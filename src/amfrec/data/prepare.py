@@ -29,6 +29,7 @@ import numpy as np
 
 import amfrec
 from amfrec.data.atomic import AtomicTable, read_atomic
+from amfrec.data.card import read_card
 from amfrec.data.dataset import DEFAULT_COLD_THRESHOLD, SEQUENCES_FILE
 from amfrec.data.protocol import DEFAULT_NEGATIVES, NEW_ITEMS_FILE, check_new_items_fraction, draw_new_items
 from amfrec.errors import AmfrecError
@@ -80,12 +81,13 @@ def _as_text(value: object) -> str:
     return str(value).strip()
 
 
-def _read_items(path: Path) -> dict[str, dict]:
+def _read_items(path: Path, text_fields: tuple[str, ...] | None = None) -> dict[str, dict]:
     """item_id -> {"item_id", "title", "year", "genres"[, "fields"]} (year null unless all digits).
 
     "fields": every other text (token / token_seq) field of the header, in header order, as one string each
     (token_seq joined by spaces; "" where empty); the key is left out when the file has no such field, so
-    files with only title/year/genres give the same items.jsonl as before.
+    files with only title/year/genres give the same items.jsonl as before. text_fields (the dataset card's):
+    the only fields besides the title that are kept (None = all).
     """
     table = read_atomic(path, {"item_id": "token"})
     title_f = _first_field(table, TITLE_FIELDS)
@@ -93,10 +95,16 @@ def _read_items(path: Path) -> dict[str, dict]:
         raise AmfrecError(
             f"{path}:1: header has no title field (one of {', '.join(TITLE_FIELDS)}); titles are required"
         )
+    if text_fields is not None and set(text_fields) - set(table.types):
+        missing = ", ".join(sorted(set(text_fields) - set(table.types)))
+        raise AmfrecError(f"{path}:1: the dataset card's text_fields name {missing}, not in this header")
     year_f = _first_field(table, YEAR_FIELDS)
     genre_f = _first_field(table, GENRE_FIELDS)
     skip = {"item_id", title_f, year_f, genre_f}
     other = [f for f, typ in table.types.items() if typ in ("token", "token_seq") and f not in skip]
+    if text_fields is not None:  # the card's fields only
+        year_f, genre_f = (f if f in text_fields else None for f in (year_f, genre_f))
+        other = [f for f in other if f in text_fields]
     items: dict[str, dict] = {}
     lines: dict[str, int] = {}
     for r, item_id in enumerate(table["item_id"]):
@@ -307,7 +315,8 @@ def prepare(
 
         data_dir = fetch_ml100k()
     inter_path, item_path = find_atomic_files(Path(data_dir))
-    items = _read_items(item_path)
+    card = read_card(data_dir)
+    items = _read_items(item_path, card.text_fields)
     inter = read_atomic(inter_path, INTER_FIELDS)
     log.info("read %d interactions from %s, %d items from %s", len(inter), inter_path, len(items), item_path)
 
@@ -329,6 +338,7 @@ def prepare(
         "kcore": kcore,
         "cold_threshold": cold_threshold,
         "min_user_interactions": MIN_USER_INTERACTIONS,
+        "card": card.to_dict(),
         "protocol": {
             "new_items": new_items,
             "n_negatives": n_candidates - 1,

@@ -36,7 +36,8 @@ def build_amfrec(
     set_fast_decoder(backbone, cfg.fast_decoder, cfg.compile)
     if cfg.gradient_checkpointing:
         checkpoint_layers(backbone)
-    template = PromptTemplate(text=cfg.template, noun=cfg.noun, noun_plural=cfg.noun_plural)
+    noun = cfg.noun or "item"  # a run's config carries the data card's noun (amfrec_run); else "item"
+    template = PromptTemplate(text=cfg.template, noun=noun, noun_plural=cfg.noun_plural)
     encoder = ItemEncoder(features, backbone.hidden_size, cfg, token_norm=backbone.embed_norm)
     model = AMFRecModel(
         backbone,
@@ -58,6 +59,8 @@ def build_amfrec(
         new_item_collab=cfg.new_item_collab,
         loss_items=loss_items,
         train_items=train_items,
+        positions=cfg.positions,
+        max_len=cfg.max_len,
     )
     return model.to(backbone.device)
 

@@ -20,6 +20,7 @@ from amfrec.errors import AmfrecError
 from amfrec.io import read_text, read_yaml_mapping
 from amfrec.llm.options import (  # noqa: F401 - re-exported: the config's vocabulary
     DEFAULT_TEMPLATE,
+    ITEM_TOKEN_ALL_TEMPLATE,
     ITEM_TOKEN_TEMPLATE,
     ITEM_TOKEN_USER_TEMPLATE,
     AnswerHead,
@@ -29,6 +30,7 @@ from amfrec.llm.options import (  # noqa: F401 - re-exported: the config's vocab
     FusionMode,
     ItemText,
     LossItems,
+    Positions,
     UserToken,
     _build,
     _number,
@@ -36,6 +38,8 @@ from amfrec.llm.options import (  # noqa: F401 - re-exported: the config's vocab
     _positive_int,
     _yaml_line,
     apply_overrides,
+    check_noun,
+    check_template,
     coerce_enum,
     default_template,
 )
@@ -98,8 +102,7 @@ class GateConfig:
 # Chosen on validation (each recipe choice and its number: RESULTS, "The recipe").
 RECIPE_DROPOUT = {"id": 0.5, "text": 0.3}
 
-# ModelConfig's true/false settings (checked together)
-_MODEL_FLAGS = (
+_MODEL_FLAGS = (  # ModelConfig's true/false settings (checked together)
     "prompt_candidates", "collab_score", "no_llm", "query_head", "soft_tokens", "gradient_checkpointing",
     "llm_residual", "new_item_control", "fast_decoder", "compile",
 )  # fmt: skip
@@ -171,12 +174,15 @@ class ModelConfig:
     new_item_collab: float = 1.0
     # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).
     soft_tokens: bool = True
+    # item_token: which item boundaries are queries (and training targets): "all" (one prompt teaches every
+    # item's successor, a user token after each item) or "last" (one target per prompt). See Positions.
+    positions: Positions = Positions.LAST
     # Prompt: a template with the slots {history} (required), {candidates} (iff candidates are listed),
-    # {user} (iff user_token), {n_candidates}, {noun}, {noun_plural}; null = the default for the head.
+    # {user} (iff user_token, positions last), {n_candidates}, {noun}, {noun_plural}; null = the default.
     template: str | None = None
-    noun: str = "movie"
-    noun_plural: str = ""  # the {noun_plural} slot; empty = noun + "s"
-    max_len: int = 10  # history items in the prompt
+    noun: str | None = None  # what the prompt calls an item; null = the data's card (DESIGN.md §3) or "item"
+    noun_plural: str = ""  # the {noun_plural} slot; empty = the card's, else noun + "s"
+    max_len: int = 10  # the last history items the prompt (and the control) reads; the collaborative net: all
     n_candidates: int = 20
     # What stands before an item's <|item|> in the prompt: its title, or its full text (title, categories,
     # brand, ...), cut to item_tokens backbone tokens, so long product texts cannot blow up the prompt.
@@ -256,20 +262,14 @@ class ModelConfig:
             raise ValueError("model.soft_tokens: false needs answer 'title' (item_token scores soft tokens)")
         if self.collab_score and self.user_token is None:
             raise ValueError("model.collab_score: needs model.user_token (the collaborative run)")
+        self.positions = coerce_enum(Positions, self.positions, "model.positions")
+        if self.positions == Positions.ALL and (self.answer == AnswerHead.TITLE or self.prompt_candidates):
+            raise ValueError("model.positions: 'all' needs answer 'item_token' without listed candidates")
+        has_user = self.user_token is not None
         if self.template is None:
-            self.template = default_template(self.answer, self.prompt_candidates, self.user_token is not None)
-        if not isinstance(self.template, str) or "{history}" not in self.template:
-            raise ValueError("model.template: the slot {history} is missing")
-        if ("{candidates}" in self.template) != self.prompt_candidates:
-            raise ValueError(
-                "model.template: the slot {candidates} must appear iff model.prompt_candidates is true"
-            )
-        if ("{user}" in self.template) != (self.user_token is not None):
-            raise ValueError("model.template: the slot {user} must appear iff model.user_token is set")
-        if not isinstance(self.noun, str) or not self.noun.strip():
-            raise ValueError(f"model.noun: must be a non-empty string, got {self.noun!r}")
-        if not isinstance(self.noun_plural, str):
-            raise ValueError(f"model.noun_plural: must be a string, got {self.noun_plural!r}")
+            self.template = default_template(self.answer, self.prompt_candidates, has_user, self.positions)
+        check_template(self.template, self.prompt_candidates, has_user, self.positions)
+        check_noun(self.noun, self.noun_plural)
         _positive_int(self.max_len, "model.max_len")
         _positive_int(self.n_candidates, "model.n_candidates", minimum=2)
         self._check_items()

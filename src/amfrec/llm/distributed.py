@@ -47,14 +47,25 @@ def from_env() -> Ranks:
 
 
 def shard(ranks: Ranks, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """This rank's contiguous slice of each (B, ...) tensor; B must divide by the world size."""
+    """This rank's contiguous slice of each (B, ...) tensor; B must divide by the world size. Four tensors
+    (history, candidates, target (P, ...), lengths (B,)) are P windows in B chunks: sliced by chunk."""
     if ranks.world == 1:
         return tensors
-    b = tensors[0].shape[0]
+    if len(tensors) == 4:
+        *windows, lengths = tensors
+        part = _rank_slice(ranks, len(lengths))
+        ends = torch.cumsum(lengths, 0).tolist()
+        lo, hi = (ends[part.start - 1] if part.start else 0), ends[part.stop - 1]
+        return (*(t[lo:hi] for t in windows), lengths[part])
+    part = _rank_slice(ranks, tensors[0].shape[0])
+    return tuple(t[part] for t in tensors)
+
+
+def _rank_slice(ranks: Ranks, b: int) -> slice:
     if b % ranks.world:
         raise ValueError(f"train.batch_size {b} is not divisible by the {ranks.world} processes")
     part = b // ranks.world
-    return tuple(t[ranks.rank * part : (ranks.rank + 1) * part] for t in tensors)
+    return slice(ranks.rank * part, (ranks.rank + 1) * part)
 
 
 def average_gradients(ranks: Ranks, params: list[nn.Parameter]) -> None:

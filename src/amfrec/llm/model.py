@@ -7,6 +7,7 @@
   e_c) [+ w * collab(u, c)]`` with a learned scale s and, optionally, the frozen collaborative net's own
   logit with a learned weight w. One backbone pass scores any set of items; the loss is a softmax over the
   catalogue (or the candidates). ``no_llm``: the LM replaced by the mean of the prompt's soft tokens.
+  ``positions`` "all": every item's boundary is a query; one prompt trains them all (``llm.positions``).
   ``new_item_control``: items without a trained id are scored against that mean instead of the LM's state.
 - Answer head ``title`` (LLaRA): causal-LM loss on the target title + eos, logits only at the answer
   positions; scoring by title log-likelihood (``amfrec.llm.scoring``); greedy generation.
@@ -22,19 +23,18 @@ from torch.nn import functional as F
 
 from amfrec.llm.adapter import Adapter, AMFRecOutput, ScoreParts
 from amfrec.llm.backbone import Backbone
-from amfrec.llm.config import AnswerHead, LossItems, coerce_enum, default_template
-from amfrec.llm.head import control_state, cosine_scores, fresh_items
+from amfrec.llm.config import AnswerHead, LossItems, Positions, coerce_enum, default_template
+from amfrec.llm.head import cosine_scores, fresh_items
 from amfrec.llm.projector import MLPProjector
 from amfrec.llm.prompt import (
-    IGNORE_INDEX,
     PromptBatch,
     PromptBuilder,
     PromptTemplate,
-    position_ids,
     prompt_items,
     scatter_slots,
 )
-from amfrec.llm.scoring import ScoreReduction, generate_titles, score_titles
+from amfrec.llm.query import query
+from amfrec.llm.scoring import ScoreReduction, generate_titles, score_titles, title_loss
 from amfrec.recommender import Recommender
 
 
@@ -44,7 +44,9 @@ class AMFRecModel(nn.Module, Recommender):
     titles: item titles by index (index 0 = padding, unused). tokens_per_item: placeholders per item (None =
     ``item_encoder.tokens_per_item``, else 1). answer: "item_token" or "title". collab: a frozen
     ``CollaborativeNet`` (needed by a user token or the collaborative score). no_llm: the mean-pooling control
-    (item_token only). score_reduction / score_chunk_rows: title scoring (``amfrec.llm.scoring``).
+    (item_token only). score_reduction / score_chunk_rows: title scoring (``amfrec.llm.scoring``). positions:
+    "last" or "all" (``Positions``). max_len: the last history items the prompt and the control read (None =
+    all); the collaborative net reads the whole history (up to its own length).
     """
 
     name = "amfrec"
@@ -72,6 +74,8 @@ class AMFRecModel(nn.Module, Recommender):
         train_items: torch.Tensor | None = None,
         score_reduction: str = "sum",
         score_chunk_rows: int = 40,
+        positions: str = "last",
+        max_len: int | None = None,
     ) -> None:
         super().__init__()
         if aux_weight < 0:
@@ -83,6 +87,10 @@ class AMFRecModel(nn.Module, Recommender):
         self.answer = coerce_enum(AnswerHead, answer, "answer")
         self.loss_items = coerce_enum(LossItems, loss_items, "loss_items")
         self.score_reduction = coerce_enum(ScoreReduction, score_reduction, "score_reduction")
+        self.positions = coerce_enum(Positions, positions, "positions")
+        if self.positions is Positions.ALL and self.answer is not AnswerHead.ITEM_TOKEN:
+            raise ValueError("positions 'all' needs answer 'item_token'")
+        self.max_len = max_len
         if (user_token or collab_score) and collab is None:
             raise ValueError("a user token or the collaborative score needs `collab` (a CollaborativeNet)")
         if self.answer is AnswerHead.TITLE and (collab_score or no_llm):
@@ -92,16 +100,7 @@ class AMFRecModel(nn.Module, Recommender):
         self.collab = collab  # frozen; not in the checkpoint
         self.no_llm = no_llm
         self.titles = list(titles)
-        if tokens_per_item is None:  # the item encoder knows its T (fusion "tokens": one per modality)
-            tokens_per_item = int(getattr(item_encoder, "tokens_per_item", 1))
-        if template is None:
-            text = default_template(self.answer, self.answer is AnswerHead.TITLE, user_token)
-            template = PromptTemplate(text=text)
-        if template.has_user != user_token:
-            raise ValueError(f"the template {'lacks' if user_token else 'has'} a {{user}} slot")
-        self.prompt = PromptBuilder(
-            backbone.tokenizer, template, item_token=backbone.item_token, tokens_per_item=tokens_per_item
-        )
+        self.prompt = self._prompt_builder(backbone, item_encoder, template, tokens_per_item, user_token)
         d = backbone.hidden_size
         user_map = MLPProjector(collab.hidden, d, d) if user_token else None
         query_dim = d if query_head else None
@@ -115,14 +114,33 @@ class AMFRecModel(nn.Module, Recommender):
         )
         self.token_norm = getattr(item_encoder, "token_norm", None) or backbone.embed_norm
         self.aux_weight = aux_weight
+        self.content_loss = content_loss
         if content_loss < 0:
             raise ValueError(f"content_loss must be >= 0, got {content_loss}")
-        self.content_loss = content_loss
         # (n_items + 1,) bool: items with training interactions, the only classes of the catalogue softmax
         train_items = None if train_items is None else train_items.bool()
         self.register_buffer("train_items", train_items, persistent=False)
         self._table_cache: tuple | None = None  # (weight versions, item_table()) while no gradients are taken
         self.score_chunk_rows = score_chunk_rows
+
+    def _prompt_builder(
+        self,
+        backbone: Backbone,
+        encoder: nn.Module,
+        template: PromptTemplate | None,
+        tokens: int | None,
+        user: bool,
+    ) -> PromptBuilder:
+        """The prompt builder: the head's default template unless one is given, ``tokens`` placeholders per
+        item (None = the item encoder's own T; fusion "tokens": one per modality), the user token(s)."""
+        every = self.positions is Positions.ALL
+        tokens = int(getattr(encoder, "tokens_per_item", 1)) if tokens is None else tokens
+        if template is None:
+            text = default_template(self.answer, self.answer is AnswerHead.TITLE, user, self.positions)
+            template = PromptTemplate(text=text)
+        if template.has_user != (user and not every):
+            raise ValueError(f"the template {'has' if template.has_user else 'lacks'} a {{user}} slot")
+        return PromptBuilder(backbone.tokenizer, template, backbone.item_token, tokens, user and every)
 
     # ----------------------------------------------------------------- bookkeeping
     @property
@@ -228,7 +246,7 @@ class AMFRecModel(nn.Module, Recommender):
         """
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, d)
         slots = [(self.prompt.item_token_id, item_vectors, self.prompt.item_token)]
-        if self.prompt.template.has_user:
+        if self.prompt.has_user:
             if user_vectors is None:
                 raise ValueError("the prompt has a <|user|> placeholder but no user vectors were given")
             slots.append((self.prompt.user_token_id, user_vectors, "<|user|>"))
@@ -250,34 +268,11 @@ class AMFRecModel(nn.Module, Recommender):
         listed = self._titles(candidates) if self.prompt.template.reads_candidates else [[]] * len(candidates)
         batch = self.prompt.build(self._titles(history), listed, answers).to(self.device)
         vectors, aux, weights = self._item_vectors(history, candidates, table)
-        if user is None and self.prompt.template.has_user:
+        if user is None and self.prompt.has_user:
             user, _ = self.user_vectors(history)
         return batch, self.inject(batch.input_ids, vectors, user), aux, weights
 
     # ----------------------------------------------------------------- item_token head
-    def _query(
-        self, history: torch.Tensor, candidates: torch.Tensor, table: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
-        """(q (B, d) float32, the control's q (B, d) | None, the collaborative rep (B, H) | None, tokens).
-
-        q: with the LM, its last hidden state after the hybrid prompt (llm_residual: the control's state plus
-        a zero-initialised map of it); no_llm: the control's state, the mean of the prompt's soft tokens
-        (``control_state``). The control's q is returned for ``new_item_control`` only.
-        """
-        history, candidates = history.to(self.device), candidates.to(self.device)
-        user, rep = self.user_vectors(history)
-        mean = None
-        if self.no_llm or self.adapter.residual is not None or self.adapter.new_query is not None:
-            mean = control_state(table, history, user)  # (B, d)
-            if self.no_llm:
-                return mean, None if self.adapter.new_query is None else mean, rep, 0
-        batch, embeds, _, _ = self.embed_prompt(history, candidates, None, table, user)
-        mask = batch.attention_mask
-        q = self.backbone.decode(embeds, mask, position_ids(mask), last_only=True)[:, -1].float()  # (B, d)
-        if self.adapter.residual is not None:  # the control's state + what the LM adds (0 at the start)
-            q = mean + self.adapter.residual(q)
-        return q, None if self.adapter.new_query is None else mean, rep, int(mask.sum())
-
     def fresh_items(self, drop: torch.Tensor | None = None) -> torch.Tensor | None:
         """(n_items + 1,) bool, the items the control's query scores (``new_item_control``), or None."""
         if self.adapter.new_query is None:
@@ -297,8 +292,7 @@ class AMFRecModel(nn.Module, Recommender):
     ) -> ScoreParts:
         """Scores of items, term by term: q (B, d); out (n_items + 1, d) output vectors; items (B, C) or None
         = 1..n_items; known (n_items + 1,) bool, the items whose collaborative logit counts (None = those the
-        collaborative net trained on; the others get the user's mean logit, see ``CollaborativeNet``).
-
+        collaborative net trained on; the others get the user's mean logit, see ``CollaborativeNet``). Terms:
         content s * cos(W q + b, out[c]), collab w * collab(rep, c) (None without the collaborative score),
         each (B, C) or (B, n_items); W q + b only with the query map (``query_head``), else q itself. With
         ``new_item_control`` the items in fresh ((n_items + 1,) bool) get s' * cos(W' q_new + b', out[c]).
@@ -316,11 +310,15 @@ class AMFRecModel(nn.Module, Recommender):
         return ScoreParts(content=content, collab=collab)
 
     def _forward_item_token(
-        self, history: torch.Tensor, candidates: torch.Tensor, target: torch.Tensor
+        self,
+        history: torch.Tensor,
+        candidates: torch.Tensor,
+        target: torch.Tensor,
+        lengths: torch.Tensor | None,
     ) -> AMFRecOutput:
         drop = self.item_encoder.draw_dropout(len(self.titles)) if self.training else None  # (R, M) | None
         tokens, aux, weights = self.item_table(drop)  # (n_items + 1, T, d)
-        q, q_new, rep, n_tokens = self._query(history, candidates, tokens)
+        q, q_new, rep, n_tokens = query(self, history, candidates, tokens, lengths)
         fresh = self.fresh_items(drop)  # (n_items + 1,) bool | None
         out = tokens.mean(1)  # (n_items + 1, d): an item's output vector = its (mean) soft token
         target = target.to(self.device)
@@ -351,22 +349,21 @@ class AMFRecModel(nn.Module, Recommender):
         return AMFRecOutput.of(loss, self.aux_weight, aux, weights, int(target.shape[0]), n_tokens)
 
     # ----------------------------------------------------------------- training
-    def forward(self, history: torch.Tensor, candidates: torch.Tensor, target: torch.Tensor) -> AMFRecOutput:
-        """The answer head's loss. history (B, L) left-padded item indices; candidates (B, C); target (B,)."""
+    def forward(
+        self,
+        history: torch.Tensor,
+        candidates: torch.Tensor,
+        target: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+    ) -> AMFRecOutput:
+        """The answer head's loss (mean over targets). history (P, L) left-padded item indices; candidates
+        (P, C); target (P,); lengths (B,): P windows grouped in B chunks, one prompt each (positions "all",
+        ``amfrec.llm.positions``), or None: one prompt per window."""
+        if lengths is not None and self.positions is not Positions.ALL:
+            raise ValueError("chunk lengths need positions 'all'")
         if self.answer is AnswerHead.ITEM_TOKEN:
-            return self._forward_item_token(history, candidates, target)
-        answers = [self.titles[t] for t in target.tolist()]
-        batch, embeds, aux, weights = self.embed_prompt(history, candidates, answers)
-        hidden = self.backbone.decode(
-            embeds, batch.attention_mask, position_ids(batch.attention_mask)
-        )  # (B, T, d)
-        targets = batch.labels[:, 1:]  # (B, T-1): token t+1 is predicted at t
-        sel = targets != IGNORE_INDEX  # (B, T-1)
-        logits = self.lm.get_output_embeddings()(hidden[:, :-1][sel]).float()  # (N, V), answer positions only
-        lm_loss = F.cross_entropy(logits, targets[sel])
-        return AMFRecOutput.of(
-            lm_loss, self.aux_weight, aux, weights, int(sel.sum()), int(batch.attention_mask.sum())
-        )
+            return self._forward_item_token(history, candidates, target, lengths)
+        return title_loss(self, history, candidates, target)
 
     # ----------------------------------------------------------------- inference
     @torch.inference_mode()
@@ -386,7 +383,7 @@ class AMFRecModel(nn.Module, Recommender):
         if self.answer is not AnswerHead.ITEM_TOKEN:
             raise ValueError("score parts exist for answer 'item_token' only")
         tokens, _, _ = self.item_table()
-        q, q_new, rep, _ = self._query(history, candidates, tokens)
+        q, q_new, rep, _ = query(self, history, candidates, tokens, None)
         fresh = self.fresh_items()  # (n_items + 1,) bool | None
         known = None if fresh is None else ~fresh
         parts = self.item_logits(q, rep, tokens.mean(1), candidates.to(self.device), known, q_new, fresh)

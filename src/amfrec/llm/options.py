@@ -49,6 +49,15 @@ class LossItems(StrEnum):
     CANDIDATES = "candidates"  # softmax over the example's target + n_negatives drawn items
 
 
+class Positions(StrEnum):
+    # Every history item's boundary is a query: one prompt teaches each of its items' successors in one causal
+    # pass (as SASRec trains); each item carries its own collaborative user token (the collaborative net's
+    # state after that item), and the prompt ends at the last item, whose boundary scores the next one.
+    ALL = "all"
+    # One query, after the template's last word: one training target per prompt (one window, one target).
+    LAST = "last"
+
+
 class ItemText(StrEnum):
     TITLE = "title"  # the item file's title field
     FULL = "full"  # title, year, genres and every other text field (e.g. categories, brand): ItemInfo.text()
@@ -77,12 +86,44 @@ ITEM_TOKEN_USER_TEMPLATE = (
 )
 
 
-def default_template(answer: AnswerHead, prompt_candidates: bool, user_token: bool) -> str:
+# positions 'all': the prompt ends at the last item (its boundary is the query); user tokens follow each item.
+ITEM_TOKEN_ALL_TEMPLATE = "A user's {noun_plural}, oldest first: {history}"
+
+
+def default_template(
+    answer: AnswerHead, prompt_candidates: bool, user_token: bool, positions: Positions = Positions.LAST
+) -> str:
     """The packaged template for an answer head / prompt layout."""
+    if positions == Positions.ALL:
+        return ITEM_TOKEN_ALL_TEMPLATE
     if answer == AnswerHead.TITLE or prompt_candidates:
         user = DEFAULT_TEMPLATE.replace("This user", "This user {user}", 1)
         return user if user_token else DEFAULT_TEMPLATE
     return ITEM_TOKEN_USER_TEMPLATE if user_token else ITEM_TOKEN_TEMPLATE
+
+
+def check_template(template: str, prompt_candidates: bool, user_token: bool, positions: Positions) -> None:
+    """Raise a ValueError naming model.template when its slots do not fit the prompt layout."""
+    if not isinstance(template, str) or "{history}" not in template:
+        raise ValueError("model.template: the slot {history} is missing")
+    if ("{candidates}" in template) != prompt_candidates:
+        raise ValueError("model.template: the slot {candidates} must appear iff model.prompt_candidates")
+    if positions == Positions.ALL:
+        if "{user}" in template or not template.rstrip().endswith("{history}"):
+            raise ValueError(
+                "model.template: with model.positions 'all' it must end with {history} and have no {user} "
+                "slot (the last item's boundary is the query; user tokens follow each item)"
+            )
+    elif ("{user}" in template) != user_token:
+        raise ValueError("model.template: the slot {user} must appear iff model.user_token is set")
+
+
+def check_noun(noun: str | None, noun_plural: str) -> None:
+    """Raise a ValueError naming model.noun / model.noun_plural when either is not text."""
+    if noun is not None and (not isinstance(noun, str) or not noun.strip()):
+        raise ValueError(f"model.noun: must be a non-empty string or null, got {noun!r}")
+    if not isinstance(noun_plural, str):
+        raise ValueError(f"model.noun_plural: must be a string, got {noun_plural!r}")
 
 
 def coerce_enum(cls: type[Enum], value: Any, name: str) -> Any:

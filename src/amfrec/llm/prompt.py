@@ -40,7 +40,7 @@ class PromptTemplate:
     the answer."""
 
     text: str = DEFAULT_TEMPLATE_TEXT
-    noun: str = "movie"
+    noun: str = "item"
     noun_plural: str = ""  # empty = noun + "s"
     item_separator: str = ", "
     answer_prefix: str = " "
@@ -133,16 +133,23 @@ class PromptBuilder:
         template: PromptTemplate | None = None,
         item_token: str = ITEM_TOKEN,
         tokens_per_item: int = 1,
+        user_per_item: bool = False,
     ) -> None:
+        """user_per_item: each item is followed by a ``<|user|>`` placeholder (model.positions 'all': the
+        collaborative state after that item), instead of the template's one ``{user}`` slot."""
         if tokens_per_item < 0:
             raise ValueError(f"tokens_per_item must be >= 0 (0 = titles only), got {tokens_per_item}")
+        if user_per_item and (template or PromptTemplate()).has_user:
+            raise ValueError("user tokens after each item exclude the template's {user} slot")
         self.tokenizer = tokenizer
         self.template = template or PromptTemplate()
         self.item_token = item_token
         self.tokens_per_item = tokens_per_item
+        self.user_per_item = user_per_item
+        self.has_user = self.template.has_user or user_per_item  # any <|user|> placeholder at all
         self.item_token_id = tokenizer.convert_tokens_to_ids(item_token)
-        self.user_token_id = tokenizer.convert_tokens_to_ids(USER_TOKEN) if self.template.has_user else -1
-        for token in (item_token, USER_TOKEN) if self.template.has_user else (item_token,):
+        self.user_token_id = tokenizer.convert_tokens_to_ids(USER_TOKEN) if self.has_user else -1
+        for token in (item_token, USER_TOKEN) if self.has_user else (item_token,):
             ids = tokenizer(token, add_special_tokens=False)["input_ids"]
             if ids != [tokenizer.convert_tokens_to_ids(token)] or ids[0] == tokenizer.unk_token_id:
                 raise ValueError(
@@ -160,7 +167,17 @@ class PromptBuilder:
     def render_item(self, title: str) -> str:
         if self.tokens_per_item == 0:  # titles only (the zero-shot LM)
             return self.clean_title(title)
-        return f"{self.clean_title(title)} {self.item_token * self.tokens_per_item}"
+        user = USER_TOKEN if self.user_per_item else ""
+        return f"{self.clean_title(title)} {self.item_token * self.tokens_per_item}{user}"
+
+    def query_ends(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) -> (B, T) bool: each item's last token (its ``<|user|>``, else its last ``<|item|>``), the
+        positions whose hidden states score the next item (model.positions 'all'); one per history item."""
+        if self.user_per_item:
+            return input_ids == self.user_token_id
+        is_item = input_ids == self.item_token_id
+        nxt = torch.cat([is_item[:, 1:], torch.zeros_like(is_item[:, :1])], 1)
+        return is_item & ~nxt
 
     def render(self, history_titles: list[str], candidate_titles: list[str]) -> str:
         """The prompt text of one example (candidates rendered only when the template lists them: a

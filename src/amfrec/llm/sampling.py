@@ -14,6 +14,7 @@ import torch
 from amfrec.data.dataset import Split
 from amfrec.errors import AmfrecError
 from amfrec.llm.config import TrainConfig
+from amfrec.llm.positions import chunk_windows
 
 
 def generator(*keys: int) -> torch.Generator:
@@ -95,6 +96,57 @@ class TrainBatches:
                 history, target, self.n_items, self.cfg.n_negatives, generator(self.cfg.seed, epoch, b)
             )
         return history, cands, target
+
+    def epoch_of(self, i: int) -> int:
+        return i // self.per_epoch
+
+
+class ChunkBatches:
+    """Micro-batch `i` of chunks (``amfrec.llm.positions``): up to ``cfg.batch_size`` prompts, each a run of
+    up to ``size`` consecutive windows of one user, every window a target. Reproducible as `TrainBatches`.
+
+    Each epoch shuffles the chunks, sorts each pool of 32 batches by chunk length (so that little of a prompt
+    batch is padding) and shuffles the batches of the pool.
+    """
+
+    POOL = 32  # batches sorted together by length
+
+    def __init__(self, split: Split, n_items: int, cfg: TrainConfig, size: int) -> None:
+        self.split, self.n_items, self.cfg = split, n_items, cfg
+        if len(split) == 0:
+            raise AmfrecError("training split is empty: nothing to train on")
+        self.starts, self.lengths = chunk_windows(split, size)
+        self.n = len(self.starts)
+        self.per_epoch = math.ceil(self.n / cfg.batch_size)
+        self.n_targets = len(split)
+        self._epoch: tuple[int, list[torch.Tensor]] | None = None  # (epoch, its batches of chunk indices)
+
+    def _batches(self, epoch: int) -> list[torch.Tensor]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            gen = generator(self.cfg.seed, epoch, 11)
+            order = torch.randperm(self.n, generator=gen)
+            pool = self.POOL * self.cfg.batch_size
+            batches = []
+            for start in range(0, self.n, pool):
+                part = order[start : start + pool]
+                part = part[torch.sort(self.lengths[part], stable=True).indices]
+                cut = list(part.split(self.cfg.batch_size))
+                batches.extend(cut[j] for j in torch.randperm(len(cut), generator=gen).tolist())
+            self._epoch = (epoch, batches)
+        return self._epoch[1]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> history (P, L), candidates (P, C), target (P,) of every window of the batch's chunks, chunk by
+        chunk in order; lengths (B,) windows per chunk."""
+        epoch, b = divmod(i, self.per_epoch)
+        chunks = self._batches(epoch)[b]
+        lengths = self.lengths[chunks]
+        starts = self.starts[chunks].tolist()
+        idx = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lengths.tolist(), strict=True)])
+        history, target = self.split.history[idx], self.split.target[idx]
+        gen = generator(self.cfg.seed, epoch, b)
+        cands = draw_candidates(history, target, self.n_items, self.cfg.n_negatives, gen)
+        return history, cands, target, lengths
 
     def epoch_of(self, i: int) -> int:
         return i // self.per_epoch

@@ -11,13 +11,30 @@ from enum import StrEnum
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from amfrec.llm.prompt import position_ids
+from amfrec.llm.prompt import IGNORE_INDEX, position_ids
 
 
 class ScoreReduction(StrEnum):
     SUM = "sum"  # sum of the title's token log-probs (+ eos)
     MEAN = "mean"  # divided by the number of tokens
+
+
+def title_loss(model, history: torch.Tensor, candidates: torch.Tensor, target: torch.Tensor):
+    """The title head's loss (LLaRA): cross-entropy of the target title + eos, logits at the answer tokens
+    only. history (B, L), candidates (B, C), target (B,) -> AMFRecOutput."""
+    from amfrec.llm.adapter import AMFRecOutput
+
+    answers = [model.titles[t] for t in target.tolist()]
+    batch, embeds, aux, weights = model.embed_prompt(history, candidates, answers)
+    mask = batch.attention_mask
+    hidden = model.backbone.decode(embeds, mask, position_ids(mask))  # (B, T, d)
+    targets = batch.labels[:, 1:]  # (B, T-1): token t+1 is predicted at t
+    sel = targets != IGNORE_INDEX  # (B, T-1)
+    logits = model.lm.get_output_embeddings()(hidden[:, :-1][sel]).float()  # (N, V), answer positions only
+    lm_loss = F.cross_entropy(logits, targets[sel])
+    return AMFRecOutput.of(lm_loss, model.aux_weight, aux, weights, int(sel.sum()), int(mask.sum()))
 
 
 @torch.inference_mode()

@@ -17,6 +17,7 @@ trains nothing and saves the initial adapter (the zero-shot LM).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -39,7 +40,7 @@ from amfrec.llm.checkpoint import (
 )
 from amfrec.llm.config import AMFRecConfig, TrainConfig
 from amfrec.llm.distributed import Ranks, agree, average_gradients, barrier, from_env, shard
-from amfrec.llm.sampling import TrainBatches, fixed_subset
+from amfrec.llm.sampling import ChunkBatches, TrainBatches, fixed_subset
 
 log = logging.getLogger(__name__)
 LOOP_FORMAT = "amfrec-train-state/1"
@@ -99,11 +100,10 @@ def train(
     params = list(model.trainable_parameters())
     _check_trainable(model, params)
     n_trainable, n_total = _param_counts(model, params)
-    log.info("parameters: %s trainable of %s total (%.4f%%)", f"{n_trainable:,}", f"{n_total:,}",
-             100 * n_trainable / max(n_total, 1))  # fmt: skip
     train_split = data.train.subset(fixed_subset(len(data.train), tcfg.train_examples, tcfg.seed))
     valid_split = data.valid.subset(fixed_subset(len(data.valid), tcfg.eval_examples, tcfg.seed + 1))
-    batches = TrainBatches(train_split, data.n_items, tcfg)
+    batches = make_batches(model, train_split, data.n_items, tcfg)
+    tcfg = steps_for_epochs(tcfg, batches.per_epoch)
     opt = make_optimizer(params, tcfg)
     st = _restore(model, opt, out) if resume else _fresh_state()
 
@@ -114,9 +114,9 @@ def train(
 
     if tcfg.max_steps == 0 and not resume:  # no training (zero-shot): the initial adapter is the model
         save(CHECKPOINT_DIR)
-    n_train, n_valid = len(train_split), len(valid_split)
-    log.info("training on %d examples (%d micro-batches of %d a epoch), %d steps, validation on %d", n_train,
-             batches.per_epoch, tcfg.batch_size, tcfg.max_steps, n_valid)  # fmt: skip
+    log.info("training on %d targets (%d micro-batches of %d %s an epoch), %d steps, validation on %d",
+             len(train_split), batches.per_epoch, tcfg.batch_size, _unit(model), tcfg.max_steps,
+             len(valid_split))  # fmt: skip
     model.train()
     t0, counts, losses, stopped_early = time.perf_counter(), {"examples": 0, "tokens": 0}, [], False
     bar = tqdm(total=tcfg.max_steps, initial=st["step"], desc="train", unit="step", dynamic_ncols=True,
@@ -142,7 +142,7 @@ def train(
         "best_step": st["best_step"],
         "best_valid": {tcfg.select_metric: st["best"]},
         "steps": st["step"],
-        "epochs": batches.epoch_of(max(st["step"] * tcfg.grad_accum - 1, 0)) + 1,
+        "epochs": st["step"] * tcfg.grad_accum / batches.per_epoch,  # fractional: passes over the targets
         "stopped_early": stopped_early,
         "train_examples": len(train_split),
         "valid_examples": len(valid_split),
@@ -154,6 +154,34 @@ def train(
         "tokens_per_s": counts["tokens"] / wall if wall > 0 and counts["tokens"] else None,
         "evals": st["evals"],
     }
+
+
+def steps_for_epochs(tcfg: TrainConfig, per_epoch: int) -> TrainConfig:
+    """``tcfg`` with max_steps (and, when it would not fit, warmup_steps) from ``max_epochs`` passes over the
+    training targets of ``per_epoch`` micro-batches each; ``tcfg`` itself without max_epochs."""
+    if tcfg.max_epochs is None:
+        return tcfg
+    steps = max(math.ceil(tcfg.max_epochs * per_epoch / tcfg.grad_accum), 1)
+    return dataclasses.replace(tcfg, max_steps=steps, warmup_steps=min(tcfg.warmup_steps, steps - 1))
+
+
+def _unit(model: nn.Module) -> str:
+    return "prompts" if _chunked(model) else "windows"
+
+
+def _chunked(model: nn.Module) -> bool:
+    """Whether the model trains on chunks (``model.positions`` "all": every window of a prompt a target)."""
+    return str(getattr(model, "positions", "last")) == "all"
+
+
+def make_batches(
+    model: nn.Module, split: Split, n_items: int, tcfg: TrainConfig
+) -> TrainBatches | ChunkBatches:
+    """The micro-batch stream: chunks of up to ``model.max_len`` windows per prompt (positions "all"), else
+    one window per prompt."""
+    if _chunked(model):
+        return ChunkBatches(split, n_items, tcfg, getattr(model, "max_len", None) or 10)
+    return TrainBatches(split, n_items, tcfg)
 
 
 def _fresh_state() -> dict:
@@ -201,8 +229,9 @@ def _train_step(
     device = params[0].device
     loss_sum = 0.0
     for micro in range(tcfg.grad_accum):
-        history, cands, target = shard(ranks or SINGLE, *batches[step * tcfg.grad_accum + micro])
-        output = model(history.to(device), cands.to(device), target.to(device))
+        batch = batches[step * tcfg.grad_accum + micro]
+        history, cands, target, *lengths = shard(ranks or SINGLE, *batch)  # lengths: [(B,)] with chunks
+        output = model(history.to(device), cands.to(device), target.to(device), *lengths)
         if not torch.isfinite(output.loss):
             raise FloatingPointError(f"training loss is {output.loss.item()} at step {step}")
         (output.loss / tcfg.grad_accum).backward()
@@ -292,6 +321,14 @@ def _head_state(model: nn.Module) -> str:
 
 
 def _param_counts(model: nn.Module, params: list[nn.Parameter]) -> tuple[int, int]:
+    """(trainable, total) parameter counts, logged."""
+    trainable, total = _counts(model, params)
+    log.info("parameters: %s trainable of %s total (%.4f%%)", f"{trainable:,}", f"{total:,}",
+             100 * trainable / max(total, 1))  # fmt: skip
+    return trainable, total
+
+
+def _counts(model: nn.Module, params: list[nn.Parameter]) -> tuple[int, int]:
     report = model.parameter_report() if hasattr(model, "parameter_report") else None
     if isinstance(report, tuple | list) and len(report) == 2:
         return int(report[0]), int(report[1])

@@ -25,6 +25,8 @@ class TrainConfig:
     # 0.7580 at 200; RESULTS "Item-token head, SASRec user token, collaborative score"), and 2,000 steps on
     # an H200 stayed flat too (0.754 first, 0.756 last; RESULTS "Why the frozen LM does not earn its cost").
     max_steps: int = 200
+    # Passes over the training targets (fractions allowed); when set, it fixes max_steps. None = max_steps.
+    max_epochs: float | None = None
     min_lr_ratio: float = 0.1
     batch_size: int = 16  # a CPU budget, not a quality choice; RESULTS compares no batch sizes
     grad_accum: int = 1
@@ -63,6 +65,8 @@ class TrainConfig:
         self.betas = (b1, b2)
         _positive_int(self.warmup_steps, "train.warmup_steps", minimum=0)
         _positive_int(self.max_steps, "train.max_steps", minimum=0)  # 0 = no training (zero-shot)
+        if self.max_epochs is not None:
+            self.max_epochs = _number(self.max_epochs, "train.max_epochs", strict=True)
         if self.max_steps and self.warmup_steps >= self.max_steps:
             raise ValueError(
                 f"train.warmup_steps: {self.warmup_steps} must be < train.max_steps ({self.max_steps})"

@@ -120,6 +120,16 @@ def _score(model: AMFRecModel, split: Split, desc: str, data: PreparedData | Non
         return evaluate(model, split, batch, desc, slices=slices, return_ranks=data is not None, order=order)
 
 
+def use_card(model_cfg, manifest: dict) -> None:
+    """model.noun (and noun_plural) left unset: the data's card (manifest "card"), else "item"; the run's
+    config.yaml then records the noun its prompts used."""
+    if model_cfg.noun is None:
+        card = manifest.get("card") or {}
+        model_cfg.noun = card.get("noun") or "item"
+        if not model_cfg.noun_plural and card.get("noun") == model_cfg.noun:
+            model_cfg.noun_plural = card.get("noun_plural") or ""
+
+
 def train_amfrec(
     data_dir: Path,
     features_dir: Path,
@@ -144,6 +154,7 @@ def train_amfrec(
     config_path = resolve_config(config)
     cfg = AMFRecConfig.from_yaml(config_path, {**(overrides or {}), "train.seed": seed})
     data = PreparedData.load(data_dir)
+    use_card(cfg.model, data.manifest)
     if cfg.model.n_candidates != data.valid.candidates.shape[1]:
         raise AmfrecError(
             f"{config_path}: model.n_candidates = {cfg.model.n_candidates}, but {data_dir} has "
