@@ -119,12 +119,13 @@ def train(
              len(valid_split))  # fmt: skip
     model.train()
     t0, counts, losses, stopped_early = time.perf_counter(), {"examples": 0, "tokens": 0}, [], False
-    bar = tqdm(total=tcfg.max_steps, initial=st["step"], desc="train", unit="step", dynamic_ncols=True,
-               disable=not ranks.is_main)  # fmt: skip
+    seen0 = (st.get("targets", 0), st.get("wall_s", 0.0))  # what a resumed run had seen before
+    bar = _progress_bar(tcfg.max_steps, st["step"], ranks.is_main)
     while st["step"] < tcfg.max_steps:
         loss, lr, grad_norm = _train_step(model, opt, params, batches, st["step"], tcfg, counts, ranks)
         st["step"] += 1
         losses.append(loss)
+        st["targets"], st["wall_s"] = seen0[0] + counts["examples"], seen0[1] + time.perf_counter() - t0
         _show_progress(bar, loss, lr, grad_norm, counts, time.perf_counter() - t0)
         if st["step"] % tcfg.eval_every == 0 or st["step"] == tcfg.max_steps:
             stop = ranks.is_main and _validate(model, evaluate_fn, valid_split, tcfg, st, loss, save)
@@ -246,11 +247,16 @@ def _train_step(
     return loss_sum / tcfg.grad_accum, lr, float(grad_norm)
 
 
+def _progress_bar(total: int, done: int, show: bool) -> tqdm:
+    return tqdm(total=total, initial=done, desc="train", unit="step", dynamic_ncols=True, disable=not show)
+
+
 def _show_progress(
     bar, loss: float, lr: float, grad_norm: float, counts: dict[str, int], elapsed: float
 ) -> None:
-    rate = {"tok/s": f"{counts['tokens'] / elapsed:.0f}"} if counts["tokens"] else {
-        "ex/s": f"{counts['examples'] / elapsed:.2f}"}  # fmt: skip
+    rate = {"tgt/s": f"{counts['examples'] / elapsed:.1f}"}
+    if counts["tokens"]:
+        rate["tok/s"] = f"{counts['tokens'] / elapsed:.0f}"
     bar.update(1)
     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", gnorm=f"{grad_norm:.2f}", **rate)
 
@@ -276,7 +282,8 @@ def _validate(
         )
     value, step = float(metrics[tcfg.select_metric]), st["step"]
     improved = st["best"] is None or value > st["best"]
-    st["evals"].append({"step": step, "loss": loss, tcfg.select_metric: value})
+    seen = {"targets": st.get("targets"), "wall_s": st.get("wall_s")}  # targets trained on, training seconds
+    st["evals"].append({"step": step, "loss": loss, tcfg.select_metric: value, **seen})
     if improved:
         st["best"], st["best_step"], st["bad_evals"] = value, step, 0
         save(CHECKPOINT_DIR)

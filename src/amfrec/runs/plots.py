@@ -62,32 +62,43 @@ def plot_metrics(groups: dict[str, list[RunRecord]], path: Path) -> bool:
     return True
 
 
+_EVAL_KEYS = ("step", "loss", "targets", "wall_s")  # an eval's bookkeeping; the other key is the metric
+
+
 def plot_valid_curves(groups: dict[str, list[RunRecord]], path: Path) -> bool:
-    """Validation metric against the training step, one line per AMFRec model (mean over seeds)."""
-    curves = {}
-    metric = None
+    """Validation metric (mean over seeds) against training targets seen (left) and training seconds (right),
+    one line per AMFRec model: whether a model was still rising when training stopped. Runs from before
+    evals counted targets are drawn against the step."""
+    curves, metric = {}, None
     for model, runs in groups.items():
-        per_step: dict[int, list[float]] = {}
+        per_step: dict[int, list[tuple[float, float, float]]] = {}
         for r in runs:
             for e in (r.history or {}).get("evals", []):
-                key = next((k for k in e if k not in ("step", "loss")), None)
+                key = next((k for k in e if k not in _EVAL_KEYS), None)
                 if key is None:
                     continue
                 metric = metric or key
-                per_step.setdefault(int(e["step"]), []).append(float(e[key]))
+                x = e.get("targets") or e["step"]
+                per_step.setdefault(int(e["step"]), []).append(
+                    (float(x), float(e.get("wall_s") or 0), e[key])
+                )
         if per_step:
-            steps = sorted(per_step)
-            curves[model] = (steps, [statistics.mean(per_step[s]) for s in steps])
+            rows = [tuple(map(statistics.mean, zip(*per_step[s], strict=True))) for s in sorted(per_step)]
+            curves[model] = list(zip(*rows, strict=True))  # (targets, wall, metric) each a tuple
     if not curves:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for model, (steps, values) in curves.items():
-        ax.plot(steps, values, marker="o", label=model)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"validation {metric} (eval subset, mean over seeds)")
-    ax.set_title("Validation during training")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for model, (seen, wall, values) in curves.items():
+        axes[0].plot(seen, values, marker="o", label=model)
+        if any(wall):
+            axes[1].plot(wall, values, marker="o", label=model)
+    axes[0].set_xlabel("training targets seen (steps for older runs)")
+    axes[1].set_xlabel("training seconds (validation excluded)")
+    axes[0].set_ylabel(f"validation {metric} (eval subset, mean over seeds)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Validation during training")
     _save(fig, path)
     return True
 
