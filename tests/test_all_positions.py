@@ -3,12 +3,23 @@ equal to the windows' own losses, each computed the slow way, one window at a ti
 
 from __future__ import annotations
 
+import json
+import math
+
 import pytest
 import torch
-from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features, tiny_collab
+from llm_fixtures import (
+    HIDDEN,
+    SMALL,
+    TITLES,
+    make_tiny_amfrec_inputs,
+    make_tiny_backbone_dir,
+    random_features,
+    tiny_collab,
+)
 from torch.nn import functional as F
 
-from amfrec.data.dataset import Split
+from amfrec.data.dataset import PreparedData, Split
 from amfrec.llm.backbone import load_backbone
 from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
 from amfrec.llm.item_encoder import ItemEncoder
@@ -17,6 +28,8 @@ from amfrec.llm.positions import chunk_items, chunk_windows, prefix_histories
 from amfrec.llm.query import query
 from amfrec.llm.sampling import ChunkBatches
 from amfrec.llm.train_config import TrainConfig
+from amfrec.runs.amfrec_run import load_run, train_amfrec
+from amfrec.runs.bench_targets import run_targets_bench
 
 N_ITEMS, L = len(TITLES) - 1, 6
 
@@ -150,3 +163,37 @@ def test_positions_all_needs_a_template_that_ends_with_the_history() -> None:
         ModelConfig(positions="all", answer="title")
     with pytest.raises(ValueError, match="model.positions"):
         ModelConfig(positions="every")
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(tiny_prepared, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("all-positions")
+    features, config = make_tiny_amfrec_inputs(tiny_prepared, root, dtype="float32")
+    return features, config, root
+
+
+def test_a_run_trains_on_chunks_and_its_saved_model_scores_as_trained(tiny_prepared, tiny_inputs) -> None:
+    features, config, root = tiny_inputs
+    overrides = {**SMALL, "model.positions": "all", "train.max_epochs": 0.5}  # max_epochs fixes the steps
+    result = train_amfrec(tiny_prepared, features, config, 1, root / "run", overrides, limit=4)
+    chunks = len(chunk_windows(PreparedData.load(tiny_prepared).train, 10)[0])
+    assert result["info"]["steps"] == math.ceil(0.5 * math.ceil(chunks / SMALL["train.batch_size"]))
+    evals = json.loads((root / "run" / "train_history.json").read_text())["evals"]
+    assert all(e["targets"] > 0 and e["wall_s"] > 0 for e in evals)
+    model, data, run_cfg = load_run(root / "run")
+    assert run_cfg["model"]["positions"] == "all" and model.prompt.user_per_item is False
+    assert model.prompt.template.text.endswith("{history}")
+    want = json.loads((root / "run" / "test_ranks.json").read_text())
+    hist, cands = data.test.history[:4], data.test.candidates[:4]
+    scores = model.score(hist, cands)  # (4, C)
+    target = scores[cands == data.test.target[:4, None]]  # (4,)
+    assert (scores >= target[:, None]).sum(1).tolist() == want["ranks"][:4]  # ties count against the model
+
+
+def test_bench_targets_prints_both_layouts_per_dtype(tiny_prepared, tiny_inputs) -> None:
+    features, config, _ = tiny_inputs
+    table = run_targets_bench(tiny_prepared, features, str(config), dict(SMALL), ["float32"], 1,
+                              {"last": 4, "all": 2})  # fmt: skip
+    rows = [line for line in table.splitlines() if line.startswith("| float32")]
+    assert [r.split("|")[2].strip() for r in rows] == ["last", "all"]
+    assert rows[0].endswith("| 1.00x |") and "CPU flags" in table

@@ -1,6 +1,6 @@
-"""`amfrec bench [train]`, `amfrec bench serve` and `amfrec bench scale`: arguments and commands (part of the
-command line; the work is `amfrec.runs.bench`, `amfrec.runs.bench_ddp`, `amfrec.serve.bench` and
-`amfrec.runs.bench_scale`).
+"""`amfrec bench [train]`, `amfrec bench targets`, `amfrec bench serve` and `amfrec bench scale`: arguments
+and commands (part of the command line; the work is `amfrec.runs.bench`, `amfrec.runs.bench_ddp`,
+`amfrec.runs.bench_targets`, `amfrec.serve.bench` and `amfrec.runs.bench_scale`).
 
 `amfrec bench` without an action is `amfrec bench train` (so `amfrec bench --dtypes ...` keeps working); the
 training options may come before or after `train`.
@@ -28,6 +28,15 @@ def cmd_bench_train(a: argparse.Namespace) -> None:
     from amfrec.runs.bench import run_bench
 
     print(run_bench(a.backbone, _csv(a.dtypes), a.seq_len, a.batch_size, a.answer_len, a.steps, a.compile))
+
+
+def cmd_bench_targets(a: argparse.Namespace) -> None:
+    from amfrec.io import parse_overrides
+    from amfrec.runs.bench_targets import run_targets_bench
+
+    sizes = {"last": a.batch_last, "all": a.batch_all}
+    sets = parse_overrides(a.set or [])
+    print(run_targets_bench(a.data, a.features, a.config, sets, _csv(a.dtypes), a.steps, sizes))
 
 
 def cmd_bench_serve(a: argparse.Namespace) -> None:
@@ -77,6 +86,19 @@ def add_bench_parser(sub) -> None:
     t = actions.add_parser("train", help="backbone training throughput and MFU vs measured matmul peak")
     _add_train_args(t, defaults=False)
     t.set_defaults(func=cmd_bench_train)
+
+    g = actions.add_parser(
+        "targets", help="the recipe's training targets/s: one prompt per window vs every position a target"
+    )
+    g.add_argument("--data", type=Path, required=True, help="prepared data folder")
+    g.add_argument("--features", type=Path, required=True, help="feature folder")
+    g.add_argument("--config", default=None, help="YAML config or packaged name (default amfrec)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    g.add_argument("--dtypes", default="auto", help="comma-separated: auto, float32, bfloat16")
+    g.add_argument("--steps", type=int, default=8, help="timed steps per cell (after one warm-up)")
+    g.add_argument("--batch-last", type=int, default=16, help="windows per step, positions last")
+    g.add_argument("--batch-all", type=int, default=32, help="prompts per step, positions all")
+    g.set_defaults(func=cmd_bench_targets)
 
     s = actions.add_parser(
         "serve", help="in-process forward of one request vs `amfrec serve` over loopback (p50/p99, req/s)"
