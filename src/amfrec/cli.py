@@ -127,6 +127,16 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 def cmd_recommend(a: argparse.Namespace) -> None:
     from amfrec.runs.ranker import Ranker
 
+    if (a.history is None) == (a.users is None):
+        raise AmfrecError("recommend: give either --history (one list) or --users all|FILE (a batch)")
+    if a.users is not None:
+        from amfrec.runs.batch_recommend import write_recommendations
+
+        if a.out is None:
+            raise AmfrecError("recommend: --users needs --out FILE.jsonl|FILE.parquet")
+        n = write_recommendations(Path(a.run), a.users, a.top, Path(a.out))
+        print(f"{n} users' top {a.top} -> {a.out}")
+        return
     rows = Ranker.load(Path(a.run)).rank(
         _csv(a.history), k=a.top, candidates=_csv(a.candidates) if a.candidates else None
     )
@@ -258,9 +268,15 @@ def _add_run_parsers(sub) -> None:
     )
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("recommend", help="top items for a history from any run (AMFRec: + gate weights)")
+    r = sub.add_parser(
+        "recommend", help="top items for a history, or for every user into a file, from any run"
+    )
     r.add_argument("--run", type=Path, required=True)
-    r.add_argument("--history", required=True, help="comma-separated item ids, oldest first")
+    r.add_argument("--history", default=None, help="comma-separated item ids, oldest first")
+    r.add_argument("--users", default=None, help="all, or a file of user ids (one per line): a batch")
+    r.add_argument(
+        "--out", default=None, help="with --users: FILE.jsonl or FILE.parquet (user, items, scores)"
+    )
     r.add_argument("--candidates", default=None, help="comma-separated item ids (default: every unseen item)")
     r.add_argument("--top", type=int, default=10)
     r.set_defaults(func=cmd_recommend)

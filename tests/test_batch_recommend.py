@@ -1,0 +1,58 @@
+"""`amfrec recommend --users all|FILE --top K --out FILE`: every user's top K, as one history at a time."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from amfrec.cli import main
+from amfrec.errors import AmfrecError
+from amfrec.runs.baseline_run import train_baseline
+from amfrec.runs.batch_recommend import user_histories, write_recommendations
+from amfrec.runs.ranker import Ranker
+
+
+@pytest.fixture(scope="module")
+def run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("batch") / "sasrec"
+    train_baseline("sasrec", tiny_prepared, 1, out, {"max_epochs": 2, "hidden": 16})
+    return out
+
+
+def test_every_user_gets_what_one_history_at_a_time_gives(run: Path, tmp_path: Path) -> None:
+    n = write_recommendations(run, "all", 5, tmp_path / "top.jsonl", batch_size=7)
+    rows = [json.loads(line) for line in (tmp_path / "top.jsonl").read_text().splitlines()]
+    ranker = Ranker.load(run)
+    histories = user_histories(ranker)
+    assert n == len(rows) == len(histories) == len({r["user"] for r in rows})
+    for row in rows[:6]:  # the slow reference: one user's whole sequence, ranked alone
+        want = ranker.rank(histories[row["user"]], k=5)
+        assert row["items"] == [w["item_id"] for w in want]
+        assert row["scores"] == pytest.approx([w["score"] for w in want], abs=1e-5)
+        assert not set(row["items"]) & set(histories[row["user"]])  # the history is never recommended
+
+
+def test_a_user_file_and_parquet(run: Path, tmp_path: Path) -> None:
+    users = list(user_histories(Ranker.load(run)))[:3]
+    (tmp_path / "users.txt").write_text("# nightly\n" + "\n".join(users) + "\n\n")
+    assert main(["recommend", "--run", str(run), "--users", str(tmp_path / "users.txt"), "--top", "4",
+                 "--out", str(tmp_path / "top.parquet")]) == 0  # fmt: skip
+    table = pq.read_table(tmp_path / "top.parquet").to_pylist()
+    assert [r["user"] for r in table] == users and all(
+        len(r["items"]) == len(r["scores"]) == 4 for r in table
+    )
+
+
+def test_bad_requests_name_the_problem_and_write_nothing(run: Path, tmp_path: Path) -> None:
+    (tmp_path / "users.txt").write_text("1\nnobody\n")
+    with pytest.raises(AmfrecError, match=r"users\.txt:2: unknown user 'nobody'"):
+        write_recommendations(run, str(tmp_path / "users.txt"), 3, tmp_path / "top.jsonl")
+    with pytest.raises(AmfrecError, match=r"\.jsonl or \.parquet"):
+        write_recommendations(run, "all", 3, tmp_path / "top.csv")
+    with pytest.raises(AmfrecError, match="--top"):
+        write_recommendations(run, "all", 0, tmp_path / "top.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["users.txt"]
+    assert main(["recommend", "--run", str(run), "--users", "all"]) == 2  # no --out: a one-line error
