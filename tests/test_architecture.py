@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "cli_args",
         "cli_compare",
         "cli_bench",
+        "cli_data",
         "cli_scale",
         "cli_tune",
         "__main__",

@@ -13,6 +13,7 @@ from amfrec.cli_args import csv_list as _csv
 from amfrec.cli_args import int_list as _ints
 from amfrec.cli_bench import add_bench_parser
 from amfrec.cli_compare import add_compare_parser
+from amfrec.cli_data import add_import_parser
 from amfrec.cli_scale import add_bench_scale_parser
 from amfrec.cli_tune import add_tune_parser
 from amfrec.errors import AmfrecError
@@ -200,8 +201,8 @@ def _add_protocol_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_parsers(sub) -> None:
-    """`amfrec data prepare`."""
-    d = sub.add_parser("data", help="prepare a data set: splits and fixed candidate sets")
+    """`amfrec data prepare` (`amfrec data import` is in cli_data)."""
+    d = sub.add_parser("data", help="import tables; prepare a data set: splits and fixed candidate sets")
     dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     dp = dsub.add_parser("prepare", help="RecBole atomic files -> splits, candidates, manifest")
     dp.add_argument("--data", type=Path, default=None, help="*.inter + *.item folder (default: ml-100k)")
@@ -212,6 +213,7 @@ def _add_data_parsers(sub) -> None:
     dp.add_argument("--kcore", type=int, default=0, help="iterative k-core filter (0 = off)")
     dp.add_argument("--cold-threshold", type=int, default=None, help="K of the slice train<=K (default 5)")
     dp.set_defaults(func=cmd_data_prepare)
+    add_import_parser(dsub)
 
 
 def _add_features_parser(sub) -> None:
