@@ -15,6 +15,7 @@ import numpy as np
 matplotlib.use("Agg")  # files only, never a window
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from amfrec.io import atomic_path  # noqa: E402
 from amfrec.runs.results import RunRecord, mean_std  # noqa: E402
@@ -92,6 +93,7 @@ def plot_valid_curves(groups: dict[str, list[RunRecord]], path: Path) -> bool:
         axes[0].plot(seen, values, marker="o", label=model)
         if any(wall):
             axes[1].plot(wall, values, marker="o", label=model)
+    axes[0].xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"))
     axes[0].set_xlabel("training targets seen (steps for older runs)")
     axes[1].set_xlabel("training seconds (validation excluded)")
     axes[0].set_ylabel(f"validation {metric} (eval subset, mean over seeds)")
