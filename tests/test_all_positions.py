@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from amfrec.data.dataset import PreparedData, Split
 from amfrec.llm.backbone import load_backbone
 from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
+from amfrec.llm.distributed import Ranks, shard
 from amfrec.llm.item_encoder import ItemEncoder
 from amfrec.llm.model import AMFRecModel
 from amfrec.llm.positions import chunk_items, chunk_windows, prefix_histories
@@ -197,3 +198,14 @@ def test_bench_targets_prints_both_layouts_per_dtype(tiny_prepared, tiny_inputs)
     rows = [line for line in table.splitlines() if line.startswith("| float32")]
     assert [r.split("|")[2].strip() for r in rows] == ["last", "all"]
     assert rows[0].endswith("| 1.00x |") and "CPU flags" in table
+
+
+def test_data_parallel_ranks_split_a_batch_by_chunk() -> None:
+    split = windows([1, 2, 3, 4], [5, 6], [7, 8, 9], [10, 11])  # windows 3, 1, 2, 1
+    lengths = torch.tensor([3, 1, 2, 1])
+    batch = (split.history, split.target[:, None], split.target, lengths)
+    first, second = shard(Ranks(0, 2), *batch), shard(Ranks(1, 2), *batch)
+    assert first[3].tolist() == [3, 1] and second[3].tolist() == [2, 1]
+    assert first[2].tolist() == [2, 3, 4, 6] and second[2].tolist() == [8, 9, 11]  # each chunk's targets
+    with pytest.raises(ValueError, match="not divisible"):
+        shard(Ranks(0, 3), *batch)

@@ -175,7 +175,7 @@ class ModelConfig:
     # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).
     soft_tokens: bool = True
     # item_token: which item boundaries are queries (training targets): "all" (a prompt teaches every item's
-    # successor, 6.8-9.1x the targets/s) or "last". "last" stays until "all" is seen on more than one seed.
+    # successor, 6.5-10.1x the targets/s) or "last". "last" stays until "all" is seen on more than one seed.
     positions: Positions = Positions.LAST
     # Prompt: a template with the slots {history} (required), {candidates} (iff candidates are listed),
     # {user} (iff user_token, positions last), {n_candidates}, {noun}, {noun_plural}; null = the default.
