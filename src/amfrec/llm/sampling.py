@@ -97,9 +97,6 @@ class TrainBatches:
             )
         return history, cands, target
 
-    def epoch_of(self, i: int) -> int:
-        return i // self.per_epoch
-
 
 class ChunkBatches:
     """Micro-batch `i` of chunks (``amfrec.llm.positions``): up to ``cfg.batch_size`` prompts, each a run of
@@ -118,7 +115,6 @@ class ChunkBatches:
         self.starts, self.lengths = chunk_windows(split, size)
         self.n = len(self.starts)
         self.per_epoch = math.ceil(self.n / cfg.batch_size)
-        self.n_targets = len(split)
         self._epoch: tuple[int, list[torch.Tensor]] | None = None  # (epoch, its batches of chunk indices)
 
     def _batches(self, epoch: int) -> list[torch.Tensor]:
@@ -147,6 +143,3 @@ class ChunkBatches:
         gen = generator(self.cfg.seed, epoch, b)
         cands = draw_candidates(history, target, self.n_items, self.cfg.n_negatives, gen)
         return history, cands, target, lengths
-
-    def epoch_of(self, i: int) -> int:
-        return i // self.per_epoch
