@@ -1,16 +1,21 @@
 """`amfrec data import`: a shop's tables (CSV, Parquet or JSON Lines, by extension) -> the folder `data
 prepare` reads: RecBole atomic files, the dataset card `dataset.yaml` and `posters/<item_id>.<ext>`.
 
-Interactions: user, item, time (numbers, or ISO dates / date-times, read as seconds since 1970), an optional
-rating. Items (optional; without them an item's title is its id): the id, a title and any other text
-columns; images from a folder named by item id, or from a column of file paths (relative to the items file).
-Every check names the file, the row and the column; the output folder is written under a temporary name and
-renamed, so it is whole or absent.
+Interactions: user, item, time (numbers, or ISO dates / date-times, read as seconds since 1970; with a time
+zone in every row or in none), an optional rating. Items (optional; without them an item's title is its id;
+with them every interaction's item must be one): the id, a title and any other text columns; JPEG or PNG
+images from a folder named by item id, or from a column of file paths (relative to the items file).
+Every check names the file, the row and the column; the output folder (new, empty or an earlier import) is
+written under a temporary name and renamed, so it is whole or absent.
 """
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
+import io
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -20,13 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from amfrec.data.card import DatasetCard, write_card
+from amfrec.data.card import CARD_FILE, DatasetCard, write_card
+from amfrec.data.images import IMAGE_SUFFIXES, image_format
 from amfrec.errors import AmfrecError
 from amfrec.io import atomic_dir
 
 log = logging.getLogger(__name__)
 READERS = {".csv": "CSV", ".parquet": "Parquet", ".jsonl": "JSON Lines", ".json": "JSON Lines"}
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _SEPARATORS = r"[\t\r\n,]"  # an id may not hold a field or list separator
 
 
@@ -49,35 +54,135 @@ def read_table(path: Path) -> pa.Table:
     kind = READERS.get(path.suffix.lower())
     if kind is None:
         raise AmfrecError(f"{path}: unknown extension {path.suffix!r} (expected {', '.join(READERS)})")
+    if path.is_dir():
+        raise AmfrecError(f"{path}: a folder, not a file")
     if not path.is_file():
         raise AmfrecError(f"{path}: no such file")
     try:
-        if kind == "CSV":
-            return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=False,
-                                  column_types=_all_text(path)))  # fmt: skip
-        if kind == "Parquet":
-            import pyarrow.parquet as pq
+        table = _read(path, kind)
+    except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as e:
+        found = {"CSV": _csv_problem, "JSON Lines": _jsonl_problem}.get(kind, lambda _: None)(path)
+        raise AmfrecError(found or f"{path}: not a valid {kind} file ({_one_line(str(e))})") from None
+    names = table.column_names
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise AmfrecError(f"{path}: column {twice!r} appears twice in the header")
+    return table
 
-            return pq.read_table(path)
-        import pyarrow.json as pajson
 
-        return pajson.read_json(path)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AmfrecError(f"{path}: not a valid {kind} file ({first})") from None
+def _read(path: Path, kind: str) -> pa.Table:
+    if kind == "CSV":
+        return pacsv.read_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True),
+                              convert_options=pacsv.ConvertOptions(strings_can_be_null=False,
+                                                                   column_types=_all_text(path)))  # fmt: skip
+    if kind == "Parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
+    import pyarrow.json as pajson
+
+    return pajson.read_json(path)
 
 
 def _all_text(path: Path) -> dict[str, pa.DataType]:
     """Every header column of a CSV as text (ids stay as written: "007" is not 7)."""
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:
         header = next(csv.reader(f), [])
     return dict.fromkeys(header, pa.string())
 
 
+def _one_line(text: str, limit: int = 200) -> str:
+    """The first line of a message, control characters escaped, at most `limit` characters."""
+    first = text.strip().split("\n")[0] or "unreadable"
+    first = "".join(c if c.isprintable() else repr(c)[1:-1] for c in first)
+    return first if len(first) <= limit else first[:limit] + "..."
+
+
+def _csv_problem(path: Path) -> str | None:
+    """Why Arrow could not read a CSV, as "FILE:row N (line M): ..." (None: not found here). Reads the bytes
+    as latin-1 (one character per byte) to find the first field that is not UTF-8 or the first row whose
+    field count differs from the header's."""
+    raw = path.read_bytes()
+    if not raw.strip():
+        return f"{path}: empty file (expected a header line)"
+    reader = csv.reader(io.StringIO(raw.removeprefix(codecs.BOM_UTF8).decode("latin-1"), newline=""))
+    header: list[str] | None = None
+    row, start = 0, 1  # data row (0-based), first line of the record
+    try:
+        for record in reader:
+            if record:
+                where = f"{path}:line {start}" if header is None else f"{path}:row {row + 1} (line {start})"
+                for c, field in enumerate(record):
+                    try:
+                        field.encode("latin-1").decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        what = "the header" if header is None else f"column {_name(header, c)!r}"
+                        return (f"{where}: {what} is not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                                "save the file as UTF-8")  # fmt: skip
+                if header is None:
+                    header = record
+                elif len(record) != len(header):
+                    return f"{where}: {len(record)} fields where the header has {len(header)}"
+                else:
+                    row += 1
+            start = reader.line_num + 1
+    except csv.Error as e:
+        return f"{path}:line {reader.line_num}: {_one_line(str(e))}"
+    return None
+
+
+def _name(header: list[str], c: int) -> str:
+    return header[c] if c < len(header) else f"#{c + 1}"
+
+
+def _jsonl_problem(path: Path) -> str | None:
+    """Why Arrow could not read a JSON Lines file, as "FILE:row N (line M): ..." (None: not found here): a
+    line that is not UTF-8, not JSON or not an object, or a column whose kind of value changes."""
+    first: dict[str, tuple[str, int]] = {}  # column -> (kind of value, row) where first seen
+    row = 0
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                return f"{path}:line {lineno}: not UTF-8 text (byte 0x{e.object[e.start]:02x})"
+            if not line.strip():
+                continue
+            where = f"{path}:row {row + 1} (line {lineno})"
+            try:
+                value = json.loads(line)
+            except ValueError as e:
+                msg = f"{e.msg} at character {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
+                return f"{where}: not valid JSON ({_one_line(msg)})"
+            if not isinstance(value, dict):
+                return f"{where}: {_json_kind(value)}, not an object (JSON Lines: one object per line)"
+            for key, v in value.items():
+                if v is None:
+                    continue
+                kind = _json_kind(v)
+                was, at = first.setdefault(key, (kind, row))
+                if kind != was:
+                    return f"{where}: column {key!r}: {kind} where row {at + 1} holds {was}"
+            row += 1
+    return f"{path}: empty file (expected one JSON object per line)" if row == 0 else None
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    return {str: "text", list: "a JSON array", dict: "a JSON object"}.get(type(value), "null")
+
+
 def _column(table: pa.Table, name: str, path: Path) -> pa.ChunkedArray:
+    """A column that holds plain values (not lists or objects)."""
     if name not in table.column_names:
         raise AmfrecError(f"{path}: no column {name!r} (columns: {', '.join(table.column_names)})")
-    return table[name]
+    col = table[name]
+    if pa.types.is_nested(col.type):
+        raise AmfrecError(f"{path}: column {name!r} holds {col.type} values (lists or objects), not plain")
+    return col
 
 
 def _first(mask: pa.ChunkedArray | pa.Array) -> int:
@@ -86,8 +191,31 @@ def _first(mask: pa.ChunkedArray | pa.Array) -> int:
 
 
 def _where(path: Path, row: int) -> str:
-    """ "FILE:row N" (1-based data row; a CSV's line is N + 1, after its header)."""
-    return f"{path}:row {row + 1}" + (f" (line {row + 2})" if path.suffix.lower() == ".csv" else "")
+    """ "FILE:row N (line M)": the 1-based data row and, in a CSV or JSON Lines file, its first line (blank
+    lines and values that hold line breaks counted; read only on this error path)."""
+    kind = READERS.get(path.suffix.lower())
+    line = _csv_line(path, row) if kind == "CSV" else _jsonl_line(path, row) if kind == "JSON Lines" else None
+    return f"{path}:row {row + 1}" + (f" (line {line})" if line is not None else "")
+
+
+def _csv_line(path: Path, row: int) -> int | None:
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = csv.reader(f)
+        n, start = -1, 1  # data rows seen (-1: the header is next), first line of the record
+        with contextlib.suppress(csv.Error):  # e.g. a field over csv.field_size_limit(): no line then
+            for record in reader:
+                if record:
+                    if n == row:
+                        return start
+                    n += 1
+                start = reader.line_num + 1
+    return None
+
+
+def _jsonl_line(path: Path, row: int) -> int | None:
+    with path.open("rb") as f:
+        nonblank = (lineno for lineno, line in enumerate(f, 1) if line.strip())
+        return next((lineno for n, lineno in enumerate(nonblank) if n == row), None)
 
 
 def _ids(table: pa.Table, name: str, path: Path) -> pa.Array:
@@ -113,7 +241,9 @@ def _numbers(table: pa.Table, name: str, path: Path, dates: bool) -> pa.Array:
     elif dates and pa.types.is_timestamp(col.type):
         values = pc.divide(pc.cast(pc.cast(col, pa.timestamp("us", tz=col.type.tz)), pa.int64()), 1e6)
     else:
-        values = _parse_text(pc.cast(col, pa.string()), name, path, dates)
+        text = pc.utf8_trim_whitespace(pc.cast(col, pa.string()))
+        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)  # "" = empty, not a value
+        values = _parse_text(text, name, path, dates)
     if values.null_count:
         raise AmfrecError(f"{_where(path, _first(pc.is_null(values)))}: column {name!r} is empty")
     if not pc.all(pc.is_finite(values)).as_py():
@@ -136,42 +266,59 @@ def _parse_text(col: pa.Array, name: str, path: Path, dates: bool) -> pa.Array:
         return _seconds(col)
     except pa.ArrowInvalid:  # the error path only: find the row
         values = col.to_pylist()
-        is_date = [_is_date(v) for v in values]
-        row = next((r for r, v in enumerate(values) if not is_date[r] and not _is_number(v)), None)
+        forms = [_date_form(v) for v in values]
+        row = next((r for r, v in enumerate(values) if forms[r] is None and not _is_number(v)), None)
         if row is not None:
             raise AmfrecError(f"{_where(path, row)}: column {name!r}: cannot read {values[row]!r} as a "
                               "number or an ISO date") from None  # fmt: skip
-        if all(is_date):
-            raise AmfrecError(
-                f"{path}: column {name!r} mixes dates and date-times; use one of them"
-            ) from None
-        row = is_date.index(False)
-        raise AmfrecError(f"{_where(path, row)}: column {name!r}: {values[row]!r} is a number where "
-                          "other rows hold dates") from None  # fmt: skip
+        if None in forms:
+            row = forms.index(None)
+            raise AmfrecError(f"{_where(path, row)}: column {name!r}: {values[row]!r} is a number where "
+                              "other rows hold dates") from None  # fmt: skip
+        dated = [r for r, v in enumerate(values) if v is not None]
+        row = next(r for r in dated if forms[r] != forms[dated[0]])
+        has = ("has", "lacks")
+        raise AmfrecError(f"{_where(path, row)}: column {name!r}: {values[row]!r} {has[forms[row]]} a time "
+                          f"zone where row {dated[0] + 1} ({values[dated[0]]!r}) {has[forms[dated[0]]]} one; "
+                          "give every time a zone or none") from None  # fmt: skip
+
+
+_DATE_TYPES = (pa.timestamp("us", tz="UTC"), pa.timestamp("us"))  # with a time zone; without (read as UTC)
 
 
 def _seconds(col: pa.Array) -> pa.Array:
     """ISO date-times ("2020-01-31T10:00:00Z", "2020-01-31 10:00") or dates ("2020-01-31") -> float64
-    seconds since 1970 (UTC); pa.ArrowInvalid when a value is neither."""
-    try:
-        stamps = pc.cast(col, pa.timestamp("s", tz="UTC"))
-    except pa.ArrowInvalid:
-        stamps = pc.cast(pc.cast(col, pa.date32()), pa.timestamp("s", tz="UTC"))
-    return pc.cast(pc.cast(stamps, pa.int64()), pa.float64())
+    seconds since 1970 (UTC); pa.ArrowInvalid unless every value is one of them, all with a time zone or all
+    without."""
+    for form in range(len(_DATE_TYPES)):
+        try:
+            return _stamps(col, form)
+        except pa.ArrowInvalid:
+            continue
+    raise pa.ArrowInvalid("not ISO dates")
 
 
-def _is_date(value: object) -> bool:
-    try:
-        _seconds(pa.array([value], pa.string()))
-    except pa.ArrowInvalid:
-        return False
-    return True
+def _stamps(col: pa.Array, form: int) -> pa.Array:
+    micros = pc.cast(pc.cast(col, _DATE_TYPES[form]), pa.int64())
+    return pc.divide(pc.cast(micros, pa.float64()), 1e6)
+
+
+def _date_form(value: object) -> int | None:
+    """0: an ISO date-time with a time zone, 1: a date or date-time without one, None: neither."""
+    for form in range(len(_DATE_TYPES)):
+        try:
+            _stamps(pa.array([value], pa.string()), form)
+        except pa.ArrowInvalid:
+            continue
+        return form
+    return None
 
 
 def _is_number(value: object) -> bool:
+    """Whether Arrow reads the text as a number (as the whole column is read)."""
     try:
-        float(str(value))
-    except ValueError:
+        pc.cast(pa.array([value], pa.string()), pa.float64())
+    except pa.ArrowInvalid:
         return False
     return True
 
@@ -203,6 +350,13 @@ def import_data(
     """Convert the tables into `out` (see the module docstring); returns counts {"interactions", "users",
     "items", "images"}. name: the atomic files' stem (default: the output folder's name)."""
     cols = columns or Columns()
+    interactions, out = Path(interactions), Path(out)
+    items = Path(items) if items is not None else None
+    _check_out(out)
+    if items is None and (cols.image is not None or cols.text is not None):
+        raise AmfrecError("--image-col and --text-cols name columns of the items table: give --items too")
+    if images is not None and not Path(images).is_dir():
+        raise AmfrecError(f"{images}: no such folder (--images: a folder of images named by item id)")
     inter = read_table(interactions)
     if inter.num_rows == 0:
         raise AmfrecError(f"{interactions}: no rows")
@@ -213,16 +367,32 @@ def import_data(
         inter_cols.append(_numbers(inter, cols.rating, interactions, dates=False))
         header.append("rating:float")
     item_header, item_cols, paths = _items(items, cols, pc.unique(item))
-    stem = name or Path(out).name
+    if items is not None:
+        unknown = pc.invert(pc.is_in(item, value_set=item_cols[0]))
+        if pc.any(unknown).as_py():
+            row = _first(unknown)
+            what = f"column {cols.item!r}: item {item[row].as_py()!r}"
+            raise AmfrecError(f"{_where(interactions, row)}: {what} is not in {items}")
+    found = _find_images(item_cols[0].to_pylist(), images, paths)
+    stem = name or out.name
     with atomic_dir(out) as tmp:
         _write_atomic(tmp / f"{stem}.inter", header, inter_cols)
         _write_atomic(tmp / f"{stem}.item", item_header, item_cols)
         write_card(tmp, card or DatasetCard())
-        n_images = _copy_images(tmp / "posters", item_cols[0].to_pylist(), images, paths)
+        _copy_images(tmp / "posters", found)
     counts = {"interactions": inter.num_rows, "users": len(pc.unique(user)), "items": len(item_cols[0]),
-              "images": n_images}  # fmt: skip
+              "images": len(found)}  # fmt: skip
     log.info("imported %s into %s", counts, out)
     return counts
+
+
+def _check_out(out: Path) -> None:
+    """The output folder may be new, empty or an earlier import (replaced whole); anything else is kept."""
+    if out.exists() and not out.is_dir():
+        raise AmfrecError(f"{out}: a file, not a folder (--out: the folder to write)")
+    if out.is_dir() and any(out.iterdir()) and not (out / CARD_FILE).is_file():
+        raise AmfrecError(f"{out}: a folder that holds other files, not an earlier import (no {CARD_FILE}); "
+                          "--out: give a new or empty folder")  # fmt: skip
 
 
 def _items(
@@ -253,32 +423,39 @@ def _items(
         files = _text(_column(table, cols.image, path)).to_pylist()
         paths = {i: (path.parent / f) for i, f in zip(ids.to_pylist(), files, strict=True) if f}
         for row, (item_id, file) in enumerate(zip(ids.to_pylist(), files, strict=True)):
-            if file and not paths[item_id].is_file():
+            if not file:
+                continue
+            if not paths[item_id].is_file():
                 raise AmfrecError(
                     f"{_where(path, row)}: column {cols.image!r}: no image file {paths[item_id]}"
+                )
+            if image_format(paths[item_id]) is None:
+                raise AmfrecError(
+                    f"{_where(path, row)}: column {cols.image!r}: {paths[item_id]} is not a JPEG or PNG image"
                 )
     return header, columns, paths
 
 
-def _copy_images(
-    posters: Path, item_ids: list[str], folder: Path | None, paths: dict[str, Path] | None
-) -> int:
-    """Copy each item's image to posters/<item_id><ext> (from a folder named by item id, or from the image
-    column's paths); returns how many items have one."""
+def _find_images(item_ids: list[str], folder: Path | None, paths: dict[str, Path] | None) -> dict[str, Path]:
+    """item id -> its image (from a folder named by item id, or from the image column's paths, which are
+    checked in `_items`); every one a JPEG or PNG."""
     found: dict[str, Path] = {}
     if folder is not None:
-        if not Path(folder).is_dir():
-            raise AmfrecError(f"--images: {folder} is not a folder")
         by_name = {p.name: p for p in Path(folder).iterdir()}
         for item_id in item_ids:
             hit = next((by_name[item_id + s] for s in IMAGE_SUFFIXES if item_id + s in by_name), None)
             if hit is not None:
+                if not hit.is_file() or image_format(hit) is None:
+                    raise AmfrecError(f"{hit}: not a JPEG or PNG image (the picture of item {item_id!r})")
                 found[item_id] = hit
-    for item_id, src in (paths or {}).items():
-        found[item_id] = src
+    found.update(paths or {})
+    return found
+
+
+def _copy_images(posters: Path, found: dict[str, Path]) -> None:
+    """Copy each item's image to posters/<item_id><ext>."""
     if found:
         posters.mkdir()
     for item_id, src in found.items():
         suffix = src.suffix.lower() if src.suffix.lower() in IMAGE_SUFFIXES else ".jpg"
         shutil.copyfile(src, posters / f"{item_id}{suffix}")
-    return len(found)

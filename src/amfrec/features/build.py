@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from amfrec.data.dataset import PreparedData
+from amfrec.data.images import IMAGE_SUFFIXES
 from amfrec.errors import AmfrecError
 from amfrec.features.store import (
     cache_key,
@@ -33,7 +34,6 @@ from amfrec.io import file_sha256
 log = logging.getLogger(__name__)
 
 BUILT_IN = ("id", "text", "image")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CHUNK = 512  # items per encoder call (one progress-bar step); results stream into the memmapped output
 
 
