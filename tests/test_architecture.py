@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "cli_compare",
         "cli_bench",
         "cli_data",
+        "cli_items",
         "cli_scale",
         "cli_tune",
         "__main__",

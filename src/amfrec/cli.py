@@ -14,6 +14,7 @@ from amfrec.cli_args import int_list as _ints
 from amfrec.cli_bench import add_bench_parser
 from amfrec.cli_compare import add_compare_parser
 from amfrec.cli_data import add_import_parser
+from amfrec.cli_items import add_items_parser
 from amfrec.cli_scale import add_bench_scale_parser
 from amfrec.cli_tune import add_tune_parser
 from amfrec.errors import AmfrecError
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_parsers(sub)
     _add_features_parser(sub)
     _add_run_parsers(sub)
+    add_items_parser(sub)
     _add_experiment_parsers(sub)
     add_compare_parser(sub)
     add_tune_parser(sub)

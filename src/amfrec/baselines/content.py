@@ -27,7 +27,7 @@ from torch import nn
 
 from amfrec.baselines.nets import SASRecConfig, SASRecNet
 from amfrec.baselines.sequential import SequentialRecommender
-from amfrec.data.dataset import PreparedData
+from amfrec.data.dataset import PreparedData, grown_rows
 from amfrec.errors import AmfrecError
 from amfrec.features.store import Modality, load_features, read_manifest
 from amfrec.io import read_json, write_json
@@ -154,6 +154,25 @@ class ContentEmbedding(nn.Module):
                 )
             rows_m = unit_rows(mod).to(self.ids.weight.device)  # (n_items + 1, d)
             self.register_buffer(f"content{i}", rows_m, persistent=False)
+
+    def set_items(self, index: torch.Tensor, rows: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write item rows after training (a live catalogue): index (A,) long, existing items or the next
+        new indices (``grown_rows``); rows: modality -> (values (A, d), present (A,)), unit-normalised here;
+        a modality not in `rows` keeps an existing item's row. A new item has no ID part (unseen)."""
+        n_rows = grown_rows(index, self.ids.num_embeddings - 1)
+        grow = n_rows - self.ids.num_embeddings
+        weight = self.ids.weight.detach()
+        self.ids.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(grow, weight.shape[1])]), False)
+        self.ids.num_embeddings = n_rows
+        self.seen = torch.cat([self.seen, self.seen.new_zeros(grow)])  # (n_rows,)
+        for i, name in enumerate(self.modalities):
+            content = getattr(self, f"content{i}")
+            content = torch.cat([content, content.new_zeros(grow, content.shape[1])])  # (n_rows, d)
+            if name in rows:
+                values, present = rows[name]
+                unit = F.normalize(values.float(), dim=1) * present.bool()[:, None]  # (A, d), absent = 0
+                content[index.to(content.device)] = unit.to(content)
+            setattr(self, f"content{i}", content)
 
     @property
     def weight(self) -> torch.Tensor:

@@ -44,6 +44,17 @@ class ItemInfo:
         return ". ".join(parts)
 
 
+def grown_rows(index: torch.Tensor, n_items: int) -> int:
+    """The row count (n_items + 1, grown) after writing item rows `index` (A,) long: an index above n_items
+    is a new item, and the new ones must be n_items + 1, n_items + 2, ... (ValueError otherwise)."""
+    if index.numel() and int(index.min()) < 1:
+        raise ValueError("item rows: index 0 is the padding")
+    new = index[index > n_items].unique()  # sorted
+    if new.numel() and not torch.equal(new.cpu(), torch.arange(n_items + 1, n_items + 1 + new.numel())):
+        raise ValueError(f"item rows: new items take the indices {n_items + 1}, {n_items + 2}, ... in turn")
+    return n_items + 1 + new.numel()
+
+
 @dataclass
 class Split:
     """A batch-able split. All ids are item *indices* (1..n_items; 0 = padding)."""
@@ -199,6 +210,22 @@ class PreparedData:
     def index(self) -> dict[str, int]:
         """Item id -> item index (built once)."""
         return _index(self.items)
+
+    def set_items(self, items: list[ItemInfo]) -> list[int]:
+        """Add items after preparation (a live catalogue), or replace those whose id it holds; returns
+        their indices (new ids take n_items + 1, n_items + 2, ... in order). The splits are unchanged."""
+        out = []
+        for it in items:
+            k = self.index.get(it.item_id)
+            if k is None:
+                self.items.append(it)
+                k = self.index[it.item_id] = len(self.items) - 1
+            else:
+                self.items[k] = it
+            out.append(k)
+        for name in ("item_train_counts", "new_items"):  # sized by the old catalogue: recomputed on use
+            self.__dict__.pop(name, None)
+        return out
 
     @classmethod
     def load(cls, path: str | Path) -> PreparedData:

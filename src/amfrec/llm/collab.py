@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from amfrec.data.dataset import grown_rows
 from amfrec.errors import AmfrecError
 from amfrec.io import read_json, read_yaml_mapping
 
@@ -74,6 +75,22 @@ class CollaborativeNet(nn.Module):
         with torch.no_grad():
             rep = self.net(kept)[:, -1].float()  # (B, H)
         return torch.where((kept != 0).any(1, keepdim=True), rep, torch.zeros_like(rep))
+
+    def set_items(self, index: torch.Tensor, rows: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write item rows after training (a live catalogue; see ``ItemEncoder.set_items``). A new item is
+        never trained: a content-aware net (sasrec_content) scores it by its content rows, as an unseen item
+        of its data; any other net gives it the user's mean logit (``known`` False), as when it was loaded."""
+        emb = self.net.item_emb
+        n_rows = grown_rows(index, self.known.shape[0] - 1)
+        grow = n_rows - self.known.shape[0]
+        if hasattr(emb, "set_items"):  # ContentEmbedding
+            emb.set_items(index, rows)
+        else:
+            weight = emb.weight.detach()
+            emb.weight = nn.Parameter(torch.cat([weight, weight.new_zeros(grow, weight.shape[1])]), False)
+            emb.num_embeddings = n_rows
+        new_known = self.known.new_full((grow,), self.cold_table is not None)
+        self.known = torch.cat([self.known, new_known])  # (n_rows,)
 
     def item_logits(
         self,

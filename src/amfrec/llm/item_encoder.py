@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from amfrec.data.dataset import grown_rows
 from amfrec.llm.config import FusionMode, ModelConfig
 from amfrec.llm.projector import MLPProjector, MoEProjector
 
@@ -168,6 +169,27 @@ class ItemEncoder(nn.Module):
         """items (N,) long -> (N, M) bool: which modalities each item has."""
         return torch.stack([getattr(self, f"mask{i}")[items] for i in range(len(self.modalities))], -1)
 
+    def set_items(self, index: torch.Tensor, rows: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Write item rows after training (a live catalogue): index (A,) long, existing items or the next
+        n_items + 1, n_items + 2, ... (every new index once); rows: modality -> (values (A, d_m), present
+        (A,) bool). A modality not in `rows` keeps an existing item's row; a new item lacks it."""
+        n_rows = grown_rows(index, self.n_items)
+        for i, name in enumerate(self.modalities):
+            feat, mask = getattr(self, f"feat{i}"), getattr(self, f"mask{i}")
+            feat = torch.cat([feat, feat.new_zeros(n_rows - feat.shape[0], feat.shape[1])])  # (n_rows, d_m)
+            mask = torch.cat([mask, mask.new_zeros(n_rows - mask.shape[0])])  # (n_rows,)
+            if name in rows:
+                values, present = _check_modality(name, _Rows(*rows[name]), min_rows=1)
+                if values.shape[1] != feat.shape[1]:
+                    raise ValueError(
+                        f"{name}: {values.shape[1]} values per item, the model reads {feat.shape[1]}"
+                    )
+                feat[index] = values.to(feat) * present[:, None].to(feat)
+                mask[index] = present.to(mask.device)
+            setattr(self, f"feat{i}", feat)
+            setattr(self, f"mask{i}", mask)
+        self.n_items = n_rows - 1
+
     def balance_loss(self, weights: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
         """``gate_balance_loss`` of the item table's gate weights (n_items + 1, M), the dropped modalities
         (``draw_dropout``) counted as absent."""
@@ -263,11 +285,16 @@ class ItemEncoder(nn.Module):
             raise ValueError(f"ItemEncoder: {what} holds item indices outside [0, {self.n_items}]")
 
 
-def _check_modality(name: str, mod: Any) -> tuple[torch.Tensor, torch.Tensor]:
+class _Rows(NamedTuple):
+    values: torch.Tensor
+    present: torch.Tensor
+
+
+def _check_modality(name: str, mod: Any, min_rows: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate one modality's matrix and mask; return float32 values (R, d) and bool present (R,)."""
     values = torch.as_tensor(mod.values).float()
     present = torch.as_tensor(mod.present).bool()
-    if values.ndim != 2 or values.shape[0] < 2:
+    if values.ndim != 2 or values.shape[0] < min_rows:
         raise ValueError(f"features[{name!r}]: values must be (n_items + 1, d), got {tuple(values.shape)}")
     if present.shape != (values.shape[0],):
         raise ValueError(

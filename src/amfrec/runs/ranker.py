@@ -19,6 +19,7 @@ per modality, read from the model's cached item table.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from amfrec.data.dataset import PreparedData
 from amfrec.errors import AmfrecError
 from amfrec.io import read_json
 from amfrec.recommender import Recommender
+from amfrec.runs import catalogue
 from amfrec.runs.rundir import run_info
 
 
@@ -84,11 +86,16 @@ class Ranker:
     features: Path | None = None  # AMFRec's feature folder (modality presence, posters)
     title_seed: int = 0
     metrics: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # AMFRec: RUN/config.yaml (the prompt's item text settings)
+    withdrawn: set[str] = field(default_factory=set)  # item ids never recommended (the live catalogue)
+    lock: threading.RLock = field(default_factory=threading.RLock)  # ranking vs. catalogue changes
 
     @classmethod
     def load(cls, run: str | Path) -> Ranker:
+        """The run's model and data, with its live catalogue (RUN/catalogue.npz) applied."""
         run = Path(run)
         info = run_info(run)
+        run_cfg: dict = {}
         if info["model"] == "amfrec":
             from amfrec.runs.amfrec_run import load_run
 
@@ -102,7 +109,12 @@ class Ranker:
             data = PreparedData.load(info["data"])
             model, features = LOADERS[info["model"]](run, data), None
         metrics = read_json(run / "metrics.json") if (run / "metrics.json").is_file() else {}
-        return cls(model=model, data=data, run=run, info=info, features=features, metrics=metrics)
+        ranker = cls(model=model, data=data, run=run, info=info, features=features, metrics=metrics,
+                     config=run_cfg)  # fmt: skip
+        live = catalogue.Catalogue.load(run)
+        catalogue.apply(ranker, list(live.items.values()))
+        ranker.withdrawn = set(live.withdrawn)
+        return ranker
 
     @property
     def is_amfrec(self) -> bool:
@@ -158,6 +170,10 @@ class Ranker:
         """Each query's rows, best first, from one model call (per candidate count for the title head)."""
         if not queries:
             return []
+        with self.lock:
+            return self._rank_batch(queries)
+
+    def _rank_batch(self, queries: list[Query]) -> list[list[dict[str, Any]]]:
         if self.per_item:
             scores = self._catalogue_scores(queries)  # (B, n_items + 1), column 0 = -inf
             parts = [(list(range(len(queries))), *self._pick(queries, scores))]
@@ -192,10 +208,17 @@ class Ranker:
         """(B, n_items + 1) bool: the padding column and, with exclude_seen, every given history item."""
         rows = [torch.full((len(q.seen),), r) for r, q in enumerate(queries) if q.exclude_seen]
         items = [torch.tensor(q.seen, dtype=torch.long) for q in queries if q.exclude_seen]
-        mask = torch.zeros(len(queries), self.data.n_items + 1, dtype=torch.bool)
-        mask[:, 0] = True
+        mask = self.unavailable().expand(len(queries), -1).clone()  # (B, n_items + 1)
         if rows:
             mask[torch.cat(rows), torch.cat(items)] = True
+        return mask
+
+    def unavailable(self) -> torch.Tensor:
+        """(n_items + 1,) bool: the padding and the withdrawn items, never ranked."""
+        mask = torch.zeros(self.data.n_items + 1, dtype=torch.bool)
+        mask[0] = True
+        ids = [self.data.index[i] for i in self.withdrawn if i in self.data.index]
+        mask[torch.tensor(ids, dtype=torch.long)] = True
         return mask
 
     def _pick(self, queries: list[Query], scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +235,7 @@ class Ranker:
             items[lists, : own.shape[1]] = own
         if cat:
             items[cat, :n1] = torch.arange(n1)  # a catalogue row: column = item index
-        values = scores.gather(1, items)  # (B, W)
+        values = scores.gather(1, items).masked_fill(self.unavailable()[items], float("-inf"))  # (B, W)
         if cat:
             excluded = self._seen_mask([queries[r] for r in cat])  # (R, n_items + 1)
             values[cat, :n1] = values[cat, :n1].masked_fill(excluded, float("-inf"))
@@ -237,7 +260,8 @@ class Ranker:
         """(C,) the query's candidates, or the catalogue minus its history (a seeded draw for the title
         head, the data's candidate count)."""
         if q.candidates is not None:
-            return torch.tensor(q.candidates, dtype=torch.long)
+            own = torch.tensor(q.candidates, dtype=torch.long)
+            return own[~self.unavailable()[own]]  # withdrawn items are never ranked
         pool = (~self._seen_mask([q])[0]).nonzero().flatten()  # (P,) ascending item indices
         if pool.numel() == 0:
             raise AmfrecError("candidates: nothing left to rank")

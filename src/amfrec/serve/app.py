@@ -3,7 +3,11 @@
 - POST /recommend -> ranked items (+ the gate's weights per modality for AMFRec), the same ranking as
   `amfrec recommend` (both go through `amfrec.runs.ranker.Ranker`).
 - GET /items?query=&page=&per_page= (title search), /items/{id}, /posters/{id}, /health, /info; GET / = page.
-- Bad input answers 4xx with {"error", "field"}; never a traceback. Bodies over 64 KiB answer 413 unread.
+- The live catalogue (AMFRec runs; `amfrec.runs.catalogue`): POST /items adds or replaces items (text, an
+  image file on the server or base64 bytes, vectors of imported modalities), rankable by the next request;
+  DELETE /items/{id} withdraws one (kept, never recommended). Changes are on disk before they are answered.
+- Bad input answers 4xx with {"error", "field"}; never a traceback. Bodies over 64 KiB (16 MiB for POST
+  /items) answer 413 unread.
 - Scoring runs off the event loop, in the main thread (uvicorn serves from a thread of its own), in batches
   (`amfrec.serve.batcher`): concurrent /recommend requests are gathered for at most `max_wait_ms` into one
   model call of at most `max_batch` (`Ranker.rank_batch`: one backbone pass; rows with their own candidates
@@ -14,7 +18,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import tempfile
 import threading
 from pathlib import Path
 
@@ -22,18 +29,25 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from amfrec.errors import AmfrecError
 from amfrec.features.build import default_posters_dir, poster_paths
+from amfrec.runs.catalogue import ItemSpec, LiveCatalogue
 from amfrec.runs.ranker import Query as RankQuery
 from amfrec.runs.ranker import Ranker, UnknownItems
 from amfrec.serve.batcher import MAX_WAIT_MS, Batcher
 from amfrec.serve.schemas import (
     MAX_BODY_BYTES,
+    MAX_IMAGE_BYTES,
+    MAX_ITEMS_BODY_BYTES,
     Item,
     ItemDetail,
     ItemPage,
+    ItemsChanged,
+    NewItem,
+    NewItemsRequest,
     RecommendRequest,
     RecommendResponse,
 )
@@ -91,12 +105,15 @@ def create_app(
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return error(413, f"request body over {MAX_BODY_BYTES} bytes", "body")
+        items = request.method == "POST" and request.url.path == "/items"
+        limit = MAX_ITEMS_BODY_BYTES if items else MAX_BODY_BYTES
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return error(413, f"request body over {limit} bytes", "body")
         return await call_next(request)
 
     _add_recommend_route(app, ranker, admission, app.state.batcher)
-    _add_item_routes(app, ranker)
+    app.state.catalogue = LiveCatalogue(ranker)
+    _add_item_routes(app, ranker, app.state.catalogue)
     batcher = app.state.batcher
 
     @app.get("/health")
@@ -150,13 +167,23 @@ def _add_recommend_route(app: FastAPI, ranker: Ranker, admission: Admission, bat
         return RecommendResponse(model=ranker.info["model"], items=[Item(**r) for r in rows], history=hist)
 
 
-def _add_item_routes(app: FastAPI, ranker: Ranker) -> None:
-    """GET /items (title search, paged), /items/{id}, /posters/{id}."""
+def _add_item_routes(app: FastAPI, ranker: Ranker, live: LiveCatalogue) -> None:
+    """GET /items (title search, paged), /items/{id}, /posters/{id}; POST /items, DELETE /items/{id}."""
     data = ranker.data
     posters_dir = default_posters_dir(data)
     ids = [it.item_id for it in data.items[1:]]
-    lowered = [title.lower() for title in data.titles]  # computed once, searched per request
     posters = dict(zip(ids, poster_paths(posters_dir, ids), strict=True)) if posters_dir else {}
+    lowered: list[str] = []  # titles in lower case, searched per request; renewed when the catalogue changes
+    version = [-1]
+
+    def titles() -> list[str]:
+        if version[0] != live.version:
+            lowered[:] = [title.lower() for title in data.titles]
+            version[0] = live.version
+        return lowered
+
+    def poster_of(item_id: str) -> Path | None:
+        return live.poster(item_id) or posters.get(item_id)
 
     def detail(index: int) -> ItemDetail:
         it = data.items[index]
@@ -166,7 +193,8 @@ def _add_item_routes(app: FastAPI, ranker: Ranker) -> None:
             year=it.year,
             genres=list(it.genres),
             modalities=ranker.modalities_present(index),
-            poster_url=f"/posters/{it.item_id}" if posters.get(it.item_id) else None,
+            poster_url=f"/posters/{it.item_id}" if poster_of(it.item_id) else None,
+            available=it.item_id not in ranker.withdrawn,
         )
 
     @app.get("/items", response_model=ItemPage)
@@ -176,6 +204,7 @@ def _add_item_routes(app: FastAPI, ranker: Ranker) -> None:
         per_page: int = Query(20, ge=1, le=100),
     ):
         words = query.lower().split()
+        lowered = titles()
         hits = [k for k in range(1, data.n_items + 1) if all(w in lowered[k] for w in words)]
         start = (page - 1) * per_page
         found = [detail(k) for k in hits[start : start + per_page]]
@@ -187,10 +216,74 @@ def _add_item_routes(app: FastAPI, ranker: Ranker) -> None:
 
     @app.get("/posters/{item_id}")
     async def poster(item_id: str):
-        path = posters.get(item_id)
+        path = poster_of(item_id)
         if path is None:
             return error(404, f"no poster for item {item_id!r}", "item_id")
         return FileResponse(path)
+
+    @app.post("/items", response_model=ItemsChanged)
+    async def add_items(body: NewItemsRequest):
+        if not ranker.is_amfrec:
+            return error(409, f"a {ranker.info['model']} run ranks only the items it was trained on; live "
+                         "items need an AMFRec run", "items")  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="amfrec-items-") as tmp:
+            specs = [_spec(item, k, Path(tmp)) for k, item in enumerate(body.items)]
+            try:
+                changed = await run_in_threadpool(live.add, specs)  # encoders: off the event loop
+            except AmfrecError as e:
+                return error(422, str(e), "items")
+        return ItemsChanged(added=changed["added"], updated=changed["updated"], withdrawn=[])
+
+    @app.delete("/items/{item_id}", response_model=ItemsChanged)
+    async def withdraw(item_id: str):
+        ranker.indices([item_id], "item_id")  # UnknownItems -> 404
+        await run_in_threadpool(live.remove, [item_id])
+        return ItemsChanged(added=[], updated=[], withdrawn=[item_id])
+
+
+class BadItem(AmfrecError):
+    """A POST /items item that cannot be read; `field` names it (items.K.field)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+def _spec(item: NewItem, k: int, tmp: Path) -> ItemSpec:
+    """A request item -> ItemSpec; a base64 image is written to a file in `tmp` (BadItem if it is none)."""
+    image = None
+    if item.image_path is not None and item.image_base64 is not None:
+        raise BadItem(f"items.{k}.image_base64", "give image_path or image_base64, not both")
+    if item.image_path is not None:
+        image = Path(item.image_path)
+        if not image.is_file():
+            raise BadItem(f"items.{k}.image_path", f"{item.image_path} is not a file on the server")
+    if item.image_base64 is not None:
+        try:
+            raw = base64.b64decode(item.image_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadItem(f"items.{k}.image_base64", "not valid base64") from None
+        suffix = _image_suffix(raw)
+        if suffix is None or len(raw) > MAX_IMAGE_BYTES:
+            what = f"not a PNG, JPEG, GIF or WebP image of <= {MAX_IMAGE_BYTES} bytes"
+            raise BadItem(f"items.{k}.image_base64", what)
+        image = tmp / f"{k}{suffix}"
+        image.write_bytes(raw)
+    return ItemSpec(item_id=str(item.item_id), title=item.title, year=item.year, genres=tuple(item.genres),
+                    fields=dict(item.fields), image=image, vectors=dict(item.vectors))  # fmt: skip
+
+
+def _image_suffix(raw: bytes) -> str | None:
+    """The file suffix of image bytes by their signature, or None."""
+    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return ".png"
+    if raw.startswith(b"\xff\xd8\xff"):
+        return ".jpg"
+    if raw[:6] in (b"GIF87a", b"GIF89a"):
+        return ".gif"
+    if raw[:4] == b"RIFF" and raw[8:12] == b"WEBP":
+        return ".webp"
+    return None
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -202,6 +295,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         # the field's path, without the request part and pydantic's union-branch tags ("str", "int")
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "str", "int")]
         return error(422, first.get("msg", "invalid request"), ".".join(loc) or "body")
+
+    @app.exception_handler(BadItem)
+    async def bad_item(request: Request, exc: BadItem):
+        return error(422, str(exc), exc.field)
 
     @app.exception_handler(UnknownItems)
     async def unknown(request: Request, exc: UnknownItems):

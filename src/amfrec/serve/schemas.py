@@ -8,6 +8,9 @@ MAX_HISTORY = 200  # items in a request's history (the model reads the last max_
 MAX_CANDIDATES = 5000  # ml-100k has 1,682 items; a larger catalogue sends no candidates at all
 MAX_K = 100
 MAX_BODY_BYTES = 64 * 1024  # larger bodies are refused with 413 before they are parsed
+MAX_ITEMS_BODY_BYTES = 16 * 1024 * 1024  # POST /items: images travel inside (base64)
+MAX_NEW_ITEMS = 100  # items in one POST /items
+MAX_IMAGE_BYTES = 8 * 1024 * 1024  # one decoded image
 ItemId = str | int  # the data's own item ids (strings; JSON numbers are accepted and read as text)
 
 
@@ -42,6 +45,7 @@ class ItemDetail(BaseModel):
     genres: list[str]
     modalities: dict[str, bool]  # AMFRec: which modalities the item has; baselines: {}
     poster_url: str | None
+    available: bool = True  # False: withdrawn (DELETE /items/{id}), never recommended
 
 
 class ItemPage(BaseModel):
@@ -55,3 +59,34 @@ class ItemPage(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     field: str | None = None
+
+
+class NewItem(BaseModel):
+    """An item to add, or to replace (its content becomes what this says; a trained id is kept)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: ItemId
+    title: str = Field(min_length=1, max_length=1000)
+    year: str | None = Field(None, max_length=20)
+    genres: list[str] = Field(default_factory=list, max_length=50)
+    fields: dict[str, str] = Field(default_factory=dict, max_length=50, description="the data's text fields")
+    image_path: str | None = Field(None, max_length=4096, description="an image file on the server")
+    image_base64: str | None = Field(None, max_length=MAX_IMAGE_BYTES * 4 // 3 + 4, description="image bytes")
+    vectors: dict[str, list[float]] = Field(
+        default_factory=dict,
+        max_length=10,
+        description="modality -> precomputed vector (imported modalities)",
+    )
+
+
+class NewItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[NewItem] = Field(min_length=1, max_length=MAX_NEW_ITEMS)
+
+
+class ItemsChanged(BaseModel):
+    added: list[str]
+    updated: list[str]
+    withdrawn: list[str]
