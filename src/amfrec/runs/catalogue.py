@@ -229,7 +229,10 @@ class LiveCatalogue:
         unknown = [n for n in spec.fields if n not in order]
         if unknown:
             known = ", ".join(order) or "none"
-            raise AmfrecError(f"{iid}: fields.{unknown[0]}: not a text field of this data (it has: {known})")
+            raise AmfrecError(
+                f"{iid}: fields.{unknown[0]}: not a text field of this data (it has: {known}; year and "
+                "genres are keys of their own)"
+            )
         if spec.image is not None and not Path(spec.image).is_file():
             raise AmfrecError(f"{iid}: image: {spec.image} is not a file")
         fields = tuple((n, str(spec.fields.get(n, ""))) for n in order)
