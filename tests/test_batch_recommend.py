@@ -35,6 +35,22 @@ def test_every_user_gets_what_one_history_at_a_time_gives(run: Path, tmp_path: P
         assert not set(row["items"]) & set(histories[row["user"]])  # the history is never recommended
 
 
+def test_every_list_is_what_the_api_answers(run: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from amfrec.serve.app import create_app
+
+    write_recommendations(run, "all", 5, tmp_path / "top.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "top.jsonl").read_text().splitlines()]
+    ranker = Ranker.load(run)
+    histories = user_histories(ranker)
+    client = TestClient(create_app(ranker))
+    for row in rows[::5]:
+        body = client.post("/recommend", json={"history": histories[row["user"]], "k": 5}).json()
+        assert row["items"] == [it["item_id"] for it in body["items"]]
+        assert row["scores"] == pytest.approx([it["score"] for it in body["items"]], abs=1e-5)
+
+
 def test_a_user_file_and_parquet(run: Path, tmp_path: Path) -> None:
     users = list(user_histories(Ranker.load(run)))[:3]
     (tmp_path / "users.txt").write_text("# nightly\n" + "\n".join(users) + "\n\n")
