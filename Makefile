@@ -32,7 +32,7 @@ test-bf16: setup
 	$(BIN)/python -m pytest -q -m "not e2e" --auto-dtype bfloat16
 
 lint: setup
-	$(BIN)/ruff check src tests scripts && $(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests && $(BIN)/ruff format --check src tests
 
 clean:
 	rm -rf $(VENV) quickstart .pytest_cache

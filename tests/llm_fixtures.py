@@ -90,8 +90,8 @@ def make_tiny_backbone_dir(path: str | Path, seed: int = 0, tie: bool = True) ->
 def item_encoder(n_items: int, d_llm: int, tokens_per_item: int = 1, token_norm: float = 1.0, seed: int = 0):
     """A real ItemEncoder over random features (MoE projectors): gated fusion of id (4-d) and text (6-d) when
     tokens_per_item is 1, else one token per modality over the first tokens_per_item of id, text, image."""
-    from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
-    from amfrec.llm.item_encoder import ItemEncoder
+    from amfrec.config.model import GateConfig, ModelConfig, ProjectorConfig
+    from amfrec.model.item_encoder import ItemEncoder
 
     if tokens_per_item not in (1, 2, 3):
         raise ValueError("tokens_per_item: 1 (gated), 2 or 3 (one token per modality)")
@@ -169,7 +169,7 @@ def tiny_collab(n_items: int, max_len: int, seed: int = 1, known=None):
     """A tiny random SASRec as a frozen CollaborativeNet; item embeddings ~N(0, 1) (not 0.02) so that its
     logits are visible. known: (n_items + 1,) bool, the items it counts as trained (None = all)."""
     from amfrec.baselines.sequential import SASRecConfig, SASRecNet
-    from amfrec.llm.collab import CollaborativeNet
+    from amfrec.model.collab import CollaborativeNet
 
     torch.manual_seed(seed)
     net = SASRecNet(n_items, max_len, SASRecConfig(hidden=8, layers=1, heads=1))

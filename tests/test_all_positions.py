@@ -19,18 +19,18 @@ from llm_fixtures import (
 )
 from torch.nn import functional as F
 
+from amfrec.bench.targets import run_targets_bench
+from amfrec.config.model import GateConfig, ModelConfig, ProjectorConfig
+from amfrec.config.train import TrainConfig
 from amfrec.data.dataset import PreparedData, Split
 from amfrec.llm.backbone import load_backbone
-from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
-from amfrec.llm.distributed import Ranks, shard
-from amfrec.llm.item_encoder import ItemEncoder
-from amfrec.llm.model import AMFRecModel
-from amfrec.llm.positions import chunk_items, chunk_windows, prefix_histories
-from amfrec.llm.query import query
-from amfrec.llm.sampling import ChunkBatches
-from amfrec.llm.train_config import TrainConfig
+from amfrec.model.item_encoder import ItemEncoder
+from amfrec.model.model import AMFRecModel
+from amfrec.model.positions import chunk_items, chunk_windows, prefix_histories
+from amfrec.model.query import query
 from amfrec.runs.amfrec_run import load_run, train_amfrec
-from amfrec.runs.bench_targets import run_targets_bench
+from amfrec.training.distributed import Ranks, shard
+from amfrec.training.sampling import ChunkBatches
 
 N_ITEMS, L = len(TITLES) - 1, 6
 

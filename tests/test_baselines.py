@@ -428,7 +428,7 @@ def test_max_len_above_the_data_is_refused(tiny_prepared, tmp_path):
 
 
 def test_max_len_from_the_command_line(tiny_prepared, tmp_path, capsys):
-    from amfrec.cli import main
+    from amfrec.cli.main import main
 
     argv = ["train", "--model", "sasrec", "--data", str(tiny_prepared), "--seed", "1"]
     sets = ["--set", "max_epochs=1", "--set", "hidden=16"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from amfrec.cli import main
+from amfrec.cli.main import main
 from amfrec.errors import AmfrecError
 from amfrec.runs.baseline_run import train_baseline
 from amfrec.runs.batch_recommend import user_histories, write_recommendations

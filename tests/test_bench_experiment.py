@@ -9,10 +9,10 @@ import pytest
 import torch
 from llm_fixtures import make_tiny_backbone_dir
 
+from amfrec.bench.train import flops_per_token, linear_params, run_bench, train_step_tokens_per_s
 from amfrec.errors import AmfrecError
+from amfrec.experiments.experiment import format_table, run_experiment
 from amfrec.llm.backbone import load_backbone
-from amfrec.runs.bench import flops_per_token, linear_params, run_bench, train_step_tokens_per_s
-from amfrec.runs.experiment import format_table, run_experiment
 
 
 def test_linear_params_counts_only_linear_weights() -> None:
@@ -90,7 +90,7 @@ def test_format_table_mean_and_std() -> None:
 
 
 def test_ddp_bench_table_on_tiny_backbone(tmp_path: Path) -> None:
-    from amfrec.runs.bench_ddp import run_ddp_bench
+    from amfrec.bench.ddp import run_ddp_bench
 
     path = make_tiny_backbone_dir(tmp_path / "tiny")
     table = run_ddp_bench(2, str(path), "float32", seq_len=8, batch_size=4, answer_len=2, steps=2, grad_mb=1)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from amfrec.baselines import BASELINES
-from amfrec.cli import build_parser
+from amfrec.bench.scale import growth_exponent, run_scale_bench
+from amfrec.bench.scale_stages import write_synthetic
+from amfrec.cli.main import build_parser
 from amfrec.data.prepare import _draw_candidates
 from amfrec.errors import AmfrecError
-from amfrec.runs.bench_scale import growth_exponent, run_scale_bench
-from amfrec.runs.scale_stages import write_synthetic
 
 
 def test_growth_exponent_is_the_log_log_slope() -> None:

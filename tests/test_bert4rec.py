@@ -128,7 +128,7 @@ def test_save_load_round_trip(cyclic, tmp_path):
 
 
 def test_amfrec_train_and_evaluate_bert4rec(tiny_prepared, tmp_path):
-    from amfrec.cli import main
+    from amfrec.cli.main import main
 
     run = tmp_path / "run"
     argv = ["train", "--model", "bert4rec", "--data", str(tiny_prepared), "--seed", "1", "--out", str(run)]

@@ -26,11 +26,11 @@ from llm_fixtures import (
 )
 from safetensors.torch import load_file
 
+from amfrec.config.model import GateConfig, ModelConfig, ProjectorConfig
 from amfrec.llm.backbone import Backbone, load_backbone
-from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
-from amfrec.llm.item_encoder import ItemEncoder
-from amfrec.llm.model import AMFRecModel
-from amfrec.llm.query import query
+from amfrec.model.item_encoder import ItemEncoder
+from amfrec.model.model import AMFRecModel
+from amfrec.model.query import query
 from amfrec.runs.amfrec_run import evaluate_run, load_run, train_amfrec
 from amfrec.runs.ranker import Ranker
 from amfrec.serve.app import create_app

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amfrec.cli import build_parser, main
+from amfrec.cli.main import build_parser, main
 from amfrec.errors import AmfrecError
 from amfrec.runs.rundir import load_run_config
 
@@ -150,7 +150,7 @@ def test_baseline_train_writes_run(tiny_prepared: Path, tmp_path: Path, capsys) 
 
 
 def test_set_values_are_parsed_as_yaml() -> None:
-    from amfrec.cli import _overrides
+    from amfrec.cli.main import _overrides
 
     assert _overrides(["train.max_steps=8", "model.modalities=[id, text]", "model.noun=book"]) == {
         "train.max_steps": 8,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from amfrec import stats
-from amfrec.cli import main
+from amfrec.cli.main import main
 from amfrec.data.dataset import PreparedData
 
 

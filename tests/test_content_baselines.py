@@ -19,7 +19,7 @@ from amfrec.baselines.content import (
     SASRecContentConfig,
     load_content,
 )
-from amfrec.cli import main
+from amfrec.cli.main import main
 from amfrec.data.dataset import PreparedData
 from amfrec.features.build import build_features
 from amfrec.features.store import Modality
@@ -217,7 +217,7 @@ def test_train_evaluate_recommend_through_the_cli(name, tiny_prepared, features,
 
 
 def test_experiment_trains_content_models_on_a_feature_folder(tiny_prepared, features, tmp_path):
-    from amfrec.runs.experiment import train_one
+    from amfrec.experiments.experiment import train_one
 
     rec = train_one("content_knn", tiny_prepared, features, None, 1, tmp_path / "content_knn", {}, 8)
     assert rec["test"]["model"] == "content_knn" and run_info(tmp_path / "content_knn")["features"] == str(
@@ -228,7 +228,7 @@ def test_experiment_trains_content_models_on_a_feature_folder(tiny_prepared, fea
 def test_as_amfrecs_collaborative_net_an_unknown_item_is_scored_by_its_content(new_item_case):
     """A sasrec_content run frozen inside AMFRec: an item outside `known` (an id dropped in training) gets
     the logit of its content-only row, which is how the net scores the new item X at test time."""
-    from amfrec.llm.collab import CollaborativeNet
+    from amfrec.model.collab import CollaborativeNet
 
     data, x, model, _ = new_item_case
     net = model._require_net()

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from conftest import make_tiny_atomic
 
+from amfrec.config.model import ModelConfig
 from amfrec.data.card import DatasetCard, read_card, write_card
 from amfrec.data.dataset import PreparedData
 from amfrec.data.prepare import prepare
 from amfrec.errors import AmfrecError
-from amfrec.llm.config import ModelConfig
 from amfrec.runs.amfrec_run import use_card
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from amfrec.cli import main
+from amfrec.cli.main import main
 from amfrec.data.card import read_card
 from amfrec.data.dataset import PreparedData
 from amfrec.data.importer import Columns, import_data

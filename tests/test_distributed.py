@@ -52,7 +52,7 @@ def test_two_processes_equal_one(tiny_prepared: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("batch, world", [(5, 2)])
 def test_a_global_batch_that_does_not_split_is_refused(batch: int, world: int) -> None:
-    from amfrec.llm.distributed import Ranks, shard
+    from amfrec.training.distributed import Ranks, shard
 
     with pytest.raises(ValueError, match="batch_size 5 is not divisible by the 2 processes"):
         shard(Ranks(rank=0, world=world), torch.zeros(batch, 3))

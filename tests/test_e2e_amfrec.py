@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from amfrec.cli import main
+from amfrec.cli.main import main
 from amfrec.errors import AmfrecError
 from amfrec.features.build import build_features
-from amfrec.llm.checkpoint import load_checkpoint
-from amfrec.llm.sampling import fixed_subset
 from amfrec.runs.amfrec_run import build_model, evaluate_run, load_run
 from amfrec.runs.baseline_run import train_baseline
 from amfrec.runs.ranker import Ranker
+from amfrec.training.checkpoint import load_checkpoint
+from amfrec.training.sampling import fixed_subset
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from test_data_import import movielens_csv
 
-from amfrec.cli import main
+from amfrec.cli.main import main
 from amfrec.runs.ranker import Ranker
 from amfrec.serve.app import create_app
 

@@ -11,8 +11,8 @@ from llm_fixtures import make_tiny_backbone_dir, make_tiny_model
 
 from amfrec.llm.backbone import load_backbone, set_fast_decoder
 from amfrec.llm.fast_decoder import FastDecoder, attention_bias, grouped_attention, unsupported_reason
-from amfrec.llm.head import cosine_scores
 from amfrec.llm.prompt import position_ids
+from amfrec.model.head import cosine_scores
 
 
 def _randomise_norms(decoder: torch.nn.Module, seed: int = 0) -> None:

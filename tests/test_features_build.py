@@ -124,7 +124,7 @@ def test_id_from_run_and_wrong_shape(tmp_path: Path) -> None:
 
 def test_id_needs_a_sasrec_run_and_features_cli_trains_one(tiny_prepared: Path, tmp_path: Path) -> None:
     """Without --id-from, `amfrec features` trains the real SASRec (2 epochs via its config) into F/sasrec."""
-    from amfrec.cli import main
+    from amfrec.cli.main import main
 
     D = tmp_path / "D"
     shutil.copytree(tiny_prepared, D)

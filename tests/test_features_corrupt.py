@@ -6,11 +6,11 @@ import pytest
 import torch
 from llm_fixtures import random_features
 
+from amfrec.config.model import ModelConfig
 from amfrec.errors import AmfrecError
 from amfrec.features.corrupt import Corruption, corrupt, corrupt_features, parse_corruption
 from amfrec.features.store import Modality
-from amfrec.llm.config import ModelConfig
-from amfrec.llm.item_encoder import ItemEncoder
+from amfrec.model.item_encoder import ItemEncoder
 
 # rows: padding, two items with the modality, one without (its row stays zero)
 VALUES = torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, 4.0], [0.0, 0.0]])

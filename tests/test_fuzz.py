@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amfrec.cli import main
+from amfrec.cli.main import main
 
 # ---------------------------------------------------------------------------------------------- files
 INTER_EDITS = {  # name -> function(lines of tiny.inter) -> new bytes

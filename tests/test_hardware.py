@@ -83,7 +83,7 @@ def test_use_all_cores_follows_the_affinity_mask(monkeypatch: pytest.MonkeyPatch
 
 
 def test_cli_leaves_the_thread_count_as_it_found_it(tmp_path) -> None:
-    from amfrec.cli import main
+    from amfrec.cli.main import main
 
     torch.set_num_threads(1)
     try:

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from llm_fixtures import SMALL, make_tiny_backbone_dir
 from safetensors.torch import load_file, save_file
 
-from amfrec.cli import main
+from amfrec.cli.main import main
 from amfrec.data.prepare import prepare
 from amfrec.features.build import build_features
 from amfrec.features.live import ItemVectors

@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amfrec.errors import AmfrecError
-from amfrec.llm.config import (
+from amfrec.config.model import (
     ITEM_TOKEN_USER_TEMPLATE,
     AMFRecConfig,
     AnswerHead,
@@ -22,6 +21,7 @@ from amfrec.llm.config import (
     TrainConfig,
     UserToken,
 )
+from amfrec.errors import AmfrecError
 from amfrec.runs.rundir import resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

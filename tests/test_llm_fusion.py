@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
-from amfrec.llm.item_encoder import ItemEncoder, ModalityGate
+from amfrec.config.model import GateConfig, ModelConfig, ProjectorConfig
+from amfrec.model.item_encoder import ItemEncoder, ModalityGate
 
 N_ITEMS, D_LLM = 6, 12
 DIMS = {"id": 4, "text": 5, "image": 3}

@@ -17,14 +17,14 @@ import torch
 from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features, tiny_collab
 from torch.nn import functional as F
 
+from amfrec.config.model import GateConfig, ModelConfig, ProjectorConfig
 from amfrec.llm.backbone import USER_TOKEN, Backbone, load_backbone
-from amfrec.llm.build import build_amfrec
-from amfrec.llm.collab import CollaborativeNet
-from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
-from amfrec.llm.item_encoder import ItemEncoder
-from amfrec.llm.model import AMFRecModel
 from amfrec.llm.prompt import PromptTemplate
-from amfrec.llm.query import query
+from amfrec.model.build import build_amfrec
+from amfrec.model.collab import CollaborativeNet
+from amfrec.model.item_encoder import ItemEncoder
+from amfrec.model.model import AMFRecModel
+from amfrec.model.query import query
 
 N_ITEMS, L = len(TITLES) - 1, 5
 # history left-padded with 0, most recent last; candidates (B, C); targets (B,)

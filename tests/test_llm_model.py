@@ -12,11 +12,11 @@ import torch
 from llm_fixtures import HIDDEN, TITLES, item_encoder, make_tiny_backbone_dir
 from torch.nn import functional as F
 
+from amfrec.config.model import AnswerHead, default_template
 from amfrec.llm.backbone import load_backbone
-from amfrec.llm.config import AnswerHead, default_template
-from amfrec.llm.model import AMFRecModel
 from amfrec.llm.prompt import IGNORE_INDEX, PromptTemplate, prompt_items
-from amfrec.llm.scoring import _custom_mask
+from amfrec.model.model import AMFRecModel
+from amfrec.model.scoring import _custom_mask
 from amfrec.recommender import Recommender
 
 N_ITEMS = len(TITLES) - 1
@@ -271,8 +271,8 @@ def test_chunked_continuations_equal_one_pass(backbone):
 def test_build_amfrec_with_real_item_encoder(backbone, fusion, n_tokens):
     from types import SimpleNamespace
 
-    from amfrec.llm.build import build_amfrec
-    from amfrec.llm.config import ModelConfig
+    from amfrec.config.model import ModelConfig
+    from amfrec.model.build import build_amfrec
 
     torch.manual_seed(0)
     n = len(TITLES)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from amfrec.llm.projector import MLPProjector, MoEProjector
+from amfrec.model.projector import MLPProjector, MoEProjector
 
 
 def _uniform_router(p: MoEProjector) -> None:

@@ -177,9 +177,9 @@ def test_position_ids_start_at_the_first_real_token():
 
 
 def test_prompt_texts_title_or_full_text_cut_to_the_token_budget(tok) -> None:
+    from amfrec.config.options import ItemText
     from amfrec.data.dataset import ItemInfo
-    from amfrec.llm.build import prompt_texts
-    from amfrec.llm.options import ItemText
+    from amfrec.model.build import prompt_texts
 
     items = [
         ItemInfo("", ""),

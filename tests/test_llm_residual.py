@@ -7,10 +7,10 @@ import pytest
 import torch
 from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features, tiny_collab
 
+from amfrec.config.model import AMFRecConfig, GateConfig, ModelConfig, ProjectorConfig
 from amfrec.llm.backbone import load_backbone
-from amfrec.llm.config import AMFRecConfig, GateConfig, ModelConfig, ProjectorConfig
-from amfrec.llm.item_encoder import ItemEncoder
-from amfrec.llm.model import AMFRecModel
+from amfrec.model.item_encoder import ItemEncoder
+from amfrec.model.model import AMFRecModel
 
 N_ITEMS, L = len(TITLES) - 1, 5
 HISTORY = torch.tensor([[0, 0, 1, 2, 3], [0, 0, 0, 0, 4], [5, 6, 7, 8, 9]])  # (B, L)

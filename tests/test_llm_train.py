@@ -14,16 +14,16 @@ import torch
 import yaml
 from llm_fixtures import make_tiny_backbone_dir, random_features
 
+from amfrec.config.model import AMFRecConfig, GateConfig, ModelConfig, ProjectorConfig, TrainConfig
 from amfrec.data.dataset import ItemInfo, PreparedData, Split
 from amfrec.errors import AmfrecError
 from amfrec.evaluate import evaluate
 from amfrec.llm.backbone import load_backbone
-from amfrec.llm.build import build_amfrec
-from amfrec.llm.checkpoint import load_checkpoint, load_train_state, save_checkpoint
-from amfrec.llm.config import AMFRecConfig, GateConfig, ModelConfig, ProjectorConfig, TrainConfig
-from amfrec.llm.model import AMFRecModel
-from amfrec.llm.sampling import draw_candidates, generator
-from amfrec.llm.train import lr_at, train
+from amfrec.model.build import build_amfrec
+from amfrec.model.model import AMFRecModel
+from amfrec.training.checkpoint import load_checkpoint, load_train_state, save_checkpoint
+from amfrec.training.sampling import draw_candidates, generator
+from amfrec.training.train import lr_at, train
 
 N_ITEMS, L, D = 30, 5, 8
 
@@ -315,8 +315,8 @@ def test_with_real_amfrec_model_on_tiny_backbone(tmp_path):
     from amfrec.baselines.sequential import SASRecConfig, SASRecNet
     from amfrec.evaluate import evaluate
     from amfrec.llm.backbone import load_backbone
-    from amfrec.llm.build import build_amfrec
-    from amfrec.llm.collab import CollaborativeNet
+    from amfrec.model.build import build_amfrec
+    from amfrec.model.collab import CollaborativeNet
 
     bb = load_backbone(str(make_tiny_backbone_dir(tmp_path / "bb")), device="cpu")
     n = len(TITLES) - 1

@@ -13,10 +13,10 @@ import torch
 import yaml
 from llm_fixtures import SMALL, make_tiny_amfrec_inputs, make_tiny_backbone_dir
 
+from amfrec.config.model import AMFRecConfig
 from amfrec.errors import AmfrecError
-from amfrec.llm.config import AMFRecConfig
+from amfrec.experiments.experiment import VARIANTS, parse_model, run_name
 from amfrec.runs.amfrec_run import evaluate_run, load_run, resolve_config, train_amfrec
-from amfrec.runs.experiment import VARIANTS, parse_model, run_name
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -89,7 +89,7 @@ def test_corrupt_writes_its_own_metrics_and_gate_weights(tiny_prepared: Path, se
 
 def test_run_folder_mismatches_are_one_line_errors(tiny_prepared: Path, setup, capsys) -> None:
     """n_candidates unlike the data's; a run reloaded on a different backbone; recommend through main."""
-    from amfrec.cli import main
+    from amfrec.cli.main import main
 
     features, config, root = setup
     with pytest.raises(AmfrecError, match=r"tiny.yaml: model.n_candidates = 10, but .* has 20 candidates"):
@@ -117,7 +117,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(
 ):
     import shutil
 
-    from amfrec.cli import main
+    from amfrec.cli.main import main
 
     run = tmp_path / "run"
     shutil.copytree(tiny_amfrec_run, run)

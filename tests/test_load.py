@@ -9,7 +9,7 @@ from pathlib import Path
 
 from server import running_server
 
-from amfrec.serve.load import load_test
+from amfrec.bench.load import load_test
 
 CLIENTS, REQUESTS = 8, 20
 
@@ -26,7 +26,7 @@ def test_concurrent_clients_get_every_answer(tiny_amfrec_run: Path, tiny_prepare
 
 
 def test_bench_serve_prints_the_floor_and_one_row_per_client_count(tiny_amfrec_run: Path, capsys) -> None:
-    from amfrec.cli import main
+    from amfrec.cli.main import main
 
     argv = ["bench", "serve", "--run", str(tiny_amfrec_run), "--clients", "1,2", "--requests", "3"]
     assert main([*argv, "--repeats", "1", "--max-wait-ms", "2"]) == 0
@@ -50,7 +50,7 @@ def test_bench_serve_prints_the_floor_and_one_row_per_client_count(tiny_amfrec_r
 
 
 def test_bench_serve_refuses_bad_counts(tiny_amfrec_run: Path, capsys) -> None:
-    from amfrec.cli import main
+    from amfrec.cli.main import main
 
     assert main(["bench", "serve", "--run", str(tiny_amfrec_run), "--clients", "0"]) == 2
     assert "--clients" in capsys.readouterr().err

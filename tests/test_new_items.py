@@ -10,12 +10,12 @@ import pytest
 import torch
 from llm_fixtures import HIDDEN, TITLES, make_tiny_backbone_dir, random_features, tiny_collab
 
+from amfrec.config.model import GateConfig, ModelConfig, ProjectorConfig
 from amfrec.llm.backbone import load_backbone
-from amfrec.llm.collab import CollaborativeNet
-from amfrec.llm.config import GateConfig, ModelConfig, ProjectorConfig
-from amfrec.llm.item_encoder import ItemEncoder, gate_balance_loss
-from amfrec.llm.model import AMFRecModel
-from amfrec.llm.query import query
+from amfrec.model.collab import CollaborativeNet
+from amfrec.model.item_encoder import ItemEncoder, gate_balance_loss
+from amfrec.model.model import AMFRecModel
+from amfrec.model.query import query
 
 N_ITEMS, L = len(TITLES) - 1, 5
 NEW = 7  # the item the collaborative net never trained on
@@ -142,8 +142,8 @@ def test_sasrec_content_as_the_collaborative_net(tiny_prepared, tmp_path) -> Non
     import yaml
     from llm_fixtures import SMALL, make_tiny_amfrec_inputs
 
+    from amfrec.experiments.experiment import with_collab_run
     from amfrec.runs.amfrec_run import evaluate_run, load_run, train_amfrec
-    from amfrec.runs.experiment import with_collab_run
 
     features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path, dtype="float32")
     sets = {

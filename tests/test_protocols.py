@@ -128,7 +128,7 @@ def test_negatives_sets_the_candidate_count(tiny: Path, tmp_path: Path) -> None:
 
 
 def test_experiment_refuses_a_seed_folder_of_another_protocol(tiny: Path, tmp_path: Path) -> None:
-    from amfrec.runs.experiment import prepare_seed
+    from amfrec.experiments.experiment import prepare_seed
 
     prepare_seed(tiny, tmp_path / "data", 1, 0.0, 19)
     prepare_seed(tiny, tmp_path / "data", 1, 0.0, 19)  # same protocol: reused
@@ -296,7 +296,7 @@ def slow_full_ranks(scores: dict[int, float], data: PreparedData, split: str) ->
 
 
 def test_cli_full_ranking_of_a_popularity_run(new_split: Path, tmp_path: Path) -> None:
-    from amfrec.cli import main
+    from amfrec.cli.main import main
     from amfrec.metrics import ranking_metrics
 
     run = tmp_path / "pop"
@@ -364,7 +364,7 @@ def test_amfrec_scores_the_whole_catalogue(tiny_prepared: Path, tmp_path: Path) 
 
 
 def test_cli_protocol_options() -> None:
-    from amfrec.cli import build_parser
+    from amfrec.cli.main import build_parser
 
     p = build_parser()
     a = p.parse_args(["data", "prepare", "--out", "O"])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from amfrec.llm.config import AMFRecConfig, UserToken
-from amfrec.runs.quickstart import CONFIG, MODELS, cost_table, train_seconds
+from amfrec.config.model import AMFRecConfig, UserToken
+from amfrec.experiments.quickstart import CONFIG, MODELS, cost_table, train_seconds
 from amfrec.runs.rundir import resolve_config
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from amfrec.cli import main
-from amfrec.runs.report import write_report
+from amfrec.cli.main import main
+from amfrec.reports.report import write_report
 
 KEYS = ("hr@1", "hr@3", "hr@5", "hr@10", "ndcg@1", "ndcg@3", "ndcg@5", "ndcg@10", "mrr")
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amfrec.cli import main
+from amfrec.cli.main import main
 from amfrec.errors import AmfrecError
-from amfrec.runs.tune import parse_stage, trial_name
+from amfrec.experiments.tune import parse_stage, trial_name
 
 
 def _valid(run: Path) -> dict:

@@ -2,7 +2,7 @@
 
 import sys
 
-from amfrec.cli import main
+from amfrec.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from amfrec.config.model import DType
 from amfrec.errors import AmfrecError
 from amfrec.hardware import pick_dtype
 from amfrec.io import atomic_dir, file_sha256
-from amfrec.llm.config import DType
 from amfrec.llm.fast_decoder import FastDecoder, unsupported_reason
 
 log = logging.getLogger(__name__)

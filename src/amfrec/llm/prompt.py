@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from amfrec.config.options import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE_TEXT
 from amfrec.llm.backbone import ITEM_TOKEN, USER_TOKEN
-from amfrec.llm.options import DEFAULT_TEMPLATE as DEFAULT_TEMPLATE_TEXT
 
 IGNORE_INDEX = -100
 SLOTS = frozenset({"history", "candidates", "n_candidates", "noun", "noun_plural", "user"})

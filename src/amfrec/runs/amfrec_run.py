@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from amfrec import __version__
+from amfrec.config.model import AMFRecConfig, UserToken
 from amfrec.data.dataset import PreparedData, Split
 from amfrec.errors import AmfrecError
 from amfrec.evaluate import evaluate, score_metrics
@@ -22,14 +23,10 @@ from amfrec.features.corrupt import corrupt_features, parse_corruption
 from amfrec.features.store import load_features
 from amfrec.io import write_json
 from amfrec.llm.backbone import load_backbone
-from amfrec.llm.build import build_amfrec, prompt_texts
-from amfrec.llm.checkpoint import CHECKPOINT_DIR, load_checkpoint, load_train_state, save_checkpoint
-from amfrec.llm.collab import collab_run_from_features, load_collaborative
-from amfrec.llm.config import AMFRecConfig, UserToken
-from amfrec.llm.distributed import from_env
-from amfrec.llm.model import AMFRecModel
-from amfrec.llm.train import train
 from amfrec.metrics import generation_metrics
+from amfrec.model.build import build_amfrec, prompt_texts
+from amfrec.model.collab import collab_run_from_features, load_collaborative
+from amfrec.model.model import AMFRecModel
 from amfrec.runs.baseline_run import train_baseline
 from amfrec.runs.ranks import ranks_record, write_ranks
 from amfrec.runs.rundir import (
@@ -40,6 +37,9 @@ from amfrec.runs.rundir import (
     run_log,
     write_run,
 )
+from amfrec.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, load_train_state, save_checkpoint
+from amfrec.training.distributed import from_env
+from amfrec.training.train import train
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ one file, `RUN/catalogue.npz`, that every ranking path (`amfrec serve`, `amfrec 
 
 - Adding an item computes its modality vectors with the run's own encoders (`amfrec.features.live`), the
   id absent, and writes them into the loaded model as rows of an item with no training interaction
-  (`amfrec.llm.live_items`): it is ranked exactly as if it had been in the data from the start, untrained.
+  (`amfrec.model.live_items`): it is ranked exactly as if it had been in the data from the start, untrained.
 - Withdrawing an item keeps it (its rows, its history entries) but never recommends it.
 - A change is written to a temporary file, flushed to disk and renamed over the old one before it is applied
   or acknowledged: a crash leaves the previous or the new catalogue, whole.
@@ -111,9 +111,9 @@ def apply(ranker: Ranker, items: list[LiveItem]) -> list[int]:
             f"items: a {ranker.info['model']} run ranks only the items it was trained on; live items need an "
             "AMFRec run (withdrawing items works for every run)"
         )
-    from amfrec.llm.build import prompt_texts
-    from amfrec.llm.live_items import set_items
-    from amfrec.llm.options import ItemText
+    from amfrec.config.options import ItemText
+    from amfrec.model.build import prompt_texts
+    from amfrec.model.live_items import set_items
 
     model, cfg = ranker.model, ranker.config["model"]
     index = torch.tensor(ranker.data.set_items([it.info for it in items]), dtype=torch.long)

@@ -32,7 +32,7 @@ def _load(run: Path) -> tuple[Recommender, PreparedData, int, str, int]:
 
         data = PreparedData.load(info["data"])
         return LOADERS[name](run, data), data, int(info["seed"]), name, BASELINE_BATCH
-    from amfrec.llm.options import AnswerHead
+    from amfrec.config.options import AnswerHead
     from amfrec.runs.amfrec_run import load_run
 
     model, data, run_cfg = load_run(run)

@@ -1,0 +1,114 @@
+"""`amfrec bench [train]`, `amfrec bench targets`, `amfrec bench serve` and `amfrec bench scale`: arguments
+and commands (part of the command line; the work is `amfrec.bench.train`, `amfrec.bench.ddp`,
+`amfrec.bench.targets`, `amfrec.bench.serve` and `amfrec.bench.scale`).
+
+`amfrec bench` without an action is `amfrec bench train` (so `amfrec bench --dtypes ...` keeps working); the
+training options may come before or after `train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from amfrec.cli.args import csv_list as _csv
+from amfrec.cli.args import int_list as _ints
+from amfrec.cli.scale import add_bench_scale_parser
+from amfrec.errors import AmfrecError
+from amfrec.serve.batcher import MAX_WAIT_MS
+
+
+def cmd_bench_train(a: argparse.Namespace) -> None:
+    if a.ddp:
+        from amfrec.bench.ddp import run_ddp_bench
+
+        dtype = _csv(a.dtypes)[0] if a.dtypes else "auto"
+        print(run_ddp_bench(a.ddp, a.backbone, dtype, a.seq_len, a.batch_size, a.answer_len, a.steps))
+        return
+    from amfrec.bench.train import run_bench
+
+    print(run_bench(a.backbone, _csv(a.dtypes), a.seq_len, a.batch_size, a.answer_len, a.steps, a.compile))
+
+
+def cmd_bench_targets(a: argparse.Namespace) -> None:
+    from amfrec.bench.targets import run_targets_bench
+    from amfrec.io import parse_overrides
+
+    sizes = {"last": a.batch_last, "all": a.batch_all}
+    sets = parse_overrides(a.set or [])
+    print(run_targets_bench(a.data, a.features, a.config, sets, _csv(a.dtypes), a.steps, sizes))
+
+
+def cmd_bench_serve(a: argparse.Namespace) -> None:
+    from amfrec.bench.serve import bench_serve
+
+    if not a.clients or min(a.clients) < 1:
+        raise AmfrecError(f"--clients must be positive integers, got {a.clients}")
+    for name in ("requests", "max_batch", "repeats", "k"):
+        if getattr(a, name) < 1:
+            raise AmfrecError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if not 0 <= a.max_wait_ms <= 1000:
+        raise AmfrecError(f"--max-wait-ms must be in [0, 1000], got {a.max_wait_ms}")
+    print(bench_serve(a.run, a.clients, a.requests, a.max_batch, a.max_wait_ms, a.k, a.repeats))
+
+
+def _add_train_args(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """The training bench's options; without `defaults` (the `train` action) an option not given keeps the
+    value parsed before `train` (or the default of `amfrec bench`)."""
+
+    def d(value):
+        return value if defaults else argparse.SUPPRESS
+
+    p.add_argument("--backbone", default=d("smollm2-135m"))
+    p.add_argument(
+        "--dtypes", default=d("auto"), help="comma-separated: auto (the probe's pick), float32, bfloat16"
+    )
+    p.add_argument("--seq-len", type=int, default=d(256))
+    p.add_argument("--batch-size", type=int, default=d(8))
+    p.add_argument("--answer-len", type=int, default=d(8), help="positions whose logits are computed")
+    p.add_argument("--steps", type=int, default=d(5))
+    p.add_argument(
+        "--compile", action="store_true", default=d(False), help="also time the torch.compile'd fast path"
+    )
+    p.add_argument("--ddp", type=int, default=d(0), help="N: also N data-parallel processes -> scaling table")
+
+
+def add_bench_parser(sub) -> None:
+    """`amfrec bench [train] ...`, `amfrec bench serve --run RUN ...`, `amfrec bench scale ...`."""
+    b = sub.add_parser(
+        "bench",
+        help="train throughput, MFU (default, or `bench train`); `bench serve --run RUN`; `bench scale`",
+        description="ACTION is optional: without one, `amfrec bench` is `amfrec bench train`.",
+    )
+    _add_train_args(b, defaults=True)
+    b.set_defaults(func=cmd_bench_train)
+    actions = b.add_subparsers(dest="bench_action", metavar="ACTION", required=False)
+    t = actions.add_parser("train", help="backbone training throughput and MFU vs measured matmul peak")
+    _add_train_args(t, defaults=False)
+    t.set_defaults(func=cmd_bench_train)
+
+    g = actions.add_parser(
+        "targets", help="the recipe's training targets/s: one prompt per window vs every position a target"
+    )
+    g.add_argument("--data", type=Path, required=True, help="prepared data folder")
+    g.add_argument("--features", type=Path, required=True, help="feature folder")
+    g.add_argument("--config", default=None, help="YAML config or packaged name (default amfrec)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    g.add_argument("--dtypes", default="auto", help="comma-separated: auto, float32, bfloat16")
+    g.add_argument("--steps", type=int, default=8, help="timed steps per cell (after one warm-up)")
+    g.add_argument("--batch-last", type=int, default=16, help="windows per step, positions last")
+    g.add_argument("--batch-all", type=int, default=32, help="prompts per step, positions all")
+    g.set_defaults(func=cmd_bench_targets)
+
+    s = actions.add_parser(
+        "serve", help="in-process forward of one request vs `amfrec serve` over loopback (p50/p99, req/s)"
+    )
+    s.add_argument("--run", type=Path, required=True, help="run folder (AMFRec or a baseline)")
+    s.add_argument("--clients", type=_ints, default=[1, 8], help="client counts, comma-separated (1,8)")
+    s.add_argument("--requests", type=int, default=20, help="requests per client")
+    s.add_argument("--max-batch", type=int, default=16, help="the server's --max-batch")
+    s.add_argument("--max-wait-ms", type=float, default=MAX_WAIT_MS, help="the server's --max-wait-ms")
+    s.add_argument("--k", type=int, default=10, help="items per answer")
+    s.add_argument("--repeats", type=int, default=5, help="timed in-process calls (median)")
+    s.set_defaults(func=cmd_bench_serve)
+    add_bench_scale_parser(actions)
