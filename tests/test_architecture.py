@@ -1,6 +1,6 @@
-"""The house rules, read from the source: imports only run down the layers (data -> features -> contract
--> baselines -> config -> llm -> model -> training -> runs -> serve -> reports -> experiments -> bench -> cli),
-no import cycles, no source file over 400 lines, no function over 80 lines."""
+"""The house rules, read from the source: imports only run down the layers (data -> features ->
+contract -> baselines -> config -> llm -> model -> training -> runs -> serve -> reports -> experiments ->
+bench -> cli), no import cycles, no source file over 400 lines, no function over 80 lines."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`amfrec items add|remove --run RUN --items FILE`: the live catalogue from the command line (the work is
-`amfrec.runs.catalogue`; a running `amfrec serve` of the same run sees the change after a restart).
+`amfrec.runs.live_catalogue`; a running `amfrec serve` of the same run sees the change after a restart).
 
 `add` reads a JSON Lines, CSV or Parquet item table: item_id, title, optional year, genres (a list, or
 "a|b"), image (a file path, relative to the table), vectors ({modality: [floats]}, JSON Lines) and any other
@@ -45,7 +45,7 @@ def read_rows(path: Path) -> list[tuple[str, dict]]:
 
 def item_spec(where: str, row: dict, folder: Path):
     """One table row -> ItemSpec; AmfrecError naming the row and column."""
-    from amfrec.runs.catalogue import ItemSpec
+    from amfrec.runs.live_catalogue import ItemSpec
 
     for col in ("item_id", "title"):
         if row.get(col) in (None, ""):
@@ -73,7 +73,7 @@ def item_spec(where: str, row: dict, folder: Path):
 
 
 def cmd_items(a: argparse.Namespace) -> None:
-    from amfrec.runs.catalogue import LiveCatalogue
+    from amfrec.runs.live_catalogue import LiveCatalogue
     from amfrec.runs.ranker import Ranker
 
     path = Path(a.items)

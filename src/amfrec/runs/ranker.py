@@ -27,11 +27,12 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from amfrec.data.dataset import PreparedData
+from amfrec.data.dataset import ItemInfo, PreparedData
 from amfrec.errors import AmfrecError
 from amfrec.io import read_json
 from amfrec.recommender import Recommender
 from amfrec.runs import catalogue
+from amfrec.runs.catalogue import LiveItem
 from amfrec.runs.rundir import run_info
 
 
@@ -112,7 +113,7 @@ class Ranker:
         ranker = cls(model=model, data=data, run=run, info=info, features=features, metrics=metrics,
                      config=run_cfg)  # fmt: skip
         live = catalogue.Catalogue.load(run)
-        catalogue.apply(ranker, list(live.items.values()))
+        apply(ranker, list(live.items.values()))
         ranker.withdrawn = set(live.withdrawn)
         return ranker
 
@@ -303,3 +304,37 @@ class Ranker:
         if not self.is_amfrec or encoder is None:
             return {}
         return {m: bool(getattr(encoder, f"mask{i}")[item]) for i, m in enumerate(encoder.modalities)}
+
+
+def apply(ranker: Ranker, items: list[LiveItem]) -> list[int]:
+    """Write `items` into the loaded ranker (its data and model); returns their item indices. Only AMFRec
+    runs take new or changed items: their scores come from content; a baseline's come from training."""
+    if not items:
+        return []
+    if not ranker.is_amfrec:
+        raise AmfrecError(
+            f"items: a {ranker.info['model']} run ranks only the items it was trained on; live items need an "
+            "AMFRec run (withdrawing items works for every run)"
+        )
+    from amfrec.config.options import ItemText
+    from amfrec.model.build import prompt_texts
+    from amfrec.model.live_items import set_items
+
+    model, cfg = ranker.model, ranker.config["model"]
+    index = torch.tensor(ranker.data.set_items([it.info for it in items]), dtype=torch.long)
+    texts = prompt_texts([ItemInfo("", ""), *(it.info for it in items)], ItemText(cfg["item_text"]),
+                         cfg["item_tokens"], model.backbone.tokenizer)[1:]  # fmt: skip
+    names = sorted({m for it in items for m in it.vectors} | set(model.item_encoder.modalities) - {"id"})
+    rows = {}
+    for m in names:
+        dim = next((it.vectors[m].shape[0] for it in items if m in it.vectors), None)
+        if dim is None:
+            dim = model.item_encoder.dims[model.item_encoder.modalities.index(m)]
+        values = torch.zeros(len(items), dim)
+        present = torch.zeros(len(items), dtype=torch.bool)
+        for k, it in enumerate(items):
+            if m in it.vectors:
+                values[k], present[k] = torch.from_numpy(it.vectors[m]), True
+        rows[m] = (values, present)
+    set_items(model, index, texts, rows)
+    return index.tolist()

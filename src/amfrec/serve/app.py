@@ -3,7 +3,7 @@
 - POST /recommend -> ranked items (+ the gate's weights per modality for AMFRec), the same ranking as
   `amfrec recommend` (both go through `amfrec.runs.ranker.Ranker`).
 - GET /items?query=&page=&per_page= (title search), /items/{id}, /posters/{id}, /health, /info; GET / = page.
-- The live catalogue (AMFRec runs; `amfrec.runs.catalogue`): POST /items adds or replaces items (text, an
+- The live catalogue (AMFRec runs; `amfrec.runs.live_catalogue`): POST /items adds or replaces items (text, an
   image file on the server or base64 bytes, vectors of imported modalities), rankable by the next request;
   DELETE /items/{id} withdraws one (kept, never recommended). Changes are on disk before they are answered.
 - Bad input answers 4xx with {"error", "field"}; never a traceback. Bodies over 64 KiB (16 MiB for POST
@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from amfrec.errors import AmfrecError
 from amfrec.features.build import default_posters_dir, poster_paths
-from amfrec.runs.catalogue import ItemSpec, LiveCatalogue
+from amfrec.runs.live_catalogue import ItemSpec, LiveCatalogue
 from amfrec.runs.ranker import Query as RankQuery
 from amfrec.runs.ranker import Ranker, UnknownItems
 from amfrec.serve.batcher import MAX_WAIT_MS, Batcher
