@@ -150,7 +150,7 @@ def test_baseline_train_writes_run(tiny_prepared: Path, tmp_path: Path, capsys) 
 
 
 def test_set_values_are_parsed_as_yaml() -> None:
-    from amfrec.cli.main import _overrides
+    from amfrec.cli.args import _overrides
 
     assert _overrides(["train.max_steps=8", "model.modalities=[id, text]", "model.noun=book"]) == {
         "train.max_steps": 8,
