@@ -50,7 +50,12 @@ def imports_of(path: Path) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
+            # `from amfrec.runs import catalogue` imports the module amfrec.runs.catalogue
+            subs = [f"{node.module}.{a.name}" for a in node.names]
+            names = [
+                node.module,
+                *(s for s in subs if (SRC.parent / s.replace(".", "/")).with_suffix(".py").is_file()),
+            ]
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         else:
