@@ -7,13 +7,13 @@ implementation (the prompt cache repeated C times along the batch, continuations
 the same process on the same inputs; each timing is repeated and the best and median are reported. Prints a
 markdown table.
 
-    python -m amfrec.bench.scoring [--data /work/shared/data/ml-100k] [--dtypes bfloat16 float32]
-        [--batch-sizes 1 4] [--examples 8] [--repeats 3] [--threads N]
+    amfrec bench scoring [--data ../shared/data/ml-100k] [--dtypes float32,bfloat16] [--batch-sizes 1,4]
+        [--examples 8] [--repeats 3]
 """
 
 from __future__ import annotations
 
-import argparse
+import logging
 import statistics
 import tempfile
 import time
@@ -27,6 +27,8 @@ from amfrec.data.prepare import prepare
 from amfrec.llm.backbone import load_backbone
 from amfrec.llm.prompt import position_ids
 from amfrec.model.model import AMFRecModel
+
+log = logging.getLogger(__name__)
 
 
 class RandomItemEncoderOutput:
@@ -120,47 +122,42 @@ def run_split(fn, history, candidates, batch_size: int) -> tuple[float, torch.Te
     return (time.perf_counter() - start) / len(history), torch.cat(parts)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data/ml-100k")
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="float32 first: reference")
-    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
-    ap.add_argument("--examples", type=int, default=8, help="test examples scored per timing")
-    ap.add_argument("--repeats", type=int, default=3, help="timings per method, old and new interleaved")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+def bench_scoring(
+    data_dir: Path, dtypes: list[str], batch_sizes: list[int], examples: int = 8, repeats: int = 3
+) -> str:
+    """The markdown table of both methods' seconds per example (best, median) per dtype and batch size, with
+    their largest score differences (old vs new, and vs the first dtype's new scores)."""
     with tempfile.TemporaryDirectory() as tmp:
-        prepare(Path(args.data), Path(tmp) / "prep", seed=1)
+        prepare(Path(data_dir), Path(tmp) / "prep", seed=1)
         data = PreparedData.load(Path(tmp) / "prep")
-    history = data.test.history[: args.examples]
-    candidates = data.test.candidates[: args.examples]
+    history = data.test.history[:examples]
+    candidates = data.test.candidates[:examples]
 
     rows, reference = [], None  # reference: float32 scores of the new method (exact to ~1e-5)
-    for dtype in args.dtypes:
+    for dtype in dtypes:
         bb = load_backbone("smollm2-135m", dtype=dtype, device="cpu")
         model = AMFRecModel(bb, RandomItemEncoder(data.n_items, bb.hidden_size), data.titles, answer="title")
         model = model.eval()
         prompts = model.prompt.build(model._titles(history), model._titles(candidates))
         conts = model.prompt.encode_answers([data.titles[i] for i in candidates.reshape(-1).tolist()])
-        print(
-            f"{dtype}: {len(history)} examples, prompt {prompts.prompt_lengths.float().mean():.0f} tokens on "
-            f"average, continuations {sum(map(len, conts)) / len(conts):.1f} tokens "
-            f"(max {max(map(len, conts))})",
-            flush=True,
+        log.info(
+            "%s: %d examples, prompt %.0f tokens on average, continuations %.1f tokens (max %d)",
+            dtype,
+            len(history),
+            prompts.prompt_lengths.float().mean(),
+            sum(map(len, conts)) / len(conts),
+            max(map(len, conts)),
         )
         methods = {
             "old repeat-cache": lambda h, c, m=model: old_score(m, h, c),
             "new packed tree": model.score,
         }
-        for bs in args.batch_sizes:
+        for bs in batch_sizes:
             times: dict[str, list[float]] = {name: [] for name in methods}
             scores: dict[str, torch.Tensor] = {}
             for fn in methods.values():  # warm-up
                 fn(history[:bs], candidates[:bs])
-            for _ in range(args.repeats):
+            for _ in range(repeats):
                 for name, fn in methods.items():
                     t, scores[name] = run_split(fn, history, candidates, bs)
                     times[name].append(t)
@@ -170,20 +167,11 @@ def main() -> None:
             for name, t in times.items():
                 ref_diff = float((scores[name] - reference).abs().max())
                 rows.append((name, dtype, bs, min(t), statistics.median(t), diff, ref_diff))
-                print("  " + _row(*rows[-1]), flush=True)
-
-    print(
-        "\n| method | dtype | batch | s/example best | s/example median | max abs diff old vs new "
-        "| max abs diff vs float32 new |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(_row(*row))
+                log.info("%s", _row(*rows[-1]))
+    head = ("| method | dtype | batch | s/example best | s/example median | max abs diff old vs new "
+            "| max abs diff vs the first dtype's new |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    return "\n".join([head, *(_row(*row) for row in rows)])
 
 
 def _row(name: str, dtype: str, bs: int, best: float, med: float, diff: float, ref_diff: float) -> str:
     return f"| {name} | {dtype} | {bs} | {best:.3f} | {med:.3f} | {diff:.1e} | {ref_diff:.1e} |"
-
-
-if __name__ == "__main__":
-    main()

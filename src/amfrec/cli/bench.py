@@ -52,6 +52,14 @@ def cmd_bench_serve(a: argparse.Namespace) -> None:
     print(bench_serve(a.run, a.clients, a.requests, a.max_batch, a.max_wait_ms, a.k, a.repeats))
 
 
+def cmd_bench_scoring(a: argparse.Namespace) -> None:
+    from amfrec.bench.scoring import bench_scoring
+    from amfrec.data.fetch import fetch_ml100k
+
+    data = a.data or fetch_ml100k()  # as `data prepare` without --data
+    print(bench_scoring(data, [d.strip() for d in a.dtypes.split(",")], a.batch_sizes, a.examples, a.repeats))
+
+
 def _add_train_args(p: argparse.ArgumentParser, defaults: bool) -> None:
     """The training bench's options; without `defaults` (the `train` action) an option not given keeps the
     value parsed before `train` (or the default of `amfrec bench`)."""
@@ -77,7 +85,7 @@ def add_bench_parser(sub) -> None:
     """`amfrec bench [train] ...`, `amfrec bench serve --run RUN ...`, `amfrec bench scale ...`."""
     b = sub.add_parser(
         "bench",
-        help="train throughput, MFU (default, or `bench train`); `bench serve --run RUN`; `bench scale`",
+        help="train throughput, MFU (default, or `bench train`); `bench targets|serve|scale|scoring`",
         description="ACTION is optional: without one, `amfrec bench` is `amfrec bench train`.",
     )
     _add_train_args(b, defaults=True)
@@ -112,6 +120,16 @@ def add_bench_parser(sub) -> None:
     s.add_argument("--repeats", type=int, default=5, help="timed in-process calls (median)")
     s.set_defaults(func=cmd_bench_serve)
     add_bench_scale_parser(actions)
+
+    c = actions.add_parser(
+        "scoring", help="the title head's candidate scoring: repeated cache vs packed tree"
+    )
+    c.add_argument("--data", type=Path, default=None, help="raw ml-100k folder (default: fetched, cached)")
+    c.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated; the first is the reference")
+    c.add_argument("--batch-sizes", type=_ints, default=[1, 4], help="comma-separated")
+    c.add_argument("--examples", type=int, default=8, help="test examples scored per timing")
+    c.add_argument("--repeats", type=int, default=3, help="timings per method, old and new interleaved")
+    c.set_defaults(func=cmd_bench_scoring)
 
 
 def _counts(text: str) -> list[int]:
