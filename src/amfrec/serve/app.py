@@ -139,9 +139,12 @@ def create_app(
 
 
 def _answer_batch(ranker: Ranker, queries: list[RankQuery]) -> list[tuple[list[dict], dict]]:
-    """In the batcher's loop: each query's ranked rows (one model call) and its history's gate weights."""
-    ranked = ranker.rank_batch(queries)
-    return [(rows, ranker.gate_weights(list(q.seen)) or {}) for q, rows in zip(queries, ranked, strict=True)]
+    """In the batcher's loop: each query's ranked rows (one model call) and its history's gate weights, read
+    while no catalogue change is applied (the lock)."""
+    with ranker.lock:
+        ranked = ranker.rank_batch(queries)
+        gates = [ranker.gate_weights(list(q.seen)) or {} for q in queries]
+    return list(zip(ranked, gates, strict=True))
 
 
 def _add_recommend_route(app: FastAPI, ranker: Ranker, admission: Admission, batcher: Batcher) -> None:
