@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -61,20 +60,31 @@ def read_users(spec: str, known: dict[str, list[str]]) -> list[str]:
 
 
 def recommend_batch(
-    ranker: Ranker, users: list[str], histories: dict[str, list[str]], top: int, batch_size: int = 64
-) -> Iterator[dict]:
-    """Rows {"user", "items", "scores"} in `users`' order, ranked `batch_size` users per model call."""
+    ranker: Ranker, users: list[str], histories: dict[str, list[str]], top: int, batch_size: int = 32
+) -> list[dict]:
+    """Rows {"user", "items", "scores"} in `users`' order, ranked `batch_size` users per model call; the
+    users are batched by their prompt's length (as the evaluation sorts them), so a batch pads little."""
+    queries = [ranker.query(histories[u], k=top) for u in users]
+    order = sorted(range(len(users)), key=lambda k: _prompt_length(ranker, queries[k]))
+    rows: list[dict] = [{}] * len(users)
     bar = tqdm(total=len(users), desc="recommend", unit="user", dynamic_ncols=True)
     for start in range(0, len(users), batch_size):
-        chunk = users[start : start + batch_size]
-        queries = [ranker.query(histories[u], k=top) for u in chunk]
-        for user, rows in zip(chunk, ranker.rank_batch(queries), strict=True):
-            yield {"user": user, "items": [r["item_id"] for r in rows], "scores": [r["score"] for r in rows]}
+        chunk = order[start : start + batch_size]
+        for k, ranked in zip(chunk, ranker.rank_batch([queries[k] for k in chunk]), strict=True):
+            rows[k] = {"user": users[k], "items": [r["item_id"] for r in ranked],
+                       "scores": [r["score"] for r in ranked]}  # fmt: skip
         bar.update(len(chunk))
     bar.close()
+    return rows
 
 
-def write_recommendations(run: Path, users_spec: str, top: int, out: Path, batch_size: int = 64) -> int:
+def _prompt_length(ranker: Ranker, query) -> int:
+    """An AMFRec query's prompt length estimate (the characters of its items' prompt texts); else 0."""
+    titles = getattr(ranker.model, "titles", None)
+    return sum(len(titles[i]) for i in query.history) if ranker.is_amfrec and titles else 0
+
+
+def write_recommendations(run: Path, users_spec: str, top: int, out: Path, batch_size: int = 32) -> int:
     """Rank every requested user's top `top` items and write them to `out` (.jsonl or .parquet); returns
     the number of users written."""
     out = Path(out)
@@ -86,7 +96,7 @@ def write_recommendations(run: Path, users_spec: str, top: int, out: Path, batch
     histories = user_histories(ranker)
     users = read_users(users_spec, histories)
     t0 = time.perf_counter()
-    rows = list(recommend_batch(ranker, users, histories, top, batch_size))
+    rows = recommend_batch(ranker, users, histories, top, batch_size)
     wall = time.perf_counter() - t0
     log.info("%d users in %.1f s (%.1f users/s)", len(rows), wall, len(rows) / max(wall, 1e-9))
     out.parent.mkdir(parents=True, exist_ok=True)
