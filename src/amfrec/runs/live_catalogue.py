@@ -14,7 +14,7 @@ from amfrec.data.dataset import ItemInfo
 from amfrec.errors import AmfrecError
 from amfrec.io import atomic_path
 from amfrec.runs.catalogue import IMAGES_DIR, Catalogue, LiveItem
-from amfrec.runs.ranker import Ranker, apply
+from amfrec.runs.ranker import Ranker, apply, require_live_items
 
 
 @dataclass
@@ -45,8 +45,7 @@ class LiveCatalogue:
         each becomes available. Returns {"added": ids, "updated": ids}. AmfrecError naming the item and field
         on bad input, before anything is written."""
         ranker = self.ranker
-        if not ranker.is_amfrec:
-            apply(ranker, [LiveItem(ItemInfo("", ""))])  # raises: only AMFRec runs take live items
+        require_live_items(ranker)
         infos = [self._check(spec) for spec in self._unique(specs)]
         vectors = self._item_vectors()
         for spec in specs:

@@ -306,16 +306,21 @@ class Ranker:
         return {m: bool(getattr(encoder, f"mask{i}")[item]) for i, m in enumerate(encoder.modalities)}
 
 
-def apply(ranker: Ranker, items: list[LiveItem]) -> list[int]:
-    """Write `items` into the loaded ranker (its data and model); returns their item indices. Only AMFRec
-    runs take new or changed items: their scores come from content; a baseline's come from training."""
-    if not items:
-        return []
+def require_live_items(ranker: Ranker) -> None:
+    """AmfrecError unless the run can take new or changed items (AMFRec: its scores come from content)."""
     if not ranker.is_amfrec:
         raise AmfrecError(
             f"items: a {ranker.info['model']} run ranks only the items it was trained on; live items need an "
             "AMFRec run (withdrawing items works for every run)"
         )
+
+
+def apply(ranker: Ranker, items: list[LiveItem]) -> list[int]:
+    """Write `items` into the loaded ranker (its data and model); returns their item indices. Only AMFRec
+    runs take new or changed items: their scores come from content; a baseline's come from training."""
+    if not items:
+        return []
+    require_live_items(ranker)
     from amfrec.config.options import ItemText
     from amfrec.model.build import prompt_texts
     from amfrec.model.live_items import set_items
