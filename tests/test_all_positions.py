@@ -26,11 +26,11 @@ from amfrec.data.dataset import PreparedData, Split
 from amfrec.llm.backbone import load_backbone
 from amfrec.model.item_encoder import ItemEncoder
 from amfrec.model.model import AMFRecModel
-from amfrec.model.positions import chunk_items, chunk_windows, prefix_histories
+from amfrec.model.positions import chunk_items, prefix_histories
 from amfrec.model.query import query
 from amfrec.runs.amfrec_run import load_run, train_amfrec
 from amfrec.training.distributed import Ranks, shard
-from amfrec.training.sampling import ChunkBatches
+from amfrec.training.sampling import ChunkBatches, chunk_windows
 
 N_ITEMS, L = len(TITLES) - 1, 6
 

@@ -10,7 +10,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "amfrec"
 # Lowest first. A module may import its own layer (without cycles) and every layer below it.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("__init__", "errors", "metrics", "hardware", "io", "stats"),  # ground floor: no domain types
+    ("__init__", "errors", "metrics", "hardware", "io", "seeds", "stats"),  # ground floor: no domain types
     ("data",),  # raw files -> prepared splits and candidates
     ("features",),  # prepared items -> modality matrices
     (

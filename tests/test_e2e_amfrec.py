@@ -22,7 +22,6 @@ from amfrec.runs.amfrec_run import build_model, evaluate_run, load_run
 from amfrec.runs.baseline_run import train_baseline
 from amfrec.runs.ranker import Ranker
 from amfrec.training.checkpoint import load_checkpoint
-from amfrec.training.sampling import fixed_subset
 
 pytestmark = pytest.mark.e2e
 
@@ -86,8 +85,7 @@ def test_training_lowers_the_loss_on_real_data(amfrec_run: Path) -> None:
     _, cfg, _ = load_checkpoint(amfrec_run / "checkpoint")
     torch.manual_seed(1)
     fresh = build_model(cfg, data, Path(run_cfg["run"]["features"]))
-    seen = fixed_subset(len(data.train), cfg.train.train_examples, cfg.train.seed)  # as the trainer drew it
-    part = data.train.subset(seen)
+    part = data.train.sample(cfg.train.train_examples, cfg.train.seed)  # as the trainer drew it
     cands = torch.cat([part.target[:, None], part.target[:, None] % data.n_items + 1], 1)  # not in the loss
     with torch.no_grad():
         after = trained(part.history, cands, part.target).lm_loss.item()

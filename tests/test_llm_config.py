@@ -22,6 +22,7 @@ from amfrec.config.model import (
     UserToken,
 )
 from amfrec.errors import AmfrecError
+from amfrec.model.item_encoder import check_modalities
 from amfrec.runs.rundir import resolve_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -95,8 +96,8 @@ def test_check_modalities_names_the_missing_one():
     with pytest.raises(
         ValueError, match=r"model.modalities: 'image' not in the features \(available: id, text\)"
     ):
-        ModelConfig().check_modalities(["id", "text"])
-    ModelConfig(fusion="llara").check_modalities(["id"])  # only the id modality is needed
+        check_modalities(ModelConfig().used_modalities, ["id", "text"])
+    check_modalities(ModelConfig(fusion="llara").used_modalities, ["id"])  # only the id modality is needed
 
 
 def test_unknown_keys_are_named():

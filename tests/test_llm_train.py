@@ -21,8 +21,9 @@ from amfrec.evaluate import evaluate
 from amfrec.llm.backbone import load_backbone
 from amfrec.model.build import build_amfrec
 from amfrec.model.model import AMFRecModel
+from amfrec.seeds import generator
 from amfrec.training.checkpoint import load_checkpoint, load_train_state, save_checkpoint
-from amfrec.training.sampling import draw_candidates, generator
+from amfrec.training.sampling import draw_candidates
 from amfrec.training.train import lr_at, train
 
 N_ITEMS, L, D = 30, 5, 8

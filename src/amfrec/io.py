@@ -134,6 +134,24 @@ def read_json(path: str | Path) -> Any:
         raise AmfrecError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
 
 
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON Lines file; a missing file, non-UTF-8 bytes, a
+    malformed line or a line that is not a JSON object raises AmfrecError naming the file and line."""
+    from amfrec.errors import AmfrecError
+
+    path = Path(path)
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AmfrecError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise AmfrecError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
+
+
 def read_yaml_mapping(path: str | Path) -> dict:
     """Read a YAML file whose top level is a mapping (an empty file gives {}).
 

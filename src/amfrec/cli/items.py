@@ -10,11 +10,11 @@ with an item_id column.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 from amfrec.errors import AmfrecError
+from amfrec.io import read_jsonl
 
 log = logging.getLogger(__name__)
 RESERVED = ("item_id", "title", "year", "genres", "image", "vectors", "fields")
@@ -25,18 +25,7 @@ def read_rows(path: Path) -> list[tuple[str, dict]]:
     if not path.is_file():
         raise AmfrecError(f"--items: {path} is not a file")
     if path.suffix in (".jsonl", ".json"):
-        rows = []
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AmfrecError(f"{path}:{lineno}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise AmfrecError(f"{path}:{lineno}: a line must be a JSON object")
-            rows.append((f"{path}:{lineno}", row))
-        return rows
+        return [(f"{path}:{lineno}", row) for lineno, row in read_jsonl(path)]
     from amfrec.data.tables import read_table
 
     table = read_table(path)  # one-line AmfrecError naming the file when it is not what its suffix says

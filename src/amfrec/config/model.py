@@ -9,7 +9,7 @@ and the bad value. `AMFRecConfig.from_yaml(path, overrides)` adds the file to th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,16 +324,6 @@ class ModelConfig:
         if self.fusion == FusionMode.LLARA:
             return ["id"]
         return list(self.modalities)
-
-    def check_modalities(self, available: Iterable[str]) -> None:
-        """Raise ValueError naming every configured modality that the feature directory lacks."""
-        available = sorted(available)
-        missing = [m for m in self.used_modalities if m not in available]
-        if missing:
-            raise ValueError(
-                f"model.modalities: {', '.join(repr(m) for m in missing)} not in the features "
-                f"(available: {', '.join(available) or 'none'})"
-            )
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import torch
 
 from amfrec.data.protocol import NEW_ITEMS_FILE, protocol_of, round_half_up
 from amfrec.errors import AmfrecError
-from amfrec.io import read_json, read_text
+from amfrec.io import read_json, read_jsonl
+from amfrec.seeds import generator
 
 # The "train<=K" slice: a valid/test example whose target has at most K training interactions (K = this
 # default, or the prepared manifest's "cold_threshold").
@@ -79,6 +79,14 @@ class Split:
             target=self.target[idx],
             candidates=None if self.candidates is None else self.candidates[idx],
         )
+
+    def sample(self, k: int | None, seed: int) -> Split:
+        """A fixed random subset of k windows in split order (all of them when k is None or >= len(self)):
+        the same k, seed and split size give the same subset on every machine."""
+        n = len(self)
+        if k is None or k >= n:
+            return self
+        return self.subset(torch.randperm(n, generator=generator(seed, n, k))[:k].sort().values)
 
 
 @dataclass
@@ -180,7 +188,7 @@ class PreparedData:
         row_of = {user: r for r, user in enumerate(part.users)}
         if (self.path / SEQUENCES_FILE).is_file():
             rows, items = [], []
-            for lineno, rec in _read_jsonl(self.path / SEQUENCES_FILE):
+            for lineno, rec in read_jsonl(self.path / SEQUENCES_FILE):
                 _require(rec, ("user", "items"), self.path / SEQUENCES_FILE, lineno)
                 keep = len(rec["items"]) - (2 if split == "valid" else 1)
                 rows += [row_of[str(rec["user"])]] * keep
@@ -230,9 +238,12 @@ class PreparedData:
     @classmethod
     def load(cls, path: str | Path) -> PreparedData:
         path = Path(path)
+        for name in ("manifest.json", "items.jsonl", "train.jsonl", "valid.jsonl", "test.jsonl"):
+            if not (path / name).is_file():
+                raise AmfrecError(f"{path / name}: file not found (run `amfrec data prepare` first)")
         manifest = read_json(path / "manifest.json")
         items = [ItemInfo(item_id="", title="")]
-        for lineno, row in _read_jsonl(path / "items.jsonl"):
+        for lineno, row in read_jsonl(path / "items.jsonl"):
             _require(row, ("item_id", "title"), path / "items.jsonl", lineno)
             items.append(
                 ItemInfo(
@@ -259,19 +270,7 @@ def _index(items: list[ItemInfo]) -> dict[str, int]:
     return {it.item_id: k for k, it in enumerate(items) if k > 0}
 
 
-def _read_jsonl(path: Path):
-    if not path.is_file():
-        raise AmfrecError(f"{path}: file not found (run `amfrec data prepare` first)")
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise AmfrecError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
-
-
-def _require(row: object, fields: tuple[str, ...], path: Path, lineno: int) -> None:
-    if not isinstance(row, dict):
-        raise AmfrecError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+def _require(row: dict, fields: tuple[str, ...], path: Path, lineno: int) -> None:
     for field in fields:
         if field not in row:
             raise AmfrecError(f"{path}:{lineno}: missing field '{field}'")
@@ -287,7 +286,7 @@ def _load_split(path: Path, index: dict[str, int], max_len: int, with_candidates
             raise AmfrecError(f"{path}:{lineno}: unknown item id {item!r} in field '{field}'") from None
 
     fields = ("user", "history", "target", "candidates") if with_candidates else ("user", "history", "target")
-    for lineno, row in _read_jsonl(path):
+    for lineno, row in read_jsonl(path):
         _require(row, fields, path, lineno)
         hist = [lookup(i, lineno, "history") for i in row["history"]][-max_len:]
         users.append(str(row["user"]))

@@ -19,7 +19,7 @@ weights), never NaN.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -108,7 +108,7 @@ class ItemEncoder(nn.Module):
         self, features: Mapping[str, Any], d_llm: int, cfg: ModelConfig, token_norm: float | None = None
     ) -> None:
         super().__init__()
-        cfg.check_modalities(features.keys())
+        check_modalities(cfg.used_modalities, features.keys())
         self.cfg = cfg
         self.mode = cfg.fusion
         self.modalities = cfg.used_modalities
@@ -288,6 +288,17 @@ class ItemEncoder(nn.Module):
 class _Rows(NamedTuple):
     values: torch.Tensor
     present: torch.Tensor
+
+
+def check_modalities(used: Sequence[str], available: Iterable[str]) -> None:
+    """Raise ValueError naming every modality the model reads (``used``) that the features lack."""
+    available = sorted(available)
+    missing = [m for m in used if m not in available]
+    if missing:
+        raise ValueError(
+            f"model.modalities: {', '.join(repr(m) for m in missing)} not in the features "
+            f"(available: {', '.join(available) or 'none'})"
+        )
 
 
 def _check_modality(name: str, mod: Any, min_rows: int = 2) -> tuple[torch.Tensor, torch.Tensor]:

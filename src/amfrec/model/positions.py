@@ -1,11 +1,12 @@
 """Every item boundary a query (``model.positions: all``): the tensor bookkeeping, with no model state.
 
-A training *chunk* is a run of consecutive training windows of one user: window j's history ends with item
-s_j and its target is s_{j+1}, so the chunk's prompt shows s_j for each of its windows, in order, and the LM's
-state at each item's boundary predicts that window's target. The LM is causal, so no position reads its own
-future; each position's collaborative state (its user token, its collaborative logit, the control's mean) is
-read from the position's own window, which ends at s_j as well. Chunks are cut from each user's end, so the
-last chunk, which holds the query a user is scored with, is a full one.
+A training *chunk* (``training.sampling.chunk_windows``) is a run of consecutive training windows of one
+user: window j's history ends with item s_j and its target is s_{j+1}, so the chunk's prompt shows s_j for
+each of its windows, in order, and the LM's state at each item's boundary predicts that window's target. The
+LM is causal, so no position reads its own future; each position's collaborative state (its user token, its
+collaborative logit, the control's mean) is read from the position's own window, which ends at s_j as well.
+Chunks are cut from each user's end, so the last chunk, which holds the query a user is scored with, is a
+full one.
 
 At inference the prompt is the history's last items and the query is the last item's boundary: the same
 position as in training. Each history item's user token is the collaborative net's state after that item:
@@ -14,36 +15,7 @@ the history without the later items (``prefix_histories``), as the window of tha
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-
-from amfrec.data.dataset import Split
-
-
-def chunk_windows(split: Split, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group a split's consecutive windows of one user into chunks of at most ``size`` windows.
-
-    Window i + 1 continues window i when both belong to the same user and i + 1's history ends with i's
-    target. Each run of continuing windows is cut into chunks from its end. Returns starts (n_chunks,) and
-    lengths (n_chunks,) long, in the split's window order.
-    """
-    if size < 1:
-        raise ValueError(f"chunk size must be >= 1, got {size}")
-    n = len(split)
-    if n == 0:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    _, user = np.unique(np.asarray(split.users, dtype=object).astype(str), return_inverse=True)
-    last = split.history[:, -1].numpy()
-    target = split.target.numpy()
-    cont = np.zeros(n, dtype=bool)
-    cont[1:] = (user[1:] == user[:-1]) & (last[1:] == target[:-1])
-    run = np.cumsum(~cont) - 1  # (n,) run index of each window
-    run_end = np.r_[np.flatnonzero(np.diff(run)), n - 1]  # (n_runs,) last window of each run
-    chunk = (run_end[run] - np.arange(n)) // size  # (n,) chunk index within the run, counted from its end
-    new = np.r_[True, (run[1:] != run[:-1]) | (chunk[1:] != chunk[:-1])]
-    starts = np.flatnonzero(new)
-    lengths = np.diff(np.r_[starts, n])
-    return torch.from_numpy(starts).long(), torch.from_numpy(lengths).long()
 
 
 def chunk_items(history: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -14,13 +14,7 @@ import torch
 from amfrec.config.model import TrainConfig
 from amfrec.data.dataset import Split
 from amfrec.errors import AmfrecError
-from amfrec.model.positions import chunk_windows
-
-
-def generator(*keys: int) -> torch.Generator:
-    """A CPU torch.Generator seeded from a tuple of ints (e.g. (seed, epoch, batch)): reproducible streams."""
-    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+from amfrec.seeds import generator
 
 
 def draw_candidates(
@@ -50,11 +44,30 @@ def draw_candidates(
     return cands.gather(1, order)
 
 
-def fixed_subset(n: int, k: int | None, seed: int) -> torch.Tensor:
-    """Sorted indices of a random k-subset of range(n) (all of them when k is None or >= n)."""
-    if k is None or k >= n:
-        return torch.arange(n)
-    return torch.randperm(n, generator=generator(seed, n, k))[:k].sort().values
+def chunk_windows(split: Split, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group a split's consecutive windows of one user into chunks of at most ``size`` windows.
+
+    Window i + 1 continues window i when both belong to the same user and i + 1's history ends with i's
+    target. Each run of continuing windows is cut into chunks from its end. Returns starts (n_chunks,) and
+    lengths (n_chunks,) long, in the split's window order.
+    """
+    if size < 1:
+        raise ValueError(f"chunk size must be >= 1, got {size}")
+    n = len(split)
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    _, user = np.unique(np.asarray(split.users, dtype=object).astype(str), return_inverse=True)
+    last = split.history[:, -1].numpy()
+    target = split.target.numpy()
+    cont = np.zeros(n, dtype=bool)
+    cont[1:] = (user[1:] == user[:-1]) & (last[1:] == target[:-1])
+    run = np.cumsum(~cont) - 1  # (n,) run index of each window
+    run_end = np.r_[np.flatnonzero(np.diff(run)), n - 1]  # (n_runs,) last window of each run
+    chunk = (run_end[run] - np.arange(n)) // size  # (n,) chunk index within the run, counted from its end
+    new = np.r_[True, (run[1:] != run[:-1]) | (chunk[1:] != chunk[:-1])]
+    starts = np.flatnonzero(new)
+    lengths = np.diff(np.r_[starts, n])
+    return torch.from_numpy(starts).long(), torch.from_numpy(lengths).long()
 
 
 class TrainBatches:
@@ -99,8 +112,9 @@ class TrainBatches:
 
 
 class ChunkBatches:
-    """Micro-batch `i` of chunks (``amfrec.model.positions``): up to ``cfg.batch_size`` prompts, each a run of
-    up to ``size`` consecutive windows of one user, every window a target. Reproducible as `TrainBatches`.
+    """Micro-batch `i` of chunks (``chunk_windows``; ``amfrec.model.positions``): up to ``cfg.batch_size``
+    prompts, each a run of up to ``size`` consecutive windows of one user, every window a target.
+    Reproducible as `TrainBatches`.
 
     Each epoch shuffles the chunks, sorts each pool of 32 batches by chunk length (so that little of a prompt
     batch is padding) and shuffles the batches of the pool.

@@ -40,7 +40,7 @@ from amfrec.training.checkpoint import (
     save_checkpoint,
 )
 from amfrec.training.distributed import Ranks, agree, average_gradients, barrier, from_env, shard
-from amfrec.training.sampling import ChunkBatches, TrainBatches, fixed_subset
+from amfrec.training.sampling import ChunkBatches, TrainBatches
 
 log = logging.getLogger(__name__)
 LOOP_FORMAT = "amfrec-train-state/1"
@@ -100,8 +100,8 @@ def train(
     params = list(model.trainable_parameters())
     _check_trainable(model, params)
     n_trainable, n_total = _param_counts(model, params)
-    train_split = data.train.subset(fixed_subset(len(data.train), tcfg.train_examples, tcfg.seed))
-    valid_split = data.valid.subset(fixed_subset(len(data.valid), tcfg.eval_examples, tcfg.seed + 1))
+    train_split = data.train.sample(tcfg.train_examples, tcfg.seed)
+    valid_split = data.valid.sample(tcfg.eval_examples, tcfg.seed + 1)
     batches = make_batches(model, train_split, data.n_items, tcfg)
     tcfg = steps_for_epochs(tcfg, batches.per_epoch)
     opt = make_optimizer(params, tcfg)
