@@ -102,6 +102,18 @@ def _metrics_line(m: dict) -> str:
     return f"{m.get('model', '?')} [{m.get('split', '?')}, n={m.get('n', '?')}]: " + ", ".join(parts)
 
 
+def cmd_calibrate(a: argparse.Namespace) -> None:
+    from amfrec.runs.amfrec_run import load_run
+    from amfrec.runs.calibrate import calibrate_new_items, write_offset
+
+    model, data, run_cfg = load_run(Path(a.run))
+    offset = calibrate_new_items(model, data, a.examples)
+    if offset is None:
+        return print(f"{a.run}: no item without a trained id (or no new_item_control): nothing changed")
+    write_offset(Path(a.run), model, run_cfg, offset)
+    print(f"{a.run}: model.new_item_offset = {offset:+.4f} (re-run `amfrec evaluate` to see its metrics)")
+
+
 def add_run_parsers(sub) -> None:
     """`amfrec train, evaluate, recommend`."""
     t = sub.add_parser("train", help="train a model and evaluate it on the fixed candidates")
@@ -129,6 +141,13 @@ def add_run_parsers(sub) -> None:
         help="replace one modality's features at test time: noise | zero | shuffle (e.g. image=noise)",
     )
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser(
+        "calibrate", help="AMFRec: choose the score offset of items without a trained id on validation"
+    )
+    c.add_argument("--run", type=Path, required=True)
+    c.add_argument("--examples", type=int, default=2000, help="first N validation users (default 2000)")
+    c.set_defaults(func=cmd_calibrate)
 
     r = sub.add_parser(
         "recommend", help="top items for a history, or for every user into a file, from any run"

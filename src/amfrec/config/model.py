@@ -9,6 +9,7 @@ and the bad value. `AMFRecConfig.from_yaml(path, overrides)` adds the file to th
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,6 +173,9 @@ class ModelConfig:
     # (sasrec_content's cold rows), 0 = the user's mean logit (no evidence: the content term alone ranks it).
     # 1: chosen on validation against 0 (RESULTS, "The recipe").
     new_item_collab: float = 1.0
+    # Added to the score of every item without a trained id (with new_item_control): new items calibrated
+    # against warm ones for full ranking, chosen on validation after training (train.calibrate_examples).
+    new_item_offset: float = 0.0
     # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).
     soft_tokens: bool = True
     # item_token: which item boundaries are queries (training targets): "all" (a prompt teaches every item's
@@ -292,6 +296,7 @@ class ModelConfig:
         self.new_item_collab = _number(self.new_item_collab, "model.new_item_collab")
         if self.new_item_collab > 1:
             raise ValueError(f"model.new_item_collab: must be in [0, 1], got {self.new_item_collab!r}")
+        self.new_item_offset = _number(self.new_item_offset, "model.new_item_offset", low=-math.inf)
         self.content_loss = _number(self.content_loss, "model.content_loss")
         self.item_text = coerce_enum(ItemText, self.item_text, "model.item_text")
         if self.item_tokens is not None:

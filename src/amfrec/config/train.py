@@ -53,6 +53,9 @@ class TrainConfig:
     # After training (item_token with collab_score): the content term's weight against the collaborative
     # term, chosen among BLEND_GRID on the first blend_examples validation users (stacking); null = keep 1.
     blend_examples: int | None = None
+    # After training (new_item_control): model.new_item_offset chosen on the full-ranking ndcg@10 of the first
+    # calibrate_examples validation users (`runs/calibrate.py`); null = keep model.new_item_offset.
+    calibrate_examples: int | None = None
 
     def __post_init__(self) -> None:
         self.lr = _number(self.lr, "train.lr", strict=True)
@@ -92,3 +95,5 @@ class TrainConfig:
         self.loss_items = coerce_enum(LossItems, self.loss_items, "train.loss_items")
         if self.blend_examples is not None:
             _positive_int(self.blend_examples, "train.blend_examples")
+        if self.calibrate_examples is not None:
+            _positive_int(self.calibrate_examples, "train.calibrate_examples")

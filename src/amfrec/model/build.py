@@ -57,6 +57,7 @@ def build_amfrec(
         llm_residual=cfg.llm_residual,
         new_item_control=cfg.new_item_control,
         new_item_collab=cfg.new_item_collab,
+        new_item_offset=cfg.new_item_offset,
         loss_items=loss_items,
         train_items=train_items,
         positions=cfg.positions,

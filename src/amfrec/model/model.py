@@ -70,6 +70,7 @@ class AMFRecModel(nn.Module, Recommender):
         llm_residual: bool = False,
         new_item_control: bool = False,
         new_item_collab: float = 1.0,
+        new_item_offset: float = 0.0,
         loss_items: str = "catalogue",
         train_items: torch.Tensor | None = None,
         score_reduction: str = "sum",
@@ -109,6 +110,7 @@ class AMFRecModel(nn.Module, Recommender):
         if not 0.0 <= new_item_collab <= 1.0:
             raise ValueError(f"new_item_collab must be in [0, 1], got {new_item_collab}")
         self.new_item_collab = new_item_collab  # fresh items' collab logit: content row (1) .. mean logit (0)
+        self.new_item_offset = float(new_item_offset)  # added to fresh items' scores (``runs/calibrate.py``)
         self.adapter = Adapter(
             item_encoder, user_map, score_scale, collab_score, query_dim, residual, new_dim
         )
@@ -295,13 +297,14 @@ class AMFRecModel(nn.Module, Recommender):
         collaborative net trained on; the others get the user's mean logit, see ``CollaborativeNet``). Terms:
         content s * cos(W q + b, out[c]), collab w * collab(rep, c) (None without the collaborative score),
         each (B, C) or (B, n_items); W q + b only with the query map (``query_head``), else q itself. With
-        ``new_item_control`` the items in fresh ((n_items + 1,) bool) get s' * cos(W' q_new + b', out[c]).
+        ``new_item_control`` the items in fresh ((n_items + 1,) bool) get s' * cos(W' q_new + b', out[c]) + o.
         """
         if self.adapter.query is not None:
             q = self.adapter.query(q)  # (B, d)
         content = self.adapter.log_scale.exp() * cosine_scores(q, out, items)  # (B, n_items) or (B, C)
         if q_new is not None and fresh is not None:
             new = self.adapter.new_log_scale.exp() * cosine_scores(self.adapter.new_query(q_new), out, items)
+            new = new + self.new_item_offset  # o: the new items' calibration against the warm ones
             content = torch.where(fresh[1:] if items is None else fresh[items], new, content)
         collab = None
         if self.adapter.collab_weight is not None:

@@ -28,6 +28,7 @@ from amfrec.model.build import build_amfrec, prompt_texts
 from amfrec.model.collab import collab_run_from_features, load_collaborative
 from amfrec.model.model import AMFRecModel
 from amfrec.runs.baseline_run import train_baseline
+from amfrec.runs.calibrate import calibrate_new_items
 from amfrec.runs.ranks import ranks_record, write_ranks
 from amfrec.runs.rundir import (
     load_run_config,
@@ -171,9 +172,7 @@ def train_amfrec(
         info = train(model, data, cfg, out, evaluate_fn=lambda m, s: _score(m, s, "validate"), resume=resume)
         weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
         model.adapter.load_state_dict(weights)
-        if cfg.train.blend_examples and model.adapter.collab_weight is not None:
-            info["content_weight"] = blend_on_valid(model, data.valid.head(cfg.train.blend_examples))
-            save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
+        info.update(_fit_on_valid(model, data, cfg, out))
         valid_part, test_part = data.valid.head(limit), data.test.head(limit)
         valid, test = _score(model, valid_part, "valid", data), _score(model, test_part, "test", data)
         wall = time.perf_counter() - t0
@@ -207,6 +206,21 @@ def train_amfrec(
             name, seed, test["hr@1"], test["ndcg@10"], wall, info["wall_time_s"],
         )  # fmt: skip
     return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
+
+
+def _fit_on_valid(model: AMFRecModel, data: PreparedData, cfg: AMFRecConfig, out: Path) -> dict:
+    """After training, on validation users only: the content term's weight (train.blend_examples) and the
+    new items' offset (train.calibrate_examples), saved into the best checkpoint; returns what it chose."""
+    chosen = {}
+    if cfg.train.blend_examples and model.adapter.collab_weight is not None:
+        chosen["content_weight"] = blend_on_valid(model, data.valid.head(cfg.train.blend_examples))
+        save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
+    if cfg.train.calibrate_examples:
+        offset = calibrate_new_items(model, data, cfg.train.calibrate_examples)
+        if offset is not None:
+            chosen["new_item_offset"] = cfg.model.new_item_offset = offset
+            save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
+    return chosen
 
 
 def write_gate_weights(model: AMFRecModel, path: Path, trained: torch.Tensor | None = None) -> None:
