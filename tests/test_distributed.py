@@ -1,5 +1,6 @@
 """torchrun with 2 CPU processes (gloo) on a tiny real AMFRec: after a few steps the trainable weights equal
-those of one process with the same global batch and seed (to 1e-5), and only rank 0 wrote files."""
+those of one process with the same global batch and seed (to 1e-5), and only rank 0 wrote files; with every
+position a target too, where the ranks' prompts hold different numbers of targets."""
 
 from __future__ import annotations
 
@@ -17,24 +18,24 @@ from safetensors.torch import load_file
 SETTINGS = {**SMALL, "train.max_steps": 6, "train.batch_size": 4, "train.eval_every": 3, "train.patience": 0}
 
 
-def command(prepared: Path, features: Path, config: Path, out: Path) -> list[str]:
+def command(prepared: Path, features: Path, config: Path, out: Path, positions: str = "all") -> list[str]:
     argv = ["-m", "amfrec", "train", "--model", "amfrec", "--data", str(prepared), "--features",
             str(features), "--config", str(config), "--seed", "5", "--out", str(out),
             "--limit", "4"]  # fmt: skip
-    for key, value in SETTINGS.items():
+    for key, value in {**SETTINGS, "model.positions": positions}.items():
         argv += ["--set", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"]
     return argv
 
 
-def test_two_processes_equal_one(tiny_prepared: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("positions", ["all", "last"])  # all: the ranks' chunks hold unequal target counts
+def test_two_processes_equal_one(tiny_prepared: Path, tmp_path: Path, positions: str) -> None:
     features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path, dtype="float32")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, *command(tiny_prepared, features, config, one)], check=True, env=env,
-                   timeout=600)  # fmt: skip
+    argv_one, argv_two = (command(tiny_prepared, features, config, d, positions) for d in (one, two))
+    subprocess.run([sys.executable, *argv_one], check=True, env=env, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    done = subprocess.run([*torchrun, *command(tiny_prepared, features, config, two)], env=env, timeout=600,
-                          capture_output=True, text=True)  # fmt: skip
+    done = subprocess.run([*torchrun, *argv_two], env=env, timeout=600, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run directory:") == 1  # only rank 0 reports
     for name in ("checkpoint", "last"):

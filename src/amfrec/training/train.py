@@ -235,7 +235,10 @@ def _train_step(
         output = model(history.to(device), cands.to(device), target.to(device), *lengths)
         if not torch.isfinite(output.loss):
             raise FloatingPointError(f"training loss is {output.loss.item()} at step {step}")
-        (output.loss / tcfg.grad_accum).backward()
+        # chunks give the ranks unequal numbers of targets: weight each rank's mean by its share, so that the
+        # ranks' averaged gradient is the whole micro-batch's mean (1 with one process or equal shares)
+        share = (ranks or SINGLE).world * target.shape[0] / batch[2].shape[0]
+        (output.loss * share / tcfg.grad_accum).backward()
         loss_sum += output.loss.item()
         counts["examples"] += target.shape[0]
         counts["tokens"] += int(getattr(output, "n_tokens", 0) or 0)
