@@ -60,7 +60,13 @@ def test_the_offset_lifts_new_items_that_score_too_low() -> None:
     seen[torch.arange(n_users), target] = False
     best, found = choose_offset(scores, target, seen, fresh)
     assert best == pytest.approx(slow_choice(scores, target, seen, fresh), rel=1e-6)
-    assert best > 0 and found[best] > found[0.0]
+    assert best > 0 and found[best][0] > found[0.0][0]
+    ranks_zero = [  # the new targets' recall@10 with no offset, one user at a time
+        1 + sum(scores[u, j] >= scores[u, t - 1] for j in range(n_items) if j != t - 1 and not seen[u, j + 1])
+        for u, t in enumerate(target.tolist())
+        if fresh[t - 1]
+    ]
+    assert found[0.0][1] == pytest.approx(sum(r <= 10 for r in ranks_zero) / len(ranks_zero))
     assert (
         choose_offset(scores, target, seen, torch.zeros(n_items, dtype=torch.bool))[0] == 0.0
     )  # no new item
