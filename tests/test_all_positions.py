@@ -175,7 +175,7 @@ def tiny_inputs(tiny_prepared, tmp_path_factory: pytest.TempPathFactory):
 
 def test_a_run_trains_on_chunks_and_its_saved_model_scores_as_trained(tiny_prepared, tiny_inputs) -> None:
     features, config, root = tiny_inputs
-    overrides = {**SMALL, "model.positions": "all", "train.max_epochs": 0.5}  # max_epochs fixes the steps
+    overrides = {**SMALL, "model.positions": "all", "train.max_steps": None, "train.max_epochs": 0.5}
     result = train_amfrec(tiny_prepared, features, config, 1, root / "run", overrides, limit=4)
     chunks = len(chunk_windows(PreparedData.load(tiny_prepared).train, 10)[0])
     assert result["info"]["steps"] == math.ceil(0.5 * math.ceil(chunks / SMALL["train.batch_size"]))

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from amfrec.config.model import (
+    ITEM_TOKEN_ALL_TEMPLATE,
     ITEM_TOKEN_USER_TEMPLATE,
     AMFRecConfig,
     AnswerHead,
@@ -17,6 +18,7 @@ from amfrec.config.model import (
     ItemText,
     LossItems,
     ModelConfig,
+    Positions,
     ProjectorConfig,
     TrainConfig,
     UserToken,
@@ -38,7 +40,12 @@ def test_defaults_and_enums():
         cfg.model.user_token is UserToken.SASREC_CONTENT and cfg.model.collab_score and not cfg.model.no_llm
     )
     assert cfg.model.new_item_control is True and cfg.model.query_head is True
-    assert cfg.model.template == ITEM_TOKEN_USER_TEMPLATE  # None resolves to the head's default
+    assert cfg.model.positions is Positions.ALL  # None resolves to the head's layout: every item a target
+    assert cfg.model.template == ITEM_TOKEN_ALL_TEMPLATE  # None resolves to the layout's default
+    last = ModelConfig(positions="last")
+    assert (
+        last.template == ITEM_TOKEN_USER_TEMPLATE and ModelConfig(answer="title").positions is Positions.LAST
+    )
     assert not cfg.model.gate.use_user_context
     assert cfg.train.loss_items is LossItems.CATALOGUE
     assert cfg.model.used_modalities == ["id", "text", "image"]
@@ -163,7 +170,8 @@ def test_shipped_configs_load(name):
     assert cfg.model.fusion is FusionMode.GATED
     assert "{history}" in cfg.model.template
     assert ("{candidates}" in cfg.model.template) == cfg.model.prompt_candidates
-    assert ("{user}" in cfg.model.template) == (cfg.model.user_token is not None)
+    last = cfg.model.positions is Positions.LAST  # with "all" a user token follows each item instead
+    assert ("{user}" in cfg.model.template) == (cfg.model.user_token is not None and last)
 
 
 def _leaves(d: dict, prefix: str = "") -> dict:
@@ -187,8 +195,9 @@ def test_packaged_amfrec_yaml_is_the_defaults():
     recipe = {"lm_layers": 10, "query_head": True, "collab_score": True, "item_text": ItemText.FULL,
               "item_tokens": 16, "modality_dropout": {"id": 0.5, "text": 0.3}}  # fmt: skip
     assert {k: getattr(model, k) for k in recipe} == recipe
-    train = {"lr": 0.003, "warmup_steps": 10, "max_steps": 200, "batch_size": 16, "eval_every": 50,
-             "eval_examples": 200, "patience": 3}  # fmt: skip
+    assert model.positions is Positions.ALL
+    train = {"lr": 0.003, "warmup_steps": 10, "max_steps": None, "max_epochs": 3.0, "batch_size": 32,
+             "eval_every": 90, "eval_examples": 2000, "patience": 3}  # fmt: skip
     assert {k: getattr(AMFRecConfig().train, k) for k in train} == train
 
 
@@ -199,7 +208,7 @@ def test_quickstart_yaml_only_shrinks_the_training_budget():
                                  "train_examples"}  # fmt: skip
     quick, recipe = AMFRecConfig.from_yaml(CONFIGS / "quickstart.yaml"), AMFRecConfig()
     assert quick.model == recipe.model
-    assert quick.train.max_steps < recipe.train.max_steps
+    assert quick.train.max_steps == 32 and recipe.train.max_steps is None  # 32 steps against 3 passes
 
 
 def test_head_dependent_defaults_resolve_with_the_head():

@@ -351,7 +351,7 @@ def test_build_amfrec_from_the_default_head_config(backbone: Backbone) -> None:
     assert cfg.user_token is not None and cfg.collab_score  # the defaults
     model = build_amfrec(cfg, features(), TITLES, backbone=backbone, collab=make_collab())
     assert model.adapter.user is not None and model.adapter.collab_weight is not None
-    assert model.prompt.template.text == cfg.template and model.prompt.template.has_user
+    assert model.prompt.template.text == cfg.template and model.prompt.has_user  # a user token per item
     assert float(model.adapter.log_scale.detach().exp()) == pytest.approx(cfg.score_scale)
     scores = model.score(HISTORY, CANDIDATES)
     assert scores.shape == CANDIDATES.shape and torch.isfinite(scores).all()

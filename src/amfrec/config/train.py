@@ -10,7 +10,9 @@ from amfrec.config.options import LossItems, _number, _positive_int, coerce_enum
 
 @dataclass
 class TrainConfig:
-    # The recipe's schedule: 200 steps of 16 windows (configs/quickstart.yaml shrinks it for a 2-core demo).
+    # The recipe's schedule (model.positions "all"): 3 passes over every training target, 32 prompts a step,
+    # validated on 2,000 users every 90 steps, early stopping (configs/quickstart.yaml shrinks it for a 2-core
+    # demo). On amazon-scientific it stopped at 2.6-3 passes (RESULTS "Every position a target").
     # 3e-3: validation ndcg@10 0.7523 vs 0.7500 at lr 1e-3, changed together with model.query_head (ml-100k,
     # seed 1; mean over seeds 1-3 0.7478 vs 0.7441; RESULTS "Item-token head, SASRec user token,
     # collaborative score"). Only these two rates, on that design's SASRec user token; not re-validated.
@@ -20,21 +22,21 @@ class TrainConfig:
     # linear warm-up, then cosine decay to min_lr_ratio * lr at max_steps. 10: nothing found in RESULTS that
     # compares warm-up lengths; not a measured choice.
     warmup_steps: int = 10
-    # optimiser steps (each = grad_accum micro-batches of batch_size). 200: a CPU budget, not a quality
-    # choice. Validation ndcg@10 (200-user subset) is flat from step 50 (ml-100k, seed 1: 0.7647 at 50,
-    # 0.7580 at 200; RESULTS "Item-token head, SASRec user token, collaborative score"), and 2,000 steps on
-    # an H200 stayed flat too (0.754 first, 0.756 last; RESULTS "Why the frozen LM does not earn its cost").
-    max_steps: int = 200
-    # Passes over the training targets (fractions allowed); when set, it fixes max_steps. None = max_steps.
-    max_epochs: float | None = None
+    # Optimiser steps (each = grad_accum micro-batches of batch_size); when set, it ends training and
+    # max_epochs is not read (the window recipe, positions "last": 200, a CPU budget). null = max_epochs.
+    max_steps: int | None = None
+    # Passes over every training target (fractions allowed), read when max_steps is null. 3: the LM saw
+    # each target 2.6-3 times before validation stopped it on amazon-scientific (RESULTS "Every position a
+    # target").
+    max_epochs: float | None = 3.0
     min_lr_ratio: float = 0.1
-    batch_size: int = 16  # a CPU budget, not a quality choice; RESULTS compares no batch sizes
+    batch_size: int = 32  # prompts (positions "all") or windows ("last"): a CPU budget, not a quality choice
     grad_accum: int = 1
     clip: float = 1.0  # max global grad norm (0 disables)
-    eval_every: int = 50  # optimiser steps between validations
-    # fixed random validation subset (None = the whole split). 200: a CPU budget (the cost of each
-    # validation), not a quality choice; nothing in RESULTS compares subset sizes.
-    eval_examples: int | None = 200
+    eval_every: int = 90  # optimiser steps between validations (amazon-scientific: a third of an epoch)
+    # fixed random validation subset (None = the whole split). 2000: enough users to see a 0.01 difference in
+    # ndcg@10 (its standard error on 200 users was about 0.02), at about a minute per validation on 2 cores.
+    eval_examples: int | None = 2000
     select_metric: str = "ndcg@10"  # the validation metric that picks the best checkpoint
     # validations without improvement before stopping (0 = never stop early). 3: nothing found in RESULTS
     # that compares patience values; not a measured choice.
@@ -54,8 +56,10 @@ class TrainConfig:
     # term, chosen among BLEND_GRID on the first blend_examples validation users (stacking); null = keep 1.
     blend_examples: int | None = None
     # After training (new_item_control): model.new_item_offset chosen on the full-ranking ndcg@10 of the first
-    # calibrate_examples validation users (`runs/calibrate.py`); null = keep model.new_item_offset.
-    calibrate_examples: int | None = None
+    # calibrate_examples validation users (`runs/calibrate.py`); null = keep model.new_item_offset. 2000: on
+    # amazon-scientific's new-item protocol (seed 1, the no-LM control) it chose +0.36 (validation 0.0761 vs
+    # 0.0760 at 0); RESULTS "New items in full ranking". Nothing runs when every item has a trained id.
+    calibrate_examples: int | None = 2000
 
     def __post_init__(self) -> None:
         self.lr = _number(self.lr, "train.lr", strict=True)
@@ -67,7 +71,10 @@ class TrainConfig:
             raise ValueError(f"train.betas: each must be in [0, 1), got {self.betas!r}")
         self.betas = (b1, b2)
         _positive_int(self.warmup_steps, "train.warmup_steps", minimum=0)
-        _positive_int(self.max_steps, "train.max_steps", minimum=0)  # 0 = no training (zero-shot)
+        if self.max_steps is not None:
+            _positive_int(self.max_steps, "train.max_steps", minimum=0)  # 0 = no training (zero-shot)
+        elif self.max_epochs is None:
+            raise ValueError("train.max_steps, train.max_epochs: one of them must be set (both are null)")
         if self.max_epochs is not None:
             self.max_epochs = _number(self.max_epochs, "train.max_epochs", strict=True)
         if self.max_steps and self.warmup_steps >= self.max_steps:

@@ -25,14 +25,11 @@ TABLE_KEYS = ("hr@1", "hr@5", "hr@10", "ndcg@10", "mrr")
 # settings and the modality dropout resolve to off with that head) and read every LM layer (the title is the
 # LM's own vocabulary); `title` trains 48 steps of 8 windows to fit a CPU budget.
 _TITLE = {"model.answer": "title", "model.lm_layers": None}
-# Every item boundary of a prompt a target (model.positions: all), as measured in RESULTS "Every position a
-# target": 32 prompts a step, 3 passes over the training targets, validation on 2,000 users 3 times an epoch
-# on amazon-scientific (90 steps; early stopping after 3 without progress).
-_ALL = {"model.positions": "all", "train.batch_size": 32, "train.max_epochs": 3, "train.eval_every": 90,
-        "train.eval_examples": 2000}  # fmt: skip
+# The window recipe that every position a target replaced: one prompt per training window, 200 steps of 16.
+_LAST = {"model.positions": "last", "train.batch_size": 16, "train.max_steps": 200, "train.eval_every": 50,
+         "train.eval_examples": 200}  # fmt: skip
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "all": ("every item boundary of a prompt a training target (the recipe's candidate successor)", _ALL),
-    "all_no_llm": ("the control, trained with every position a target", {**_ALL, "model.no_llm": True}),
+    "last": ("one prompt per training window, its last position the target (the recipe before)", _LAST),
     "no_llm": (
         "the control: the LM replaced by the mean of the prompt's soft tokens",
         {"model.no_llm": True},

@@ -159,8 +159,8 @@ def train(
 
 def steps_for_epochs(tcfg: TrainConfig, per_epoch: int) -> TrainConfig:
     """``tcfg`` with max_steps (and, when it would not fit, warmup_steps) from ``max_epochs`` passes over the
-    training targets of ``per_epoch`` micro-batches each; ``tcfg`` itself without max_epochs."""
-    if tcfg.max_epochs is None:
+    training targets of ``per_epoch`` micro-batches each; ``tcfg`` itself when max_steps is set."""
+    if tcfg.max_steps is not None:
         return tcfg
     steps = max(math.ceil(tcfg.max_epochs * per_epoch / tcfg.grad_accum), 1)
     return dataclasses.replace(tcfg, max_steps=steps, warmup_steps=min(tcfg.warmup_steps, steps - 1))
