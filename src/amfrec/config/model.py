@@ -180,8 +180,8 @@ class ModelConfig:
     soft_tokens: bool = True
     # Which item boundaries are queries (training targets): "all" (a prompt teaches every item's successor,
     # 6.5-10.1x the targets/s) or "last" (one window per prompt). None = "all" with the item_token head and
-    # no listed candidates, else "last". "all": validation ndcg@10 +0.0092 [+0.0042, +0.0143] over "last" on
-    # 2,000 amazon-scientific users (seed 1; RESULTS "Every position a target"); ml-100k: RESULTS, ibid.
+    # no listed candidates, else "last". "all" - "last", validation ndcg@10 (seed 1; RESULTS "Every position a
+    # target"): +0.0092 [+0.0042, +0.0143] on amazon-scientific, -0.0034 [-0.0105, +0.0039] on ml-100k.
     positions: Positions | None = None
     # Prompt: a template with the slots {history} (required), {candidates} (iff candidates are listed),
     # {user} (iff user_token, positions last), {n_candidates}, {noun}, {noun_plural}; null = the default.
