@@ -98,16 +98,23 @@ def ensure_collab_run(
     cfg.model.collab_run = str(run.resolve())
 
 
+def item_prompt_lengths(model: AMFRecModel) -> torch.Tensor:
+    """(n_items + 1,) long: each item's estimated share of a prompt's length (the characters of the text it
+    is shown with, 4 per soft token; 0 for padding)."""
+    per_item = (
+        torch.tensor([len(t) for t in model.titles], dtype=torch.long) + 4 * model.prompt.tokens_per_item
+    )
+    per_item[0] = 0
+    return per_item
+
+
 def prompt_order(model: AMFRecModel, split: Split) -> torch.Tensor:
-    """(N,) the rows of `split` by their prompt's estimated length (the characters of the item texts shown,
-    4 per soft token), stable: batches of neighbours pad little."""
-    chars = torch.tensor([len(t) for t in model.titles], dtype=torch.long)  # (n_items + 1,), 0 = padding
+    """(N,) the rows of `split` by their prompt's estimated length (``item_prompt_lengths``), stable: batches
+    of neighbours pad little."""
     shown = split.history
     if model.prompt.template.has_candidates and split.candidates is not None:
         shown = torch.cat([shown, split.candidates], 1)  # (N, L + C)
-    per_item = chars + 4 * model.prompt.tokens_per_item  # (n_items + 1,)
-    per_item[0] = 0
-    return torch.sort(per_item[shown].sum(1), stable=True).indices  # (N,)
+    return torch.sort(item_prompt_lengths(model)[shown].sum(1), stable=True).indices  # (N,)
 
 
 def _score(model: AMFRecModel, split: Split, desc: str, data: PreparedData | None = None) -> dict:

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from amfrec.data.dataset import SEQUENCES_FILE
 from amfrec.errors import AmfrecError
 from amfrec.io import atomic_path
+from amfrec.runs.amfrec_run import item_prompt_lengths
 from amfrec.runs.ranker import Ranker
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,11 @@ def recommend_batch(
     """Rows {"user", "items", "scores"} in `users`' order, ranked `batch_size` users per model call; the
     users are batched by their prompt's length (as the evaluation sorts them), so a batch pads little."""
     queries = [ranker.query(histories[u], k=top) for u in users]
-    order = sorted(range(len(users)), key=lambda k: _prompt_length(ranker, queries[k]))
+    if ranker.is_amfrec:  # as the evaluation sorts its prompts
+        per_item = item_prompt_lengths(ranker.model).tolist()
+        order = sorted(range(len(users)), key=lambda k: sum(per_item[i] for i in queries[k].history))
+    else:
+        order = list(range(len(users)))
     rows: list[dict] = [{}] * len(users)
     bar = tqdm(total=len(users), desc="recommend", unit="user", dynamic_ncols=True)
     for start in range(0, len(users), batch_size):
@@ -76,12 +81,6 @@ def recommend_batch(
         bar.update(len(chunk))
     bar.close()
     return rows
-
-
-def _prompt_length(ranker: Ranker, query) -> int:
-    """An AMFRec query's prompt length estimate (the characters of its items' prompt texts); else 0."""
-    titles = getattr(ranker.model, "titles", None)
-    return sum(len(titles[i]) for i in query.history) if ranker.is_amfrec and titles else 0
 
 
 def write_recommendations(run: Path, users_spec: str, top: int, out: Path, batch_size: int = 32) -> int:
