@@ -70,10 +70,10 @@ def test_every_command_parses_its_arguments() -> None:
         parser.parse_args(["experiment", "--data", "D", "--out", "E", "--seeds", "1,x"])
 
 
-@pytest.mark.parametrize("flag", ["--limit", "--top"])
+@pytest.mark.parametrize("flag", ["--limit", "--top", "--examples"])
 def test_zero_counts_are_one_line_errors(tmp_path: Path, capsys, flag: str) -> None:
     argv = {"--limit": ["evaluate", "--run", str(tmp_path)], "--top": ["recommend", "--run", str(tmp_path),
-            "--history", "1"]}[flag]  # fmt: skip
+            "--history", "1"], "--examples": ["calibrate", "--run", str(tmp_path)]}[flag]  # fmt: skip
     err = one_line_error(capsys, [*argv, flag, "0"])
     assert f"{flag} must be >= 1, got 0" in err
 

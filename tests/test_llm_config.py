@@ -84,6 +84,7 @@ def test_defaults_and_enums():
         (lambda: GateConfig(temperature=0), "model.gate.temperature: must be a finite number > 0, got 0"),
         (lambda: TrainConfig(lr=-1e-3), "train.lr: must be a finite number > 0, got -0.001"),
         (lambda: TrainConfig(lr=float("nan")), "train.lr: must be a finite number > 0"),
+        (lambda: ModelConfig(new_item_offset="x"), "model.new_item_offset: must be a finite number, got 'x'"),
         (lambda: TrainConfig(batch_size=2.5), "train.batch_size: must be an integer >= 1, got 2.5"),
         (
             lambda: TrainConfig(warmup_steps=10, max_steps=10),

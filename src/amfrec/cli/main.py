@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_counts(args: argparse.Namespace) -> None:
     """Counts given on the command line must be positive (a zero --limit would evaluate nothing)."""
-    for name in ("limit", "top", "steps", "batch_size", "seq_len", "negatives", "max_len", "max_batch"):
+    counts = ("limit", "top", "steps", "batch_size", "seq_len", "negatives", "max_len", "max_batch")
+    for name in (*counts, "examples"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise AmfrecError(f"--{name.replace('_', '-')} must be >= 1, got {value}")

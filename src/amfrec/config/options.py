@@ -149,8 +149,8 @@ def _number(value: Any, name: str, *, low: float = 0.0, strict: bool = False) ->
             value = float(value)
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < low or (strict and value == low):
-        op = ">" if strict else ">="
-        raise ValueError(f"{name}: must be a finite number {op} {low:g}, got {value!r}")
+        bound = "" if low == -math.inf else f" {'>' if strict else '>='} {low:g}"
+        raise ValueError(f"{name}: must be a finite number{bound}, got {value!r}")
     return float(value)
 
 
