@@ -1,5 +1,6 @@
-"""New items calibrated against warm ones: one offset on the scores of the items without a trained id, chosen
-on validation full ranking (`amfrec.runs.calibrate`), checked against a slow reference and a trained run."""
+"""The two inference terms chosen on validation full ranking (`amfrec.runs.calibrate`): the content
+similarity (content_knn's cosine, weighted) and one offset on the scores of the items without a trained id;
+checked against slow references and a trained run."""
 
 from __future__ import annotations
 
@@ -14,8 +15,15 @@ from llm_fixtures import SMALL, make_tiny_amfrec_inputs
 
 from amfrec.cli.main import main
 from amfrec.data.prepare import prepare
+from amfrec.features.store import load_features
 from amfrec.runs.amfrec_run import load_run, train_amfrec
-from amfrec.runs.calibrate import OFFSET_GRID, catalogue_scores, choose_offset
+from amfrec.runs.calibrate import (
+    OFFSET_GRID,
+    SIMILARITY_GRID,
+    catalogue_scores,
+    choose_offset,
+    choose_similarity,
+)
 from amfrec.runs.ranker import Ranker
 from amfrec.training.checkpoint import load_checkpoint
 
@@ -42,6 +50,50 @@ def slow_choice(scores: torch.Tensor, target: torch.Tensor, seen: torch.Tensor, 
         found[k * spread] = slow_ndcg10(shifted, target.tolist(), seen_sets)
     best = max(found.values())
     return min((off for off, v in found.items() if v == best), key=abs)
+
+
+def slow_similarity_choice(scores: torch.Tensor, cosines: torch.Tensor, target, seen) -> float:
+    unit = float(scores.std()) / float(cosines.std())
+    seen_sets = [set(torch.nonzero(r).flatten().tolist()) - {0} for r in seen]
+    found = {k * unit: slow_ndcg10((scores + k * unit * cosines).tolist(), target.tolist(), seen_sets)
+             for k in SIMILARITY_GRID}  # fmt: skip
+    best = max(found.values())
+    return min(w for w, v in found.items() if v == best)
+
+
+def slow_knn_cosines(features: Path, n_items: int, history: torch.Tensor, decay: float = 0.8) -> torch.Tensor:
+    """content_knn's cosine, one user and one item at a time: (B, n_items) for items 1..n_items."""
+    mods = load_features(features, n_items, ["text", "image"])
+
+    def content(i: int) -> torch.Tensor:  # text and image rows, each unit length, joined, unit length
+        parts = [m.values[i].double() / m.values[i].double().norm() for m in mods.values()]
+        return torch.cat(parts) / torch.cat(parts).norm()
+
+    out = torch.zeros(len(history), n_items, dtype=torch.float64)
+    for b, row in enumerate(history.tolist()):
+        items = [i for i in row if i]
+        user = sum(decay ** (len(items) - 1 - k) * content(i) for k, i in enumerate(items))
+        user = user / user.norm()
+        for j in range(1, n_items + 1):
+            out[b, j - 1] = float(user @ content(j))
+    return out
+
+
+def test_the_similarity_weight_finds_a_signal_only_the_cosines_carry() -> None:
+    """The targets score like every other item but have the highest cosine in their row: only a weight > 0
+    ranks them, and the slow reference agrees on which weight."""
+    g = torch.Generator().manual_seed(1)
+    n_users, n_items = 40, 30
+    scores = torch.randn(n_users, n_items, generator=g)
+    cosines = torch.rand(n_users, n_items, generator=g) * 0.5
+    target = torch.randint(1, n_items + 1, (n_users,), generator=g)
+    cosines[torch.arange(n_users), target - 1] = 0.9
+    seen = torch.rand(n_users, n_items + 1, generator=g) < 0.2
+    seen[torch.arange(n_users), target] = False
+    best, found = choose_similarity(scores, cosines, target, seen)
+    assert best == pytest.approx(slow_similarity_choice(scores, cosines, target, seen), rel=1e-6)
+    assert best > 0 and found[best] > found[0.0]
+    assert choose_similarity(scores, torch.zeros_like(cosines), target, seen) == (0.0, {0.0: found[0.0]})
 
 
 def test_the_offset_lifts_new_items_that_score_too_low() -> None:
@@ -84,16 +136,35 @@ def run(tiny_atomic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return root / "run"
 
 
-def test_training_chooses_the_offset_on_validation_and_the_run_keeps_it(run: Path) -> None:
+def test_training_chooses_both_terms_on_validation_and_the_run_keeps_them(run: Path) -> None:
     model, data, run_cfg = load_run(run)
     _, cfg, _ = load_checkpoint(run / "checkpoint")
     assert model.new_item_offset == cfg.model.new_item_offset
+    assert model.content_similarity == cfg.model.content_similarity
     fresh = model.fresh_items()[1:].cpu()
     assert bool(fresh.any()) and not bool(fresh[data.item_train_counts[1:] > 0].any())
-    model.new_item_offset = 0.0  # the scores calibration saw
-    scores, target, seen = catalogue_scores(model, data, None)
-    assert cfg.model.new_item_offset == pytest.approx(slow_choice(scores, target, seen, fresh), rel=1e-5)
-    assert Ranker.load(run).model.new_item_offset == cfg.model.new_item_offset
+    scores, cosines, target, seen = catalogue_scores(model, data, None)  # both terms off while scoring
+    weight = slow_similarity_choice(scores, cosines, target, seen)
+    assert cfg.model.content_similarity == pytest.approx(weight, rel=1e-5)
+    offset = slow_choice(scores + weight * cosines, target, seen, fresh)
+    assert cfg.model.new_item_offset == pytest.approx(offset, rel=1e-5, abs=1e-6)
+    ranker = Ranker.load(run).model
+    assert (ranker.new_item_offset, ranker.content_similarity) == (model.new_item_offset, weight)
+
+
+def test_the_similarity_term_is_content_knns_cosine(run: Path) -> None:
+    model, data, run_cfg = load_run(run)
+    history = data.test.history[:3]
+    catalogue = torch.arange(1, data.n_items + 1).expand(3, -1)
+    model.content_similarity = 0.0
+    before = model.score(history, catalogue).float()
+    model.content_similarity = 0.7
+    after = model.score(history, catalogue).float()
+    slow = slow_knn_cosines(Path(run_cfg["run"]["features"]), data.n_items, history).float()
+    torch.testing.assert_close(after - before, 0.7 * slow, atol=1e-4, rtol=0)
+    _, cosines, _, _ = catalogue_scores(model, data, 2)
+    slow = slow_knn_cosines(Path(run_cfg["run"]["features"]), data.n_items, data.valid.history[:2]).float()
+    torch.testing.assert_close(cosines, slow, atol=1e-5, rtol=0)
 
 
 def test_the_offset_moves_exactly_the_new_items_scores(run: Path) -> None:
@@ -110,26 +181,36 @@ def test_the_offset_moves_exactly_the_new_items_scores(run: Path) -> None:
 
 def test_amfrec_calibrate_rewrites_the_checkpoint_and_config(run: Path, capsys) -> None:
     model, data, _ = load_run(run)
-    model.new_item_offset = 0.0
-    scores, target, seen = catalogue_scores(model, data, 6)
-    want = slow_choice(scores, target, seen, model.fresh_items()[1:].cpu())
+    scores, cosines, target, seen = catalogue_scores(model, data, 6)
+    weight = slow_similarity_choice(scores, cosines, target, seen)
+    offset = slow_choice(scores + weight * cosines, target, seen, model.fresh_items()[1:].cpu())
     assert main(["calibrate", "--run", str(run), "--examples", "6"]) == 0
-    assert "model.new_item_offset" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model.new_item_offset" in out and "model.content_similarity" in out
     _, cfg, _ = load_checkpoint(run / "checkpoint")
-    assert cfg.model.new_item_offset == pytest.approx(want, rel=1e-5)
-    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["new_item_offset"] == pytest.approx(
-        want
-    )
-    assert load_run(run)[0].new_item_offset == pytest.approx(want)
+    saved = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    loaded = load_run(run)[0]
+    for name, want in (("new_item_offset", offset), ("content_similarity", weight)):
+        assert getattr(cfg.model, name) == pytest.approx(want, rel=1e-5, abs=1e-6)
+        assert saved[name] == pytest.approx(want, rel=1e-5, abs=1e-6)
+        assert getattr(loaded, name) == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
-def test_a_run_without_new_items_is_left_alone(tiny_amfrec_run: Path, tmp_path: Path, capsys) -> None:
+def test_a_run_without_new_items_gets_the_similarity_only(
+    tiny_amfrec_run: Path, tmp_path: Path, capsys
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_amfrec_run, run)  # the session's run stays as it is
     model, data, _ = load_run(run)
     if model.fresh_items() is not None and bool(model.fresh_items()[1:].any()):
         pytest.skip("the tiny standard split left an item without training interactions")
-    before = (run / "checkpoint" / "config.yaml").read_bytes()
-    assert main(["calibrate", "--run", str(run)]) == 0
-    assert "nothing changed" in capsys.readouterr().out
-    assert (run / "checkpoint" / "config.yaml").read_bytes() == before
+    offset = load_checkpoint(run / "checkpoint")[1].model.new_item_offset
+    scores, cosines, target, seen = catalogue_scores(model, data, None)
+    assert main(["calibrate", "--run", str(run), "--examples", "1000"]) == 0
+    out = capsys.readouterr().out
+    assert "model.content_similarity" in out and "new_item_offset" not in out
+    _, cfg, _ = load_checkpoint(run / "checkpoint")
+    assert cfg.model.new_item_offset == offset
+    assert cfg.model.content_similarity == pytest.approx(
+        slow_similarity_choice(scores, cosines, target, seen)
+    )

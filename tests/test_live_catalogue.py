@@ -138,10 +138,12 @@ def _fresh_b(worlds: dict, tmp_path: Path) -> Path:
     return run
 
 
-def test_a_live_item_scores_as_if_it_were_in_the_data(worlds: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("similarity", [0.0, 0.5])  # model.content_similarity: the live item's content counts
+def test_a_live_item_scores_as_if_it_were_in_the_data(worlds: dict, tmp_path: Path, similarity: float):
     a = Ranker.load(worlds["a"])
     run_b = _fresh_b(worlds, tmp_path)
     b = Ranker.load(run_b)
+    a.model.content_similarity = b.model.content_similarity = similarity
     assert X not in b.data.index and b.data.n_items == a.data.n_items - 1
     client = TestClient(create_app(b))
     assert _post_x(worlds, client) == {"added": [X], "updated": [], "withdrawn": []}
@@ -161,6 +163,7 @@ def test_a_live_item_scores_as_if_it_were_in_the_data(worlds: dict, tmp_path: Pa
     assert page["items"][0]["modalities"] == {"id": False, "text": True, "image": True}
     # after a restart it is still there, scored the same
     again = Ranker.load(run_b)
+    again.model.content_similarity = similarity
     history = _histories(a)[0]
     assert _scores(again.rank(history, candidates=[X, "1"])) == _scores(b.rank(history, candidates=[X, "1"]))
 

@@ -115,6 +115,18 @@ def content_vectors(features: Mapping[str, Modality]) -> torch.Tensor:
     return F.normalize(torch.cat([unit_rows(m) for m in features.values()], dim=1), dim=1)
 
 
+def history_cosines(table: torch.Tensor, history: torch.Tensor, decay: float) -> torch.Tensor:
+    """table (n_items + 1, D) unit or zero rows (``content_vectors``), history (B, L) left-padded -> (B,
+    n_items + 1) float32: each item's cosine with the history's mean row, the item `s` steps back from the
+    most recent weighted decay ** s; 0 where the history or the item has no content."""
+    table = table.float()
+    real = history != 0  # (B, L)
+    steps = real.flip(1).cumsum(1).flip(1) - real.long()  # (B, L) real items after each position
+    weights = (decay ** steps.double()).float() * real  # (B, L)
+    user = F.normalize(torch.einsum("bl,bld->bd", weights, table[history]), dim=1)  # (B, D)
+    return user @ table.T  # (B, n_items + 1)
+
+
 # ----------------------------------------------------------------------------------------------
 # sasrec_content
 
@@ -296,12 +308,8 @@ class ContentKNN(Recommender):
         """history (B, L) left-padded, candidates (B, C) -> (B, C) cosines in [-1, 1]; 0 where the history
         or the candidate has no content."""
         table = self._require_table().to(history.device)
-        real = history != 0  # (B, L)
-        steps = real.flip(1).cumsum(1).flip(1) - real.long()  # (B, L) real items after each position
-        weights = (self.config.decay ** steps.double()).float() * real  # (B, L)
-        user = F.normalize(torch.einsum("bl,bld->bd", weights, table[history]), dim=1)  # (B, D)
         # (B, n_items + 1) cosines, then the candidates' columns: no (B, C, D) gather when C is the catalogue
-        return (user @ table.T).gather(1, candidates)  # (B, C)
+        return history_cosines(table, history, self.config.decay).gather(1, candidates)  # (B, C)
 
     def save(self, out_dir: str | Path) -> None:
         """Write content_knn.json (config, item count, modality dims); the vectors stay in the features."""

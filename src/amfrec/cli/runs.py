@@ -103,15 +103,19 @@ def _metrics_line(m: dict) -> str:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> None:
+    from amfrec.config.model import AnswerHead
     from amfrec.runs.amfrec_run import load_run
-    from amfrec.runs.calibrate import calibrate_new_items, write_offset
+    from amfrec.runs.calibrate import calibrate, write_calibration
 
     model, data, run_cfg = load_run(Path(a.run))
-    offset = calibrate_new_items(model, data, a.examples)
-    if offset is None:
-        return print(f"{a.run}: no item without a trained id (or no new_item_control): nothing changed")
-    write_offset(Path(a.run), model, run_cfg, offset)
-    print(f"{a.run}: model.new_item_offset = {offset:+.4f} (re-run `amfrec evaluate` to see its metrics)")
+    if model.answer is not AnswerHead.ITEM_TOKEN:
+        raise AmfrecError(
+            f"{a.run}: calibrate needs the item_token head (this run's answer is {model.answer})"
+        )
+    chosen = calibrate(model, data, a.examples)
+    write_calibration(Path(a.run), model, run_cfg, chosen)
+    values = ", ".join(f"model.{k} = {v:+.4f}" for k, v in chosen.items())
+    print(f"{a.run}: {values} (re-run `amfrec evaluate` to see its metrics)")
 
 
 def add_run_parsers(sub) -> None:
@@ -143,7 +147,7 @@ def add_run_parsers(sub) -> None:
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser(
-        "calibrate", help="AMFRec: choose the score offset of items without a trained id on validation"
+        "calibrate", help="AMFRec: choose the content similarity and new items' offset on validation"
     )
     c.add_argument("--run", type=Path, required=True)
     c.add_argument("--examples", type=int, default=2000, help="first N validation users (default 2000)")

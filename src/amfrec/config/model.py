@@ -146,8 +146,7 @@ class ModelConfig:
     # 10: a CPU budget (about a third of the FLOPs per token), never compared on validation.
     lm_layers: int | None = 10
     # item_token: a trainable d x d map (identity at start) on the answer state before the cosine; None = on
-    # with item_token, off with title. Chosen on validation with train.lr, on the older design with a SASRec
-    # user token; not re-validated (RESULTS, "The recipe").
+    # with item_token. Chosen on validation with train.lr, on an older design (RESULTS, "The recipe").
     query_head: bool | None = None
     # Recompute the frozen decoder's activations in backward: less memory, about one more forward.
     gradient_checkpointing: bool = False
@@ -165,17 +164,18 @@ class ModelConfig:
     llm_residual: bool = False
     # item_token with the LM: an item without a trained id (a new item; in training, one whose id was dropped)
     # is scored against the control's query (the mean of the prompt's soft tokens, its own map and scale), not
-    # the LM's state. The LM's state, trained on items it saw, did not carry to new ones. None = on with the
-    # item_token head, off with the title head. Adopted on TEST new-slice numbers; validation did not favour
-    # it (RESULTS, "The recipe"): to be re-chosen on validation.
+    # the LM's state, which, trained on items it saw, did not carry to new ones. None = on with item_token.
+    # Adopted on TEST new-slice numbers; validation did not favour it (RESULTS, "The recipe"): to re-choose.
     new_item_control: bool | None = None
     # The collaborative logit of an item without a trained id: 1 = the collaborative net's content-only row
     # (sasrec_content's cold rows), 0 = the user's mean logit (no evidence: the content term alone ranks it).
     # 1: chosen on validation against 0 (RESULTS, "The recipe").
     new_item_collab: float = 1.0
-    # Added to the score of every item without a trained id (with new_item_control): new items calibrated
-    # against warm ones for full ranking, chosen on validation after training (train.calibrate_examples).
+    # Added at inference, chosen after training on validation (train.calibrate_examples): new_item_offset to
+    # the score of every item without a trained id (new items against warm ones, with new_item_control);
+    # content_similarity w: w x content_knn's cosine to every item's score (model/similarity.py). 0: none.
     new_item_offset: float = 0.0
+    content_similarity: float = 0.0
     # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).
     soft_tokens: bool = True
     # Which item boundaries are queries (training targets): "all" (a prompt teaches every item's successor,
@@ -301,6 +301,7 @@ class ModelConfig:
         if self.new_item_collab > 1:
             raise ValueError(f"model.new_item_collab: must be in [0, 1], got {self.new_item_collab!r}")
         self.new_item_offset = _number(self.new_item_offset, "model.new_item_offset", low=-math.inf)
+        self.content_similarity = _number(self.content_similarity, "model.content_similarity")
         self.content_loss = _number(self.content_loss, "model.content_loss")
         self.item_text = coerce_enum(ItemText, self.item_text, "model.item_text")
         if self.item_tokens is not None:

@@ -55,11 +55,9 @@ class TrainConfig:
     # After training (item_token with collab_score): the content term's weight against the collaborative
     # term, chosen among BLEND_GRID on the first blend_examples validation users (stacking); null = keep 1.
     blend_examples: int | None = None
-    # After training (new_item_control): model.new_item_offset chosen on the full-ranking ndcg@10 of the first
-    # calibrate_examples validation users (`runs/calibrate.py`); null = keep model.new_item_offset. Off: on
-    # amazon-scientific's new-item protocol (seed 1) the offsets it chose won 0.0001 (control) and 0.0010
-    # (AMFRec) of validation ndcg@10, within noise, and on test helped the control (+0.0009) but not AMFRec
-    # (-0.0001, new targets' recall -0.0221); RESULTS "New items in full ranking".
+    # After training (item_token): model.content_similarity, then model.new_item_offset (with items lacking a
+    # trained id), chosen on the full-ranking ndcg@10 of the first calibrate_examples validation users
+    # (`runs/calibrate.py`); null = keep both. Off: see RESULTS "New items in full ranking".
     calibrate_examples: int | None = None
 
     def __post_init__(self) -> None:

@@ -38,15 +38,18 @@ class ScoreParts:
     """The item_token head's score of each candidate, term by term; each (B, C) float32.
 
     content: s * cos(W q + b, e_c), what the LM (or the no-LM mean) contributes; collab: w * collab(u, c), the
-    frozen collaborative net's weighted logit, or None without ``collab_score``. The score is their sum.
+    frozen collaborative net's weighted logit, or None without ``collab_score``; similar: the content-
+    similarity term (``model/similarity.py``), or None while ``content_similarity`` is 0. The score is their
+    sum.
     """
 
     content: torch.Tensor
     collab: torch.Tensor | None
+    similar: torch.Tensor | None = None
 
     @property
     def total(self) -> torch.Tensor:
-        return self.content if self.collab is None else self.content + self.collab
+        return sum((t for t in (self.collab, self.similar) if t is not None), self.content)
 
 
 class Adapter(nn.Module):

@@ -58,6 +58,7 @@ def build_amfrec(
         new_item_control=cfg.new_item_control,
         new_item_collab=cfg.new_item_collab,
         new_item_offset=cfg.new_item_offset,
+        content_similarity=cfg.content_similarity,
         loss_items=loss_items,
         train_items=train_items,
         positions=cfg.positions,

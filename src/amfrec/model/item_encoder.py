@@ -169,6 +169,14 @@ class ItemEncoder(nn.Module):
         """items (N,) long -> (N, M) bool: which modalities each item has."""
         return torch.stack([getattr(self, f"mask{i}")[items] for i in range(len(self.modalities))], -1)
 
+    def feature(self, name: str) -> torch.Tensor:
+        """(n_items + 1, d_m) the feature rows of modality `name` (absent rows zero)."""
+        return getattr(self, f"feat{self.modalities.index(name)}")
+
+    def present(self, name: str) -> torch.Tensor:
+        """(n_items + 1,) bool: which items have modality `name`."""
+        return getattr(self, f"mask{self.modalities.index(name)}")
+
     def set_items(self, index: torch.Tensor, rows: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Write item rows after training (a live catalogue): index (A,) long, existing items or the next
         n_items + 1, n_items + 2, ... (every new index once); rows: modality -> (values (A, d_m), present

@@ -9,6 +9,7 @@
   catalogue (or the candidates). ``no_llm``: the LM replaced by the mean of the prompt's soft tokens.
   ``positions`` "all": every item's boundary is a query; one prompt trains them all (``llm.positions``).
   ``new_item_control``: items without a trained id are scored against that mean instead of the LM's state.
+  ``content_similarity``: content_knn's score added at inference (``similarity.py``).
 - Answer head ``title`` (LLaRA): causal-LM loss on the target title + eos, logits only at the answer
   positions; scoring by title log-likelihood (``amfrec.model.scoring``); greedy generation.
 
@@ -35,6 +36,7 @@ from amfrec.model.head import cosine_scores, fresh_items
 from amfrec.model.projector import MLPProjector
 from amfrec.model.query import query
 from amfrec.model.scoring import ScoreReduction, generate_titles, score_titles, title_loss
+from amfrec.model.similarity import similarity_term
 from amfrec.recommender import Recommender
 
 
@@ -71,6 +73,7 @@ class AMFRecModel(nn.Module, Recommender):
         new_item_control: bool = False,
         new_item_collab: float = 1.0,
         new_item_offset: float = 0.0,
+        content_similarity: float = 0.0,
         loss_items: str = "catalogue",
         train_items: torch.Tensor | None = None,
         score_reduction: str = "sum",
@@ -111,6 +114,7 @@ class AMFRecModel(nn.Module, Recommender):
             raise ValueError(f"new_item_collab must be in [0, 1], got {new_item_collab}")
         self.new_item_collab = new_item_collab  # fresh items' collab logit: content row (1) .. mean logit (0)
         self.new_item_offset = float(new_item_offset)  # added to fresh items' scores (``runs/calibrate.py``)
+        self.content_similarity = float(content_similarity)  # w of the inference-only ``similarity`` term
         self.adapter = Adapter(
             item_encoder, user_map, score_scale, collab_score, query_dim, residual, new_dim
         )
@@ -182,13 +186,11 @@ class AMFRecModel(nn.Module, Recommender):
     def item_table(
         self, drop: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Every item's soft tokens (n_items + 1, T, d), the aux loss, gate weights (n_items + 1, M) | None.
-
-        One item-encoder pass over the catalogue (prompt tokens and output vectors of the item_token head).
+        """Every item's soft tokens (n_items + 1, T, d), the aux loss, gate weights (n_items + 1, M) | None:
+        one item-encoder pass over the catalogue (prompt tokens and output vectors of the item_token head).
         drop: (n_items + 1, M) bool modalities dropped in this training step (``draw_dropout``), or None.
         Without gradients (and without drop) it is kept until an item-encoder weight changes (the tensors'
-        version counters).
-        """
+        version counters)."""
         key = None
         if not torch.is_grad_enabled() and drop is None:
             key = tuple(p._version for p in self.item_encoder.parameters())
@@ -240,12 +242,9 @@ class AMFRecModel(nn.Module, Recommender):
     def inject(
         self, input_ids: torch.Tensor, item_vectors: torch.Tensor, user_vectors: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Token embeddings with placeholder rows replaced by ``item_vectors`` (and ``user_vectors``).
-
-        input_ids (B, T) long; item_vectors (N, d) in placeholder order (row-major over the batch);
-        user_vectors (B, d) or None. Returns inputs_embeds (B, T, d) in the backbone's dtype. Raises
-        ValueError when a placeholder count differs from the number of vectors.
-        """
+        """inputs_embeds (B, T, d) in the backbone's dtype: the embeddings of input_ids (B, T) with
+        placeholder rows replaced by item_vectors (N, d) in placeholder order (row-major over the batch) and
+        user_vectors (B, d) | None. ValueError when a placeholder count differs from the vectors' count."""
         embeds = self.lm.get_input_embeddings()(input_ids)  # (B, T, d)
         slots = [(self.prompt.item_token_id, item_vectors, self.prompt.item_token)]
         if self.prompt.has_user:
@@ -391,7 +390,8 @@ class AMFRecModel(nn.Module, Recommender):
         known = None if fresh is None else ~fresh
         parts = self.item_logits(q, rep, tokens.mean(1), candidates.to(self.device), known, q_new, fresh)
         collab = None if parts.collab is None else parts.collab.float()
-        return ScoreParts(content=parts.content.float(), collab=collab)
+        similar = similarity_term(self.item_encoder, self.content_similarity, history, candidates)
+        return ScoreParts(content=parts.content.float(), collab=collab, similar=similar)
 
     def generate(
         self, history: torch.Tensor, candidates: torch.Tensor, max_new_tokens: int = 64

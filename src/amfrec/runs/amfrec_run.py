@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from amfrec import __version__
-from amfrec.config.model import AMFRecConfig, UserToken
+from amfrec.config.model import AMFRecConfig, AnswerHead, UserToken
 from amfrec.data.dataset import PreparedData, Split
 from amfrec.errors import AmfrecError
 from amfrec.evaluate import evaluate, score_metrics
@@ -24,11 +24,12 @@ from amfrec.features.store import load_features
 from amfrec.io import write_json
 from amfrec.llm.backbone import load_backbone
 from amfrec.metrics import generation_metrics
+from amfrec.model.adapter import ScoreParts
 from amfrec.model.build import build_amfrec, prompt_texts
 from amfrec.model.collab import collab_run_from_features, load_collaborative
 from amfrec.model.model import AMFRecModel
 from amfrec.runs.baseline_run import train_baseline
-from amfrec.runs.calibrate import calibrate_new_items
+from amfrec.runs.calibrate import calibrate
 from amfrec.runs.ranks import ranks_record, write_ranks
 from amfrec.runs.rundir import (
     load_run_config,
@@ -216,17 +217,19 @@ def train_amfrec(
 
 
 def _fit_on_valid(model: AMFRecModel, data: PreparedData, cfg: AMFRecConfig, out: Path) -> dict:
-    """After training, on validation users only: the content term's weight (train.blend_examples) and the
-    new items' offset (train.calibrate_examples), saved into the best checkpoint; returns what it chose."""
+    """After training, on validation users only: the content term's weight (train.blend_examples), the
+    content similarity and the new items' offset (train.calibrate_examples), saved into the best checkpoint;
+    returns what it chose."""
     chosen = {}
     if cfg.train.blend_examples and model.adapter.collab_weight is not None:
         chosen["content_weight"] = blend_on_valid(model, data.valid.head(cfg.train.blend_examples))
         save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
-    if cfg.train.calibrate_examples:
-        offset = calibrate_new_items(model, data, cfg.train.calibrate_examples)
-        if offset is not None:
-            chosen["new_item_offset"] = cfg.model.new_item_offset = offset
-            save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
+    if cfg.train.calibrate_examples and model.answer is AnswerHead.ITEM_TOKEN:
+        found = calibrate(model, data, cfg.train.calibrate_examples)
+        for name, value in found.items():
+            setattr(cfg.model, name, value)
+        chosen.update(found)
+        save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
     return chosen
 
 
@@ -345,35 +348,36 @@ def generate_split(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATC
     return outputs
 
 
-def part_scores(
-    model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH_ITEM_TOKEN
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The item_token score's terms for every candidate of `split`: content (N, C) and collab (N, C) | None
-    (``AMFRecModel.score_parts``), on the CPU; batched as the evaluator batches (rows in ``prompt_order``), so
-    that their sum is exactly the score `amfrec evaluate` ranks by, in either dtype."""
+def part_scores(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH_ITEM_TOKEN) -> ScoreParts:
+    """The item_token score's terms for every candidate of `split` (``AMFRecModel.score_parts``), each (N, C)
+    on the CPU or None; batched as the evaluator batches (rows in ``prompt_order``), so that their sum is
+    exactly the score `amfrec evaluate` ranks by, in either dtype."""
     from tqdm import tqdm
 
     order = prompt_order(model, split)  # (N,)
-    content, collab = [], []
+    found: dict[str, list[torch.Tensor]] = {"content": [], "collab": [], "similar": []}
     for start in tqdm(range(0, len(split), batch_size), desc="parts", unit="batch", disable=None):
         rows = order[start : start + batch_size]
         parts = model.score_parts(split.history[rows], split.candidates[rows])
-        content.append(parts.content.cpu())
-        collab.append(None if parts.collab is None else parts.collab.cpu())
+        for name, terms in found.items():
+            terms += [] if getattr(parts, name) is None else [getattr(parts, name).cpu()]
     back = torch.argsort(order)  # (N,) split order again
-    content_t = torch.cat(content)[back]
-    return content_t, (None if collab[0] is None else torch.cat(collab)[back])
+    terms = {name: torch.cat(terms)[back] if terms else None for name, terms in found.items()}
+    return ScoreParts(**terms)
 
 
 def parts_metrics(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH_ITEM_TOKEN) -> dict:
     """Metrics of the item_token score's terms on their own and together: {"content": ..., "collab": ...,
-    "full": ...} ("collab" and "full" only with the collaborative score), each with its spread
-    (``amfrec.evaluate.score_metrics``). Shows which term ranks: the LM's content or the collaborative net."""
-    content, collab = part_scores(model, split, batch_size)
-    out = {"content": score_metrics(content, split)}
-    if collab is not None:
-        out["collab"] = score_metrics(collab, split)
-        out["full"] = score_metrics(content + collab, split)
+    "similar": ..., "full": ...} ("collab" with the collaborative score, "similar" with the content
+    similarity, "full" with either), each with its spread (``amfrec.evaluate.score_metrics``). Shows which
+    term ranks: the LM's content, the collaborative net or the content similarity."""
+    parts = part_scores(model, split, batch_size)
+    out = {"content": score_metrics(parts.content, split)}
+    for name in ("collab", "similar"):
+        if getattr(parts, name) is not None:
+            out[name] = score_metrics(getattr(parts, name), split)
+    if len(out) > 1:
+        out["full"] = score_metrics(parts.total, split)
     return out
 
 
@@ -381,10 +385,11 @@ BLEND_GRID = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # the content term's weight 
 
 
 def blend_on_valid(model: AMFRecModel, split: Split, grid: tuple[float, ...] = BLEND_GRID) -> float:
-    """Stacking: the weight lam of the content term (score = lam * content + collab) with the best ndcg@10 on
-    `split` (validation; ties keep the weight nearest 1), folded into the cosine scale s; returns lam."""
-    content, collab = part_scores(model, split)  # (N, C) each
-    found = {lam: score_metrics(lam * content + collab, split)["ndcg@10"] for lam in grid}
+    """Stacking: the weight lam of the content term (score = lam * content + the others) with the best ndcg@10
+    on `split` (validation; ties keep the weight nearest 1), folded into the cosine scale s; returns lam."""
+    parts = part_scores(model, split)  # (N, C) each
+    rest = parts.total - parts.content  # (N, C) the collaborative term (and the similarity)
+    found = {lam: score_metrics(lam * parts.content + rest, split)["ndcg@10"] for lam in grid}
     best = max(found, key=lambda lam: (found[lam], -abs(math.log(lam))))
     log.info("content weight on %d validation users: %s -> %g", len(split),
              ", ".join(f"{lam:g}: {v:.4f}" for lam, v in found.items()), best)  # fmt: skip

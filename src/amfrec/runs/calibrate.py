@@ -1,12 +1,17 @@
-"""New items against warm ones in full ranking: one score offset for the items without a trained id.
+"""Two score terms added at inference, chosen on validation after training (``amfrec calibrate``).
 
-With ``new_item_control`` an item that has no trained id (a new item, or one added live) is scored by the
-control's query and scale, which nothing in training compares with the warm items' scores: the catalogue
-softmax has no class for an item that was never a target. In full ranking such items then sit too low (or
-too high) as a group. ``model.new_item_offset`` is added to each of their scores at inference; this module
-chooses it on validation after training: the whole catalogue is scored once for the first ``n`` validation
-users, and the offset among ``OFFSET_GRID`` x the scores' spread with the best full-ranking ndcg@10 is kept
-(ties keep the offset nearest 0). The test split is never read.
+- ``model.content_similarity`` w: w x content_knn's cosine (``model/similarity.py``) added to every item's
+  score. It ranks an item by how much its text and image resemble what the user just had, the same way for
+  new and warm items, which the trained content term does not (new items hardly surface in full ranking).
+- ``model.new_item_offset``: added to the score of every item without a trained id. With
+  ``new_item_control`` such an item (a new item, or one added live) is scored by the control's query and
+  scale, which nothing in training compares with the warm items' scores: the catalogue softmax has no class
+  for an item that was never a target.
+
+The whole catalogue is scored once for the first ``n`` validation users; w is chosen among
+``SIMILARITY_GRID`` x (score spread / cosine spread), then the offset among ``OFFSET_GRID`` x the score
+spread with w in place, each by the best full-ranking ndcg@10 (ties keep the value nearest 0). The test split
+is never read.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tqdm.auto import tqdm
 from amfrec.data.dataset import PreparedData
 from amfrec.evaluate_full import full_ranks_from_scores, seen_mask
 from amfrec.model.model import AMFRecModel
+from amfrec.model.similarity import similarity_scores
 from amfrec.runs.rundir import write_yaml
 from amfrec.stats import per_example
 from amfrec.training.checkpoint import (
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # Offsets tried, in units of the standard deviation of the validation users' catalogue scores.
 OFFSET_GRID = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+# Similarity weights tried, in units of (score std / cosine std): 1 = the two terms equally spread.
+SIMILARITY_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 BATCH = (
     8  # prompts per backbone pass, each scoring the whole catalogue (as `amfrec evaluate --protocol full`)
 )
@@ -42,22 +50,40 @@ BATCH = (
 
 @torch.no_grad()
 def catalogue_scores(model: AMFRecModel, data: PreparedData, n: int | None) -> tuple[torch.Tensor, ...]:
-    """The first n validation rows' scores over the catalogue with no offset, (N, n_items) float32, their
-    targets (N,) long and their seen items (N, n_items + 1) bool (excluded from the ranking)."""
+    """The first n validation rows' scores over the catalogue with neither inference term, (N, n_items)
+    float32, their content cosines (``similarity_scores``, (N, n_items)), their targets (N,) long and their
+    seen items (N, n_items + 1) bool (excluded from the ranking)."""
     part = data.valid.head(n)
     catalogue = torch.arange(1, data.n_items + 1).unsqueeze(0)  # (1, n_items)
-    offset, model.new_item_offset = model.new_item_offset, 0.0
+    kept = model.new_item_offset, model.content_similarity
+    model.new_item_offset, model.content_similarity = 0.0, 0.0
     try:
-        scores = []
-        for start in tqdm(range(0, len(part), BATCH), desc="calibrate new items", leave=False, disable=None):
-            stop = min(start + BATCH, len(part))
-            cands = catalogue.expand(stop - start, -1)  # (B, n_items)
-            scores.append(model.score(part.history[start:stop], cands).float().cpu())  # (B, n_items)
+        scores, cosines = [], []
+        for start in tqdm(range(0, len(part), BATCH), desc="calibrate", leave=False, disable=None):
+            history = part.history[start : start + BATCH]  # (B, L)
+            cands = catalogue.expand(len(history), -1)  # (B, n_items)
+            scores.append(model.score(history, cands).float().cpu())  # (B, n_items)
+            cosines.append(similarity_scores(model.item_encoder, history, None).float().cpu())
     finally:
-        model.new_item_offset = offset
+        model.new_item_offset, model.content_similarity = kept
     rows, items = data.seen_items("valid")
     seen = seen_mask(rows, items, 0, len(part), data.n_items)  # (N, n_items + 1)
-    return torch.cat(scores), part.target, seen
+    return torch.cat(scores), torch.cat(cosines), part.target, seen
+
+
+def choose_similarity(
+    scores: torch.Tensor, cosines: torch.Tensor, target: torch.Tensor, seen: torch.Tensor
+) -> tuple[float, dict[float, float]]:
+    """The weight w of `cosines` (N, n_items) added to `scores` (N, n_items) with the best ndcg@10 of the
+    targets among the unseen catalogue. Returns (w, {w: ndcg@10}); w = 0 when the cosines are constant."""
+    spread, cos_spread = float(scores[torch.isfinite(scores)].std()), float(cosines.std())
+    unit = spread / cos_spread if cos_spread > 0 else 0.0
+    found: dict[float, float] = {}
+    for k in SIMILARITY_GRID if unit > 0 else (0.0,):
+        ranks = full_ranks_from_scores(scores + k * unit * cosines, target, seen).numpy()  # (N,)
+        found[k * unit] = float(np.mean(per_example(ranks, "ndcg@10")))
+    best = max(found, key=lambda w: (found[w], -w))
+    return best, found
 
 
 def choose_offset(
@@ -78,28 +104,35 @@ def choose_offset(
     return best, found
 
 
-def calibrate_new_items(model: AMFRecModel, data: PreparedData, n: int | None) -> float | None:
-    """Set and return ``model.new_item_offset`` chosen on the first n validation users (None = all); None
-    (nothing changed) when the model has no ``new_item_control`` or every item has a trained id."""
+def calibrate(model: AMFRecModel, data: PreparedData, n: int | None) -> dict[str, float]:
+    """Choose and set ``model.content_similarity`` and, when some item has no trained id (with
+    ``new_item_control``), ``model.new_item_offset`` on the first n validation users (None = all); returns
+    what was chosen (field name -> value)."""
+    scores, cosines, target, seen = catalogue_scores(model, data, n)
+    weight, found = choose_similarity(scores, cosines, target, seen)
+    log.info("content similarity on %d validation users (full ndcg@10): %s -> %.3f", len(target),
+             ", ".join(f"{w:.3f}: {v:.4f}" for w, v in found.items()), weight)  # fmt: skip
+    model.content_similarity = weight
+    chosen = {"content_similarity": weight}
     fresh = model.fresh_items()  # (n_items + 1,) bool | None
     if fresh is None or not bool(fresh[1:].any()):
         log.info("new-item offset: no item without a trained id, nothing to calibrate")
-        return None
-    scores, target, seen = catalogue_scores(model, data, n)
-    best, found = choose_offset(scores, target, seen, fresh[1:].cpu())
+        return chosen
+    best, found_offsets = choose_offset(scores + weight * cosines, target, seen, fresh[1:].cpu())
     log.info("new-item offset on %d validation users (full ndcg@10, new targets' recall@10): %s -> %+.3f",
-             len(target), ", ".join(f"{off:+.3f}: {v:.4f} {r:.4f}" for off, (v, r) in found.items()),
+             len(target), ", ".join(f"{off:+.3f}: {v:.4f} {r:.4f}" for off, (v, r) in found_offsets.items()),
              best)  # fmt: skip
-    model.new_item_offset = best
-    return best
+    model.new_item_offset = chosen["new_item_offset"] = best
+    return chosen
 
 
-def write_offset(run: Path, model: AMFRecModel, run_cfg: dict, offset: float) -> None:
-    """Write `offset` into a trained run's checkpoint config and config.yaml (each atomically), after
-    `amfrec calibrate` chose it; the run's metrics files are left as they are (re-evaluate to see them)."""
+def write_calibration(run: Path, model: AMFRecModel, run_cfg: dict, chosen: dict[str, float]) -> None:
+    """Write the model fields `chosen` (``calibrate``'s) into a trained run's checkpoint config and
+    config.yaml (each atomically); the run's metrics files are left as they are (re-evaluate to see them)."""
     _, cfg, _ = load_checkpoint(run / CHECKPOINT_DIR)
-    cfg.model.new_item_offset = offset
+    for name, value in chosen.items():
+        setattr(cfg.model, name, value)
+        run_cfg["model"][name] = value
     state = load_train_state(run / CHECKPOINT_DIR) if (run / CHECKPOINT_DIR / STATE_FILE).is_file() else None
     save_checkpoint(model, cfg, run / CHECKPOINT_DIR, state)
-    run_cfg["model"]["new_item_offset"] = offset
     write_yaml(run / "config.yaml", run_cfg)
