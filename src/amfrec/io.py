@@ -134,9 +134,10 @@ def read_json(path: str | Path) -> Any:
         raise AmfrecError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+def read_jsonl(path: str | Path, fields: tuple[str, ...] = ()) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSON Lines file; a missing file, non-UTF-8 bytes, a
-    malformed line or a line that is not a JSON object raises AmfrecError naming the file and line."""
+    malformed line, a line that is not a JSON object or one without a key of `fields` raises AmfrecError
+    naming the file and line."""
     from amfrec.errors import AmfrecError
 
     path = Path(path)
@@ -149,6 +150,9 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             raise AmfrecError(f"{path}:{lineno}: malformed JSON ({e.msg})") from None
         if not isinstance(row, dict):
             raise AmfrecError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        for field in fields:
+            if field not in row:
+                raise AmfrecError(f"{path}:{lineno}: missing field '{field}'")
         yield lineno, row
 
 

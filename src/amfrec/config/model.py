@@ -32,10 +32,10 @@ from amfrec.config.options import (  # noqa: F401 - re-exported: the config's vo
     Positions,
     UserToken,
     _build,
+    _field_line,
     _number,
     _plain,
     _positive_int,
-    _yaml_line,
     apply_overrides,
     check_noun,
     check_template,
@@ -371,30 +371,31 @@ class AMFRecConfig:
     def from_yaml(
         cls, path: str | Path | None, overrides: Mapping[str, Any] | Sequence[str] | None = None
     ) -> AMFRecConfig:
-        """Read a YAML file (None = the defaults) and apply dotted overrides.
+        """Read a YAML file (None = the defaults) and apply dotted overrides (`from_mapping`).
 
         overrides: {"train.lr": 1e-4} or ["train.lr=1e-4", "model.fusion=mean"] (values parsed as YAML).
         Raises ConfigError (an AmfrecError and a ValueError) naming the file and the field.
         """
-        where = str(path) if path is not None else "config"
-        raw: Any = {}
-        text = ""
-        if path is not None:
-            path = Path(path)
-            try:
-                raw = read_yaml_mapping(path)
-            except AmfrecError as e:
-                raise ConfigError(str(e)) from None
-            text = read_text(path)
+        if path is None:
+            return cls.from_mapping({}, overrides)
         try:
-            raw = apply_overrides(raw, overrides or {})
-            return cls.from_dict(raw)
+            raw = read_yaml_mapping(path)
+        except AmfrecError as e:
+            raise ConfigError(str(e)) from None
+        return cls.from_mapping(raw, overrides, str(path), read_text(path))
+
+    @classmethod
+    def from_mapping(
+        cls,
+        raw: Mapping,
+        overrides: Mapping | Sequence[str] | None = None,
+        where: str = "config",
+        text: str = "",
+    ) -> AMFRecConfig:
+        """A YAML file's top-level mapping `raw`, already read, with dotted overrides; a bad field raises
+        ConfigError naming `where` (the file) and the field's line in the file's `text` (`_field_line`)."""
+        try:
+            return cls.from_dict(apply_overrides(raw, overrides or {}))
         except ValueError as e:
-            field_name = str(e).split(":", 1)[0]
-            overridden = isinstance(overrides, Mapping) and field_name in overrides
-            overridden = overridden or any(str(o).startswith(field_name + "=") for o in (overrides or ()))
-            line = None if overridden or not text else _yaml_line(text, field_name)
+            line = _field_line(text, str(e).split(":", 1)[0], overrides)
             raise ConfigError(f"{where}{f':{line}' if line else ''}: {e}") from None
-
-
-# ----------------------------------------------------------------------------------------------- helpers

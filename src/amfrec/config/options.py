@@ -173,6 +173,14 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any] | Seque
     return out
 
 
+def _field_line(text: str, dotted: str, overrides: Mapping[str, Any] | Sequence[str] | None) -> int | None:
+    """The line of the field `a.b.c` in a config file's YAML `text` (`_yaml_line`), or None when an override
+    set the field (the file is not where its value came from)."""
+    overridden = isinstance(overrides, Mapping) and dotted in overrides
+    overridden = overridden or any(str(o).startswith(dotted + "=") for o in (overrides or ()))
+    return None if overridden or not text else _yaml_line(text, dotted)
+
+
 def _yaml_line(text: str, dotted: str) -> int | None:
     """1-based line of the key `a.b.c` in the YAML `text` (the deepest part found), or None."""
     try:

@@ -188,8 +188,7 @@ class PreparedData:
         row_of = {user: r for r, user in enumerate(part.users)}
         if (self.path / SEQUENCES_FILE).is_file():
             rows, items = [], []
-            for lineno, rec in read_jsonl(self.path / SEQUENCES_FILE):
-                _require(rec, ("user", "items"), self.path / SEQUENCES_FILE, lineno)
+            for _, rec in read_jsonl(self.path / SEQUENCES_FILE, ("user", "items")):
                 keep = len(rec["items"]) - (2 if split == "valid" else 1)
                 rows += [row_of[str(rec["user"])]] * keep
                 items += [self.index[str(i)] for i in rec["items"][:keep]]
@@ -243,8 +242,7 @@ class PreparedData:
                 raise AmfrecError(f"{path / name}: file not found (run `amfrec data prepare` first)")
         manifest = read_json(path / "manifest.json")
         items = [ItemInfo(item_id="", title="")]
-        for lineno, row in read_jsonl(path / "items.jsonl"):
-            _require(row, ("item_id", "title"), path / "items.jsonl", lineno)
+        for _, row in read_jsonl(path / "items.jsonl", ("item_id", "title")):
             items.append(
                 ItemInfo(
                     item_id=str(row["item_id"]),
@@ -270,12 +268,6 @@ def _index(items: list[ItemInfo]) -> dict[str, int]:
     return {it.item_id: k for k, it in enumerate(items) if k > 0}
 
 
-def _require(row: dict, fields: tuple[str, ...], path: Path, lineno: int) -> None:
-    for field in fields:
-        if field not in row:
-            raise AmfrecError(f"{path}:{lineno}: missing field '{field}'")
-
-
 def _load_split(path: Path, index: dict[str, int], max_len: int, with_candidates: bool) -> Split:
     users, hist_rows, targets, cands = [], [], [], []
 
@@ -286,8 +278,7 @@ def _load_split(path: Path, index: dict[str, int], max_len: int, with_candidates
             raise AmfrecError(f"{path}:{lineno}: unknown item id {item!r} in field '{field}'") from None
 
     fields = ("user", "history", "target", "candidates") if with_candidates else ("user", "history", "target")
-    for lineno, row in read_jsonl(path):
-        _require(row, fields, path, lineno)
+    for lineno, row in read_jsonl(path, fields):
         hist = [lookup(i, lineno, "history") for i in row["history"]][-max_len:]
         users.append(str(row["user"]))
         hist_rows.append([0] * (max_len - len(hist)) + hist)

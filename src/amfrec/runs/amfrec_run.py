@@ -118,15 +118,14 @@ def prompt_order(model: AMFRecModel, split: Split) -> torch.Tensor:
     return torch.sort(item_prompt_lengths(model)[shown].sum(1), stable=True).indices  # (N,)
 
 
-def _score(model: AMFRecModel, split: Split, desc: str, data: PreparedData | None = None) -> dict:
+def _score(model: AMFRecModel, split: Split, desc: str, masks: dict[str, torch.Tensor] | None = None) -> dict:
     """Evaluate on `split` (rows sorted by prompt length; EVAL_BATCH_ITEM_TOKEN prompts per pass for the
-    item_token head, EVAL_BATCH for the title head); with `data`, also on its named slices (the cold-start
-    slice) and keep the (N,) ranks under "ranks"."""
+    item_token head, EVAL_BATCH for the title head); with `masks`, the data's named slices of `split`
+    (`PreparedData.slices`: the cold-start slice), also on those, and keep the (N,) ranks under "ranks"."""
     batch = EVAL_BATCH_ITEM_TOKEN if model.answer == "item_token" else EVAL_BATCH
     with torch.inference_mode():
-        slices = data.slices(split) if data is not None else None
         order = prompt_order(model, split)
-        return evaluate(model, split, batch, desc, slices=slices, return_ranks=data is not None, order=order)
+        return evaluate(model, split, batch, desc, slices=masks, return_ranks=masks is not None, order=order)
 
 
 def use_card(model_cfg, manifest: dict) -> None:
@@ -182,7 +181,9 @@ def train_amfrec(
         model.adapter.load_state_dict(weights)
         info.update(_fit_on_valid(model, data, cfg, out))
         valid_part, test_part = data.valid.head(limit), data.test.head(limit)
-        valid, test = _score(model, valid_part, "valid", data), _score(model, test_part, "test", data)
+        valid_slices, test_slices = data.slices(valid_part), data.slices(test_part)
+        valid = _score(model, valid_part, "valid", valid_slices)
+        test = _score(model, test_part, "test", test_slices)
         wall = time.perf_counter() - t0
         run_config = {
             "model": {"name": "amfrec", **cfg.to_dict()["model"]},
@@ -205,8 +206,8 @@ def train_amfrec(
         write_json(out / "train_history.json", {"losses": info["losses"], "evals": info["evals"]})
         write_gate_weights(model, out / GATE_FILE, data.item_train_counts > 0)
         ranks = {
-            "valid": ranks_record(valid["ranks"], valid_part, data, "valid", seed, name),
-            "test": ranks_record(test["ranks"], test_part, data, "test", seed, name),
+            "valid": ranks_record(valid["ranks"], valid_part, valid_slices, data, "valid", seed, name),
+            "test": ranks_record(test["ranks"], test_part, test_slices, data, "test", seed, name),
         }
         write_run(out, run_config, test_rec, valid_rec, ranks=ranks)
         log.info(
@@ -295,9 +296,12 @@ def evaluate_run(
     seed = int(run_cfg["run"]["seed"])
     ranks = None
     if protocol == "score":
-        metrics = _score(model, part, split, data)
+        slices = data.slices(part)
+        metrics = _score(model, part, split, slices)
         rec = metrics_record(metrics, split, seed, "amfrec", time.perf_counter() - t0)
-        ranks = ranks_record(metrics["ranks"], part, data, split, seed, run_cfg["run"].get("name", "amfrec"))
+        ranks = ranks_record(
+            metrics["ranks"], part, slices, data, split, seed, run_cfg["run"].get("name", "amfrec")
+        )
     elif protocol == "generate":
         if model.answer != "title":
             raise AmfrecError(

@@ -153,9 +153,10 @@ def train_baseline(
             model.use_features(load_content(features, data.n_items, model.config.modalities))  # type: ignore[attr-defined]
         info = model.fit(data, seed)
         valid_part, test_part = data.valid.head(limit), data.test.head(limit)
+        valid_slices, test_slices = data.slices(valid_part), data.slices(test_part)
         valid, test = (
-            evaluate(model, part, desc=f"{name} {s}", slices=data.slices(part), return_ranks=True)
-            for s, part in (("valid", valid_part), ("test", test_part))
+            evaluate(model, part, desc=f"{name} {s}", slices=masks, return_ranks=True)
+            for s, part, masks in (("valid", valid_part, valid_slices), ("test", test_part, test_slices))
         )
         wall = time.perf_counter() - t0
         valid_rec = metrics_record(valid, "valid", seed, name, wall)
@@ -178,8 +179,8 @@ def train_baseline(
             "train_info": {k: v for k, v in info.items() if k != "epochs"},
         }
         ranks = {
-            "valid": ranks_record(valid["ranks"], valid_part, data, "valid", seed, name),
-            "test": ranks_record(test["ranks"], test_part, data, "test", seed, name),
+            "valid": ranks_record(valid["ranks"], valid_part, valid_slices, data, "valid", seed, name),
+            "test": ranks_record(test["ranks"], test_part, test_slices, data, "test", seed, name),
         }
         write_run(tmp, config, test_rec, valid_rec, ranks=ranks)
         model.save(tmp)  # type: ignore[attr-defined]
@@ -224,10 +225,10 @@ def evaluate_baseline_run(run: str | Path, split: str = "test", limit: int | Non
     data = PreparedData.load(info["data"])
     model = LOADERS[name](run, data)
     part = (data.valid if split == "valid" else data.test).head(limit)
-    metrics = evaluate(model, part, desc=f"{name} {split}", slices=data.slices(part), return_ranks=True)
+    slices = data.slices(part)
+    metrics = evaluate(model, part, desc=f"{name} {split}", slices=slices, return_ranks=True)
     rec = metrics_record(metrics, split, int(info["seed"]), name, time.perf_counter() - t0)
-    write_ranks(
-        ranks_path(run, split, "score"), ranks_record(metrics["ranks"], part, data, split, rec["seed"], name)
-    )
+    record = ranks_record(metrics["ranks"], part, slices, data, split, rec["seed"], name)
+    write_ranks(ranks_path(run, split, "score"), record)
     write_json(run / f"{split}_score_metrics.json", rec)
     return rec

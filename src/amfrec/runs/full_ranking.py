@@ -57,19 +57,20 @@ def evaluate_full_run(
     part = (data.valid if split == "valid" else data.test).head(limit)
     rows, items = data.seen_items(split)
     keep = rows < len(part)  # (P,) the pairs of the first `limit` rows
+    slices = data.slices(part)
     metrics = evaluate_full(
         model,
         part,
         (rows[keep], items[keep]),
         data.n_items,
         batch_size=batch,
-        slices=data.slices(part),
+        slices=slices,
         desc=f"{name} {split} full",
     )
     rec = metrics_record(metrics, split, seed, name, time.perf_counter() - t0)
     ranks = metrics.pop("ranks")  # (N,) for the paired comparisons (`amfrec compare --protocol full`)
     rec.update({k: v for k, v in metrics.items() if k not in rec})  # @20, recall@k, protocol, n_items
     write_json(run / f"{split}_full_metrics.json", rec)
-    record = ranks_record(ranks, part, data, split, seed, name, n_candidates=data.n_items)
+    record = ranks_record(ranks, part, slices, data, split, seed, name, n_candidates=data.n_items)
     write_ranks(ranks_path(run, split, "full"), record)
     return rec

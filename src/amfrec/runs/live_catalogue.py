@@ -10,8 +10,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from amfrec.data.dataset import ItemInfo
+from amfrec.data.dataset import ItemInfo, PreparedData
 from amfrec.errors import AmfrecError
+from amfrec.features.build import default_posters_dir, poster_paths
 from amfrec.io import atomic_path
 from amfrec.runs.catalogue import IMAGES_DIR, Catalogue, LiveItem
 from amfrec.runs.ranker import Ranker, apply, require_live_items
@@ -37,6 +38,7 @@ class LiveCatalogue:
     def __init__(self, ranker: Ranker) -> None:
         self.ranker = ranker
         self.state = Catalogue.load(ranker.run)
+        self._posters = _prepared_posters(ranker.data)  # the prepared items' poster files, by item id
         self._vectors = None  # ItemVectors of the run's feature folder, made on first use
         self.version = 0  # counts the changes applied (readers cache what they derive from the items)
 
@@ -84,9 +86,11 @@ class LiveCatalogue:
         return list(ids)
 
     def poster(self, item_id: str) -> Path | None:
-        """The image file given to a live item, if any."""
+        """The item's image file: the one given to a live item, else the prepared data's poster (if any)."""
         it = self.state.items.get(item_id)
-        return None if it is None or it.image is None else self.ranker.run / it.image
+        if it is not None and it.image is not None:
+            return self.ranker.run / it.image
+        return self._posters.get(item_id)
 
     # ------------------------------------------------------------------------------------------- helpers
     def _unique(self, specs: list[ItemSpec]) -> list[ItemSpec]:
@@ -141,3 +145,12 @@ class LiveCatalogue:
         with atomic_path(dest) as tmp:
             shutil.copyfile(spec.image, tmp)
         return f"{IMAGES_DIR}/{name}"
+
+
+def _prepared_posters(data: PreparedData) -> dict[str, Path]:
+    """Item id -> poster file of the prepared items (`posters/` beside the data's input item file)."""
+    posters_dir = default_posters_dir(data)
+    if posters_dir is None:
+        return {}
+    ids = [it.item_id for it in data.items[1:]]
+    return {i: p for i, p in zip(ids, poster_paths(posters_dir, ids), strict=True) if p is not None}

@@ -31,6 +31,7 @@ ALL = "all"  # the slice of every row
 def ranks_record(
     ranks: torch.Tensor,
     part: Split,
+    slices: dict[str, torch.Tensor],
     data: PreparedData,
     split: str,
     seed: int,
@@ -38,15 +39,15 @@ def ranks_record(
     n_candidates: int | None = None,
 ) -> dict:
     """The ranks file's record for the (N,) long `ranks` of the examples of `part` (a split of `data`);
-    slices are `data.slices(part)`, as row indices. n_candidates: what a rank is out of (default: the width
-    of `part.candidates`; a full ranking gives the catalogue size)."""
+    `slices` are the named (N,) bool masks the metrics were taken on (`data.slices(part)`), kept as row
+    indices. n_candidates: what a rank is out of (default: the width of `part.candidates`; a full ranking
+    gives the catalogue size)."""
     if n_candidates is None:
         if part.candidates is None:
             raise ValueError("n_candidates is needed for a split without candidate sets")
         n_candidates = int(part.candidates.shape[1])
     if ranks.shape != (len(part),):
         raise ValueError(f"ranks of shape {tuple(ranks.shape)} for a split of {len(part)} examples")
-    slices = {name: torch.nonzero(mask).flatten().tolist() for name, mask in data.slices(part).items()}
     return {
         "format": RANKS_FORMAT,
         "split": str(split),
@@ -56,7 +57,7 @@ def ranks_record(
         "users": list(part.users),
         "targets": [data.items[i].item_id for i in part.target.tolist()],
         "ranks": [int(r) for r in ranks.tolist()],
-        "slices": slices,
+        "slices": {name: torch.nonzero(mask).flatten().tolist() for name, mask in slices.items()},
     }
 
 

@@ -33,7 +33,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from amfrec.errors import AmfrecError
-from amfrec.features.build import default_posters_dir, poster_paths
 from amfrec.runs.live_catalogue import ItemSpec, LiveCatalogue
 from amfrec.runs.ranker import Query as RankQuery
 from amfrec.runs.ranker import Ranker, UnknownItems
@@ -173,9 +172,6 @@ def _add_recommend_route(app: FastAPI, ranker: Ranker, admission: Admission, bat
 def _add_item_routes(app: FastAPI, ranker: Ranker, live: LiveCatalogue) -> None:
     """GET /items (title search, paged), /items/{id}, /posters/{id}; POST /items, DELETE /items/{id}."""
     data = ranker.data
-    posters_dir = default_posters_dir(data)
-    ids = [it.item_id for it in data.items[1:]]
-    posters = dict(zip(ids, poster_paths(posters_dir, ids), strict=True)) if posters_dir else {}
     lowered: list[str] = []  # titles in lower case, searched per request; renewed when the catalogue changes
     version = [-1]
 
@@ -185,9 +181,6 @@ def _add_item_routes(app: FastAPI, ranker: Ranker, live: LiveCatalogue) -> None:
             version[0] = live.version
         return lowered
 
-    def poster_of(item_id: str) -> Path | None:
-        return live.poster(item_id) or posters.get(item_id)
-
     def detail(index: int) -> ItemDetail:
         it = data.items[index]
         return ItemDetail(
@@ -196,7 +189,7 @@ def _add_item_routes(app: FastAPI, ranker: Ranker, live: LiveCatalogue) -> None:
             year=it.year,
             genres=list(it.genres),
             modalities=ranker.modalities_present(index),
-            poster_url=f"/posters/{it.item_id}" if poster_of(it.item_id) else None,
+            poster_url=f"/posters/{it.item_id}" if live.poster(it.item_id) else None,
             available=it.item_id not in ranker.withdrawn,
         )
 
@@ -219,7 +212,7 @@ def _add_item_routes(app: FastAPI, ranker: Ranker, live: LiveCatalogue) -> None:
 
     @app.get("/posters/{item_id}")
     async def poster(item_id: str):
-        path = poster_of(item_id)
+        path = live.poster(item_id)
         if path is None:
             return error(404, f"no poster for item {item_id!r}", "item_id")
         return FileResponse(path)

@@ -18,7 +18,7 @@ from torch import nn
 
 from amfrec.config.model import AMFRecConfig
 from amfrec.errors import AmfrecError
-from amfrec.io import atomic_dir, file_sha256, read_json, read_yaml_mapping, write_json
+from amfrec.io import atomic_dir, file_sha256, read_json, read_text, read_yaml_mapping, write_json
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,16 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], AMF
         if not (directory / name).is_file():
             raise AmfrecError(f"{directory / name}: file not found (not an AMFRec checkpoint)")
     state = load_file(str(directory / TRAINABLE_FILE))
-    model = read_yaml_mapping(directory / CONFIG_FILE).get("model")
+    raw, text = read_yaml_mapping(directory / CONFIG_FILE), read_text(directory / CONFIG_FILE)
+    identity = read_json(directory / BACKBONE_FILE)
+    model = raw.get("model")
     older = {
         f"model.{k}": v
         for k, v in LEGACY_MODEL_DEFAULTS.items()
         if isinstance(model, dict) and k not in model
     }
-    config = AMFRecConfig.from_yaml(directory / CONFIG_FILE, older)
-    return state, config, read_json(directory / BACKBONE_FILE)
+    config = AMFRecConfig.from_mapping(raw, older, where=str(directory / CONFIG_FILE), text=text)
+    return state, config, identity
 
 
 def load_train_state(directory: str | Path) -> dict:
