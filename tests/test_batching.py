@@ -16,9 +16,10 @@ from fastapi.testclient import TestClient
 from amfrec import evaluate as evaluate_module
 from amfrec.data.dataset import PreparedData
 from amfrec.evaluate import evaluate, evaluate_ranks
-from amfrec.runs.amfrec_run import EVAL_BATCH_ITEM_TOKEN, prompt_order, train_amfrec
+from amfrec.runs.amfrec_run import train_amfrec
 from amfrec.runs.baseline_run import train_baseline
 from amfrec.runs.ranker import Query, Ranker, stable_topk
+from amfrec.runs.scoring import EVAL_BATCH_ITEM_TOKEN, prompt_order
 from amfrec.serve.app import create_app
 from amfrec.serve.batcher import Batcher
 

@@ -261,7 +261,7 @@ def test_recommend_and_the_api_rank_new_items(tiny_atomic_dir, tmp_path) -> None
 def test_blend_on_valid_picks_the_best_content_weight_and_folds_it_into_the_scale(model: AMFRecModel) -> None:
     from amfrec.data.dataset import Split
     from amfrec.metrics import RANK_KS, ranking_metrics, ranks_from_scores
-    from amfrec.runs.amfrec_run import BLEND_GRID, blend_on_valid
+    from amfrec.runs.scoring import BLEND_GRID, blend_on_valid
 
     model.eval()
     split = Split(users=["a", "b", "c"], history=HISTORY, target=CANDIDATES[:, 1], candidates=CANDIDATES)

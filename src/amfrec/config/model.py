@@ -171,9 +171,8 @@ class ModelConfig:
     # (sasrec_content's cold rows), 0 = the user's mean logit (no evidence: the content term alone ranks it).
     # 1: chosen on validation against 0 (RESULTS, "The recipe").
     new_item_collab: float = 1.0
-    # Added at inference, chosen after training on validation (train.calibrate_examples): new_item_offset to
-    # the score of every item without a trained id (new items against warm ones, with new_item_control);
-    # content_similarity w: w x content_knn's cosine to every item's score (model/similarity.py). 0: none.
+    # Added at inference, chosen on validation after training (train.calibrate_examples): new_item_offset to
+    # items without a trained id (new_item_control); content_similarity x content_knn's cosine to all items.
     new_item_offset: float = 0.0
     content_similarity: float = 0.0
     # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).

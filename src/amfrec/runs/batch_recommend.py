@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from amfrec.data.dataset import SEQUENCES_FILE
 from amfrec.errors import AmfrecError
 from amfrec.io import atomic_path
-from amfrec.runs.amfrec_run import item_prompt_lengths
 from amfrec.runs.ranker import Ranker
+from amfrec.runs.scoring import item_prompt_lengths
 
 log = logging.getLogger(__name__)
 FORMATS = (".jsonl", ".parquet")

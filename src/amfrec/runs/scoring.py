@@ -1,0 +1,90 @@
+"""Scoring a split with a trained AMFRec: rows in prompt-length order, batch sizes, and the score term by
+term (``--protocol parts``; the stacking weight of ``train.blend_examples``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from amfrec.data.dataset import Split
+from amfrec.evaluate import score_metrics
+from amfrec.model.adapter import ScoreParts
+from amfrec.model.model import AMFRecModel
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 8  # title head: prompts per scoring batch (each expands to 20 continuations)
+EVAL_BATCH_ITEM_TOKEN = 32  # item_token head: prompts per backbone pass (one pass scores every candidate)
+
+
+def item_prompt_lengths(model: AMFRecModel) -> torch.Tensor:
+    """(n_items + 1,) long: each item's estimated share of a prompt's length (the characters of the text it
+    is shown with, 4 per soft token; 0 for padding)."""
+    per_item = (
+        torch.tensor([len(t) for t in model.titles], dtype=torch.long) + 4 * model.prompt.tokens_per_item
+    )
+    per_item[0] = 0
+    return per_item
+
+
+def prompt_order(model: AMFRecModel, split: Split) -> torch.Tensor:
+    """(N,) the rows of `split` by their prompt's estimated length (``item_prompt_lengths``), stable: batches
+    of neighbours pad little."""
+    shown = split.history
+    if model.prompt.template.has_candidates and split.candidates is not None:
+        shown = torch.cat([shown, split.candidates], 1)  # (N, L + C)
+    return torch.sort(item_prompt_lengths(model)[shown].sum(1), stable=True).indices  # (N,)
+
+
+def part_scores(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH_ITEM_TOKEN) -> ScoreParts:
+    """The item_token score's terms for every candidate of `split` (``AMFRecModel.score_parts``), each (N, C)
+    on the CPU or None; batched as the evaluator batches (rows in ``prompt_order``), so that their sum is
+    exactly the score `amfrec evaluate` ranks by, in either dtype."""
+    from tqdm import tqdm
+
+    order = prompt_order(model, split)  # (N,)
+    found: dict[str, list[torch.Tensor]] = {"content": [], "collab": [], "similar": []}
+    for start in tqdm(range(0, len(split), batch_size), desc="parts", unit="batch", disable=None):
+        rows = order[start : start + batch_size]
+        parts = model.score_parts(split.history[rows], split.candidates[rows])
+        for name, terms in found.items():
+            terms += [] if getattr(parts, name) is None else [getattr(parts, name).cpu()]
+    back = torch.argsort(order)  # (N,) split order again
+    terms = {name: torch.cat(terms)[back] if terms else None for name, terms in found.items()}
+    return ScoreParts(**terms)
+
+
+def parts_metrics(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH_ITEM_TOKEN) -> dict:
+    """Metrics of the item_token score's terms on their own and together: {"content": ..., "collab": ...,
+    "similar": ..., "full": ...} ("collab" with the collaborative score, "similar" with the content
+    similarity, "full" with either), each with its spread (``amfrec.evaluate.score_metrics``). Shows which
+    term ranks: the LM's content, the collaborative net or the content similarity."""
+    parts = part_scores(model, split, batch_size)
+    out = {"content": score_metrics(parts.content, split)}
+    for name in ("collab", "similar"):
+        if getattr(parts, name) is not None:
+            out[name] = score_metrics(getattr(parts, name), split)
+    if len(out) > 1:
+        out["full"] = score_metrics(parts.total, split)
+    return out
+
+
+BLEND_GRID = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # the content term's weight against the collaborative one
+
+
+def blend_on_valid(model: AMFRecModel, split: Split, grid: tuple[float, ...] = BLEND_GRID) -> float:
+    """Stacking: the weight lam of the content term (score = lam * content + the others) with the best ndcg@10
+    on `split` (validation; ties keep the weight nearest 1), folded into the cosine scale s; returns lam."""
+    parts = part_scores(model, split)  # (N, C) each
+    rest = parts.total - parts.content  # (N, C) the collaborative term (and the similarity)
+    found = {lam: score_metrics(lam * parts.content + rest, split)["ndcg@10"] for lam in grid}
+    best = max(found, key=lambda lam: (found[lam], -abs(math.log(lam))))
+    log.info("content weight on %d validation users: %s -> %g", len(split),
+             ", ".join(f"{lam:g}: {v:.4f}" for lam, v in found.items()), best)  # fmt: skip
+    with torch.no_grad():
+        for scale in (model.adapter.log_scale, model.adapter.new_log_scale):
+            if scale is not None:  # new_item_control: the control's content term is scaled alike
+                scale.add_(math.log(best))
+    return best
