@@ -8,6 +8,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -23,20 +24,29 @@ from amfrec.runs.calibrate import (
     catalogue_scores,
     choose_offset,
     choose_similarity,
+    clear_best,
 )
 from amfrec.runs.ranker import Ranker
+from amfrec.stats import paired_bootstrap_ci
 from amfrec.training.checkpoint import load_checkpoint
 
 
-def slow_ndcg10(scores: list[list[float]], target: list[int], seen: list[set[int]]) -> float:
-    """Mean ndcg@10 one user at a time: the target (item t, column t - 1) among the items the user has not
-    seen, ties against the model."""
-    total = 0.0
+def slow_ndcg10(scores: list[list[float]], target: list[int], seen: list[set[int]]) -> np.ndarray:
+    """ndcg@10 one user at a time: the target (item t, column t - 1) among the items the user has not seen,
+    ties against the model."""
+    out = []
     for row, t, s in zip(scores, target, seen, strict=True):
         others = [j for j in range(1, len(row) + 1) if j != t and j not in s]
         rank = 1 + sum(row[j - 1] >= row[t - 1] for j in others)
-        total += 1 / math.log2(rank + 1) if rank <= 10 else 0.0
-    return total / len(target)
+        out.append(1 / math.log2(rank + 1) if rank <= 10 else 0.0)
+    return np.array(out)
+
+
+def slow_pick(found: dict[float, np.ndarray]) -> float:
+    """The best mean (ties: nearest 0), or 0 unless its paired gain over 0 has an interval above 0."""
+    best_mean = max(v.mean() for v in found.values())
+    best = min((w for w, v in found.items() if v.mean() == best_mean), key=abs)
+    return best if best == 0.0 or paired_bootstrap_ci(found[best] - found[0.0])[0] > 0 else 0.0
 
 
 def slow_choice(scores: torch.Tensor, target: torch.Tensor, seen: torch.Tensor, fresh: torch.Tensor) -> float:
@@ -48,8 +58,7 @@ def slow_choice(scores: torch.Tensor, target: torch.Tensor, seen: torch.Tensor, 
             [v + (k * spread if fresh[j] else 0.0) for j, v in enumerate(row)] for row in scores.tolist()
         ]
         found[k * spread] = slow_ndcg10(shifted, target.tolist(), seen_sets)
-    best = max(found.values())
-    return min((off for off, v in found.items() if v == best), key=abs)
+    return slow_pick(found)
 
 
 def slow_similarity_choice(scores: torch.Tensor, cosines: torch.Tensor, target, seen) -> float:
@@ -57,8 +66,16 @@ def slow_similarity_choice(scores: torch.Tensor, cosines: torch.Tensor, target, 
     seen_sets = [set(torch.nonzero(r).flatten().tolist()) - {0} for r in seen]
     found = {k * unit: slow_ndcg10((scores + k * unit * cosines).tolist(), target.tolist(), seen_sets)
              for k in SIMILARITY_GRID}  # fmt: skip
-    best = max(found.values())
-    return min(w for w, v in found.items() if v == best)
+    return slow_pick(found)
+
+
+def test_a_gain_within_the_noise_keeps_zero() -> None:
+    g = np.random.default_rng(0)
+    base = g.random(400)
+    noisy = {0.0: base, 1.0: base + g.normal(0.001, 0.05, 400), -1.0: base - 0.01}
+    assert noisy[1.0].mean() > base.mean() and clear_best(noisy) == 0.0
+    clear = {0.0: base, 1.0: base + 0.02 + g.normal(0, 0.01, 400), 2.0: base + 0.01}
+    assert clear_best(clear) == 1.0
 
 
 def slow_knn_cosines(features: Path, n_items: int, history: torch.Tensor, decay: float = 0.8) -> torch.Tensor:

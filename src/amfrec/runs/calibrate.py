@@ -10,8 +10,8 @@
 
 The whole catalogue is scored once for the first ``n`` validation users; w is chosen among
 ``SIMILARITY_GRID`` x (score spread / cosine spread), then the offset among ``OFFSET_GRID`` x the score
-spread with w in place, each by the best full-ranking ndcg@10 (ties keep the value nearest 0). The test split
-is never read.
+spread with w in place, each by the best full-ranking ndcg@10, kept only when its paired gain over 0 has a 95%
+interval above 0 (``clear_best``). The test split is never read.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from amfrec.evaluate_full import full_ranks_from_scores, seen_mask
 from amfrec.model.model import AMFRecModel
 from amfrec.model.similarity import similarity_scores
 from amfrec.runs.rundir import write_yaml
-from amfrec.stats import per_example
+from amfrec.stats import paired_bootstrap_ci, per_example
 from amfrec.training.checkpoint import (
     CHECKPOINT_DIR,
     STATE_FILE,
@@ -71,37 +71,47 @@ def catalogue_scores(model: AMFRecModel, data: PreparedData, n: int | None) -> t
     return torch.cat(scores), torch.cat(cosines), part.target, seen
 
 
+def clear_best(per_user: dict[float, np.ndarray]) -> float:
+    """The value whose (N,) per-user ndcg@10 has the best mean (ties: nearest 0), kept only when its paired
+    gain over the value 0 has a 95% bootstrap interval above 0; else 0: a gain within the noise of the
+    validation users is no reason to move the scores."""
+    best = max(per_user, key=lambda v: (per_user[v].mean(), -abs(v)))
+    if best != 0.0 and paired_bootstrap_ci(per_user[best] - per_user[0.0])[0] <= 0.0:
+        return 0.0
+    return best
+
+
 def choose_similarity(
     scores: torch.Tensor, cosines: torch.Tensor, target: torch.Tensor, seen: torch.Tensor
 ) -> tuple[float, dict[float, float]]:
-    """The weight w of `cosines` (N, n_items) added to `scores` (N, n_items) with the best ndcg@10 of the
-    targets among the unseen catalogue. Returns (w, {w: ndcg@10}); w = 0 when the cosines are constant."""
+    """The weight w of `cosines` (N, n_items) added to `scores` (N, n_items) by the ndcg@10 of the targets
+    among the unseen catalogue (``clear_best``). Returns (w, {w: ndcg@10}); w = 0 when the cosines are
+    constant."""
     spread, cos_spread = float(scores[torch.isfinite(scores)].std()), float(cosines.std())
     unit = spread / cos_spread if cos_spread > 0 else 0.0
-    found: dict[float, float] = {}
+    per_user = {}
     for k in SIMILARITY_GRID if unit > 0 else (0.0,):
         ranks = full_ranks_from_scores(scores + k * unit * cosines, target, seen).numpy()  # (N,)
-        found[k * unit] = float(np.mean(per_example(ranks, "ndcg@10")))
-    best = max(found, key=lambda w: (found[w], -w))
-    return best, found
+        per_user[k * unit] = per_example(ranks, "ndcg@10")
+    return clear_best(per_user), {w: float(v.mean()) for w, v in per_user.items()}
 
 
 def choose_offset(
     scores: torch.Tensor, target: torch.Tensor, seen: torch.Tensor, fresh: torch.Tensor
 ) -> tuple[float, dict[float, tuple[float, float]]]:
-    """The offset for the `fresh` items ((n_items,) bool over items 1..n_items) with the best ndcg@10 of
-    the targets among the unseen catalogue; scores (N, n_items). Returns (offset, {offset: (ndcg@10, recall@10
-    of the rows whose target is fresh, NaN without such rows)}): the second shows what lifting new items buys
-    them against what it costs everyone."""
+    """The offset for the `fresh` items ((n_items,) bool over items 1..n_items) by the ndcg@10 of the targets
+    among the unseen catalogue (``clear_best``); scores (N, n_items). Returns (offset, {offset: (ndcg@10,
+    recall@10 of the rows whose target is fresh, NaN without such rows)}): the second shows what lifting new
+    items buys them against what it costs everyone."""
     spread = float(scores[torch.isfinite(scores)].std())
     new_rows = fresh[target - 1].numpy()  # (N,) the rows whose target is a new item
-    found = {}
+    per_user, found = {}, {}
     for k in OFFSET_GRID:
         ranks = full_ranks_from_scores(scores + k * spread * fresh.float(), target, seen).numpy()  # (N,)
         new_recall = float(np.mean(ranks[new_rows] <= 10)) if new_rows.any() else float("nan")
-        found[k * spread] = (float(np.mean(per_example(ranks, "ndcg@10"))), new_recall)
-    best = max(found, key=lambda off: (found[off][0], -abs(off)))
-    return best, found
+        per_user[k * spread] = per_example(ranks, "ndcg@10")
+        found[k * spread] = (float(per_user[k * spread].mean()), new_recall)
+    return clear_best(per_user), found
 
 
 def calibrate(model: AMFRecModel, data: PreparedData, n: int | None) -> dict[str, float]:
