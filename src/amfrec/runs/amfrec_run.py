@@ -157,7 +157,7 @@ def train_amfrec(
         info = train(model, data, cfg, out, evaluate_fn=lambda m, s: _score(m, s, "validate"), resume=resume)
         weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
         model.adapter.load_state_dict(weights)
-        info.update(_fit_on_valid(model, data, cfg, out))
+        info.update(_fit_on_valid(model, data, cfg, out, limit))
         valid_part, test_part = data.valid.head(limit), data.test.head(limit)
         valid_slices, test_slices = data.slices(valid_part), data.slices(test_part)
         valid = _score(model, valid_part, "valid", valid_slices)
@@ -195,16 +195,20 @@ def train_amfrec(
     return {"test": test_rec, "valid": valid_rec, "info": info, "out": out}
 
 
-def _fit_on_valid(model: AMFRecModel, data: PreparedData, cfg: AMFRecConfig, out: Path) -> dict:
-    """After training, on validation users only: the content term's weight (train.blend_examples), the
-    content similarity and the new items' offset (train.calibrate_examples), saved into the best checkpoint;
-    returns what it chose."""
+def _fit_on_valid(
+    model: AMFRecModel, data: PreparedData, cfg: AMFRecConfig, out: Path, limit: int | None
+) -> dict:
+    """After training, on validation users only (no more than `limit`): the content term's weight
+    (train.blend_examples), the content similarity and the new items' offset (train.calibrate_examples),
+    saved into the best checkpoint; returns what it chose."""
     chosen = {}
     if cfg.train.blend_examples and model.adapter.collab_weight is not None:
         chosen["content_weight"] = blend_on_valid(model, data.valid.head(cfg.train.blend_examples))
         save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
     if cfg.train.calibrate_examples and model.answer is AnswerHead.ITEM_TOKEN:
-        found = calibrate(model, data, cfg.train.calibrate_examples)
+        found = calibrate(
+            model, data, min(cfg.train.calibrate_examples, limit or cfg.train.calibrate_examples)
+        )
         for name, value in found.items():
             setattr(cfg.model, name, value)
         chosen.update(found)
