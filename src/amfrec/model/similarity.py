@@ -37,7 +37,9 @@ def similarity_scores(encoder, history: torch.Tensor, candidates: torch.Tensor |
     table = content_rows(encoder)
     if table is None:
         n_items = encoder.feature(encoder.modalities[0]).shape[0] - 1
-        return torch.zeros(history.shape[0], n_items if candidates is None else candidates.shape[1])
+        return torch.zeros(
+            history.shape[0], n_items if candidates is None else candidates.shape[1], device=history.device
+        )
     cos = history_cosines(table, history.to(table.device), DECAY)  # (B, n_items + 1)
     return cos[:, 1:] if candidates is None else cos.gather(1, candidates.to(table.device))
 
