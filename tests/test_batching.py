@@ -318,7 +318,10 @@ def test_concurrent_http_requests_share_one_model_call(f32_ranker: Ranker, monke
 def test_sorted_evaluation_gives_the_unsorted_ranks(f32_ranker: Ranker, monkeypatch) -> None:
     model, split = f32_ranker.model, f32_ranker.data.test
     order = prompt_order(model, split)
-    lengths = [sum(len(model.titles[i]) + 4 for i in row if i) for row in split.history.tolist()]
+    # each row's real prompt length in tokens, one prompt at a time (no padding)
+    rows = [[i for i in row if i] for row in split.history.tolist()]
+    build = model.prompt.build
+    lengths = [int(build([[model.titles[i] for i in r]], [[]]).attention_mask.sum()) for r in rows]
     assert [lengths[i] for i in order.tolist()] == sorted(lengths) and order.tolist() != sorted(
         order.tolist()
     )

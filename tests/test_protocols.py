@@ -295,6 +295,29 @@ def slow_full_ranks(scores: dict[int, float], data: PreparedData, split: str) ->
     return out
 
 
+class ByIndex:
+    """The same score for every user: item j scores (j * 5) mod 7 (ties included)."""
+
+    name = "by_index"
+
+    def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return ((candidates * 5) % 7).float()
+
+
+def test_full_ranks_in_any_row_order_exclude_each_rows_own_seen_items(new_split: Path) -> None:
+    data = PreparedData.load(new_split)
+    want = slow_full_ranks({j: float((j * 5) % 7) for j in range(data.n_items + 1)}, data, "test")
+    seen = data.seen_items("test")
+    order = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(3))
+    for batch, rows in ((3, order), (5, None)):
+        got = full_ranks(ByIndex(), data.test, seen, data.n_items, batch_size=batch, order=rows)
+        assert got.tolist() == want
+    assert len(set(want)) > 2  # the ranks are not trivial
+    with pytest.raises(ValueError, match="permutation"):
+        bad = torch.zeros(len(data.test), dtype=torch.long)
+        full_ranks(ByIndex(), data.test, seen, data.n_items, order=bad)
+
+
 def test_cli_full_ranking_of_a_popularity_run(new_split: Path, tmp_path: Path) -> None:
     from amfrec.cli.main import main
     from amfrec.metrics import ranking_metrics

@@ -20,14 +20,18 @@ from amfrec.recommender import Recommender
 FULL_KS: tuple[int, ...] = (1, 3, 5, 10, 20)
 
 
-def seen_mask(rows: torch.Tensor, items: torch.Tensor, start: int, stop: int, n_items: int) -> torch.Tensor:
-    """(stop - start, n_items + 1) bool: True where row r (start <= r < stop) has seen the item.
+def seen_mask(rows: torch.Tensor, items: torch.Tensor, batch: torch.Tensor, n_items: int) -> torch.Tensor:
+    """(B, n_items + 1) bool: True where the batch's row batch[b] has seen the item.
 
-    rows, items: (P,) long flat pairs sorted by row (`PreparedData.seen_items`).
+    rows, items: (P,) long flat pairs sorted by row (`PreparedData.seen_items`); batch: (B,) long row indices,
+    in any order.
     """
-    lo, hi = torch.searchsorted(rows, torch.tensor([start, stop])).tolist()
-    mask = torch.zeros(stop - start, n_items + 1, dtype=torch.bool)
-    mask[rows[lo:hi] - start, items[lo:hi]] = True
+    lo, hi = torch.searchsorted(rows, batch), torch.searchsorted(rows, batch + 1)  # (B,) each row's pairs
+    counts = hi - lo  # (B,)
+    which = torch.repeat_interleave(torch.arange(len(batch)), counts)  # (Q,) the batch position of each pair
+    first = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)  # (Q,)
+    mask = torch.zeros(len(batch), n_items + 1, dtype=torch.bool)
+    mask[which, items[torch.arange(len(which)) + first]] = True
     return mask
 
 
@@ -57,28 +61,36 @@ def full_ranks(
     n_items: int,
     batch_size: int = 64,
     desc: str = "full ranking",
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N,) long ranks of `split`'s targets among all n_items items minus each row's seen items (`seen`: flat
     (rows, items) pairs as `PreparedData.seen_items` gives them; None = exclude nothing). The model scores
-    (B, n_items) candidates per batch, so memory is bounded by batch_size * n_items."""
+    (B, n_items) candidates per batch, so memory is bounded by batch_size * n_items. order: (N,) a
+    permutation of the rows to score them in (e.g. by prompt length); the ranks come back in split order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(split)
+    if order is None:
+        order = torch.arange(n)
+    elif not torch.equal(torch.sort(order).values, torch.arange(n)):
+        raise ValueError(f"order must be a permutation of 0..{n - 1}")
     catalogue = torch.arange(1, n_items + 1).unsqueeze(0)  # (1, n_items)
-    ranks = []
-    for start in tqdm(range(0, len(split), batch_size), desc=desc, unit="batch", leave=False, disable=None):
-        stop = min(start + batch_size, len(split))
-        candidates = catalogue.expand(stop - start, n_items)  # (B, n_items)
-        scores = model.score(split.history[start:stop], candidates).detach().float().cpu()  # (B, n_items)
-        if scores.shape != candidates.shape:
-            raise ValueError(
-                f"{model.name}.score returned shape {tuple(scores.shape)}, expected {tuple(candidates.shape)}"
-            )
-        if seen is None:
-            excluded = torch.zeros(stop - start, n_items + 1, dtype=torch.bool)
-        else:
-            excluded = seen_mask(seen[0], seen[1], start, stop, n_items)  # (B, n_items + 1)
-        ranks.append(full_ranks_from_scores(scores, split.target[start:stop], excluded))
-    return torch.cat(ranks)  # (N,)
+    ranks = torch.empty(n, dtype=torch.long)  # (N,)
+    with tqdm(total=n, desc=desc, unit="user", leave=False, disable=None) as bar:
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size]  # (B,)
+            candidates = catalogue.expand(len(rows), n_items)  # (B, n_items)
+            scores = model.score(split.history[rows], candidates).detach().float().cpu()  # (B, n_items)
+            if scores.shape != candidates.shape:
+                got, want = tuple(scores.shape), tuple(candidates.shape)
+                raise ValueError(f"{model.name}.score returned shape {got}, expected {want}")
+            if seen is None:
+                excluded = torch.zeros(len(rows), n_items + 1, dtype=torch.bool)
+            else:
+                excluded = seen_mask(seen[0], seen[1], rows, n_items)  # (B, n_items + 1)
+            ranks[rows] = full_ranks_from_scores(scores, split.target[rows], excluded)
+            bar.update(len(rows))
+    return ranks  # (N,)
 
 
 def full_metrics(ranks: torch.Tensor) -> dict[str, float]:
@@ -96,12 +108,13 @@ def evaluate_full(
     batch_size: int = 64,
     slices: dict[str, torch.Tensor] | None = None,
     desc: str = "full ranking",
+    order: torch.Tensor | None = None,
 ) -> dict:
     """The full-ranking metrics of `model` on `split`, plus "n", "protocol": "full", the (N,) "ranks" and,
-    when given, "slices"."""
+    when given, "slices". order: the order to score the rows in (``full_ranks``); the results are the same."""
     if len(split) == 0:
         raise ValueError("cannot evaluate an empty split")
-    ranks = full_ranks(model, split, seen, n_items, batch_size=batch_size, desc=desc)
+    ranks = full_ranks(model, split, seen, n_items, batch_size=batch_size, desc=desc, order=order)
     out: dict = {
         **full_metrics(ranks),
         "n": len(split),

@@ -28,6 +28,7 @@ from amfrec.evaluate_full import full_ranks_from_scores, seen_mask
 from amfrec.model.model import AMFRecModel
 from amfrec.model.similarity import similarity_scores
 from amfrec.runs.rundir import write_yaml
+from amfrec.runs.scoring import EVAL_BATCH_ITEM_TOKEN, prompt_order
 from amfrec.stats import paired_bootstrap_ci, per_example
 from amfrec.training.checkpoint import (
     CHECKPOINT_DIR,
@@ -43,9 +44,6 @@ log = logging.getLogger(__name__)
 OFFSET_GRID = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 # Similarity weights tried, in units of (score std / cosine std): 1 = the two terms equally spread.
 SIMILARITY_GRID = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
-BATCH = (
-    8  # prompts per backbone pass, each scoring the whole catalogue (as `amfrec evaluate --protocol full`)
-)
 
 
 @torch.no_grad()
@@ -55,20 +53,24 @@ def catalogue_scores(model: AMFRecModel, data: PreparedData, n: int | None) -> t
     seen items (N, n_items + 1) bool (excluded from the ranking)."""
     part = data.valid.head(n)
     catalogue = torch.arange(1, data.n_items + 1).unsqueeze(0)  # (1, n_items)
+    order = prompt_order(model, part)  # (N,) as `amfrec evaluate --protocol full` batches its rows
     kept = model.new_item_offset, model.content_similarity
     model.new_item_offset, model.content_similarity = 0.0, 0.0
     try:
         scores, cosines = [], []
-        for start in tqdm(range(0, len(part), BATCH), desc="calibrate", leave=False, disable=None):
-            history = part.history[start : start + BATCH]  # (B, L)
+        batches = range(0, len(part), EVAL_BATCH_ITEM_TOKEN)
+        for start in tqdm(batches, desc="calibrate", leave=False, disable=None):
+            history = part.history[order[start : start + EVAL_BATCH_ITEM_TOKEN]]  # (B, L)
             cands = catalogue.expand(len(history), -1)  # (B, n_items)
             scores.append(model.score(history, cands).float().cpu())  # (B, n_items)
             cosines.append(similarity_scores(model.item_encoder, history, None).float().cpu())
     finally:
         model.new_item_offset, model.content_similarity = kept
+    back = torch.argsort(order)  # (N,) split order again
     rows, items = data.seen_items("valid")
-    seen = seen_mask(rows, items, 0, len(part), data.n_items)  # (N, n_items + 1)
-    return torch.cat(scores), torch.cat(cosines), part.target, seen
+    seen = seen_mask(rows, items, torch.arange(len(part)), data.n_items)  # (N, n_items + 1)
+    scores, cosines = torch.cat(scores)[back], torch.cat(cosines)[back]
+    return scores, cosines, part.target, seen
 
 
 def clear_best(per_user: dict[float, np.ndarray]) -> float:

@@ -18,9 +18,9 @@ from amfrec.io import write_json
 from amfrec.recommender import Recommender
 from amfrec.runs.ranks import ranks_path, ranks_record, write_ranks
 from amfrec.runs.rundir import metrics_record, run_info
+from amfrec.runs.scoring import EVAL_BATCH_ITEM_TOKEN, prompt_order
 
 BASELINE_BATCH = 256  # rows per scoring call: (256, n_items) scores
-AMFREC_BATCH = 8  # prompts per backbone pass, each scoring the whole catalogue
 
 
 def _load(run: Path) -> tuple[Recommender, PreparedData, int, str, int]:
@@ -41,7 +41,7 @@ def _load(run: Path) -> tuple[Recommender, PreparedData, int, str, int]:
             f"{run}: --protocol full needs the item_token head with no candidates in the prompt "
             "(title heads and listed candidates score a fixed candidate set only)"
         )
-    return model, data, int(run_cfg["run"]["seed"]), "amfrec", AMFREC_BATCH
+    return model, data, int(run_cfg["run"]["seed"]), "amfrec", EVAL_BATCH_ITEM_TOKEN
 
 
 def evaluate_full_run(
@@ -58,6 +58,7 @@ def evaluate_full_run(
     rows, items = data.seen_items(split)
     keep = rows < len(part)  # (P,) the pairs of the first `limit` rows
     slices = data.slices(part)
+    order = prompt_order(model, part) if name == "amfrec" else None  # AMFRec: batches of equal prompt lengths
     metrics = evaluate_full(
         model,
         part,
@@ -66,6 +67,7 @@ def evaluate_full_run(
         batch_size=batch,
         slices=slices,
         desc=f"{name} {split} full",
+        order=order,
     )
     rec = metrics_record(metrics, split, seed, name, time.perf_counter() - t0)
     ranks = metrics.pop("ranks")  # (N,) for the paired comparisons (`amfrec compare --protocol full`)

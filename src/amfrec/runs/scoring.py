@@ -20,17 +20,19 @@ EVAL_BATCH_ITEM_TOKEN = 32  # item_token head: prompts per backbone pass (one pa
 
 
 def item_prompt_lengths(model: AMFRecModel) -> torch.Tensor:
-    """(n_items + 1,) long: each item's estimated share of a prompt's length (the characters of the text it
-    is shown with, 4 per soft token; 0 for padding)."""
-    per_item = (
-        torch.tensor([len(t) for t in model.titles], dtype=torch.long) + 4 * model.prompt.tokens_per_item
-    )
+    """(n_items + 1,) long: each item's share of a prompt's length in backbone tokens (its rendered text, soft
+    tokens and separator, tokenised once; 0 for padding). A prompt's length is the sum over its items plus the
+    template's, so rows sorted by the sum pad little in a batch."""
+    prompt = model.prompt
+    texts = [prompt.render_item(t) + prompt.template.item_separator for t in model.titles]
+    ids = prompt.tokenizer(texts, add_special_tokens=False)["input_ids"]
+    per_item = torch.tensor([len(x) for x in ids], dtype=torch.long)
     per_item[0] = 0
     return per_item
 
 
 def prompt_order(model: AMFRecModel, split: Split) -> torch.Tensor:
-    """(N,) the rows of `split` by their prompt's estimated length (``item_prompt_lengths``), stable: batches
+    """(N,) the rows of `split` by their prompt's length in tokens (``item_prompt_lengths``), stable: batches
     of neighbours pad little."""
     shown = split.history
     if model.prompt.template.has_candidates and split.candidates is not None:
