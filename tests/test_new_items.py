@@ -133,11 +133,12 @@ def test_dropout_is_off_at_evaluation_and_on_in_training(model: AMFRecModel) -> 
     model.eval()
 
 
-def test_sasrec_content_as_the_collaborative_net(tiny_prepared, tmp_path) -> None:
+def test_sasrec_content_as_the_collaborative_net(tiny_prepared, tmp_path, caplog) -> None:
     """`model.user_token: sasrec_content`: AMFRec reads a frozen content-aware SASRec (`amfrec experiment`
     trains the seed's run and names it), whose rows of items it never trained on are content, so every item's
-    collaborative logit counts."""
+    collaborative logit counts. The blend reads no more validation users than --limit (4 < 8)."""
     import json
+    import logging
 
     import yaml
     from llm_fixtures import SMALL, make_tiny_amfrec_inputs
@@ -155,7 +156,9 @@ def test_sasrec_content_as_the_collaborative_net(tiny_prepared, tmp_path) -> Non
     sets = with_collab_run(str(config), sets, tiny_prepared, features, 1, tmp_path, limit=4)
     assert sets["model.collab_run"] == str(tmp_path / "sasrec_content")
     assert (tmp_path / "sasrec_content" / "sasrec_content.safetensors").is_file()
-    train_amfrec(tiny_prepared, features, config, 1, tmp_path / "run", sets, limit=4)
+    with caplog.at_level(logging.INFO, logger="amfrec.runs.scoring"):
+        train_amfrec(tiny_prepared, features, config, 1, tmp_path / "run", sets, limit=4)
+    assert "content weight on 4 validation users" in caplog.text
     model, data, _ = load_run(tmp_path / "run")
     assert model.collab.known[1:].all()  # content rows: no item is unknown
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -202,13 +202,15 @@ def _fit_on_valid(
     (train.blend_examples), the content similarity and the new items' offset (train.calibrate_examples),
     saved into the best checkpoint; returns what it chose."""
     chosen = {}
+
+    def at_most(n: int) -> int:  # validation users: no more than --limit
+        return min(n, limit or n)
+
     if cfg.train.blend_examples and model.adapter.collab_weight is not None:
-        chosen["content_weight"] = blend_on_valid(model, data.valid.head(cfg.train.blend_examples))
+        chosen["content_weight"] = blend_on_valid(model, data.valid.head(at_most(cfg.train.blend_examples)))
         save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
     if cfg.train.calibrate_examples and model.answer is AnswerHead.ITEM_TOKEN:
-        found = calibrate(
-            model, data, min(cfg.train.calibrate_examples, limit or cfg.train.calibrate_examples)
-        )
+        found = calibrate(model, data, at_most(cfg.train.calibrate_examples))
         for name, value in found.items():
             setattr(cfg.model, name, value)
         chosen.update(found)
