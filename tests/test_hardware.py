@@ -67,6 +67,32 @@ def test_backbone_loads_in_the_dtype_auto_picks(monkeypatch: pytest.MonkeyPatch,
     assert load_backbone(str(tiny_dir), dtype="float32", device="cpu").dtype == torch.float32
 
 
+def test_alternating_best_survives_a_stall_that_a_run_of_repeats_would_not() -> None:
+    """A fake clock: every call takes 1 s, but a stall adds 100 s to the calls made during rounds 0-2. Taking
+    turns, each dtype's best is an unstalled round (1 s); five repeats of one dtype in a row, all inside the
+    stall, would read only stalled times."""
+    now = [0.0]
+    calls = {"float32": 0, "bfloat16": 0}
+
+    def run(name: str):
+        def go() -> None:
+            stalled = calls[name] < 3  # the first three rounds of each dtype fall in the stall
+            calls[name] += 1
+            now[0] += 101.0 if stalled else 1.0
+
+        return go
+
+    best = hardware.alternating_best({k: run(k) for k in calls}, 10**6, 5, clock=lambda: now[0])
+    assert best == {"float32": 1.0, "bfloat16": 1.0} and calls == {"float32": 5, "bfloat16": 5}
+    # min_seconds reached after the first round: one round only
+    calls.update(float32=3, bfloat16=3)
+    assert hardware.alternating_best({k: run(k) for k in calls}, 0.5, 5, clock=lambda: now[0]) == {
+        "float32": 1.0,
+        "bfloat16": 1.0,
+    }
+    assert calls == {"float32": 4, "bfloat16": 4}
+
+
 def test_the_real_probe_measures_both_dtypes() -> None:
     g = hardware.probe_matmul_gflops()
     assert set(g) == {"float32", "bfloat16"} and all(v > 0 for v in g.values())
