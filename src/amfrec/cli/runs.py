@@ -150,7 +150,9 @@ def add_run_parsers(sub) -> None:
         "calibrate", help="AMFRec: choose the content similarity and new items' offset on validation"
     )
     c.add_argument("--run", type=Path, required=True)
-    c.add_argument("--examples", type=int, default=2000, help="first N validation users (default 2000)")
+    c.add_argument(
+        "--examples", type=int, default=10000, help="first N validation users (default 10000: all, here)"
+    )
     c.set_defaults(func=cmd_calibrate)
 
     r = sub.add_parser(
