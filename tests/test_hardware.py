@@ -68,29 +68,30 @@ def test_backbone_loads_in_the_dtype_auto_picks(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_alternating_best_survives_a_stall_that_a_run_of_repeats_would_not() -> None:
-    """A fake clock: every call takes 1 s, but a stall adds 100 s to the calls made during rounds 0-2. Taking
-    turns, each dtype's best is an unstalled round (1 s); five repeats of one dtype in a row, all inside the
-    stall, would read only stalled times."""
-    now = [0.0]
-    calls = {"float32": 0, "bfloat16": 0}
+    """A fake clock: every call takes 1 s, but a stall adds 100 s to the first five calls, whichever dtype
+    makes them. Taking turns (f b f b f | b f b f b), each dtype gets unstalled rounds and reads 1 s; five
+    repeats of float32 in a row would have spent all of them inside the stall."""
+    now, made = [0.0], []
 
     def run(name: str):
         def go() -> None:
-            stalled = calls[name] < 3  # the first three rounds of each dtype fall in the stall
-            calls[name] += 1
-            now[0] += 101.0 if stalled else 1.0
+            now[0] += 101.0 if len(made) < 5 else 1.0
+            made.append(name)
 
         return go
 
-    best = hardware.alternating_best({k: run(k) for k in calls}, 10**6, 5, clock=lambda: now[0])
-    assert best == {"float32": 1.0, "bfloat16": 1.0} and calls == {"float32": 5, "bfloat16": 5}
+    names = ("float32", "bfloat16")
+    best = hardware.alternating_best({k: run(k) for k in names}, 10**6, 5, clock=lambda: now[0])
+    assert best == {"float32": 1.0, "bfloat16": 1.0}
+    assert made == ["float32", "bfloat16"] * 5  # they took turns, five rounds
     # min_seconds reached after the first round: one round only
-    calls.update(float32=3, bfloat16=3)
-    assert hardware.alternating_best({k: run(k) for k in calls}, 0.5, 5, clock=lambda: now[0]) == {
+    made.clear()
+    made.extend(["x"] * 5)  # past the stall
+    assert hardware.alternating_best({k: run(k) for k in names}, 0.5, 5, clock=lambda: now[0]) == {
         "float32": 1.0,
         "bfloat16": 1.0,
     }
-    assert calls == {"float32": 4, "bfloat16": 4}
+    assert made[5:] == ["float32", "bfloat16"]
 
 
 def test_the_real_probe_measures_both_dtypes() -> None:

@@ -38,6 +38,15 @@ def target_positions(split: Split) -> torch.Tensor:
     return hits.long().argmax(dim=1)  # (N,)
 
 
+def row_order(order: torch.Tensor | None, n: int) -> torch.Tensor:
+    """(N,) the order to score N rows in: `order`, checked to be a permutation of 0..N-1; None = 0..N-1."""
+    if order is None:
+        return torch.arange(n)
+    if not torch.equal(torch.sort(order).values, torch.arange(n)):
+        raise ValueError(f"order must be a permutation of 0..{n - 1}")
+    return order
+
+
 @torch.no_grad()
 def evaluate_ranks(
     model: Recommender,
@@ -56,10 +65,7 @@ def evaluate_ranks(
     target_pos = target_positions(split)  # (N,)
     assert split.candidates is not None  # checked by target_positions
     n = len(split)
-    if order is None:
-        order = torch.arange(n)
-    elif not torch.equal(torch.sort(order).values, torch.arange(n)):
-        raise ValueError(f"order must be a permutation of 0..{n - 1}")
+    order = row_order(order, n)
     ranks = torch.empty(n, dtype=torch.long)  # (N,)
     t0 = time.perf_counter()
     with tqdm(total=n, desc=desc, unit="user", leave=False, disable=None) as bar:

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from amfrec.data.dataset import Split
-from amfrec.evaluate import slice_metrics
+from amfrec.evaluate import row_order, slice_metrics
 from amfrec.metrics import ranking_metrics
 from amfrec.recommender import Recommender
 
@@ -70,10 +70,7 @@ def full_ranks(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(split)
-    if order is None:
-        order = torch.arange(n)
-    elif not torch.equal(torch.sort(order).values, torch.arange(n)):
-        raise ValueError(f"order must be a permutation of 0..{n - 1}")
+    order = row_order(order, n)
     catalogue = torch.arange(1, n_items + 1).unsqueeze(0)  # (1, n_items)
     ranks = torch.empty(n, dtype=torch.long)  # (N,)
     with tqdm(total=n, desc=desc, unit="user", leave=False, disable=None) as bar:
