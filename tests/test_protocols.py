@@ -252,6 +252,20 @@ def test_full_ranking_without_exclusion_equals_the_candidate_protocol(new_split:
     assert int(want.max()) > 5  # the ranks are not trivial
 
 
+def test_one_full_pass_gives_the_candidate_protocols_ranks_too(new_split: Path) -> None:
+    """candidates=True: the ranks among each row's candidates equal the candidate evaluator's (ties included),
+    and the full ranks are those of a pass without them."""
+    data = PreparedData.load(new_split)
+    seen = data.seen_items("test")
+    order = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(3))
+    full, among = full_ranks(Hashy(), data.test, seen, data.n_items, batch_size=3, order=order, candidates=True)
+    assert torch.equal(among, evaluate_ranks(Hashy(), data.test, batch_size=5))
+    assert torch.equal(full, full_ranks(Hashy(), data.test, seen, data.n_items, batch_size=4))
+    assert int(among.max()) > 1 and not torch.equal(among, full)  # two different, non-trivial protocols
+    m = evaluate_full(Hashy(), data.test, seen, data.n_items, candidates=True)
+    assert torch.equal(m["candidate_ranks"], among)
+
+
 # ---------------------------------------------------------------------------------------------- item text
 def test_item_text_renders_other_fields_and_skips_empty_ones(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
@@ -362,7 +376,8 @@ def test_amfrec_scores_the_whole_catalogue(tiny_prepared: Path, tmp_path: Path) 
     """AMFRec scores the whole catalogue (C = n_items) as it scores the candidates; full ranks = reference."""
     from llm_fixtures import SMALL, make_tiny_amfrec_inputs
 
-    from amfrec.runs.amfrec_run import load_run, train_amfrec
+    from amfrec.io import read_json
+    from amfrec.runs.amfrec_run import evaluate_run, load_run, train_amfrec
     from amfrec.runs.full_ranking import evaluate_full_run
 
     features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path)
@@ -384,6 +399,13 @@ def test_amfrec_scores_the_whole_catalogue(tiny_prepared: Path, tmp_path: Path) 
         ranks.append(1 + sum(bool(full[r, j - 1] >= full[r, target - 1]) for j in others))
     assert rec["mrr"] == pytest.approx(float((1 / torch.tensor(ranks).double()).mean()), rel=1e-6)
     assert rec["n"] == 6 and (run / "test_full_metrics.json").is_file()
+    # full+score: the candidate protocol's files from the same pass equal `--protocol score`'s
+    evaluate_run(run, "test", "score", limit=6)
+    alone = read_json(run / "test_score_ranks.json")
+    evaluate_full_run(run, "test", limit=6, with_score=True)
+    shared = read_json(run / "test_score_ranks.json")
+    assert shared["ranks"] == alone["ranks"] and shared["n_candidates"] == alone["n_candidates"] == 20
+    assert read_json(run / "test_score_metrics.json")["from"] == "full"
 
 
 def test_cli_protocol_options() -> None:
@@ -396,3 +418,4 @@ def test_cli_protocol_options() -> None:
     x = p.parse_args(["experiment", "--data", "X", "--out", "O", "--new-items", "0.2", "--negatives", "100"])
     assert (x.negatives, x.new_items) == (100, 0.2)
     assert p.parse_args(["evaluate", "--run", "R", "--protocol", "full"]).protocol == "full"
+    assert p.parse_args(["evaluate", "--run", "R", "--protocol", "full+score"]).protocol == "full+score"

@@ -125,12 +125,18 @@ def evaluate(
         raise ValueError("cannot evaluate an empty split")
     t0 = time.perf_counter()
     ranks = evaluate_ranks(model, split, batch_size=batch_size, desc=desc, order=order)
-    seconds = time.perf_counter() - t0  # the scoring's cost: n / seconds users/s
-    out: dict = {**ranking_metrics(ranks, RANK_KS), "n": len(split), "eval_time_s": seconds}
-    if slices:
-        out["slices"] = slice_metrics(ranks, slices)
+    out = candidate_metrics(ranks, time.perf_counter() - t0, slices)  # the scoring's cost: n / s users/s
     if return_ranks:
         out["ranks"] = ranks  # (N,)
+    return out
+
+
+def candidate_metrics(ranks: torch.Tensor, seconds: float, slices: dict[str, torch.Tensor] | None) -> dict:
+    """The candidate protocol's record of (N,) ranks: hr@k, ndcg@k (RANK_KS), mrr, n, eval_time_s and, with
+    slices, their metrics under "slices"."""
+    out: dict = {**ranking_metrics(ranks, RANK_KS), "n": len(ranks), "eval_time_s": seconds}
+    if slices:
+        out["slices"] = slice_metrics(ranks, slices)
     return out
 
 

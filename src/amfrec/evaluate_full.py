@@ -13,8 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from amfrec.data.dataset import Split
-from amfrec.evaluate import row_order, slice_metrics
-from amfrec.metrics import ranking_metrics
+from amfrec.evaluate import row_order, slice_metrics, target_positions
+from amfrec.metrics import ranking_metrics, ranks_from_scores
 from amfrec.recommender import Recommender
 
 FULL_KS: tuple[int, ...] = (1, 3, 5, 10, 20)
@@ -62,32 +62,43 @@ def full_ranks(
     batch_size: int = 64,
     desc: str = "full ranking",
     order: torch.Tensor | None = None,
-) -> torch.Tensor:
+    candidates: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """(N,) long ranks of `split`'s targets among all n_items items minus each row's seen items (`seen`: flat
     (rows, items) pairs as `PreparedData.seen_items` gives them; None = exclude nothing). The model scores
     (B, n_items) candidates per batch, so memory is bounded by batch_size * n_items. order: (N,) a
-    permutation of the rows to score them in (e.g. by prompt length); the ranks come back in split order."""
+    permutation of the rows to score them in (e.g. by prompt length); the ranks come back in split order.
+
+    candidates: also return the (N,) ranks among `split.candidates` (the candidate protocol, ties against
+    the model), read off the same scores: one pass gives both protocols, for a model whose score of an item
+    does not depend on the other items scored with it (every Recommender here).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n = len(split)
     order = row_order(order, n)
+    target_pos = target_positions(split) if candidates else None  # (N,) raises without candidate sets
     catalogue = torch.arange(1, n_items + 1).unsqueeze(0)  # (1, n_items)
     ranks = torch.empty(n, dtype=torch.long)  # (N,)
+    among = torch.empty(n, dtype=torch.long)  # (N,) the candidate protocol's ranks (candidates=True)
     with tqdm(total=n, desc=desc, unit="user", leave=False, disable=None) as bar:
         for start in range(0, n, batch_size):
             rows = order[start : start + batch_size]  # (B,)
-            candidates = catalogue.expand(len(rows), n_items)  # (B, n_items)
-            scores = model.score(split.history[rows], candidates).detach().float().cpu()  # (B, n_items)
-            if scores.shape != candidates.shape:
-                got, want = tuple(scores.shape), tuple(candidates.shape)
+            everything = catalogue.expand(len(rows), n_items)  # (B, n_items)
+            scores = model.score(split.history[rows], everything).detach().float().cpu()  # (B, n_items)
+            if scores.shape != everything.shape:
+                got, want = tuple(scores.shape), tuple(everything.shape)
                 raise ValueError(f"{model.name}.score returned shape {got}, expected {want}")
             if seen is None:
                 excluded = torch.zeros(len(rows), n_items + 1, dtype=torch.bool)
             else:
                 excluded = seen_mask(seen[0], seen[1], rows, n_items)  # (B, n_items + 1)
             ranks[rows] = full_ranks_from_scores(scores, split.target[rows], excluded)
+            if target_pos is not None:
+                on_candidates = scores.gather(1, split.candidates[rows] - 1)  # (B, C)
+                among[rows] = ranks_from_scores(on_candidates, target_pos[rows])
             bar.update(len(rows))
-    return ranks  # (N,)
+    return (ranks, among) if candidates else ranks  # (N,) [, (N,)]
 
 
 def full_metrics(ranks: torch.Tensor) -> dict[str, float]:
@@ -106,12 +117,19 @@ def evaluate_full(
     slices: dict[str, torch.Tensor] | None = None,
     desc: str = "full ranking",
     order: torch.Tensor | None = None,
+    candidates: bool = False,
 ) -> dict:
     """The full-ranking metrics of `model` on `split`, plus "n", "protocol": "full", the (N,) "ranks" and,
-    when given, "slices". order: the order to score the rows in (``full_ranks``); the results are the same."""
+    when given, "slices". order: the order to score the rows in (``full_ranks``); the results are the same.
+    candidates: also the (N,) ranks among the split's candidates from the same pass, as "candidate_ranks"."""
     if len(split) == 0:
         raise ValueError("cannot evaluate an empty split")
-    ranks = full_ranks(model, split, seen, n_items, batch_size=batch_size, desc=desc, order=order)
+    among = None
+    ranks = full_ranks(
+        model, split, seen, n_items, batch_size=batch_size, desc=desc, order=order, candidates=candidates
+    )
+    if candidates:
+        ranks, among = ranks
     out: dict = {
         **full_metrics(ranks),
         "n": len(split),
@@ -119,6 +137,8 @@ def evaluate_full(
         "n_items": n_items,
         "ranks": ranks,
     }
+    if among is not None:
+        out["candidate_ranks"] = among  # (N,)
     if slices:
         out["slices"] = slice_metrics(ranks, slices, full_metrics)
     return out

@@ -44,11 +44,16 @@ def cmd_train(a: argparse.Namespace) -> None:
 def cmd_evaluate(a: argparse.Namespace) -> None:
     from amfrec.runs.rundir import run_info
 
-    if a.protocol == "full":
+    if a.protocol in ("full", "full+score"):
+        from amfrec.io import read_json
         from amfrec.runs.full_ranking import evaluate_full_run
 
-        m = evaluate_full_run(Path(a.run), split=a.split, limit=a.limit, corrupt=a.corrupt)
-        return print(_metrics_line(m) + f", recall@10 {m['recall@10']:.4f}, ndcg@20 {m['ndcg@20']:.4f}")
+        both = a.protocol == "full+score"
+        m = evaluate_full_run(Path(a.run), split=a.split, limit=a.limit, corrupt=a.corrupt, with_score=both)
+        print(_metrics_line(m) + f", recall@10 {m['recall@10']:.4f}, ndcg@20 {m['ndcg@20']:.4f}")
+        if both:
+            print(_metrics_line(read_json(Path(a.run) / f"{a.split}_score_metrics.json")) + " (candidates)")
+        return
     if run_info(a.run)["model"] in BASELINES:
         from amfrec.runs.baseline_run import evaluate_baseline_run
 
@@ -135,8 +140,12 @@ def add_run_parsers(sub) -> None:
     e = sub.add_parser("evaluate", help="evaluate a trained run again on its fixed candidates")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--split", choices=("valid", "test"), default="test")
-    parts = "parts: rank by the content term, the collaborative term, both (item_token); full: the catalogue"
-    e.add_argument("--protocol", choices=("score", "generate", "parts", "full"), default="score", help=parts)
+    parts = (
+        "parts: rank by the content term, the collaborative term, both (item_token); full: the catalogue; "
+        "full+score: the catalogue and the candidates, from one scoring pass"
+    )
+    protocols = ("score", "generate", "parts", "full", "full+score")
+    e.add_argument("--protocol", choices=protocols, default="score", help=parts)
     e.add_argument("--limit", type=int, default=None, help="first N examples only")
     e.add_argument(
         "--corrupt",

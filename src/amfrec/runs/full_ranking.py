@@ -13,6 +13,7 @@ from pathlib import Path
 from amfrec.baselines import BASELINES
 from amfrec.data.dataset import PreparedData
 from amfrec.errors import AmfrecError
+from amfrec.evaluate import candidate_metrics
 from amfrec.evaluate_full import evaluate_full
 from amfrec.io import write_json
 from amfrec.recommender import Recommender
@@ -45,10 +46,17 @@ def _load(run: Path) -> tuple[Recommender, PreparedData, int, str, int]:
 
 
 def evaluate_full_run(
-    run: Path, split: str = "test", limit: int | None = None, corrupt: str | None = None
+    run: Path,
+    split: str = "test",
+    limit: int | None = None,
+    corrupt: str | None = None,
+    with_score: bool = False,
 ) -> dict:
     """Rank the whole catalogue minus each user's seen items for `split`'s (first `limit`) examples; write
-    and return RUN/<split>_full_metrics.json's record. (`corrupt` is refused: full ranking is clean only.)"""
+    and return RUN/<split>_full_metrics.json's record. (`corrupt` is refused: full ranking is clean only.)
+
+    with_score: also write what `--protocol score` writes (RUN/<split>_score_metrics.json and its ranks),
+    read off the same scores at the split's candidates: both protocols for the price of one pass."""
     if corrupt:
         raise AmfrecError("--corrupt: not with --protocol full (use --protocol score)")
     t0 = time.perf_counter()
@@ -68,11 +76,19 @@ def evaluate_full_run(
         slices=slices,
         desc=f"{name} {split} full",
         order=order,
+        candidates=with_score,
     )
-    rec = metrics_record(metrics, split, seed, name, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    rec = metrics_record(metrics, split, seed, name, seconds)
     ranks = metrics.pop("ranks")  # (N,) for the paired comparisons (`amfrec compare --protocol full`)
+    among = metrics.pop("candidate_ranks", None)  # (N,) | None
     rec.update({k: v for k, v in metrics.items() if k not in rec})  # @20, recall@k, protocol, n_items
     write_json(run / f"{split}_full_metrics.json", rec)
     record = ranks_record(ranks, part, slices, data, split, seed, name, n_candidates=data.n_items)
     write_ranks(ranks_path(run, split, "full"), record)
+    if among is not None:
+        score = metrics_record(candidate_metrics(among, seconds, slices), split, seed, name, seconds)
+        score["from"] = "full"  # read off the full ranking's scores
+        write_json(run / f"{split}_score_metrics.json", score)
+        write_ranks(ranks_path(run, split, "score"), ranks_record(among, part, slices, data, split, seed, name))
     return rec
