@@ -258,7 +258,8 @@ def test_one_full_pass_gives_the_candidate_protocols_ranks_too(new_split: Path) 
     data = PreparedData.load(new_split)
     seen = data.seen_items("test")
     order = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(3))
-    full, among = full_ranks(Hashy(), data.test, seen, data.n_items, batch_size=3, order=order, candidates=True)
+    n = data.n_items
+    full, among = full_ranks(Hashy(), data.test, seen, n, batch_size=3, order=order, candidates=True)
     assert torch.equal(among, evaluate_ranks(Hashy(), data.test, batch_size=5))
     assert torch.equal(full, full_ranks(Hashy(), data.test, seen, data.n_items, batch_size=4))
     assert int(among.max()) > 1 and not torch.equal(among, full)  # two different, non-trivial protocols

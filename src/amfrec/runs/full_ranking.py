@@ -90,5 +90,6 @@ def evaluate_full_run(
         score = metrics_record(candidate_metrics(among, seconds, slices), split, seed, name, seconds)
         score["from"] = "full"  # read off the full ranking's scores
         write_json(run / f"{split}_score_metrics.json", score)
-        write_ranks(ranks_path(run, split, "score"), ranks_record(among, part, slices, data, split, seed, name))
+        score_ranks = ranks_record(among, part, slices, data, split, seed, name)
+        write_ranks(ranks_path(run, split, "score"), score_ranks)
     return rec
