@@ -353,6 +353,13 @@ def test_cli_full_ranking_of_a_popularity_run(new_split: Path, tmp_path: Path) -
     assert rec["slices"]["new"]["n"] == int(new.sum())
     assert rec["slices"]["new"]["mrr"] == pytest.approx(float((1 / ranks[new].double()).mean()))
     assert main(["-q", "evaluate", "--run", str(run), "--protocol", "full", "--corrupt", "image=noise"]) == 2
+    # full+score: the baseline's 1 + 19 files from the full pass equal its own `--protocol score` files
+    assert main(["-q", "evaluate", "--run", str(run), "--protocol", "score"]) == 0
+    alone = json.loads((run / "test_score_ranks.json").read_text())
+    assert main(["-q", "evaluate", "--run", str(run), "--protocol", "full+score"]) == 0
+    shared = json.loads((run / "test_score_ranks.json").read_text())
+    assert shared["ranks"] == alone["ranks"] and shared["slices"] == alone["slices"]
+    assert json.loads((run / "test_full_metrics.json").read_text())["mrr"] == rec["mrr"]
 
 
 def test_experiment_finds_image_vectors_beside_the_raw_data(tmp_path: Path) -> None:
