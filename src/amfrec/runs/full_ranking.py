@@ -63,6 +63,8 @@ def evaluate_full_run(
     run = Path(run)
     model, data, seed, name, batch = _load(run)
     part = (data.valid if split == "valid" else data.test).head(limit)
+    if with_score and part.candidates is None:
+        raise AmfrecError(f"{run}: --protocol full+score: the {split} split has no candidate sets (use full)")
     rows, items = data.seen_items(split)
     keep = rows < len(part)  # (P,) the pairs of the first `limit` rows
     slices = data.slices(part)
