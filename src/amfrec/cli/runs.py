@@ -45,14 +45,13 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from amfrec.runs.rundir import run_info
 
     if a.protocol in ("full", "full+score"):
-        from amfrec.io import read_json
         from amfrec.runs.full_ranking import evaluate_full_run
 
         both = a.protocol == "full+score"
-        m = evaluate_full_run(Path(a.run), split=a.split, limit=a.limit, corrupt=a.corrupt, with_score=both)
+        m, score = evaluate_full_run(Path(a.run), a.split, a.limit, a.corrupt, with_score=both)
         print(_metrics_line(m) + f", recall@10 {m['recall@10']:.4f}, ndcg@20 {m['ndcg@20']:.4f}")
-        if both:
-            print(_metrics_line(read_json(Path(a.run) / f"{a.split}_score_metrics.json")) + " (candidates)")
+        if score is not None:
+            print(_metrics_line(score) + " (candidates)")
         return
     if run_info(a.run)["model"] in BASELINES:
         from amfrec.runs.baseline_run import evaluate_baseline_run

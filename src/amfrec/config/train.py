@@ -60,7 +60,7 @@ class TrainConfig:
     # kept only when clearly ahead of 0 (`runs/calibrate.py`); null = keep both. 10,000 = every validation
     # user of both data sets here: 2,000 refused the weight in 4 of 12 amazon-scientific runs although each
     # gained on validation at every weight tried (+0.0055 to +0.013 ndcg@10 at the best); all 8,442 kept it
-    # where 2,000 had not (RESULTS "The content similarity, three seeds").
+    # where 2,000 had not (RESULTS "The content similarity on every validation user").
     calibrate_examples: int | None = 10000
 
     def __post_init__(self) -> None:

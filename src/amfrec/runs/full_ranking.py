@@ -51,12 +51,13 @@ def evaluate_full_run(
     limit: int | None = None,
     corrupt: str | None = None,
     with_score: bool = False,
-) -> dict:
+) -> tuple[dict, dict | None]:
     """Rank the whole catalogue minus each user's seen items for `split`'s (first `limit`) examples; write
     and return RUN/<split>_full_metrics.json's record. (`corrupt` is refused: full ranking is clean only.)
 
     with_score: also write what `--protocol score` writes (RUN/<split>_score_metrics.json and its ranks),
-    read off the same scores at the split's candidates: both protocols for the price of one pass."""
+    read off the same scores at the split's candidates: both protocols for the price of one pass. Returns
+    (the full record, the score record or None)."""
     if corrupt:
         raise AmfrecError("--corrupt: not with --protocol full (use --protocol score)")
     t0 = time.perf_counter()
@@ -88,10 +89,11 @@ def evaluate_full_run(
     write_json(run / f"{split}_full_metrics.json", rec)
     record = ranks_record(ranks, part, slices, data, split, seed, name, n_candidates=data.n_items)
     write_ranks(ranks_path(run, split, "full"), record)
+    score = None
     if among is not None:
         score = metrics_record(candidate_metrics(among, seconds, slices), split, seed, name, seconds)
         score["from"] = "full"  # read off the full ranking's scores
         write_json(run / f"{split}_score_metrics.json", score)
         score_ranks = ranks_record(among, part, slices, data, split, seed, name)
         write_ranks(ranks_path(run, split, "score"), score_ranks)
-    return rec
+    return rec, score
