@@ -19,8 +19,10 @@ from amfrec.data.prepare import prepare
 from amfrec.features.store import load_features
 from amfrec.runs.amfrec_run import load_run, train_amfrec
 from amfrec.runs.calibrate import (
+    GUARDED_SLICES,
     OFFSET_GRID,
     SIMILARITY_GRID,
+    Validation,
     catalogue_scores,
     choose_offset,
     choose_similarity,
@@ -42,31 +44,55 @@ def slow_ndcg10(scores: list[list[float]], target: list[int], seen: list[set[int
     return np.array(out)
 
 
-def slow_pick(found: dict[float, np.ndarray]) -> float:
-    """The best mean (ties: nearest 0), or 0 unless its paired gain over 0 has an interval above 0."""
-    best_mean = max(v.mean() for v in found.values())
-    best = min((w for w, v in found.items() if v.mean() == best_mean), key=abs)
-    return best if best == 0.0 or paired_bootstrap_ci(found[best] - found[0.0])[0] > 0 else 0.0
+def slow_hr1(scores: list[list[float]], target: list[int], candidates: list[list[int]]) -> np.ndarray:
+    """1 where the target scores above every other candidate of its row (ties against the model)."""
+    return np.array([float(all(row[t - 1] > row[c - 1] for c in cands if c != t))
+                     for row, t, cands in zip(scores, target, candidates, strict=True)])  # fmt: skip
 
 
-def slow_choice(scores: torch.Tensor, target: torch.Tensor, seen: torch.Tensor, fresh: torch.Tensor) -> float:
+def slow_judge(scores: list[list[float]], v: Validation) -> dict[str, np.ndarray]:
+    seen_sets = [set(torch.nonzero(r).flatten().tolist()) - {0} for r in v.seen]
+    out = {"ndcg@10": slow_ndcg10(scores, v.target.tolist(), seen_sets)}
+    if v.candidates is not None:
+        out["hr@1"] = slow_hr1(scores, v.target.tolist(), v.candidates.tolist())
+    return out
+
+
+def slow_pick(found: dict[float, dict[str, np.ndarray]], slices: dict | None = None) -> float:
+    """Among the values whose slices (cold, warm, new) are on no metric clearly below 0's, the best mean
+    ndcg@10 (ties: nearest 0), or 0 unless its paired gain over 0 has an interval above 0."""
+
+    def costs(w: float) -> bool:
+        for name in ("cold", "warm", "new"):
+            rows = (slices or {}).get(name)
+            for metric in found[w] if rows is not None and rows.any() else ():
+                diff = found[w][metric][rows] - found[0.0][metric][rows]
+                if diff.mean() < 0 and paired_bootstrap_ci(diff)[1] < 0:
+                    return True
+        return False
+
+    ok = {w: m["ndcg@10"] for w, m in found.items() if w == 0.0 or not costs(w)}
+    best_mean = max(v.mean() for v in ok.values())
+    best = min((w for w, v in ok.items() if v.mean() == best_mean), key=abs)
+    return best if best == 0.0 or paired_bootstrap_ci(ok[best] - ok[0.0])[0] > 0 else 0.0
+
+
+def slow_choice(v: Validation, fresh: torch.Tensor, weight: float = 0.0) -> float:
+    scores = v.scores + weight * v.cosines
     spread = float(scores.std())
-    seen_sets = [set(torch.nonzero(r).flatten().tolist()) - {0} for r in seen]
     found = {}
     for k in OFFSET_GRID:
         shifted = [
-            [v + (k * spread if fresh[j] else 0.0) for j, v in enumerate(row)] for row in scores.tolist()
+            [x + (k * spread if fresh[j] else 0.0) for j, x in enumerate(row)] for row in scores.tolist()
         ]
-        found[k * spread] = slow_ndcg10(shifted, target.tolist(), seen_sets)
-    return slow_pick(found)
+        found[k * spread] = slow_judge(shifted, v)
+    return slow_pick(found, v.slices)
 
 
-def slow_similarity_choice(scores: torch.Tensor, cosines: torch.Tensor, target, seen) -> float:
-    unit = float(scores.std()) / float(cosines.std())
-    seen_sets = [set(torch.nonzero(r).flatten().tolist()) - {0} for r in seen]
-    found = {k * unit: slow_ndcg10((scores + k * unit * cosines).tolist(), target.tolist(), seen_sets)
-             for k in SIMILARITY_GRID}  # fmt: skip
-    return slow_pick(found)
+def slow_similarity_choice(v: Validation) -> float:
+    unit = float(v.scores.std()) / float(v.cosines.std())
+    found = {k * unit: slow_judge((v.scores + k * unit * v.cosines).tolist(), v) for k in SIMILARITY_GRID}
+    return slow_pick(found, v.slices)
 
 
 def test_a_gain_within_the_noise_keeps_zero() -> None:
@@ -107,10 +133,44 @@ def test_the_similarity_weight_finds_a_signal_only_the_cosines_carry() -> None:
     cosines[torch.arange(n_users), target - 1] = 0.9
     seen = torch.rand(n_users, n_items + 1, generator=g) < 0.2
     seen[torch.arange(n_users), target] = False
-    best, found = choose_similarity(scores, cosines, target, seen)
-    assert best == pytest.approx(slow_similarity_choice(scores, cosines, target, seen), rel=1e-6)
-    assert best > 0 and found[best] > found[0.0]
-    assert choose_similarity(scores, torch.zeros_like(cosines), target, seen) == (0.0, {0.0: found[0.0]})
+    v = Validation(scores, cosines, target, seen)
+    best, found, refused = choose_similarity(v)
+    assert best == pytest.approx(slow_similarity_choice(v), rel=1e-6)
+    assert best > 0 and found[best] > found[0.0] and refused == {}
+    flat = Validation(scores, torch.zeros_like(cosines), target, seen)
+    assert choose_similarity(flat) == (0.0, {0.0: found[0.0]}, {})
+
+
+def test_a_weight_that_wins_on_average_by_costing_a_slice_is_refused() -> None:
+    """Cold targets have the top cosine of their row, warm ones score high but resemble nothing the user had
+    while three other items of the row resemble it: a weight lifts the cold rows a lot and costs the warm ones
+    clearly. Unguarded (no slices) the best weight is taken; guarded it is refused with the warm slice named,
+    and the choice is the slow reference's."""
+    g = torch.Generator().manual_seed(2)
+    n_users, n_items = 200, 40
+    warm = torch.arange(n_users) % 2 == 0  # (N,)
+    scores = torch.randn(n_users, n_items, generator=g)
+    cosines = torch.rand(n_users, n_items, generator=g) * 0.4
+    target = torch.randint(1, n_items + 1, (n_users,), generator=g)
+    rows = torch.arange(n_users)
+    scores[rows[warm], target[warm] - 1] += 2.5  # warm targets near the top without the term
+    cosines[rows[~warm], target[~warm] - 1] = 0.9  # cold targets: the most similar item
+    cosines[rows[warm], target[warm] - 1] = 0.0
+    near = (target[warm].unsqueeze(1) - 1 + torch.tensor([1, 2, 3])) % n_items  # (N / 2, 3) columns
+    cosines[rows[warm].unsqueeze(1), near] = 1.0  # three other items resemble the warm rows' history
+    seen = torch.zeros(n_users, n_items + 1, dtype=torch.bool)
+    others = torch.stack([torch.randperm(n_items - 1, generator=g)[:9] + 1 for _ in range(n_users)])  # (N, 9)
+    others = others + (others >= target.unsqueeze(1)).long()  # every item but the target
+    candidates = torch.cat([target.unsqueeze(1), others], 1)  # (N, 10)
+    slices = {"warm": warm.numpy(), "cold": (~warm).numpy()}
+    free, found, _ = choose_similarity(Validation(scores, cosines, target, seen, candidates))
+    assert free > 0 and found[free] > found[0.0]  # on average the term wins
+    guarded = Validation(scores, cosines, target, seen, candidates, slices)
+    best, _, refused = choose_similarity(guarded)
+    assert free in refused and any(cost.startswith("warm ") for cost in refused[free])
+    assert best < free and best not in refused
+    assert best == pytest.approx(slow_similarity_choice(guarded), rel=1e-6)
+    assert GUARDED_SLICES == ("cold", "warm", "new")
 
 
 def test_the_offset_lifts_new_items_that_score_too_low() -> None:
@@ -127,8 +187,9 @@ def test_the_offset_lifts_new_items_that_score_too_low() -> None:
     scores[:, fresh] -= 6.0
     seen = torch.rand(n_users, n_items + 1, generator=g) < 0.2
     seen[torch.arange(n_users), target] = False
-    best, found = choose_offset(scores, target, seen, fresh)
-    assert best == pytest.approx(slow_choice(scores, target, seen, fresh), rel=1e-6)
+    v = Validation(scores, torch.zeros_like(scores), target, seen)
+    best, found, _ = choose_offset(v, fresh)
+    assert best == pytest.approx(slow_choice(v, fresh), rel=1e-6)
     assert best > 0 and found[best][0] > found[0.0][0]
     ranks_zero = [  # the new targets' recall@10 with no offset, one user at a time
         1 + sum(scores[u, j] >= scores[u, t - 1] for j in range(n_items) if j != t - 1 and not seen[u, j + 1])
@@ -136,9 +197,7 @@ def test_the_offset_lifts_new_items_that_score_too_low() -> None:
         if fresh[t - 1]
     ]
     assert found[0.0][1] == pytest.approx(sum(r <= 10 for r in ranks_zero) / len(ranks_zero))
-    assert (
-        choose_offset(scores, target, seen, torch.zeros(n_items, dtype=torch.bool))[0] == 0.0
-    )  # no new item
+    assert choose_offset(v, torch.zeros(n_items, dtype=torch.bool))[0] == 0.0  # no new item
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +219,11 @@ def test_training_chooses_both_terms_on_validation_and_the_run_keeps_them(run: P
     assert model.content_similarity == cfg.model.content_similarity
     fresh = model.fresh_items()[1:].cpu()
     assert bool(fresh.any()) and not bool(fresh[data.item_train_counts[1:] > 0].any())
-    scores, cosines, target, seen = catalogue_scores(model, data, None)  # both terms off while scoring
-    weight = slow_similarity_choice(scores, cosines, target, seen)
+    v = catalogue_scores(model, data, None)  # both terms off while scoring
+    assert set(v.slices) >= {"cold", "warm", "new"} and v.candidates is not None
+    weight = slow_similarity_choice(v)
     assert cfg.model.content_similarity == pytest.approx(weight, rel=1e-5)
-    offset = slow_choice(scores + weight * cosines, target, seen, fresh)
+    offset = slow_choice(v, fresh, weight)
     assert cfg.model.new_item_offset == pytest.approx(offset, rel=1e-5, abs=1e-6)
     ranker = Ranker.load(run).model
     assert (ranker.new_item_offset, ranker.content_similarity) == (model.new_item_offset, weight)
@@ -179,7 +239,7 @@ def test_the_similarity_term_is_content_knns_cosine(run: Path) -> None:
     after = model.score(history, catalogue).float()
     slow = slow_knn_cosines(Path(run_cfg["run"]["features"]), data.n_items, history).float()
     torch.testing.assert_close(after - before, 0.7 * slow, atol=1e-4, rtol=0)
-    _, cosines, _, _ = catalogue_scores(model, data, 2)
+    cosines = catalogue_scores(model, data, 2).cosines
     slow = slow_knn_cosines(Path(run_cfg["run"]["features"]), data.n_items, data.valid.history[:2]).float()
     torch.testing.assert_close(cosines, slow, atol=1e-5, rtol=0)
 
@@ -198,9 +258,9 @@ def test_the_offset_moves_exactly_the_new_items_scores(run: Path) -> None:
 
 def test_amfrec_calibrate_rewrites_the_checkpoint_and_config(run: Path, capsys) -> None:
     model, data, _ = load_run(run)
-    scores, cosines, target, seen = catalogue_scores(model, data, 6)
-    weight = slow_similarity_choice(scores, cosines, target, seen)
-    offset = slow_choice(scores + weight * cosines, target, seen, model.fresh_items()[1:].cpu())
+    v = catalogue_scores(model, data, 6)
+    weight = slow_similarity_choice(v)
+    offset = slow_choice(v, model.fresh_items()[1:].cpu(), weight)
     assert main(["calibrate", "--run", str(run), "--examples", "6"]) == 0
     out = capsys.readouterr().out
     assert "model.new_item_offset" in out and "model.content_similarity" in out
@@ -222,12 +282,10 @@ def test_a_run_without_new_items_gets_the_similarity_only(
     if model.fresh_items() is not None and bool(model.fresh_items()[1:].any()):
         pytest.skip("the tiny standard split left an item without training interactions")
     offset = load_checkpoint(run / "checkpoint")[1].model.new_item_offset
-    scores, cosines, target, seen = catalogue_scores(model, data, None)
+    v = catalogue_scores(model, data, None)
     assert main(["calibrate", "--run", str(run), "--examples", "1000"]) == 0
     out = capsys.readouterr().out
     assert "model.content_similarity" in out and "new_item_offset" not in out
     _, cfg, _ = load_checkpoint(run / "checkpoint")
     assert cfg.model.new_item_offset == offset
-    assert cfg.model.content_similarity == pytest.approx(
-        slow_similarity_choice(scores, cosines, target, seen)
-    )
+    assert cfg.model.content_similarity == pytest.approx(slow_similarity_choice(v))
