@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -158,20 +159,24 @@ def test_compare_refuses_what_does_not_pair(
 
 
 def test_evaluate_writes_ranks_beside_its_metrics(runs: Path, tmp_path: Path, capsys) -> None:
-    """`amfrec evaluate` writes test_score_ranks.json; compare --protocol score reads it."""
+    """`amfrec evaluate` writes test_score_ranks.json, the training's ranks again; compare --protocol score
+    reads it, and a run's own test_ranks.json (the same protocol) where evaluate never ran."""
     copies = []
     for name in ("pop1", "sas1"):
         shutil.copytree(runs / name, tmp_path / name)
         copies.append(str(tmp_path / name))
-    err = one_line_error(capsys, ["compare", *copies, "--protocol", "score"])
-    assert "test_score_ranks.json" in err and "amfrec evaluate" in err
-    for run in copies:
-        assert main(["-q", "evaluate", "--run", run]) == 0
-        again, saved = _ranks(Path(run), "test_score_ranks.json"), _ranks(Path(run))
-        assert again == saved  # the same ranks, users and slices
+    assert main(["-q", "evaluate", "--run", copies[0]]) == 0
+    again, saved = _ranks(Path(copies[0]), "test_score_ranks.json"), _ranks(Path(copies[0]))
+    assert again == saved  # the same ranks, users and slices
     capsys.readouterr()
     assert main(["compare", *copies, "--protocol", "score", "--resamples", "200"]) == 0
-    assert _table_row(capsys.readouterr().out)[3] == "30"
+    out = capsys.readouterr().out
+    assert _table_row(out)[3] == "30"
+    sides = [line for line in out.splitlines() if line.startswith(("A = ", "B = "))]
+    assert sides[0].endswith("test_score_ranks.json") and sides[1].endswith(f"sas1{os.sep}test_ranks.json")
+    (Path(copies[1]) / "test_ranks.json").unlink()
+    err = one_line_error(capsys, ["compare", *copies, "--protocol", "score"])
+    assert "test_score_ranks.json" in err and "amfrec evaluate" in err
 
 
 def test_amfrec_runs_keep_their_ranks(tiny_amfrec_run: Path, tmp_path: Path) -> None:

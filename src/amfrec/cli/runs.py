@@ -119,7 +119,10 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     chosen = calibrate(model, data, a.examples)
     write_calibration(Path(a.run), model, run_cfg, chosen)
     values = ", ".join(f"model.{k} = {v:+.4f}" for k, v in chosen.items())
-    print(f"{a.run}: {values} (re-run `amfrec evaluate` to see its metrics)")
+    print(
+        f"{a.run}: {values}. Its metrics and ranks files are from before: re-run `amfrec evaluate --run "
+        f"{a.run} --protocol full+score` and compare with `--protocol score` or `--protocol full`"
+    )
 
 
 def add_run_parsers(sub) -> None:

@@ -95,8 +95,13 @@ def read_ranks(path: str | Path) -> dict:
 
 
 def load_run_ranks(run: str | Path, split: str = "test", protocol: str | None = None) -> tuple[dict, Path]:
-    """(ranks record, its path) of a run; a run without one raises AmfrecError saying how to write it."""
+    """(ranks record, its path) of a run; a run without one raises AmfrecError saying how to write it.
+    protocol "score" falls back to the run's own RUN/<split>_ranks.json (its training's evaluation, the same
+    1 + 19 candidates) when `amfrec evaluate` never wrote RUN/<split>_score_ranks.json: so a calibrated run,
+    evaluated again, compares with a baseline evaluated once by its training."""
     path = ranks_path(run, split, protocol)
+    if protocol == "score" and not path.is_file() and ranks_path(run, split).is_file():
+        path = ranks_path(run, split)
     if not Path(run).is_dir():
         raise AmfrecError(f"{run}: run folder not found")
     if not path.is_file():
