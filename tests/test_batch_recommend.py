@@ -72,3 +72,37 @@ def test_bad_requests_name_the_problem_and_write_nothing(run: Path, tmp_path: Pa
         write_recommendations(run, "all", 0, tmp_path / "top.jsonl")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["users.txt"]
     assert main(["recommend", "--run", str(run), "--users", "all"]) == 2  # no --out: a one-line error
+
+
+def test_the_recommend_bench_times_four_paths_and_writes_nothing(tiny_amfrec_run: Path) -> None:
+    from amfrec.bench.recommend import bench_recommend, format_recommend
+
+    files = {p: p.stat().st_mtime_ns for p in tiny_amfrec_run.rglob("*")}
+    rows = bench_recommend(tiny_amfrec_run)
+    assert {p: p.stat().st_mtime_ns for p in tiny_amfrec_run.rglob("*")} == files
+    assert [r.path.split(",")[0] for r in rows] == ["evaluate", "evaluate", "recommend", "recommend"]
+    ranker = Ranker.load(tiny_amfrec_run)
+    model, test = ranker.model, ranker.data.test
+    assert all(r.users == len(test) and r.seconds > 0 for r in rows)
+    # each prompt as built, one user at a time: its length minus the item tokens is the template alone
+    build = model.prompt.build
+
+    def mean_prompt(histories: list[list[int]]) -> float:
+        lengths = [build([[model.titles[i] for i in h[-model.max_len :]]], [[]]).attention_mask.sum() for h in
+                   histories]  # fmt: skip
+        return float(sum(lengths)) / len(lengths)
+
+    before = [[i for i in row if i] for row in test.history.tolist()]
+    whole_ids = user_histories(ranker)
+    whole = [[ranker.data.index[i] for i in whole_ids[u]] for u in test.users]
+    template = mean_prompt(before) - rows[0].item_tokens
+    assert mean_prompt(whole) - rows[3].item_tokens == pytest.approx(template)
+    assert rows[1].item_tokens == rows[2].item_tokens == rows[0].item_tokens < rows[3].item_tokens
+    table = format_recommend(rows, tiny_amfrec_run)
+    assert table.count("\n| ") == 5 and "| evaluate, 1 + 19 |" in table and "1.00x" in table
+    assert main(["bench", "recommend", "--run", str(tiny_amfrec_run), "--limit", "0"]) == 2
+
+
+def test_the_recommend_bench_refuses_a_baseline_in_one_line(run: Path, capsys) -> None:
+    assert main(["bench", "recommend", "--run", str(run)]) == 2
+    assert "times AMFRec runs" in capsys.readouterr().err

@@ -353,6 +353,21 @@ def test_sorted_evaluation_gives_the_unsorted_ranks(f32_ranker: Ranker, monkeypa
         evaluate_ranks(model, split, order=torch.zeros(n, dtype=torch.long))
 
 
+def test_the_order_counts_only_the_items_the_prompt_reads(f32_ranker: Ranker, monkeypatch) -> None:
+    """Data prepared with a longer history than the prompt reads: the rows are sorted by the prompt that is
+    built (its last max_len items), not by the whole stored history."""
+    model, split = f32_ranker.model, f32_ranker.data.test
+    monkeypatch.setattr(model, "max_len", 2)
+    rows = [[i for i in row if i][-2:] for row in split.history.tolist()]
+    build = model.prompt.build
+    lengths = [int(build([[model.titles[i] for i in r]], [[]]).attention_mask.sum()) for r in rows]
+    order = prompt_order(model, split).tolist()
+    assert [lengths[i] for i in order] == sorted(lengths)
+    whole = [int(build([[model.titles[i] for i in row if i]], [[]]).attention_mask.sum()) for row in
+             split.history.tolist()]  # fmt: skip
+    assert [whole[i] for i in order] != sorted(whole)  # the stored history would sort them otherwise
+
+
 def test_an_order_puts_ranks_back_in_place(tiny_prepared: Path) -> None:
     """A model whose score depends on the row's own data only: any order gives the same ranks."""
     data = PreparedData.load(tiny_prepared)

@@ -81,11 +81,19 @@ def _add_train_args(p: argparse.ArgumentParser, defaults: bool) -> None:
     p.add_argument("--ddp", type=int, default=d(0), help="N: also N data-parallel processes -> scaling table")
 
 
+def cmd_bench_recommend(a: argparse.Namespace) -> None:
+    from amfrec.bench.recommend import bench_recommend, format_recommend
+
+    if a.limit is not None and a.limit < 1:
+        raise AmfrecError(f"--limit must be >= 1, got {a.limit}")
+    print(format_recommend(bench_recommend(a.run, a.limit), a.run))
+
+
 def add_bench_parser(sub) -> None:
     """`amfrec bench [train] ...`, `amfrec bench serve --run RUN ...`, `amfrec bench scale ...`."""
     b = sub.add_parser(
         "bench",
-        help="train throughput, MFU (default, or `bench train`); `bench targets|serve|scale|scoring`",
+        help="throughput, MFU (default: `bench train`); `bench targets|serve|scale|scoring|recommend`",
         description="ACTION is optional: without one, `amfrec bench` is `amfrec bench train`.",
     )
     _add_train_args(b, defaults=True)
@@ -120,6 +128,13 @@ def add_bench_parser(sub) -> None:
     s.add_argument("--repeats", type=int, default=5, help="timed in-process calls (median)")
     s.set_defaults(func=cmd_bench_serve)
     add_bench_scale_parser(actions)
+
+    r = actions.add_parser(
+        "recommend", help="`recommend --users` against the evaluation on one AMFRec run (users/s, tokens/s)"
+    )
+    r.add_argument("--run", type=Path, required=True, help="AMFRec run folder")
+    r.add_argument("--limit", type=int, default=None, help="the first N test users (default: all)")
+    r.set_defaults(func=cmd_bench_recommend)
 
     c = actions.add_parser(
         "scoring", help="the title head's candidate scoring: repeated cache vs packed tree"

@@ -67,8 +67,8 @@ def recommend_batch(
     users are batched by their prompt's length (as the evaluation sorts them), so a batch pads little."""
     queries = [ranker.query(histories[u], k=top) for u in users]
     if ranker.is_amfrec:  # as the evaluation sorts its prompts
-        per_item = item_prompt_lengths(ranker.model).tolist()
-        order = sorted(range(len(users)), key=lambda k: sum(per_item[i] for i in queries[k].history))
+        per_item, keep = item_prompt_lengths(ranker.model).tolist(), ranker.model.max_len or 0
+        order = sorted(range(len(users)), key=lambda k: sum(per_item[i] for i in queries[k].history[-keep:]))
     else:
         order = list(range(len(users)))
     rows: list[dict] = [{}] * len(users)

@@ -33,8 +33,8 @@ def item_prompt_lengths(model: AMFRecModel) -> torch.Tensor:
 
 def prompt_order(model: AMFRecModel, split: Split) -> torch.Tensor:
     """(N,) the rows of `split` by their prompt's length in tokens (``item_prompt_lengths``), stable: batches
-    of neighbours pad little."""
-    shown = split.history
+    of neighbours pad little. Only the items the prompt reads count (the last ``model.max_len``)."""
+    shown = split.history if model.max_len is None else split.history[:, -model.max_len :]  # (N, <= L)
     if model.prompt.template.has_candidates and split.candidates is not None:
         shown = torch.cat([shown, split.candidates], 1)  # (N, L + C)
     return torch.sort(item_prompt_lengths(model)[shown].sum(1), stable=True).indices  # (N,)
