@@ -192,6 +192,27 @@ def test_amfrec_runs_keep_their_ranks(tiny_amfrec_run: Path, tmp_path: Path) -> 
     assert _ranks(run, "test_score_ranks.json")["ranks"] == _ranks(run)["ranks"]
 
 
+def test_ranks_from_before_a_calibration_are_refused(tiny_amfrec_run: Path, tmp_path: Path, capsys) -> None:
+    """`amfrec calibrate` changes a run's score after its ranks were written: comparing those ranks is an
+    error naming the term; the ranks `amfrec evaluate` writes afterwards are compared."""
+    from amfrec.runs.amfrec_run import load_run
+    from amfrec.runs.calibrate import write_calibration
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_amfrec_run, run)
+    assert _ranks(run)["terms"] == {"content_similarity": 0.0, "new_item_offset": 0.0}
+    model, _, run_cfg = load_run(run)
+    model.content_similarity = 0.5
+    write_calibration(run, model, run_cfg, {"content_similarity": 0.5})
+    capsys.readouterr()
+    err = one_line_error(capsys, ["compare", str(run), str(run)])
+    assert "test_ranks.json: scored with model.content_similarity = +0.0000" in err and "+0.5000" in err
+    assert main(["-q", "evaluate", "--run", str(run), "--limit", "4"]) == 0
+    assert _ranks(run, "test_score_ranks.json")["terms"]["content_similarity"] == 0.5
+    capsys.readouterr()
+    assert main(["compare", str(run), str(run), "--protocol", "score", "--resamples", "50"]) == 0
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [

@@ -28,7 +28,7 @@ from amfrec.model.collab import collab_run_from_features, load_collaborative
 from amfrec.model.model import AMFRecModel
 from amfrec.runs.baseline_run import train_baseline
 from amfrec.runs.calibrate import calibrate
-from amfrec.runs.ranks import ranks_record, write_ranks
+from amfrec.runs.ranks import inference_terms, ranks_record, write_ranks
 from amfrec.runs.rundir import (
     load_run_config,
     metrics_record,
@@ -183,9 +183,14 @@ def train_amfrec(
         test_rec = metrics_record(test, "test", seed, name, wall)
         write_json(out / "train_history.json", {"losses": info["losses"], "evals": info["evals"]})
         write_gate_weights(model, out / GATE_FILE, data.item_train_counts > 0)
+        terms = inference_terms(model)
         ranks = {
-            "valid": ranks_record(valid["ranks"], valid_part, valid_slices, data, "valid", seed, name),
-            "test": ranks_record(test["ranks"], test_part, test_slices, data, "test", seed, name),
+            "valid": ranks_record(
+                valid["ranks"], valid_part, valid_slices, data, "valid", seed, name, terms=terms
+            ),
+            "test": ranks_record(
+                test["ranks"], test_part, test_slices, data, "test", seed, name, terms=terms
+            ),
         }
         write_run(out, run_config, test_rec, valid_rec, ranks=ranks)
         log.info(
@@ -283,8 +288,9 @@ def evaluate_run(
         slices = data.slices(part)
         metrics = _score(model, part, split, slices)
         rec = metrics_record(metrics, split, seed, "amfrec", time.perf_counter() - t0)
+        name = run_cfg["run"].get("name", "amfrec")
         ranks = ranks_record(
-            metrics["ranks"], part, slices, data, split, seed, run_cfg["run"].get("name", "amfrec")
+            metrics["ranks"], part, slices, data, split, seed, name, terms=inference_terms(model)
         )
     elif protocol == "generate":
         if model.answer != "title":

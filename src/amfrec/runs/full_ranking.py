@@ -17,7 +17,7 @@ from amfrec.evaluate import candidate_metrics
 from amfrec.evaluate_full import evaluate_full
 from amfrec.io import write_json
 from amfrec.recommender import Recommender
-from amfrec.runs.ranks import ranks_path, ranks_record, write_ranks
+from amfrec.runs.ranks import inference_terms, ranks_path, ranks_record, write_ranks
 from amfrec.runs.rundir import metrics_record, run_info
 from amfrec.runs.scoring import EVAL_BATCH_ITEM_TOKEN, prompt_order
 
@@ -87,13 +87,16 @@ def evaluate_full_run(
     among = metrics.pop("candidate_ranks", None)  # (N,) | None
     rec.update({k: v for k, v in metrics.items() if k not in rec})  # @20, recall@k, protocol, n_items
     write_json(run / f"{split}_full_metrics.json", rec)
-    record = ranks_record(ranks, part, slices, data, split, seed, name, n_candidates=data.n_items)
+    terms = inference_terms(model) if name == "amfrec" else None
+    record = ranks_record(
+        ranks, part, slices, data, split, seed, name, n_candidates=data.n_items, terms=terms
+    )
     write_ranks(ranks_path(run, split, "full"), record)
     score = None
     if among is not None:
         score = metrics_record(candidate_metrics(among, seconds, slices), split, seed, name, seconds)
         score["from"] = "full"  # read off the full ranking's scores
         write_json(run / f"{split}_score_metrics.json", score)
-        score_ranks = ranks_record(among, part, slices, data, split, seed, name)
+        score_ranks = ranks_record(among, part, slices, data, split, seed, name, terms=terms)
         write_ranks(ranks_path(run, split, "score"), score_ranks)
     return rec, score

@@ -21,11 +21,14 @@ import torch
 
 from amfrec.data.dataset import PreparedData, Split
 from amfrec.errors import AmfrecError
-from amfrec.io import read_json, write_text
+from amfrec.io import read_json, read_yaml_mapping, write_text
 from amfrec.stats import ClusteredResult, clustered_test, per_example
 
 RANKS_FORMAT = "amfrec-ranks/1"
 ALL = "all"  # the slice of every row
+# AMFRec's score terms set after training (`amfrec calibrate`): a ranks file records the values it was
+# scored with, so a comparison never reads ranks that the run's config.yaml no longer describes.
+INFERENCE_TERMS = ("content_similarity", "new_item_offset")
 
 
 def ranks_record(
@@ -37,11 +40,12 @@ def ranks_record(
     seed: int,
     model: str,
     n_candidates: int | None = None,
+    terms: dict[str, float] | None = None,
 ) -> dict:
     """The ranks file's record for the (N,) long `ranks` of the examples of `part` (a split of `data`);
     `slices` are the named (N,) bool masks the metrics were taken on (`data.slices(part)`), kept as row
     indices. n_candidates: what a rank is out of (default: the width of `part.candidates`; a full ranking
-    gives the catalogue size)."""
+    gives the catalogue size). terms: AMFRec's ``INFERENCE_TERMS`` as scored (``inference_terms``)."""
     if n_candidates is None:
         if part.candidates is None:
             raise ValueError("n_candidates is needed for a split without candidate sets")
@@ -58,7 +62,26 @@ def ranks_record(
         "targets": [data.items[i].item_id for i in part.target.tolist()],
         "ranks": [int(r) for r in ranks.tolist()],
         "slices": {name: torch.nonzero(mask).flatten().tolist() for name, mask in slices.items()},
+        **({"terms": terms} if terms is not None else {}),
     }
+
+
+def inference_terms(model) -> dict[str, float]:
+    """An AMFRec model's ``INFERENCE_TERMS`` as it scores now (name -> value)."""
+    return {name: float(getattr(model, name)) for name in INFERENCE_TERMS}
+
+
+def check_terms(record: dict, path: Path, run: Path) -> None:
+    """Raise AmfrecError when a ranks record was scored with other ``INFERENCE_TERMS`` than the run's
+    config.yaml holds now (`amfrec calibrate` changed the run after the ranks were written)."""
+    now = (read_yaml_mapping(Path(run) / "config.yaml").get("model") or {}) if record.get("terms") else {}
+    for name, value in (record.get("terms") or {}).items():
+        if isinstance(now.get(name), int | float) and abs(float(now[name]) - float(value)) > 1e-9:
+            raise AmfrecError(
+                f"{path}: scored with model.{name} = {float(value):+.4f}, but {Path(run) / 'config.yaml'} "
+                f"now has {float(now[name]):+.4f} (`amfrec calibrate` changed it); re-run `amfrec evaluate "
+                f"--run {run} --protocol full+score` and compare with --protocol score or full"
+            )
 
 
 def write_ranks(path: str | Path, record: dict) -> None:
@@ -115,7 +138,9 @@ def load_run_ranks(run: str | Path, split: str = "test", protocol: str | None = 
             f"{path}: no ranks file (a run from before ranks were kept); re-run {command} and compare with "
             "--protocol score"
         )
-    return read_ranks(path), path
+    record = read_ranks(path)
+    check_terms(record, path, Path(run))
+    return record, path
 
 
 def _first_difference(a: list, b: list) -> str:
