@@ -17,13 +17,16 @@ from llm_fixtures import SMALL, make_tiny_amfrec_inputs
 from amfrec.cli.main import main
 from amfrec.data.prepare import prepare
 from amfrec.features.store import load_features
+from amfrec.model.similarity import reorder_new_items
 from amfrec.runs.amfrec_run import load_run, train_amfrec
 from amfrec.runs.calibrate import (
     OFFSET_GRID,
+    ORDER_GRID,
     SIMILARITY_GRID,
     Validation,
     catalogue_scores,
     choose_offset,
+    choose_order,
     choose_similarity,
     clear_best,
 )
@@ -76,14 +79,33 @@ def slow_pick(found: dict[float, dict[str, np.ndarray]], slices: dict | None = N
     return best if best == 0.0 or paired_bootstrap_ci(ok[best] - ok[0.0])[0] > 0 else 0.0
 
 
-def slow_choice(v: Validation, fresh: torch.Tensor, weight: float = 0.0) -> float:
-    scores = v.scores + weight * v.cosines
-    spread = float(scores.std())
+def slow_reorder(v: Validation, fresh: torch.Tensor, weight: float, order: float) -> list[list[float]]:
+    """One user at a time: the new items outside the history take, best place first, the places (scores)
+    the new items hold, in the order of score + order x cosine (ties: the lower item first)."""
+    out = []
+    scored = (v.scores + weight * v.cosines).tolist()
+    for row, cos, hist in zip(scored, v.cosines.tolist(), v.history.tolist(), strict=True):
+        new = [j for j in range(len(row)) if fresh[j] and j + 1 not in hist]
+        places = sorted((row[j] for j in new), reverse=True)
+        takers = sorted(new, key=lambda j: (-(row[j] + order * cos[j]), j))
+        for j, place in zip(takers, places, strict=True):
+            row[j] = place
+        out.append(row)
+    return out
+
+
+def slow_order_choice(v: Validation, fresh: torch.Tensor, weight: float = 0.0) -> float:
+    unit = float(v.scores.std()) / float(v.cosines.std())
+    found = {k * unit: slow_judge(slow_reorder(v, fresh, weight, k * unit), v) for k in ORDER_GRID}
+    return slow_pick(found, v.slices)
+
+
+def slow_choice(v: Validation, fresh: torch.Tensor, weight: float = 0.0, order: float = 0.0) -> float:
+    scores = slow_reorder(v, fresh, weight, order) if order else (v.scores + weight * v.cosines).tolist()
+    spread = float(torch.tensor(scores).std())
     found = {}
     for k in OFFSET_GRID:
-        shifted = [
-            [x + (k * spread if fresh[j] else 0.0) for j, x in enumerate(row)] for row in scores.tolist()
-        ]
+        shifted = [[x + (k * spread if fresh[j] else 0.0) for j, x in enumerate(row)] for row in scores]
         found[k * spread] = slow_judge(shifted, v)
     return slow_pick(found, v.slices)
 
@@ -198,6 +220,47 @@ def test_the_offset_lifts_new_items_that_score_too_low() -> None:
     assert choose_offset(v, torch.zeros(n_items, dtype=torch.bool))[0] == 0.0  # no new item
 
 
+def test_new_items_keep_their_places_and_take_them_in_content_order() -> None:
+    """Items 2, 4, 5, 6 are new, 6 is in the history. By score + 10 x cosine the order is 5 (10), 2 (4),
+    4 (3): they take the places 4, 2, 1 the new items held; 6 keeps its own; warm items do not move."""
+    total = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    fresh = torch.tensor([False, True, False, True, True, True])
+    cosines = torch.tensor([[0.0, 0.0, 0.0, 0.1, 0.9, 0.5]])
+    in_history = torch.tensor([[False, False, False, False, False, True]])
+    shift = reorder_new_items(total, cosines, fresh, in_history, 10.0)
+    assert shift.tolist() == [[0.0, -2.0, 0.0, -1.0, 3.0, 0.0]]
+    assert reorder_new_items(total, cosines, fresh, in_history, 0.0).abs().sum() == 0  # the score's own order
+
+
+def test_the_order_weight_ranks_new_targets_by_content_within_their_places() -> None:
+    """The scores rank the new items (1-8) at random among themselves, the cosines put each new target
+    first among them: an order weight is chosen (the slow reference agrees), and the warm targets keep
+    their ranks exactly."""
+    g = torch.Generator().manual_seed(1)
+    n_users, n_items = 60, 30
+    fresh = torch.zeros(n_items, dtype=torch.bool)
+    fresh[:8] = True
+    scores = torch.randn(n_users, n_items, generator=g)
+    target = torch.randint(9, n_items + 1, (n_users,), generator=g)
+    target[::2] = torch.randint(1, 9, (n_users // 2,), generator=g)
+    scores[:, fresh] += 1.5  # new items high in every row: their order decides the new targets' ranks
+    cosines = torch.rand(n_users, n_items, generator=g) * 0.5
+    cosines[torch.arange(n_users), target - 1] = 1.0
+    history = torch.randint(9, n_items + 1, (n_users, 3), generator=g)
+    seen = torch.zeros(n_users, n_items + 1, dtype=torch.bool).scatter_(1, history, True)
+    seen[torch.arange(n_users), target] = False
+    history[seen.gather(1, history) == 0] = 0  # a target is never in its own history
+    v = Validation(scores, cosines, target, seen, history=history)
+    best, found, _ = choose_order(v, fresh)
+    assert best == pytest.approx(slow_order_choice(v, fresh), rel=1e-6)
+    assert best > 0 and found[best][1] > found[0.0][1]
+    warm = ~fresh[target - 1]
+    moved = torch.tensor(slow_reorder(v, fresh, 0.0, best))
+    assert torch.equal(moved[:, ~fresh], scores[:, ~fresh]) and not torch.equal(moved, scores)
+    rank = lambda s: (s >= s.gather(1, target[:, None] - 1)).sum(1)  # noqa: E731
+    assert torch.equal(rank(moved)[warm], rank(scores)[warm])
+
+
 @pytest.fixture(scope="module")
 def run(tiny_atomic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny AMFRec trained under the new-item protocol (a quarter of the items never trained), the offset
@@ -210,7 +273,7 @@ def run(tiny_atomic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return root / "run"
 
 
-def test_training_chooses_both_terms_on_validation_and_the_run_keeps_them(run: Path) -> None:
+def test_training_chooses_the_terms_on_validation_and_the_run_keeps_them(run: Path) -> None:
     model, data, run_cfg = load_run(run)
     _, cfg, _ = load_checkpoint(run / "checkpoint")
     assert model.new_item_offset == cfg.model.new_item_offset
@@ -221,10 +284,13 @@ def test_training_chooses_both_terms_on_validation_and_the_run_keeps_them(run: P
     assert set(v.slices) >= {"cold", "warm", "new"} and v.candidates is not None
     weight = slow_similarity_choice(v)
     assert cfg.model.content_similarity == pytest.approx(weight, rel=1e-5)
-    offset = slow_choice(v, fresh, weight)
+    order = slow_order_choice(v, fresh, weight)
+    assert cfg.model.new_item_order == pytest.approx(order, rel=1e-5)
+    offset = slow_choice(v, fresh, weight, order)
     assert cfg.model.new_item_offset == pytest.approx(offset, rel=1e-5, abs=1e-6)
     ranker = Ranker.load(run).model
-    assert (ranker.new_item_offset, ranker.content_similarity) == (model.new_item_offset, weight)
+    assert (ranker.new_item_offset, ranker.content_similarity, ranker.new_item_order) == (
+        model.new_item_offset, weight, model.new_item_order)  # fmt: skip
 
 
 def test_the_similarity_term_is_content_knns_cosine(run: Path) -> None:
@@ -254,18 +320,45 @@ def test_the_offset_moves_exactly_the_new_items_scores(run: Path) -> None:
     torch.testing.assert_close(after - before, 2.5 * fresh.float().expand(3, -1), atol=1e-4, rtol=0)
 
 
+def test_the_new_items_order_moves_only_new_items_among_their_own_places(run: Path) -> None:
+    """With an order weight the warm items' scores stay, each row's new items (outside the history) hold
+    the same scores among them, handed out in the order of score + weight x content_knn's cosine; the
+    1 + 19 candidates get what the catalogue gives them."""
+    model, data, run_cfg = load_run(run)
+    history, rows = data.test.history, len(data.test)
+    catalogue = torch.arange(1, data.n_items + 1).expand(rows, -1)
+    fresh = model.fresh_items()[1:].cpu()
+    model.new_item_order = 0.0
+    before = model.score(history, catalogue).float()
+    model.new_item_order = 3.0
+    after = model.score(history, catalogue).float()
+    assert torch.equal(after[:, ~fresh], before[:, ~fresh])
+    cosines = slow_knn_cosines(Path(run_cfg["run"]["features"]), data.n_items, history).float()
+    v = Validation(before, cosines, data.test.target, torch.zeros(rows, data.n_items + 1, dtype=torch.bool),
+                   history=history)  # fmt: skip
+    torch.testing.assert_close(after, torch.tensor(slow_reorder(v, fresh, 0.0, 3.0)), atol=1e-4, rtol=0)
+    assert not torch.equal(after, before)  # the tiny run's new items do change places
+    picked = model.score(history, data.test.candidates).float()
+    torch.testing.assert_close(picked, after.gather(1, data.test.candidates - 1), atol=1e-5, rtol=0)
+
+
 def test_amfrec_calibrate_rewrites_the_checkpoint_and_config(run: Path, capsys) -> None:
     model, data, _ = load_run(run)
     v = catalogue_scores(model, data, 6)
     weight = slow_similarity_choice(v)
-    offset = slow_choice(v, model.fresh_items()[1:].cpu(), weight)
+    order = slow_order_choice(v, model.fresh_items()[1:].cpu(), weight)
+    offset = slow_choice(v, model.fresh_items()[1:].cpu(), weight, order)
     assert main(["calibrate", "--run", str(run), "--examples", "6"]) == 0
     out = capsys.readouterr().out
-    assert "model.new_item_offset" in out and "model.content_similarity" in out
+    assert "model.new_item_offset" in out and "model.content_similarity" in out and "new_item_order" in out
     _, cfg, _ = load_checkpoint(run / "checkpoint")
     saved = yaml.safe_load((run / "config.yaml").read_text())["model"]
     loaded = load_run(run)[0]
-    for name, want in (("new_item_offset", offset), ("content_similarity", weight)):
+    for name, want in (
+        ("new_item_offset", offset),
+        ("content_similarity", weight),
+        ("new_item_order", order),
+    ):
         assert getattr(cfg.model, name) == pytest.approx(want, rel=1e-5, abs=1e-6)
         assert saved[name] == pytest.approx(want, rel=1e-5, abs=1e-6)
         assert getattr(loaded, name) == pytest.approx(want, rel=1e-5, abs=1e-6)

@@ -200,7 +200,7 @@ def test_ranks_from_before_a_calibration_are_refused(tiny_amfrec_run: Path, tmp_
 
     run = tmp_path / "run"
     shutil.copytree(tiny_amfrec_run, run)
-    assert _ranks(run)["terms"] == {"content_similarity": 0.0, "new_item_offset": 0.0}
+    assert _ranks(run)["terms"] == {"content_similarity": 0.0, "new_item_offset": 0.0, "new_item_order": 0.0}
     model, _, run_cfg = load_run(run)
     model.content_similarity = 0.5
     write_calibration(run, model, run_cfg, {"content_similarity": 0.5})

@@ -1,9 +1,8 @@
 """AMFRec configuration: validated dataclasses with str-enums, read from / written to YAML.
 
-`AMFRecConfig(model=ModelConfig(...), train=TrainConfig(...))`; `ModelConfig` holds the projector and gate
-settings. Every dataclass validates itself in `__post_init__` and raises a `ValueError` that names the field
-and the bad value. `AMFRecConfig.from_yaml(path, overrides)` adds the file to the message and raises
-`ConfigError` (both an `AmfrecError`, so the command line shows one line, and a `ValueError`).
+`AMFRecConfig(model=ModelConfig(...), train=TrainConfig(...))`; every dataclass validates itself in
+`__post_init__` and raises a `ValueError` naming the field and the bad value; `AMFRecConfig.from_yaml(path,
+overrides)` adds the file and raises `ConfigError` (an `AmfrecError`, one line on the command line).
 """
 
 from __future__ import annotations
@@ -118,8 +117,7 @@ class ModelConfig:
     modalities: list[str] = field(default_factory=lambda: ["id", "text", "image"])
     # gated: chosen on validation against mean fusion (RESULTS, "The recipe").
     fusion: FusionMode = FusionMode.GATED
-    # The modality for fusion="single" (required then, ignored otherwise).
-    single_modality: str | None = None
+    single_modality: str | None = None  # the modality for fusion="single" (required then, else ignored)
     # Soft-token norm: "embed_norm" = the backbone's mean input-embedding norm, a float = that norm,
     # None = the projector's raw output. embed_norm: never compared (RESULTS, "The recipe").
     token_scale: str | float | None = "embed_norm"
@@ -154,9 +152,7 @@ class ModelConfig:
     fast_decoder: bool = True
     # With fast_decoder: torch.compile its layers (~10 s per prompt shape; bf16 step 1.7x faster on AMX).
     compile: bool = False
-    # Initial value of the learned scale of the cosine scores (the softmax temperature's inverse); never
-    # compared (it drifts to 8.3-9.8 in training).
-    score_scale: float = 10.0
+    score_scale: float = 10.0  # initial learned scale of the cosines; never compared (drifts to 8.3-9.8)
     # With collab_score: weight of a second cross-entropy on the content term alone (so it is not starved).
     content_loss: float = 0.0
     # item_token with the LM: the query is the no_llm control's (the mean of the prompt's soft tokens) plus a
@@ -172,9 +168,12 @@ class ModelConfig:
     # 1: chosen on validation against 0 (RESULTS, "The recipe").
     new_item_collab: float = 1.0
     # Added at inference, chosen on validation after training (train.calibrate_examples): new_item_offset to
-    # items without a trained id (new_item_control); content_similarity x content_knn's cosine to all items.
+    # items without a trained id (new_item_control); content_similarity x content_knn's cosine to all items;
+    # new_item_order: items without a trained id keep their places as a group, taken in the order of score +
+    # new_item_order x the cosine (runs/calibrate.py; RESULTS, "New items take their places").
     new_item_offset: float = 0.0
     content_similarity: float = 0.0
+    new_item_order: float = 0.0
     # false = items appear by title only, no <|item|> placeholders (the zero-shot LM; answer 'title' only).
     soft_tokens: bool = True
     # Which item boundaries are queries (training targets): "all" (a prompt teaches every item's successor,
@@ -300,8 +299,8 @@ class ModelConfig:
         if self.new_item_collab > 1:
             raise ValueError(f"model.new_item_collab: must be in [0, 1], got {self.new_item_collab!r}")
         self.new_item_offset = _number(self.new_item_offset, "model.new_item_offset", low=-math.inf)
-        self.content_similarity = _number(self.content_similarity, "model.content_similarity")
-        self.content_loss = _number(self.content_loss, "model.content_loss")
+        for name in ("content_similarity", "new_item_order", "content_loss"):
+            setattr(self, name, _number(getattr(self, name), f"model.{name}"))
         self.item_text = coerce_enum(ItemText, self.item_text, "model.item_text")
         if self.item_tokens is not None:
             _positive_int(self.item_tokens, "model.item_tokens")

@@ -39,17 +39,25 @@ class ScoreParts:
 
     content: s * cos(W q + b, e_c), what the LM (or the no-LM mean) contributes; collab: w * collab(u, c), the
     frozen collaborative net's weighted logit, or None without ``collab_score``; similar: the content-
-    similarity term (``model/similarity.py``), or None while ``content_similarity`` is 0. The score is their
-    sum.
+    similarity term (``model/similarity.py``), or None while ``content_similarity`` is 0; order: what handing
+    the new items' places out in their own order adds (``new_item_order_term``), or None while
+    ``new_item_order`` is 0. The score is their sum.
     """
 
     content: torch.Tensor
     collab: torch.Tensor | None
     similar: torch.Tensor | None = None
+    order: torch.Tensor | None = None
 
     @property
     def total(self) -> torch.Tensor:
-        return sum((t for t in (self.collab, self.similar) if t is not None), self.content)
+        return sum((t for t in (self.collab, self.similar, self.order) if t is not None), self.content)
+
+    def take(self, candidates: torch.Tensor) -> ScoreParts:
+        """Each (B, n_items) term at the (B, C) candidates (item indices 1..n_items) -> (B, C) terms."""
+        cols = candidates - 1  # (B, C)
+        pick = [None if t is None else t.gather(1, cols) for t in (self.collab, self.similar, self.order)]
+        return ScoreParts(self.content.gather(1, cols), *pick)
 
 
 class Adapter(nn.Module):

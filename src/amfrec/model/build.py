@@ -59,6 +59,7 @@ def build_amfrec(
         new_item_collab=cfg.new_item_collab,
         new_item_offset=cfg.new_item_offset,
         content_similarity=cfg.content_similarity,
+        new_item_order=cfg.new_item_order,
         loss_items=loss_items,
         train_items=train_items,
         positions=cfg.positions,

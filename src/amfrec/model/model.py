@@ -9,7 +9,7 @@
   catalogue (or the candidates). ``no_llm``: the LM replaced by the mean of the prompt's soft tokens.
   ``positions`` "all": every item's boundary is a query; one prompt trains them all (``llm.positions``).
   ``new_item_control``: items without a trained id are scored against that mean instead of the LM's state.
-  ``content_similarity``: content_knn's score added at inference (``similarity.py``).
+  ``content_similarity``, ``new_item_order``: content_knn's score at inference (``similarity.py``).
 - Answer head ``title`` (LLaRA): causal-LM loss on the target title + eos, logits only at the answer
   positions; scoring by title log-likelihood (``amfrec.model.scoring``); greedy generation.
 
@@ -24,19 +24,13 @@ from torch.nn import functional as F
 
 from amfrec.config.model import AnswerHead, LossItems, Positions, coerce_enum, default_template
 from amfrec.llm.backbone import Backbone
-from amfrec.llm.prompt import (
-    PromptBatch,
-    PromptBuilder,
-    PromptTemplate,
-    prompt_items,
-    scatter_slots,
-)
+from amfrec.llm.prompt import PromptBatch, PromptBuilder, PromptTemplate, prompt_items, scatter_slots
 from amfrec.model.adapter import Adapter, AMFRecOutput, ScoreParts
 from amfrec.model.head import cosine_scores, fresh_items
 from amfrec.model.projector import MLPProjector
 from amfrec.model.query import query
 from amfrec.model.scoring import ScoreReduction, generate_titles, score_titles, title_loss
-from amfrec.model.similarity import similarity_term
+from amfrec.model.similarity import new_item_order_term, similarity_term
 from amfrec.recommender import Recommender
 
 
@@ -74,6 +68,7 @@ class AMFRecModel(nn.Module, Recommender):
         new_item_collab: float = 1.0,
         new_item_offset: float = 0.0,
         content_similarity: float = 0.0,
+        new_item_order: float = 0.0,
         loss_items: str = "catalogue",
         train_items: torch.Tensor | None = None,
         score_reduction: str = "sum",
@@ -115,6 +110,7 @@ class AMFRecModel(nn.Module, Recommender):
         self.new_item_collab = new_item_collab  # fresh items' collab logit: content row (1) .. mean logit (0)
         self.new_item_offset = float(new_item_offset)  # added to fresh items' scores (``runs/calibrate.py``)
         self.content_similarity = float(content_similarity)  # w of the inference-only ``similarity`` term
+        self.new_item_order = float(new_item_order)  # fresh items' order among themselves (``similarity.py``)
         self.adapter = Adapter(
             item_encoder, user_map, score_scale, collab_score, query_dim, residual, new_dim
         )
@@ -370,11 +366,8 @@ class AMFRecModel(nn.Module, Recommender):
     # ----------------------------------------------------------------- inference
     @torch.inference_mode()
     def score(self, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """(B, L), (B, C) -> (B, C) float32, higher = better.
-
-        item_token: one backbone pass (q), then ``item_logits`` over the candidates. title: the
-        log-likelihood of each candidate's title + eos after the prompt (``scoring.score_titles``).
-        """
+        """(B, L), (B, C) -> (B, C) float32, higher = better. item_token: one backbone pass (q), then
+        ``score_parts``. title: the log-likelihood of each candidate's title + eos (``score_titles``)."""
         if self.answer is AnswerHead.TITLE:
             return score_titles(self, history, candidates)
         return self.score_parts(history, candidates).total
@@ -388,10 +381,16 @@ class AMFRecModel(nn.Module, Recommender):
         q, q_new, rep, _ = query(self, history, candidates, tokens, None)
         fresh = self.fresh_items()  # (n_items + 1,) bool | None
         known = None if fresh is None else ~fresh
-        parts = self.item_logits(q, rep, tokens.mean(1), candidates.to(self.device), known, q_new, fresh)
+        reorder = bool(self.new_item_order) and fresh is not None and bool(fresh[1:].any())
+        items = None if reorder else candidates.to(self.device)  # reorder: the places of the whole catalogue
+        parts = self.item_logits(q, rep, tokens.mean(1), items, known, q_new, fresh)
         collab = None if parts.collab is None else parts.collab.float()
-        similar = similarity_term(self.item_encoder, self.content_similarity, history, candidates)
-        return ScoreParts(content=parts.content.float(), collab=collab, similar=similar)
+        similar = similarity_term(self.item_encoder, self.content_similarity, history, items)
+        out = ScoreParts(content=parts.content.float(), collab=collab, similar=similar)
+        if reorder:  # (B, n_items) terms -> (B, C)
+            out.order = new_item_order_term(out.total, self.item_encoder, history, fresh, self.new_item_order)
+            out = out.take(candidates.to(self.device))
+        return out
 
     def generate(
         self, history: torch.Tensor, candidates: torch.Tensor, max_new_tokens: int = 64

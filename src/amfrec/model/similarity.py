@@ -49,3 +49,37 @@ def similarity_term(
 ) -> torch.Tensor | None:
     """weight * ``similarity_scores`` (B, C) or (B, n_items), or None when weight is 0 (no term)."""
     return weight * similarity_scores(encoder, history, candidates) if weight else None
+
+
+def new_item_order_term(
+    total: torch.Tensor, encoder, history: torch.Tensor, fresh: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """``reorder_new_items`` of a (B, n_items) score `total` for (B, L) histories, with the encoder's
+    content cosines (``similarity_scores``); fresh: (n_items + 1,) bool, as ``AMFRecModel.fresh_items``."""
+    hist = torch.zeros(total.shape[0], total.shape[1] + 1, dtype=torch.bool, device=total.device)
+    hist.scatter_(1, history.to(total.device), True)  # (B, n_items + 1); column 0 = padding
+    cosines = similarity_scores(encoder, history, None).to(total.device)  # (B, n_items)
+    return reorder_new_items(total, cosines, fresh[1:].to(total.device), hist[:, 1:], weight)
+
+
+def reorder_new_items(
+    total: torch.Tensor, cosines: torch.Tensor, fresh: torch.Tensor, in_history: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """(B, n_items) what reordering the new items among themselves adds to the (B, n_items) score `total`.
+
+    fresh: (n_items,) bool, the items without a trained id; cosines, in_history: (B, n_items). Per row, the
+    new items outside the history keep the places `total` gives them as a group: their scores, sorted, are
+    handed out in the order of total + weight x cosines (ties: the lower item first), so how many new items
+    rank above any warm item, and where, is unchanged; only which new item stands in each place changes.
+    History items (excluded from every ranking) keep their own scores. 0 on the warm items.
+    """
+    idx = torch.nonzero(fresh).flatten()  # (F,)
+    out = in_history[:, idx]  # (B, F) new items in the history: not reordered
+    now = total[:, idx]  # (B, F)
+    order = (now + weight * cosines[:, idx]).masked_fill(out, float("-inf"))
+    order = order.argsort(dim=1, descending=True, stable=True)  # (B, F) the item that takes place p
+    places = now.masked_fill(out, float("-inf")).sort(dim=1, descending=True, stable=True).values  # (B, F)
+    handed = torch.empty_like(now).scatter_(1, order, places)  # (B, F)
+    shift = torch.zeros_like(total)
+    shift[:, idx] = torch.where(out, torch.zeros_like(now), handed - now)
+    return shift

@@ -183,15 +183,9 @@ def train_amfrec(
         test_rec = metrics_record(test, "test", seed, name, wall)
         write_json(out / "train_history.json", {"losses": info["losses"], "evals": info["evals"]})
         write_gate_weights(model, out / GATE_FILE, data.item_train_counts > 0)
-        terms = inference_terms(model)
-        ranks = {
-            "valid": ranks_record(
-                valid["ranks"], valid_part, valid_slices, data, "valid", seed, name, terms=terms
-            ),
-            "test": ranks_record(
-                test["ranks"], test_part, test_slices, data, "test", seed, name, terms=terms
-            ),
-        }
+        parts = {"valid": (valid, valid_part, valid_slices), "test": (test, test_part, test_slices)}
+        ranks = {split: ranks_record(m["ranks"], p, sl, data, split, seed, name, terms=inference_terms(model))
+                 for split, (m, p, sl) in parts.items()}  # fmt: skip
         write_run(out, run_config, test_rec, valid_rec, ranks=ranks)
         log.info(
             "%s seed %d: test hr@1 %.4f ndcg@10 %.4f (%.0f s, training %.0f s)",

@@ -8,15 +8,20 @@
   scale, which nothing in training compares with the warm items' scores: the catalogue softmax has no class
   for an item that was never a target.
 
-The whole catalogue is scored once for the first ``n`` validation users; w is chosen among
-``SIMILARITY_GRID`` x (score spread / cosine spread), then the offset among ``OFFSET_GRID`` x the score
-spread with w in place. A value is eligible only when it costs no slice: on none of ``GUARDED_SLICES`` is its
-full-ranking ndcg@10 or its hr@1 among the 1 + 19 candidates clearly below the value 0's (the paired
-difference's 95% interval below 0). Among the eligible values the best full-ranking ndcg@10 is kept only when
-its paired gain over 0 has a 95% interval above 0 (``clear_best``). So a term that wins on average by trading
-one group of users away (the similarity term's cost to warm targets among 1 + 19, the offset that buries new
-items to lift the rest) is refused, or taken at a smaller value that costs no one. The test split is never
-read.
+- ``model.new_item_order``: the items without a trained id keep the places the score gives them as a group,
+  and are ordered among themselves by score + this weight x the cosine (``reorder_new_items``): the content
+  ranks new items among themselves better than the trained score, and the places held keep warm targets
+  where they were.
+
+The whole catalogue is scored once for the first ``n`` validation users; w is chosen among ``SIMILARITY_GRID``
+x (score spread / cosine spread), then the order weight among ``ORDER_GRID`` x that unit with w in place, then
+the offset among ``OFFSET_GRID`` x the score spread with both in place. A value is eligible only when it costs
+no slice: on none of ``GUARDED_SLICES`` is its full-ranking ndcg@10 or its hr@1 among the 1 + 19 candidates
+clearly below the value 0's (the paired difference's 95% interval below 0). Among the eligible values the best
+full-ranking ndcg@10 is kept only when its paired gain over 0 has a 95% interval above 0 (``clear_best``). So
+a term that wins on average by trading one group of users away (the similarity term's cost to warm targets
+among 1 + 19, the offset that buries new items to lift the rest) is refused, or taken at a smaller value that
+costs no one. The test split is never read.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from amfrec.data.dataset import PreparedData
 from amfrec.evaluate_full import full_ranks_from_scores, seen_mask
 from amfrec.metrics import ranks_from_scores
 from amfrec.model.model import AMFRecModel
-from amfrec.model.similarity import similarity_scores
+from amfrec.model.similarity import reorder_new_items, similarity_scores
 from amfrec.runs.rundir import write_yaml
 from amfrec.runs.scoring import EVAL_BATCH_ITEM_TOKEN, prompt_order
 from amfrec.stats import paired_bootstrap_ci, per_example
@@ -51,6 +56,8 @@ log = logging.getLogger(__name__)
 OFFSET_GRID = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 # Similarity weights tried, in units of (score std / cosine std): 1 = the two terms equally spread.
 SIMILARITY_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+# New items' order weights tried, in the same units as the similarity weight.
+ORDER_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 # The slices (`PreparedData.slices`) a chosen value must not cost: the groups a recommender is judged on.
 GUARDED_SLICES = ("cold", "warm", "new")
 
@@ -59,8 +66,8 @@ GUARDED_SLICES = ("cold", "warm", "new")
 class Validation:
     """What a calibration is judged on: N validation rows' catalogue scores with neither inference term
     (N, n_items) float32, their content cosines (N, n_items), targets (N,) long, seen items (N, n_items + 1)
-    bool (excluded from the ranking), candidate sets (N, C) long | None (the 1 + 19 protocol) and slices
-    (name -> (N,) bool)."""
+    bool (excluded from the ranking), candidate sets (N, C) long | None (the 1 + 19 protocol), slices
+    (name -> (N,) bool) and the histories the model read (N, L) long | None."""
 
     scores: torch.Tensor
     cosines: torch.Tensor
@@ -68,6 +75,13 @@ class Validation:
     seen: torch.Tensor
     candidates: torch.Tensor | None = None
     slices: dict[str, np.ndarray] | None = None
+    history: torch.Tensor | None = None
+
+    @property
+    def unit(self) -> float:
+        """The similarity weight at which the cosines spread as much as the scores (0: constant cosines)."""
+        spread, cos_spread = float(self.scores[torch.isfinite(self.scores)].std()), float(self.cosines.std())
+        return spread / cos_spread if cos_spread > 0 else 0.0
 
 
 @torch.no_grad()
@@ -77,8 +91,8 @@ def catalogue_scores(model: AMFRecModel, data: PreparedData, n: int | None) -> V
     part = data.valid.head(n)
     catalogue = torch.arange(1, data.n_items + 1).unsqueeze(0)  # (1, n_items)
     order = prompt_order(model, part)  # (N,) as `amfrec evaluate --protocol full` batches its rows
-    kept = model.new_item_offset, model.content_similarity
-    model.new_item_offset, model.content_similarity = 0.0, 0.0
+    kept = model.new_item_offset, model.content_similarity, model.new_item_order
+    model.new_item_offset, model.content_similarity, model.new_item_order = 0.0, 0.0, 0.0
     try:
         scores, cosines = [], []
         batches = range(0, len(part), EVAL_BATCH_ITEM_TOKEN)
@@ -88,13 +102,13 @@ def catalogue_scores(model: AMFRecModel, data: PreparedData, n: int | None) -> V
             scores.append(model.score(history, cands).float().cpu())  # (B, n_items)
             cosines.append(similarity_scores(model.item_encoder, history, None).float().cpu())
     finally:
-        model.new_item_offset, model.content_similarity = kept
+        model.new_item_offset, model.content_similarity, model.new_item_order = kept
     back = torch.argsort(order)  # (N,) split order again
     rows, items = data.seen_items("valid")
     seen = seen_mask(rows, items, torch.arange(len(part)), data.n_items)  # (N, n_items + 1)
     slices = {name: mask.numpy() for name, mask in data.slices(part).items()}
     scores, cosines = torch.cat(scores)[back], torch.cat(cosines)[back]
-    return Validation(scores, cosines, part.target, seen, part.candidates, slices)
+    return Validation(scores, cosines, part.target, seen, part.candidates, slices, part.history)
 
 
 def judged(scores: torch.Tensor, v: Validation) -> dict[str, np.ndarray]:
@@ -144,39 +158,62 @@ def clear_best(per_user: dict[float, np.ndarray]) -> float:
 def choose_similarity(v: Validation) -> tuple[float, dict[float, float], dict[float, list[str]]]:
     """The weight w of the cosines added to the scores (``guarded_best``). Returns (w, {w: ndcg@10},
     {refused w: the slices it costs}); w = 0 when the cosines are constant."""
-    spread, cos_spread = float(v.scores[torch.isfinite(v.scores)].std()), float(v.cosines.std())
-    unit = spread / cos_spread if cos_spread > 0 else 0.0
+    unit = v.unit
     per_user = {k * unit: judged(v.scores + k * unit * v.cosines, v) for k in SIMILARITY_GRID if unit > 0}
     per_user = per_user or {0.0: judged(v.scores, v)}
     best, refused = guarded_best(per_user, v.slices)
     return best, {w: float(m["ndcg@10"].mean()) for w, m in per_user.items()}, refused
 
 
-def choose_offset(
+def ordered(v: Validation, fresh: torch.Tensor, weight: float, order: float) -> torch.Tensor:
+    """(N, n_items) the validation scores with `weight` x cosines and the new items (`fresh`, (n_items,)
+    bool) ordered among themselves with `order` (``reorder_new_items``), as the model scores them."""
+    scores = v.scores + weight * v.cosines if weight else v.scores
+    if not order:
+        return scores
+    in_history = torch.zeros(v.seen.shape, dtype=torch.bool).scatter_(1, v.history, True)[:, 1:]
+    return scores + reorder_new_items(scores, v.cosines, fresh, in_history, order)
+
+
+def choose_order(
     v: Validation, fresh: torch.Tensor, weight: float = 0.0
 ) -> tuple[float, dict[float, tuple[float, float]], dict[float, list[str]]]:
-    """The offset for the `fresh` items ((n_items,) bool over items 1..n_items), with `weight` x cosines in
-    the scores (``guarded_best``). Returns (offset, {offset: (ndcg@10, recall@10 of the rows whose target is
-    fresh, NaN without such rows)}, {refused offset: the slices it costs}): the second shows what lifting new
-    items buys them against what it costs everyone."""
-    scores = v.scores + weight * v.cosines if weight else v.scores  # (N, n_items)
+    """The new items' order weight (``guarded_best``), with `weight` x cosines in the scores. Returns (the
+    weight, {weight: (ndcg@10, recall@10 of the rows whose target is fresh)}, {refused: what it costs})."""
+    new_rows, unit = fresh[v.target - 1].numpy(), v.unit  # (N,), a float
+    per_user = {k * unit: judged(ordered(v, fresh, weight, k * unit), v) for k in ORDER_GRID if unit > 0}
+    per_user = per_user or {0.0: judged(ordered(v, fresh, weight, 0.0), v)}
+    found = {o: (float(m["ndcg@10"].mean()), _hit_rate(m, new_rows)) for o, m in per_user.items()}
+    best, refused = guarded_best(per_user, v.slices)
+    return best, found, refused
+
+
+def _hit_rate(m: dict[str, np.ndarray], rows: np.ndarray) -> float:
+    """recall@10 of the `rows` ((N,) bool) read off their per-row ndcg@10 (> 0 = ranked in the top 10)."""
+    return float(np.mean(m["ndcg@10"][rows] > 0)) if rows.any() else float("nan")
+
+
+def choose_offset(
+    v: Validation, fresh: torch.Tensor, weight: float = 0.0, order: float = 0.0
+) -> tuple[float, dict[float, tuple[float, float]], dict[float, list[str]]]:
+    """The offset for the `fresh` items ((n_items,) bool over items 1..n_items), with `weight` x cosines and
+    the new items' `order` in the scores (``ordered``; an offset shifts every new item alike, so it commutes
+    with their order) (``guarded_best``). Returns (offset, {offset: (ndcg@10, recall@10 of the rows whose
+    target is fresh, NaN without such rows)}, {refused offset: the slices it costs}): the second shows what
+    lifting new items buys them against what it costs everyone."""
+    scores = ordered(v, fresh, weight, order)  # (N, n_items)
     spread = float(scores[torch.isfinite(scores)].std())
     new_rows = fresh[v.target - 1].numpy()  # (N,) the rows whose target is a new item
-    per_user, found = {}, {}
-    for k in OFFSET_GRID:
-        shifted = scores + k * spread * fresh.float()  # (N, n_items)
-        per_user[k * spread] = judged(shifted, v)
-        hits = per_user[k * spread]["ndcg@10"] > 0  # (N,) rank <= 10: recall@10 of one target
-        new_recall = float(np.mean(hits[new_rows])) if new_rows.any() else float("nan")
-        found[k * spread] = (float(per_user[k * spread]["ndcg@10"].mean()), new_recall)
+    per_user = {k * spread: judged(scores + k * spread * fresh.float(), v) for k in OFFSET_GRID}
+    found = {o: (float(m["ndcg@10"].mean()), _hit_rate(m, new_rows)) for o, m in per_user.items()}
     best, refused = guarded_best(per_user, v.slices)
     return best, found, refused
 
 
 def calibrate(model: AMFRecModel, data: PreparedData, n: int | None) -> dict[str, float]:
     """Choose and set ``model.content_similarity`` and, when some item has no trained id (with
-    ``new_item_control``), ``model.new_item_offset`` on the first n validation users (None = all); returns
-    what was chosen (field name -> value)."""
+    ``new_item_control``), ``model.new_item_order`` and ``model.new_item_offset`` on the first n validation
+    users (None = all); returns what was chosen (field name -> value)."""
     v = catalogue_scores(model, data, n)
     weight, found, refused = choose_similarity(v)
     log.info("content similarity on %d validation users (full ndcg@10): %s -> %.3f", len(v.target),
@@ -186,15 +223,22 @@ def calibrate(model: AMFRecModel, data: PreparedData, n: int | None) -> dict[str
     chosen = {"content_similarity": weight}
     fresh = model.fresh_items()  # (n_items + 1,) bool | None
     if fresh is None or not bool(fresh[1:].any()):
-        log.info("new-item offset: no item without a trained id, nothing to calibrate")
+        log.info("new items' order and offset: no item without a trained id, nothing to calibrate")
         return chosen
-    best, found_offsets, refused = choose_offset(v, fresh[1:].cpu(), weight)
-    log.info("new-item offset on %d validation users (full ndcg@10, new targets' recall@10): %s -> %+.3f",
-             len(v.target), ", ".join(f"{o:+.3f}: {m:.4f} {r:.4f}" for o, (m, r) in found_offsets.items()),
-             best)  # fmt: skip
-    _log_refused("new-item offset", refused)
+    fresh = fresh[1:].cpu()
+    order, found_orders, refused = choose_order(v, fresh, weight)
+    _log_found("new items' order", len(v.target), found_orders, order, refused)
+    model.new_item_order = chosen["new_item_order"] = order
+    best, found_offsets, refused = choose_offset(v, fresh, weight, order)
+    _log_found("new-item offset", len(v.target), found_offsets, best, refused)
     model.new_item_offset = chosen["new_item_offset"] = best
     return chosen
+
+
+def _log_found(term: str, n: int, found: dict[float, tuple[float, float]], best: float, refused: dict):
+    log.info("%s on %d validation users (full ndcg@10, new targets' recall@10): %s -> %+.3f", term, n,
+             ", ".join(f"{o:+.3f}: {m:.4f} {r:.4f}" for o, (m, r) in found.items()), best)  # fmt: skip
+    _log_refused(term, refused)
 
 
 def _log_refused(term: str, refused: dict[float, list[str]]) -> None:

@@ -28,7 +28,7 @@ RANKS_FORMAT = "amfrec-ranks/1"
 ALL = "all"  # the slice of every row
 # AMFRec's score terms set after training (`amfrec calibrate`): a ranks file records the values it was
 # scored with, so a comparison never reads ranks that the run's config.yaml no longer describes.
-INFERENCE_TERMS = ("content_similarity", "new_item_offset")
+INFERENCE_TERMS = ("content_similarity", "new_item_offset", "new_item_order")
 
 
 def ranks_record(

@@ -47,7 +47,7 @@ def part_scores(model: AMFRecModel, split: Split, batch_size: int = EVAL_BATCH_I
     from tqdm import tqdm
 
     order = prompt_order(model, split)  # (N,)
-    found: dict[str, list[torch.Tensor]] = {"content": [], "collab": [], "similar": []}
+    found: dict[str, list[torch.Tensor]] = {"content": [], "collab": [], "similar": [], "order": []}
     for start in tqdm(range(0, len(split), batch_size), desc="parts", unit="batch", disable=None):
         rows = order[start : start + batch_size]
         parts = model.score_parts(split.history[rows], split.candidates[rows])
