@@ -7,7 +7,8 @@ added live) like any other, so new items that resemble what the user just bought
 ones in the whole catalogue. w is ``model.content_similarity``, chosen after training on validation
 (``runs/calibrate.py``); 0 (the default before calibration) leaves the score untouched. It reads the item
 encoder's feature rows at every call, so items added live and corrupted features are seen as the LM sees
-them.
+them. ``reorder_new_items`` (``model.new_item_order``) uses the same cosine to order the items without a
+trained id among the places the score gives them, without moving any warm item.
 """
 
 from __future__ import annotations
