@@ -16,7 +16,6 @@ token. Nothing is written into the run.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,6 @@ from amfrec.runs.amfrec_run import EVAL_BATCH_ITEM_TOKEN, _score
 from amfrec.runs.batch_recommend import recommend_batch, user_histories
 from amfrec.runs.ranker import Ranker
 from amfrec.runs.scoring import item_prompt_lengths, prompt_order
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
