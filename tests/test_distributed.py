@@ -1,9 +1,11 @@
 """torchrun with 2 CPU processes (gloo) on a tiny real AMFRec: after a few steps the trainable weights equal
-those of one process with the same global batch and seed (to 1e-5), and only rank 0 wrote files; with every
+those of one process with the same global batch and seed (to 1e-5), the validations (each rank scoring its
+share of the users, 3 and 2 of 5) read what one process reads, and only rank 0 wrote files; with every
 position a target too, where the ranks' prompts hold different numbers of targets."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +17,8 @@ import yaml
 from llm_fixtures import SMALL, make_tiny_amfrec_inputs
 from safetensors.torch import load_file
 
-SETTINGS = {**SMALL, "train.max_steps": 6, "train.batch_size": 4, "train.eval_every": 3, "train.patience": 0}
+SETTINGS = {**SMALL, "train.max_steps": 6, "train.batch_size": 4, "train.eval_every": 3, "train.patience": 0,
+            "train.eval_examples": 5}  # fmt: skip
 
 
 def command(prepared: Path, features: Path, config: Path, out: Path, positions: str = "all") -> list[str]:
@@ -49,6 +52,12 @@ def test_two_processes_equal_one(tiny_prepared: Path, tmp_path: Path, positions:
     assert files(two) == files(one)
     log = (two / "train.log").read_text()
     assert log.count("step 3: valid") == 1 and log.count("step 6: valid") == 1
+    # the validations: each rank scored its share of the 5 users; the mean over both is one process's
+    evals = [json.loads((d / "train_history.json").read_text())["evals"] for d in (one, two)]
+    assert [e["step"] for e in evals[1]] == [e["step"] for e in evals[0]] == [3, 6]
+    for a, b in zip(*evals, strict=True):
+        assert b["ndcg@10"] == pytest.approx(a["ndcg@10"], abs=1e-6)
+    assert "validate: 3 users" in done.stderr and "validate: 2 users" in done.stderr
 
 
 @pytest.mark.parametrize("batch, world", [(5, 2)])

@@ -112,3 +112,28 @@ def test_gradients_reach_experts_and_router():
     (out.pow(2).sum() + aux).backward()
     for name, p in proj.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_dense_mixture_and_its_gradients_equal_a_slow_reference():
+    """A learned (non-uniform) router: the output and every parameter's gradient equal those of a slow
+    reference built row by row and expert by expert from the same parameters."""
+    torch.manual_seed(0)
+    proj = MoEProjector(6, 8, 5, n_experts=3)
+    x, w = torch.randn(7, 6), torch.randn(7, 5)  # w: a random upstream gradient
+    out, _, probs = proj(x)
+    (out * w).sum().backward()
+    got = {name: p.grad.clone() for name, p in proj.named_parameters()}
+    proj.zero_grad()
+
+    rows = []
+    for n in range(7):
+        p = torch.softmax(x[n] @ proj.router.weight.T + proj.router.bias, dim=-1)
+        gelu = torch.nn.functional.gelu
+        experts = [gelu(x[n] @ proj.w1[k] + proj.b1[k]) @ proj.w2[k] + proj.b2[k] for k in range(3)]
+        rows.append(sum(p[k] * experts[k] for k in range(3)))
+    want = torch.stack(rows)  # (7, 5)
+    assert probs.std() > 0.01  # the router is not uniform
+    torch.testing.assert_close(out, want)
+    (want * w).sum().backward()
+    for name, p in proj.named_parameters():
+        torch.testing.assert_close(got[name], p.grad, msg=name)

@@ -3,7 +3,7 @@
 `MLPProjector`: LLaRA's `Linear(d_in, h) -> GELU -> Linear(h, d_out)`.
 `MoEProjector`: K experts of that form mixed by a softmax router on the input (optionally top-k,
 renormalised), with a load-balancing auxiliary loss. The experts are stacked ((K, d_in, h), (K, h, d_out))
-and run in one einsum each: no Python loop over experts. Every expert runs on every row (dense compute) —
+and run in one matmul per layer: no Python loop over experts. Every expert runs on every row (dense compute) —
 cheap at K = 4 and the item counts of a prompt batch; top-k only changes the mixing weights.
 """
 
@@ -87,8 +87,10 @@ class MoEProjector(nn.Module):
             kept = probs * keep
             gates = kept / kept.sum(-1, keepdim=True)  # renormalised over the kept experts
         h = F.gelu(torch.einsum("nd,kdh->nkh", x, self.w1) + self.b1)  # (N, K, h)
-        y = torch.einsum("nkh,khd->nkd", h, self.w2) + self.b2  # (N, K, d_out)
-        out = torch.einsum("nk,nkd->nd", gates, y)  # (N, d_out)
+        # sum_k g_k (h_k W2_k + b2_k) as one matmul over the experts' gated hidden units side by side:
+        # (N, K h) @ (K h, d_out); no (N, K, d_out) stack of expert outputs to build and mix
+        mixed = (gates.unsqueeze(-1) * h).flatten(1)  # (N, K h)
+        out = mixed @ self.w2.flatten(0, 1) + gates @ self.b2  # (N, d_out)
         return out, self._balance_loss(probs, slots, mask), probs
 
     def _balance_loss(

@@ -130,8 +130,8 @@ def train_amfrec(
     """Train AMFRec, test the best checkpoint on the fixed candidates, write the run directory `out`.
 
     limit: evaluate valid/test on their first `limit` examples only (None = all).
-    Under torchrun every rank trains its slice of each global batch; only rank 0 evaluates and writes (the
-    other ranks return "test": None).
+    Under torchrun every rank trains its slice of each global batch and validates its share of the users
+    during training; only rank 0 calibrates, tests and writes (the other ranks return "test": None).
     name: the model name in the metrics files (default "amfrec", or "amfrec-no_llm" for the control).
     Returns {"test": record, "valid": record, "info": training summary, "out": out}.
     """
@@ -148,13 +148,17 @@ def train_amfrec(
         )
     name = name or ("amfrec-no_llm" if cfg.model.no_llm else "amfrec")
     ensure_collab_run(cfg, data_dir, features_dir, seed, out, limit)
-    if not from_env().is_main:  # under torchrun: the other ranks train their slices; rank 0 writes
-        info = train(build_model(cfg, data, features_dir), data, cfg, out, lambda m, s: {}, resume=resume)
+
+    def validate(m: AMFRecModel, part: Split) -> dict:  # under torchrun: this rank's share of the users
+        return _score(m, part, "validate")
+
+    if not from_env().is_main:  # under torchrun: the other ranks train and validate their slices
+        info = train(build_model(cfg, data, features_dir), data, cfg, out, validate, resume=resume)
         return {"test": None, "valid": None, "info": info, "out": out}
     out.mkdir(parents=True, exist_ok=True)
     with run_log(out):
         model = build_model(cfg, data, features_dir)
-        info = train(model, data, cfg, out, evaluate_fn=lambda m, s: _score(m, s, "validate"), resume=resume)
+        info = train(model, data, cfg, out, evaluate_fn=validate, resume=resume)
         weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
         model.adapter.load_state_dict(weights)
         info.update(_fit_on_valid(model, data, cfg, out, limit))

@@ -2,7 +2,8 @@
 reads its slice of each global batch, and the adapter's gradients are averaged across ranks before the
 identical optimiser step on every rank (what DistributedDataParallel does; it is done here by hand because
 the adapter is not called through one `forward` that DDP could wrap: the model reads its item table, user
-projector and head at several places). Only rank 0 validates and writes files.
+projector and head at several places). Each rank validates its share of the validation users
+(`rank_share`), and the metric is their mean over every rank (`mean_over_ranks`); only rank 0 writes files.
 
 `train.batch_size` stays the global batch: with W ranks each reads batch_size / W rows, so a W-process run
 takes the same steps as one process (equal to float rounding). Backend: gloo on CPU, nccl on CUDA.
@@ -66,6 +67,22 @@ def _rank_slice(ranks: Ranks, b: int) -> slice:
         raise ValueError(f"train.batch_size {b} is not divisible by the {ranks.world} processes")
     part = b // ranks.world
     return slice(ranks.rank * part, (ranks.rank + 1) * part)
+
+
+def rank_share(ranks: Ranks, n: int) -> torch.Tensor:
+    """(n // world or one more,) long: the rows of n this rank evaluates, every world-th from its rank (so
+    every rank gets a like mix of a split sorted by anything)."""
+    return torch.arange(ranks.rank, n, ranks.world)
+
+
+def mean_over_ranks(ranks: Ranks, value: float, n: int) -> float:
+    """The mean over every rank's examples of a per-example mean: ``value`` over this rank's ``n`` examples
+    (ignored when n is 0), weighted by n, summed in float64. One process: ``value``."""
+    if ranks.world == 1:
+        return value
+    total = torch.tensor([value * n if n else 0.0, float(n)], dtype=torch.float64)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return float(total[0] / total[1])
 
 
 def average_gradients(ranks: Ranks, params: list[nn.Parameter]) -> None:

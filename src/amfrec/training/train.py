@@ -39,7 +39,16 @@ from amfrec.training.checkpoint import (
     load_train_state,
     save_checkpoint,
 )
-from amfrec.training.distributed import Ranks, agree, average_gradients, barrier, from_env, shard
+from amfrec.training.distributed import (
+    Ranks,
+    agree,
+    average_gradients,
+    barrier,
+    from_env,
+    mean_over_ranks,
+    rank_share,
+    shard,
+)
 from amfrec.training.sampling import ChunkBatches, TrainBatches
 
 log = logging.getLogger(__name__)
@@ -91,7 +100,8 @@ def train(
     fixed random subset of data.valid (cfg.eval_examples) every cfg.eval_every steps and after the last step.
     resume: continue from out/last (or out/checkpoint): weights, optimizer, step, best metric, patience.
     Under torchrun (`amfrec.training.distributed`) every rank trains on its slice of each global batch with
-    averaged gradients; only rank 0 validates and writes.
+    averaged gradients and validates its share of the validation users (the metric is their mean over every
+    rank's users, so every rank takes the same decisions); only rank 0 writes.
     """
     ranks = from_env()
     full_cfg = cfg if isinstance(cfg, AMFRecConfig) else None
@@ -102,6 +112,7 @@ def train(
     n_trainable, n_total = _param_counts(model, params)
     train_split = data.train.sample(tcfg.train_examples, tcfg.seed)
     valid_split = data.valid.sample(tcfg.eval_examples, tcfg.seed + 1)
+    my_valid = valid_split.subset(rank_share(ranks, len(valid_split)))  # this rank's validation users
     batches = make_batches(model, train_split, data.n_items, tcfg)
     tcfg = steps_for_epochs(tcfg, batches.per_epoch)
     opt = make_optimizer(params, tcfg)
@@ -128,7 +139,7 @@ def train(
         st["targets"], st["wall_s"] = seen0[0] + counts["examples"], seen0[1] + time.perf_counter() - t0
         _show_progress(bar, loss, lr, grad_norm, counts, time.perf_counter() - t0)
         if st["step"] % tcfg.eval_every == 0 or st["step"] == tcfg.max_steps:
-            stop = ranks.is_main and _validate(model, evaluate_fn, valid_split, tcfg, st, loss, save)
+            stop = _validate(model, evaluate_fn, my_valid, tcfg, st, loss, save, ranks)
             if agree(ranks, stop):
                 stopped_early = True
                 break
@@ -272,18 +283,24 @@ def _validate(
     st: dict,
     loss: float,
     save: Callable[[str], None],
+    ranks: Ranks = SINGLE,
 ) -> bool:
-    """Evaluate, keep the best checkpoint and the latest; return True when patience has run out."""
-    model.eval()
-    with torch.no_grad():
-        metrics = evaluate_fn(model, valid_split)
-    model.train()
-    if tcfg.select_metric not in metrics:
-        raise ValueError(
-            f"train.select_metric: {tcfg.select_metric!r} not in the validation metrics "
-            f"({', '.join(metrics)})"
-        )
-    value, step = float(metrics[tcfg.select_metric]), st["step"]
+    """Evaluate this rank's validation users (`valid_split`), keep the best checkpoint and the latest; return
+    True when patience has run out. Under torchrun the metric is the mean over every rank's users, so every
+    rank keeps the same loop state; only rank 0 logs (and `save` writes only there)."""
+    value = float("nan")
+    if len(valid_split):  # a rank can hold no validation user when there are fewer users than ranks
+        model.eval()
+        with torch.no_grad():
+            metrics = evaluate_fn(model, valid_split)
+        model.train()
+        if tcfg.select_metric not in metrics:
+            raise ValueError(
+                f"train.select_metric: {tcfg.select_metric!r} not in the validation metrics "
+                f"({', '.join(metrics)})"
+            )
+        value = float(metrics[tcfg.select_metric])
+    value, step = mean_over_ranks(ranks, value, len(valid_split)), st["step"]
     improved = st["best"] is None or value > st["best"]
     seen = {"targets": st.get("targets"), "wall_s": st.get("wall_s")}  # targets trained on, training seconds
     st["evals"].append({"step": step, "loss": loss, tcfg.select_metric: value, **seen})
@@ -293,13 +310,14 @@ def _validate(
     else:
         st["bad_evals"] += 1
     save(LAST_DIR)
-    log.info("step %d: valid %s %.4f (best %.4f at step %d)%s%s", step, tcfg.select_metric, value, st["best"],
-             st["best_step"], "" if improved else f", {st['bad_evals']} without improvement",
-             _head_state(model))  # fmt: skip
-    if tcfg.patience and st["bad_evals"] >= tcfg.patience:
-        log.info("early stop at step %d: %d validations without improvement", step, st["bad_evals"])
-        return True
-    return False
+    stop = bool(tcfg.patience and st["bad_evals"] >= tcfg.patience)
+    if ranks.is_main:
+        log.info("step %d: valid %s %.4f (best %.4f at step %d)%s%s", step, tcfg.select_metric, value,
+                 st["best"], st["best_step"], "" if improved else f", {st['bad_evals']} without improvement",
+                 _head_state(model))  # fmt: skip
+        if stop:
+            log.info("early stop at step %d: %d validations without improvement", step, st["bad_evals"])
+    return stop
 
 
 def _check_trainable(model: nn.Module, params: list[nn.Parameter]) -> None:
