@@ -39,6 +39,8 @@ def build_amfrec(
     noun = cfg.noun or "item"  # a run's config carries the data card's noun (amfrec_run); else "item"
     template = PromptTemplate(text=cfg.template, noun=noun, noun_plural=cfg.noun_plural)
     encoder = ItemEncoder(features, backbone.hidden_size, cfg, token_norm=backbone.embed_norm)
+    if backbone.dtype in (torch.bfloat16, torch.float16):  # the projectors' matmuls in the LM's precision
+        encoder.compute_dtype = backbone.dtype
     model = AMFRecModel(
         backbone,
         encoder,
