@@ -289,7 +289,7 @@ def _validate(
     True when patience has run out. Under torchrun the metric is the mean over every rank's users, so every
     rank keeps the same loop state; only rank 0 logs (and `save` writes only there)."""
     value = float("nan")
-    if len(valid_split):  # a rank can hold no validation user when there are fewer users than ranks
+    if len(valid_split) or ranks.world == 1:  # a rank holds no user when there are fewer users than ranks
         model.eval()
         with torch.no_grad():
             metrics = evaluate_fn(model, valid_split)
