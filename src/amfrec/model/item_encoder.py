@@ -239,7 +239,7 @@ class ItemEncoder(nn.Module):
         if self.mode in (FusionMode.LLARA, FusionMode.CONCAT):
             proj = next(iter(self.projectors.values()))
             if self.mode == FusionMode.LLARA:
-                out, aux = self._project(proj, xs[0]), xs[0].new_zeros(())
+                out, aux = self._project(proj, xs[0])  # aux 0: an MLP has no router
             else:
                 x = torch.cat([x * present[:, m : m + 1] for m, x in enumerate(xs)], -1)  # (N, sum d_m)
                 out, aux = self._project(proj, x, any_present[:, 0])

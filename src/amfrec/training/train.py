@@ -100,8 +100,7 @@ def train(
     fixed random subset of data.valid (cfg.eval_examples) every cfg.eval_every steps and after the last step.
     resume: continue from out/last (or out/checkpoint): weights, optimizer, step, best metric, patience.
     Under torchrun (`amfrec.training.distributed`) every rank trains on its slice of each global batch with
-    averaged gradients and validates its share of the validation users (the metric is their mean over every
-    rank's users, so every rank takes the same decisions); only rank 0 writes.
+    averaged gradients and validates its share of the users (`_validate`); only rank 0 writes.
     """
     ranks = from_env()
     full_cfg = cfg if isinstance(cfg, AMFRecConfig) else None
@@ -112,7 +111,6 @@ def train(
     n_trainable, n_total = _param_counts(model, params)
     train_split = data.train.sample(tcfg.train_examples, tcfg.seed)
     valid_split = data.valid.sample(tcfg.eval_examples, tcfg.seed + 1)
-    my_valid = valid_split.subset(rank_share(ranks, len(valid_split)))  # this rank's validation users
     batches = make_batches(model, train_split, data.n_items, tcfg)
     tcfg = steps_for_epochs(tcfg, batches.per_epoch)
     opt = make_optimizer(params, tcfg)
@@ -139,7 +137,7 @@ def train(
         st["targets"], st["wall_s"] = seen0[0] + counts["examples"], seen0[1] + time.perf_counter() - t0
         _show_progress(bar, loss, lr, grad_norm, counts, time.perf_counter() - t0)
         if st["step"] % tcfg.eval_every == 0 or st["step"] == tcfg.max_steps:
-            stop = _validate(model, evaluate_fn, my_valid, tcfg, st, loss, save, ranks)
+            stop = _validate(model, evaluate_fn, valid_split, tcfg, st, loss, save, ranks)
             if agree(ranks, stop):
                 stopped_early = True
                 break
@@ -285,9 +283,10 @@ def _validate(
     save: Callable[[str], None],
     ranks: Ranks = SINGLE,
 ) -> bool:
-    """Evaluate this rank's validation users (`valid_split`), keep the best checkpoint and the latest; return
-    True when patience has run out. Under torchrun the metric is the mean over every rank's users, so every
-    rank keeps the same loop state; only rank 0 logs (and `save` writes only there)."""
+    """Evaluate this rank's share of `valid_split`, keep the best checkpoint and the latest; return True when
+    patience has run out. Under torchrun the metric is the mean over every rank's users, so every rank keeps
+    the same loop state; only rank 0 logs (and `save` writes only there)."""
+    valid_split = valid_split.subset(rank_share(ranks, len(valid_split)))  # this rank's users
     value = float("nan")
     if len(valid_split) or ranks.world == 1:  # a rank holds no user when there are fewer users than ranks
         model.eval()
