@@ -100,15 +100,6 @@ def average_gradients(ranks: Ranks, params: list[nn.Parameter]) -> None:
         offset += n
 
 
-def agree(ranks: Ranks, flag: bool) -> bool:
-    """Rank 0's flag on every rank (e.g. "stop early"), after the others have waited for it."""
-    if ranks.world == 1:
-        return flag
-    value = torch.tensor([1 if flag else 0])
-    dist.broadcast(value, src=0)
-    return bool(value.item())
-
-
 def barrier(ranks: Ranks) -> None:
     if ranks.world > 1:
         dist.barrier()

@@ -41,7 +41,6 @@ from amfrec.training.checkpoint import (
 )
 from amfrec.training.distributed import (
     Ranks,
-    agree,
     average_gradients,
     barrier,
     from_env,
@@ -136,11 +135,10 @@ def train(
         losses.append(loss)
         st["targets"], st["wall_s"] = seen0[0] + counts["examples"], seen0[1] + time.perf_counter() - t0
         _show_progress(bar, loss, lr, grad_norm, counts, time.perf_counter() - t0)
-        if st["step"] % tcfg.eval_every == 0 or st["step"] == tcfg.max_steps:
-            stop = _validate(model, evaluate_fn, valid_split, tcfg, st, loss, save, ranks)
-            if agree(ranks, stop):
-                stopped_early = True
-                break
+        due = st["step"] % tcfg.eval_every == 0 or st["step"] == tcfg.max_steps
+        if due and _validate(model, evaluate_fn, valid_split, tcfg, st, loss, save, ranks):  # all ranks alike
+            stopped_early = True
+            break
     bar.close()
     wall = time.perf_counter() - t0
     barrier(ranks)  # rank 0's last checkpoint is on disk before anyone reads it
