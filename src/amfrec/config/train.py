@@ -11,7 +11,7 @@ from amfrec.config.options import LossItems, _number, _positive_int, coerce_enum
 @dataclass
 class TrainConfig:
     # The recipe's schedule (model.positions "all"): 3 passes over every training target, 32 prompts a step,
-    # validated on 2,000 users every 90 steps, early stopping (configs/quickstart.yaml shrinks it for a 2-core
+    # validated on 1,500 users every 139 steps, early stopping (configs/quickstart.yaml shrinks it for a 2-core
     # demo). On amazon-scientific it stopped at 2.6-3 passes (RESULTS "Every position a target").
     # 3e-3: validation ndcg@10 0.7523 vs 0.7500 at lr 1e-3, changed together with model.query_head (ml-100k,
     # seed 1; mean over seeds 1-3 0.7478 vs 0.7441; RESULTS "Item-token head, SASRec user token,
@@ -33,14 +33,17 @@ class TrainConfig:
     batch_size: int = 32  # prompts (positions "all") or windows ("last"): a CPU budget, not a quality choice
     grad_accum: int = 1
     clip: float = 1.0  # max global grad norm (0 disables)
-    eval_every: int = 90  # optimiser steps between validations (amazon-scientific: a third of an epoch)
-    # fixed random validation subset (None = the whole split). 2000: enough users to see a 0.01 difference in
-    # ndcg@10 (its standard error on 200 users was about 0.02), at about a minute per validation on 2 cores.
-    eval_examples: int | None = 2000
+    # Optimiser steps between validations. 139: half an amazon-scientific pass (278 steps of 32 prompts), so
+    # that 3 passes and their validations fit 30 minutes on 2 cores; every 90 steps (a third) with 2,000 users
+    # took 33.1 minutes, a quarter of it validating (RESULTS "The budget on a quiet machine").
+    eval_every: int = 139
+    # fixed random validation subset (None = the whole split). 1,500: a standard error of about 0.007 in
+    # ndcg@10 (0.02 on 200 users), so a 0.01 difference shows, at about 38 s per validation on 2 cores.
+    eval_examples: int | None = 1500
     select_metric: str = "ndcg@10"  # the validation metric that picks the best checkpoint
-    # validations without improvement before stopping (0 = never stop early). 3: nothing found in RESULTS
-    # that compares patience values; not a measured choice.
-    patience: int = 3
+    # validations without improvement before stopping (0 = never stop early). 2: a whole pass without
+    # progress at the half-pass cadence (3 at every third of a pass before). A budget, not a measured choice.
+    patience: int = 2
     train_examples: int | None = None  # fixed random subset of the training windows (None = all)
     n_negatives: int = 19  # training negatives per example: n_negatives + 1 = n_candidates
     seed: int = 0
