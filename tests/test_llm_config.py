@@ -198,7 +198,7 @@ def test_packaged_amfrec_yaml_is_the_defaults():
     assert {k: getattr(model, k) for k in recipe} == recipe
     assert model.positions is Positions.ALL
     train = {"lr": 0.003, "warmup_steps": 10, "max_steps": None, "max_epochs": 3.0, "batch_size": 32,
-             "eval_every": 139, "eval_examples": 1500, "patience": 2}  # fmt: skip
+             "eval_every": 139, "eval_examples": 1000, "patience": 2}  # fmt: skip
     assert {k: getattr(AMFRecConfig().train, k) for k in train} == train
 
 

@@ -11,7 +11,7 @@ from amfrec.config.options import LossItems, _number, _positive_int, coerce_enum
 @dataclass
 class TrainConfig:
     # The recipe's schedule (model.positions "all"): 3 passes over every training target, 32 prompts a step,
-    # validated on 1,500 users every 139 steps, early stopping (configs/quickstart.yaml shrinks it for a 2-core
+    # validated on 1,000 users every 139 steps, early stopping (configs/quickstart.yaml shrinks it for a 2-core
     # demo). On amazon-scientific it stopped at 2.6-3 passes (RESULTS "Every position a target").
     # 3e-3: validation ndcg@10 0.7523 vs 0.7500 at lr 1e-3, changed together with model.query_head (ml-100k,
     # seed 1; mean over seeds 1-3 0.7478 vs 0.7441; RESULTS "Item-token head, SASRec user token,
@@ -34,12 +34,15 @@ class TrainConfig:
     grad_accum: int = 1
     clip: float = 1.0  # max global grad norm (0 disables)
     # Optimiser steps between validations. 139: half an amazon-scientific pass (278 steps of 32 prompts), so
-    # that 3 passes and their validations fit 30 minutes on 2 cores; every 90 steps (a third) with 2,000 users
-    # took 33.1 minutes, a quarter of it validating (RESULTS "The budget on a quiet machine").
+    # that 3 passes and their validations fit 30 minutes on 2 cores; every 90 steps (a third) on 2,000 users
+    # took 33.1 minutes, a quarter of it validating, and every 139 on 1,500 users 30.2 (RESULTS "The budget on
+    # a quiet machine"). On ml-100k (317 steps a pass) the first validation comes before its lr 3e-3 overfits.
     eval_every: int = 139
-    # fixed random validation subset (None = the whole split). 1,500: a standard error of about 0.007 in
-    # ndcg@10 (0.02 on 200 users), so a 0.01 difference shows, at about 38 s per validation on 2 cores.
-    eval_examples: int | None = 1500
+    # fixed random validation subset (None = the whole split). 1,000: all of ml-100k's 943 users; on
+    # amazon-scientific a standard error of about 0.009 in ndcg@10 (0.02 on 200 users) and less for the paired
+    # difference of two checkpoints, at about 27 s per validation on 2 cores. The calibration after training
+    # reads every validation user (calibrate_examples).
+    eval_examples: int | None = 1000
     select_metric: str = "ndcg@10"  # the validation metric that picks the best checkpoint
     # validations without improvement before stopping (0 = never stop early). 2: a whole pass without
     # progress at the half-pass cadence (3 at every third of a pass before). A budget, not a measured choice.
