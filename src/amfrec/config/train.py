@@ -11,8 +11,8 @@ from amfrec.config.options import LossItems, _number, _positive_int, coerce_enum
 @dataclass
 class TrainConfig:
     # The recipe's schedule (model.positions "all"): 3 passes over every training target, 32 prompts a step,
-    # validated on 1,000 users every 139 steps, early stopping (configs/quickstart.yaml shrinks it for a 2-core
-    # demo). On amazon-scientific it stopped at 2.6-3 passes (RESULTS "Every position a target").
+    # validated on 1,000 users every 139 steps, early stopping (configs/quickstart.yaml shrinks it for a
+    # 2-core demo). On amazon-scientific it stopped at 2.6-3 passes (RESULTS "Every position a target").
     # 3e-3: validation ndcg@10 0.7523 vs 0.7500 at lr 1e-3, changed together with model.query_head (ml-100k,
     # seed 1; mean over seeds 1-3 0.7478 vs 0.7441; RESULTS "Item-token head, SASRec user token,
     # collaborative score"). Only these two rates, on that design's SASRec user token; not re-validated.
