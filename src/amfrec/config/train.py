@@ -36,7 +36,8 @@ class TrainConfig:
     # Optimiser steps between validations. 139: half an amazon-scientific pass (278 steps of 32 prompts), so
     # that 3 passes and their validations fit 30 minutes on 2 cores; every 90 steps (a third) on 2,000 users
     # took 33.1 minutes, a quarter of it validating, and every 139 on 1,500 users 30.2 (RESULTS "The budget on
-    # a quiet machine"). On ml-100k (317 steps a pass) the first validation comes before its lr 3e-3 overfits.
+    # a quiet machine"). ml-100k (317 steps a pass, twice amazon's step) took 37.4 minutes at this cadence
+    # (best at step 278, stopped at 556): its own config, configs/tuned/ml-100k/amfrec.yaml, fits there.
     eval_every: int = 139
     # fixed random validation subset (None = the whole split). 1,000: all of ml-100k's 943 users; on
     # amazon-scientific a standard error of about 0.009 in ndcg@10 (0.02 on 200 users) and less for the paired
