@@ -194,7 +194,7 @@ def test_packaged_amfrec_yaml_is_the_defaults():
     model = AMFRecConfig().model
     assert model.user_token is UserToken.SASREC_CONTENT and model.new_item_control is True
     recipe = {"lm_layers": 10, "query_head": True, "collab_score": True, "item_text": ItemText.FULL,
-              "item_tokens": 16, "modality_dropout": {"id": 0.5, "text": 0.3}}  # fmt: skip
+              "item_tokens": 8, "modality_dropout": {"id": 0.5, "text": 0.3}}  # fmt: skip
     assert {k: getattr(model, k) for k in recipe} == recipe
     assert model.positions is Positions.ALL
     train = {"lr": 0.003, "warmup_steps": 10, "max_steps": None, "max_epochs": 3.0, "batch_size": 32,
