@@ -190,8 +190,8 @@ class ModelConfig:
     n_candidates: int = 20
     # What stands before an item's <|item|> in the prompt: its title, or its full text (title, categories,
     # brand, ...), cut to item_tokens backbone tokens, so long product texts cannot blow up the prompt.
-    # full: never compared with title. 8: a CPU budget that ties 16 on validation after 3 passes
-    # (amazon-scientific, seed 1) in 0.75x the training time, so ml-100k fits 30 minutes (RESULTS, "The budget").
+    # full: never compared with title. 8: a CPU budget; it ties 16 on validation at the whole recipe on both
+    # data sets (seed 1) in 0.60-0.76x the step time, so both fit 30 minutes (RESULTS, "The budget").
     item_text: ItemText = ItemText.FULL
     item_tokens: int | None = 8  # null = no cut
     # Training only (item_token head): per step, each item drops modality m with probability
