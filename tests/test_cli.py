@@ -177,9 +177,16 @@ def test_evaluate_reloads_a_baseline_run(tiny_prepared: Path, tmp_path: Path, ca
 
 
 def test_evaluate_parts_of_an_amfrec_run(tiny_amfrec_run: Path, tmp_path: Path, capsys) -> None:
-    """The tiny run has no collaborative score: its content term alone ranks exactly as the score does."""
+    """The tiny run has no collaborative score: without the content similarity (whatever weight the run's
+    calibration chose on its random data; set to 0 here) its content term alone ranks as the score does."""
+    from amfrec.runs.amfrec_run import load_run
+    from amfrec.runs.calibrate import write_calibration
+
     run = tmp_path / "run"
     shutil.copytree(tiny_amfrec_run, run)
+    model, _, run_cfg = load_run(run)
+    model.content_similarity = 0.0
+    write_calibration(run, model, run_cfg, {"content_similarity": 0.0})
     assert main(["evaluate", "--run", str(run), "--split", "valid", "--protocol", "parts"]) == 0
     assert "amfrec content [valid, n=" in capsys.readouterr().out
     assert main(["evaluate", "--run", str(run), "--split", "valid"]) == 0
