@@ -36,13 +36,14 @@ class TrainConfig:
     # Optimiser steps between validations. 139: half an amazon-scientific pass (278 steps of 32 prompts), so
     # that 3 passes and their validations fit 30 minutes on 2 cores; every 90 steps (a third) on 2,000 users
     # took 33.1 minutes, a quarter of it validating, and every 139 on 1,500 users 30.2 (RESULTS "The budget on
-    # a quiet machine"). ml-100k (317 steps a pass, twice amazon's step) took 37.4 minutes at this cadence
-    # (best at step 278, stopped at 556): its own config, configs/tuned/ml-100k/amfrec.yaml, fits there.
+    # a quiet machine"). ml-100k (317 steps a pass) stopped at step 556 (best at 278): 22.4 minutes with the
+    # item text at 8 tokens, 37.4 at 16. With 8 tokens amazon-scientific's 3 passes take 22.0 minutes.
     eval_every: int = 139
     # fixed random validation subset (None = the whole split). 1,000: all of ml-100k's 943 users; on
     # amazon-scientific a standard error of about 0.009 in ndcg@10 (0.02 on 200 users), and a 95% interval of
-    # about ±0.004 for the paired difference of two runs of the recipe (±0.003 measured on 2,000), at about
-    # 27 s per validation on 2 cores. The calibration after training reads every validation user.
+    # about ±0.004 for the paired difference of two runs of the recipe (±0.003 measured on 2,000), at 16-22 s
+    # per validation on 2 cores (27-29 s on ml-100k). The calibration after training reads every validation
+    # user.
     eval_examples: int | None = 1000
     select_metric: str = "ndcg@10"  # the validation metric that picks the best checkpoint
     # validations without improvement before stopping (0 = never stop early). 2: a whole pass without
