@@ -91,6 +91,7 @@ def test_defaults_and_enums():
             "train.warmup_steps: 10 must be < train.max_steps",
         ),
         (lambda: TrainConfig(betas=(0.9, 1.0)), "train.betas: each must be in [0, 1)"),
+        (lambda: TrainConfig(deterministic="yes"), "train.deterministic: must be true or false, got 'yes'"),
         (lambda: AMFRecConfig(train=TrainConfig(n_negatives=9)), "train.n_negatives: 9 + 1 must equal"),
     ],
 )

@@ -172,6 +172,23 @@ def test_early_stopping(tmp_path, backbone):
     assert info["stopped_early"] and info["steps"] == 15 and len(calls) == 3 and info["best_step"] == 5
 
 
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_the_loop_runs_on_deterministic_kernels_when_asked_and_restores_the_setting(
+    tmp_path, backbone, deterministic
+):
+    seen = []
+
+    def record(model, split):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return {"ndcg@10": 0.5}
+
+    before = torch.are_deterministic_algorithms_enabled()
+    cfg = _cfg(max_steps=10, eval_every=5, deterministic=deterministic)
+    train(tiny_model(backbone), _data(), cfg, tmp_path, record)
+    assert seen == [deterministic, deterministic]  # both validations ran inside the loop's setting
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
 def test_missing_select_metric(tmp_path, backbone):
     with pytest.raises(ValueError, match="train.select_metric: 'ndcg@10' not in"):
         train(

@@ -11,11 +11,12 @@ against float32's 158 on a CPU where it is the faster one).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -160,3 +161,20 @@ def sync(device: str | torch.device) -> None:
     """Wait for the device's queued work (CUDA); a no-op on the CPU. For timing."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool, device: str | torch.device = "cpu") -> Iterator[None]:
+    """While the block runs, torch picks deterministic kernels (``torch.use_deterministic_algorithms``) when
+    ``enabled``; the process's earlier setting is restored after it. Ops without a deterministic kernel warn
+    rather than fail. On CUDA the cuBLAS workspace must be fixed in the environment before the process
+    starts (CUBLAS_WORKSPACE_CONFIG=:4096:8); a missing one is logged, as the run is then not repeatable."""
+    before = torch.are_deterministic_algorithms_enabled()
+    before_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if enabled and torch.device(device).type == "cuda" and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        log.warning("train.deterministic: set CUBLAS_WORKSPACE_CONFIG=:4096:8 for repeatable CUDA matmuls")
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=before_warn)

@@ -54,6 +54,11 @@ class TrainConfig:
     seed: int = 0
     # Training negatives are re-drawn every epoch (True) or drawn once (False).
     redraw_negatives: bool = True
+    # Bitwise-repeatable training (torch.use_deterministic_algorithms while the loop runs): on the CPU the
+    # gradient of an indexed item table (float32, several threads) adds its rows in a varying order, so two
+    # runs of one seed parted at step 4 of 12; with this on they agree to the bit (RESULTS "Repeatable
+    # training"). On CUDA it needs CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment (logged when unset).
+    deterministic: bool = True
     # What the item_token head's softmax runs over (the title head always learns the target title).
     # catalogue: nothing found in RESULTS that compares it with candidates on validation (or test). Its rule
     # that items with no training interaction are no class: validation ndcg@10 0.5683 -> 0.5701
@@ -107,8 +112,9 @@ class TrainConfig:
             _positive_int(self.train_examples, "train.train_examples")
         _positive_int(self.n_negatives, "train.n_negatives")
         _positive_int(self.seed, "train.seed", minimum=0)
-        if not isinstance(self.redraw_negatives, bool):
-            raise ValueError(f"train.redraw_negatives: must be true or false, got {self.redraw_negatives!r}")
+        for name in ("redraw_negatives", "deterministic"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"train.{name}: must be true or false, got {getattr(self, name)!r}")
         self.loss_items = coerce_enum(LossItems, self.loss_items, "train.loss_items")
         if self.blend_examples is not None:
             _positive_int(self.blend_examples, "train.blend_examples")

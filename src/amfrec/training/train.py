@@ -8,7 +8,8 @@ The model (`amfrec.model.model.AMFRecModel` or anything with the same interface)
 Loop: AdamW (weight decay on matrices only); linear warm-up then cosine decay (`lr_at`); gradient
 accumulation; global grad-norm clipping; every `eval_every` steps `evaluate_fn(model, split)` on a fixed
 random validation subset, keeping the best checkpoint by `select_metric` (ndcg@10); early stopping after
-`patience` validations without improvement. Batches and negatives: `amfrec.training.sampling`.
+`patience` validations without improvement. Batches and negatives: `amfrec.training.sampling`. With
+`deterministic` (the default) the loop runs on deterministic kernels, so a seed repeats its run to the bit.
 
 Files under `out` (`amfrec.training.checkpoint`): checkpoint/ (the best), last/ (the latest validation, which
 `resume=True` continues from). At the end the best weights are loaded back into the model. `max_steps: 0`
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from amfrec.config.model import AMFRecConfig, TrainConfig
 from amfrec.data.dataset import PreparedData, Split
+from amfrec.hardware import deterministic_algorithms
 from amfrec.training.checkpoint import (
     CHECKPOINT_DIR,
     LAST_DIR,
@@ -129,16 +131,17 @@ def train(
     t0, counts, losses, stopped_early = time.perf_counter(), {"examples": 0, "tokens": 0}, [], False
     seen0 = (st.get("targets", 0), st.get("wall_s", 0.0))  # what a resumed run had seen before
     bar = _progress_bar(tcfg.max_steps, st["step"], ranks.is_main)
-    while st["step"] < tcfg.max_steps:
-        loss, lr, grad_norm = _train_step(model, opt, params, batches, st["step"], tcfg, counts, ranks)
-        st["step"] += 1
-        losses.append(loss)
-        st["targets"], st["wall_s"] = seen0[0] + counts["examples"], seen0[1] + time.perf_counter() - t0
-        _show_progress(bar, loss, lr, grad_norm, counts, time.perf_counter() - t0)
-        due = st["step"] % tcfg.eval_every == 0 or st["step"] == tcfg.max_steps
-        if due and _validate(model, evaluate_fn, valid_split, tcfg, st, loss, save, ranks):  # all ranks alike
-            stopped_early = True
-            break
+    with deterministic_algorithms(tcfg.deterministic, params[0].device):
+        while st["step"] < tcfg.max_steps:
+            loss, lr, grad_norm = _train_step(model, opt, params, batches, st["step"], tcfg, counts, ranks)
+            st["step"] += 1
+            losses.append(loss)
+            st["targets"], st["wall_s"] = seen0[0] + counts["examples"], seen0[1] + time.perf_counter() - t0
+            _show_progress(bar, loss, lr, grad_norm, counts, time.perf_counter() - t0)
+            due = st["step"] % tcfg.eval_every == 0 or st["step"] == tcfg.max_steps
+            if due and _validate(model, evaluate_fn, valid_split, tcfg, st, loss, save, ranks):  # ranks alike
+                stopped_early = True
+                break
     bar.close()
     wall = time.perf_counter() - t0
     barrier(ranks)  # rank 0's last checkpoint is on disk before anyone reads it
