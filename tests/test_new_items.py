@@ -118,7 +118,7 @@ def test_a_new_items_score_has_no_collaborative_part(model: AMFRecModel) -> None
     # the new candidate's collaborative part is the user's mean, the same as any other unknown item would get
     rep = model.collab(HISTORY[:1])
     mean = model.collab.item_logits(rep, None)[0][torch.arange(N_ITEMS) + 1 != NEW].mean()
-    w = float(model.adapter.collab_weight)
+    w = float(model.adapter.collab_weight.detach())
     assert float(parts.collab[0, 2]) == pytest.approx(w * float(mean), abs=1e-5)
 
 

@@ -30,7 +30,7 @@ from amfrec.model.head import cosine_scores, fresh_items
 from amfrec.model.projector import MLPProjector
 from amfrec.model.query import query
 from amfrec.model.scoring import ScoreReduction, generate_titles, score_titles, title_loss
-from amfrec.model.similarity import new_item_order_term, similarity_term
+from amfrec.model.similarity import new_item_order_term, similarity_scores
 from amfrec.recommender import Recommender
 
 
@@ -385,10 +385,13 @@ class AMFRecModel(nn.Module, Recommender):
         items = None if reorder else candidates.to(self.device)  # reorder: the places of the whole catalogue
         parts = self.item_logits(q, rep, tokens.mean(1), items, known, q_new, fresh)
         collab = None if parts.collab is None else parts.collab.float()
-        similar = similarity_term(self.item_encoder, self.content_similarity, history, items)
+        cosines = None  # content_knn's cosines, (B, C) or (B, n_items): computed once for both terms
+        if self.content_similarity or reorder:
+            cosines = similarity_scores(self.item_encoder, history, items).to(parts.content.device)
+        similar = self.content_similarity * cosines if self.content_similarity else None
         out = ScoreParts(content=parts.content.float(), collab=collab, similar=similar)
         if reorder:  # (B, n_items) terms -> (B, C)
-            out.order = new_item_order_term(out.total, self.item_encoder, history, fresh, self.new_item_order)
+            out.order = new_item_order_term(out.total, cosines, history, fresh, self.new_item_order)
             out = out.take(candidates.to(self.device))
         return out
 

@@ -45,21 +45,13 @@ def similarity_scores(encoder, history: torch.Tensor, candidates: torch.Tensor |
     return cos[:, 1:] if candidates is None else cos.gather(1, candidates.to(table.device))
 
 
-def similarity_term(
-    encoder, weight: float, history: torch.Tensor, candidates: torch.Tensor | None
-) -> torch.Tensor | None:
-    """weight * ``similarity_scores`` (B, C) or (B, n_items), or None when weight is 0 (no term)."""
-    return weight * similarity_scores(encoder, history, candidates) if weight else None
-
-
 def new_item_order_term(
-    total: torch.Tensor, encoder, history: torch.Tensor, fresh: torch.Tensor, weight: float
+    total: torch.Tensor, cosines: torch.Tensor, history: torch.Tensor, fresh: torch.Tensor, weight: float
 ) -> torch.Tensor:
-    """``reorder_new_items`` of a (B, n_items) score `total` for (B, L) histories, with the encoder's
+    """``reorder_new_items`` of a (B, n_items) score `total` for (B, L) histories, with their (B, n_items)
     content cosines (``similarity_scores``); fresh: (n_items + 1,) bool, as ``AMFRecModel.fresh_items``."""
     hist = torch.zeros(total.shape[0], total.shape[1] + 1, dtype=torch.bool, device=total.device)
     hist.scatter_(1, history.to(total.device), True)  # (B, n_items + 1); column 0 = padding
-    cosines = similarity_scores(encoder, history, None).to(total.device)  # (B, n_items)
     return reorder_new_items(total, cosines, fresh[1:].to(total.device), hist[:, 1:], weight)
 
 
