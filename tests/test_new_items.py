@@ -204,9 +204,9 @@ def test_content_loss_adds_the_content_terms_own_cross_entropy(model: AMFRecMode
     try:
         model.train()
         model.content_loss = 0.0
-        plain = float(model(HISTORY, CANDIDATES, target).lm_loss)
+        plain = float(model(HISTORY, CANDIDATES, target).lm_loss.detach())
         model.content_loss = 0.5
-        with_content = float(model(HISTORY, CANDIDATES, target).lm_loss)
+        with_content = float(model(HISTORY, CANDIDATES, target).lm_loss.detach())
         with (
             torch.no_grad()
         ):  # by hand: the catalogue softmax of the sum, plus 0.5 x that of the content term
@@ -308,9 +308,9 @@ def test_gate_balance_adds_its_weight_times_the_kl_to_the_loss(model: AMFRecMode
     gate = model.item_encoder.cfg.gate
     try:
         model.train()
-        plain = float(model(HISTORY, CANDIDATES, target).lm_loss)
+        plain = float(model(HISTORY, CANDIDATES, target).lm_loss.detach())
         gate.balance = 0.3
-        balanced = float(model(HISTORY, CANDIDATES, target).lm_loss)
+        balanced = float(model(HISTORY, CANDIDATES, target).lm_loss.detach())
         with torch.no_grad():  # by hand, from the item table's weights and the feature masks
             _, _, weights = model.item_table()  # (n_items + 1, M)
             present = torch.stack([f.present for f in random_features(N_ITEMS).values()], -1)
@@ -339,7 +339,7 @@ def test_the_catalogue_softmax_leaves_out_items_never_trained(model: AMFRecModel
     try:
         model.train()
         model.train_items = trained
-        masked = float(model(HISTORY, CANDIDATES, target).lm_loss)
+        masked = float(model(HISTORY, CANDIDATES, target).lm_loss.detach())
         with torch.no_grad():  # by hand: the softmax over the trained items only
             tokens, _, _ = model.item_table()
             q, _, rep, _ = query(model, HISTORY, CANDIDATES, tokens)
@@ -349,7 +349,7 @@ def test_the_catalogue_softmax_leaves_out_items_never_trained(model: AMFRecModel
             expected = F.cross_entropy(total[:, keep], label)
         assert masked == pytest.approx(float(expected), abs=1e-5)
         model.train_items = None
-        assert float(model(HISTORY, CANDIDATES, target).lm_loss) > masked  # more classes, larger loss
+        assert float(model(HISTORY, CANDIDATES, target).lm_loss.detach()) > masked  # more classes: larger
     finally:
         model.train_items = None
         model.item_encoder.drop_rates.copy_(rates)
