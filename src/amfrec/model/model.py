@@ -102,7 +102,7 @@ class AMFRecModel(nn.Module, Recommender):
         self.prompt = self._prompt_builder(backbone, item_encoder, template, tokens_per_item, user_token)
         d = backbone.hidden_size
         user_map = MLPProjector(collab.hidden, d, d) if user_token else None
-        query_dim = d if query_head else None
+        q_dim = d if query_head else None  # the query map
         residual = d if llm_residual and not no_llm else None
         new_dim = d if new_item_control else None
         if not 0.0 <= new_item_collab <= 1.0:
@@ -111,9 +111,7 @@ class AMFRecModel(nn.Module, Recommender):
         self.new_item_offset = float(new_item_offset)  # added to fresh items' scores (``runs/calibrate.py``)
         self.content_similarity = float(content_similarity)  # w of the inference-only ``similarity`` term
         self.new_item_order = float(new_item_order)  # fresh items' order among themselves (``similarity.py``)
-        self.adapter = Adapter(
-            item_encoder, user_map, score_scale, collab_score, query_dim, residual, new_dim
-        )
+        self.adapter = Adapter(item_encoder, user_map, score_scale, collab_score, q_dim, residual, new_dim)
         self.token_norm = getattr(item_encoder, "token_norm", None) or backbone.embed_norm
         self.aux_weight = aux_weight
         self.content_loss = content_loss
@@ -387,7 +385,7 @@ class AMFRecModel(nn.Module, Recommender):
         collab = None if parts.collab is None else parts.collab.float()
         cosines = None  # content_knn's cosines, (B, C) or (B, n_items): computed once for both terms
         if self.content_similarity or reorder:
-            cosines = similarity_scores(self.item_encoder, history, items).to(parts.content.device)
+            cosines = similarity_scores(self.item_encoder, history, items)  # on the features' device
         similar = self.content_similarity * cosines if self.content_similarity else None
         out = ScoreParts(content=parts.content.float(), collab=collab, similar=similar)
         if reorder:  # (B, n_items) terms -> (B, C)
