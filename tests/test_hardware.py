@@ -124,8 +124,8 @@ def test_cli_leaves_the_thread_count_as_it_found_it(tmp_path) -> None:
 def test_deterministic_kernels_repeat_an_indexed_tables_gradient_to_the_bit() -> None:
     """The gradient of a float32 table read at repeated indices (what a prompt does to the item table) adds
     rows in a thread-dependent order on the CPU; inside ``deterministic_algorithms(True)`` it repeats, and
-    equals the row-by-row sum. Without the setting these draws' gradients differed within 5 repeats (2 cores,
-    one draw in three or more)."""
+    equals the row-by-row sum. Without the setting this test failed in 2 of 5 runs (2 cores, a busy machine):
+    it catches a lost setting some of the time; the loop's wiring is checked in test_llm_train.py."""
     threads, before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(2)
     try:
