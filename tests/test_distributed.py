@@ -1,7 +1,8 @@
 """torchrun with 2 CPU processes (gloo) on a tiny real AMFRec: after a few steps the trainable weights equal
 those of one process with the same global batch and seed (to 1e-5), the validations (each rank scoring its
 share of the users, 3 and 2 of 5) read what one process reads, and only rank 0 wrote files; with every
-position a target too, where the ranks' prompts hold different numbers of targets."""
+position a target too, where the ranks' prompts hold different numbers of targets. After training each rank
+calibrates and tests on its share of the users (2 of 4): the choices, ranks and metrics are one process's."""
 
 from __future__ import annotations
 
@@ -58,6 +59,17 @@ def test_two_processes_equal_one(tiny_prepared: Path, tmp_path: Path, positions:
     for a, b in zip(*evals, strict=True):
         assert b["ndcg@10"] == pytest.approx(a["ndcg@10"], abs=1e-6)
     assert "validate: 3 users" in done.stderr and "validate: 2 users" in done.stderr
+    # after training: every rank scored 2 of the 4 calibration, valid and test users; one process's results
+    assert done.stderr.count("valid: 2 users") == 2 and done.stderr.count("test: 2 users") == 2
+    configs = [yaml.safe_load((d / "config.yaml").read_text())["model"] for d in (one, two)]
+    for term in ("content_similarity", "new_item_order", "new_item_offset"):
+        assert configs[1][term] == pytest.approx(configs[0][term], rel=1e-5, abs=1e-6), term  # in grid units
+    for split in ("valid", "test"):
+        ranks = [json.loads((d / f"{split}_ranks.json").read_text()) for d in (one, two)]
+        assert ranks[1]["ranks"] == ranks[0]["ranks"] and len(ranks[0]["ranks"]) == 4
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (one, two)]
+    for key in ("hr@1", "ndcg@10", "mrr", "n"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], abs=1e-6), key
 
 
 @pytest.mark.parametrize("batch, world", [(5, 2)])

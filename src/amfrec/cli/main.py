@@ -60,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from amfrec.hardware import use_all_cores
+    from amfrec.training.distributed import leave_process_group
 
     threads = torch.get_num_threads()
     log.debug("torch threads: %d (the CPUs this process may use)", use_all_cores())
     try:
         _check_counts(args)
         args.func(args)
+        leave_process_group()  # under torchrun: every rank done before any tears its connections down
     except AmfrecError as e:
         print(f"amfrec: error: {e}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from amfrec import __version__
 from amfrec.config.model import AMFRecConfig, AnswerHead, UserToken
 from amfrec.data.dataset import PreparedData, Split
 from amfrec.errors import AmfrecError
-from amfrec.evaluate import evaluate
+from amfrec.evaluate import candidate_metrics, evaluate
 from amfrec.features.corrupt import corrupt_features, parse_corruption
 from amfrec.features.store import load_features
 from amfrec.io import write_json
@@ -37,9 +38,16 @@ from amfrec.runs.rundir import (
     run_log,
     write_run,
 )
-from amfrec.runs.scoring import EVAL_BATCH, EVAL_BATCH_ITEM_TOKEN, blend_on_valid, parts_metrics, prompt_order
+from amfrec.runs.scoring import (
+    EVAL_BATCH,
+    EVAL_BATCH_ITEM_TOKEN,
+    choose_blend,
+    fold_blend,
+    parts_metrics,
+    prompt_order,
+)
 from amfrec.training.checkpoint import CHECKPOINT_DIR, load_checkpoint, load_train_state, save_checkpoint
-from amfrec.training.distributed import from_env
+from amfrec.training.distributed import from_env, from_main, gather_rows, rank_share
 from amfrec.training.train import train
 
 log = logging.getLogger(__name__)
@@ -106,6 +114,18 @@ def _score(model: AMFRecModel, split: Split, desc: str, masks: dict[str, torch.T
         return evaluate(model, split, batch, desc, slices=masks, return_ranks=masks is not None, order=order)
 
 
+def _score_shared(model: AMFRecModel, split: Split, desc: str, masks: dict[str, torch.Tensor]) -> dict:
+    """``_score`` of every row of `split` with its (N,) ranks; under torchrun each rank scores its share
+    (``rank_share``) and every rank gets every row's rank (``gather_rows``): one process's metrics."""
+    ranks = from_env()
+    if ranks.world == 1:
+        return _score(model, split, desc, masks)
+    t0 = time.perf_counter()
+    mine = _score(model, split.subset(rank_share(ranks, len(split))), desc, {})["ranks"]  # (N_rank,)
+    every = gather_rows(ranks, mine, len(split))  # (N,)
+    return {**candidate_metrics(every, time.perf_counter() - t0, masks), "ranks": every}
+
+
 def use_card(model_cfg, manifest: dict) -> None:
     """model.noun (and noun_plural) left unset: the data's card (manifest "card"), else "item"; the run's
     config.yaml then records the noun its prompts used."""
@@ -130,8 +150,8 @@ def train_amfrec(
     """Train AMFRec, test the best checkpoint on the fixed candidates, write the run directory `out`.
 
     limit: evaluate valid/test on their first `limit` examples only (None = all).
-    Under torchrun every rank trains its slice of each global batch and validates its share of the users
-    during training; only rank 0 calibrates, tests and writes (the other ranks return "test": None).
+    Under torchrun every rank trains its slice of each global batch, validates, calibrates and tests its share
+    of the users; rank 0 makes the choices and writes (the other ranks return "test": None).
     name: the model name in the metrics files (default "amfrec", or "amfrec-no_llm" for the control).
     Returns {"test": record, "valid": record, "info": training summary, "out": out}.
     """
@@ -152,20 +172,17 @@ def train_amfrec(
     def validate(m: AMFRecModel, part: Split) -> dict:  # under torchrun: this rank's share of the users
         return _score(m, part, "validate")
 
-    if not from_env().is_main:  # under torchrun: the other ranks train and validate their slices
-        info = train(build_model(cfg, data, features_dir), data, cfg, out, validate, resume=resume)
-        return {"test": None, "valid": None, "info": info, "out": out}
-    out.mkdir(parents=True, exist_ok=True)
-    with run_log(out):
+    ranks = from_env()  # under torchrun every rank trains, calibrates and scores its share; rank 0 writes
+    with run_log(out) if ranks.is_main else nullcontext():
         model = build_model(cfg, data, features_dir)
-        info = train(model, data, cfg, out, evaluate_fn=validate, resume=resume)
-        weights, _, _ = load_checkpoint(out / CHECKPOINT_DIR)
-        model.adapter.load_state_dict(weights)
+        info = train(model, data, cfg, out, evaluate_fn=validate, resume=resume)  # ends on the best weights
         info.update(_fit_on_valid(model, data, cfg, out, limit))
         valid_part, test_part = data.valid.head(limit), data.test.head(limit)
         valid_slices, test_slices = data.slices(valid_part), data.slices(test_part)
-        valid = _score(model, valid_part, "valid", valid_slices)
-        test = _score(model, test_part, "test", test_slices)
+        valid = _score_shared(model, valid_part, "valid", valid_slices)
+        test = _score_shared(model, test_part, "test", test_slices)
+        if not ranks.is_main:
+            return {"test": None, "valid": None, "info": info, "out": out}
         wall = time.perf_counter() - t0
         run_config = {
             "model": {"name": "amfrec", **cfg.to_dict()["model"]},
@@ -188,9 +205,10 @@ def train_amfrec(
         write_json(out / "train_history.json", {"losses": info["losses"], "evals": info["evals"]})
         write_gate_weights(model, out / GATE_FILE, data.item_train_counts > 0)
         parts = {"valid": (valid, valid_part, valid_slices), "test": (test, test_part, test_slices)}
-        ranks = {split: ranks_record(m["ranks"], p, sl, data, split, seed, name, terms=inference_terms(model))
-                 for split, (m, p, sl) in parts.items()}  # fmt: skip
-        write_run(out, run_config, test_rec, valid_rec, ranks=ranks)
+        terms = inference_terms(model)
+        records = {split: ranks_record(m["ranks"], p, sl, data, split, seed, name, terms=terms)
+                   for split, (m, p, sl) in parts.items()}  # fmt: skip
+        write_run(out, run_config, test_rec, valid_rec, ranks=records)
         log.info(
             "%s seed %d: test hr@1 %.4f ndcg@10 %.4f (%.0f s, training %.0f s)",
             name, seed, test["hr@1"], test["ndcg@10"], wall, info["wall_time_s"],
@@ -203,21 +221,28 @@ def _fit_on_valid(
 ) -> dict:
     """After training, on validation users only (no more than `limit`): the content term's weight
     (train.blend_examples), the content similarity and the new items' offset (train.calibrate_examples),
-    saved into the best checkpoint; returns what it chose."""
-    chosen = {}
+    saved into the best checkpoint; returns what it chose. Under torchrun rank 0 chooses, every rank
+    applies its choice, rank 0 saves."""
+    chosen, ranks = {}, from_env()
 
     def at_most(n: int) -> int:  # validation users: no more than --limit
         return min(n, limit or n)
 
+    def save() -> None:
+        if ranks.is_main:
+            save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
+
     if cfg.train.blend_examples and model.adapter.collab_weight is not None:
-        chosen["content_weight"] = blend_on_valid(model, data.valid.head(at_most(cfg.train.blend_examples)))
-        save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
+        part = data.valid.head(at_most(cfg.train.blend_examples))
+        chosen["content_weight"] = from_main(ranks, choose_blend(model, part) if ranks.is_main else None)
+        fold_blend(model, chosen["content_weight"])
+        save()
     if cfg.train.calibrate_examples and model.answer is AnswerHead.ITEM_TOKEN:
         found = calibrate(model, data, at_most(cfg.train.calibrate_examples))
         for name, value in found.items():
             setattr(cfg.model, name, value)
         chosen.update(found)
-        save_checkpoint(model, cfg, out / CHECKPOINT_DIR, load_train_state(out / CHECKPOINT_DIR))
+        save()
     return chosen
 
 

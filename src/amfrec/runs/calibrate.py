@@ -49,6 +49,7 @@ from amfrec.training.checkpoint import (
     load_train_state,
     save_checkpoint,
 )
+from amfrec.training.distributed import from_env, from_main, gather_rows, rank_share
 
 log = logging.getLogger(__name__)
 
@@ -87,27 +88,32 @@ class Validation:
 @torch.no_grad()
 def catalogue_scores(model: AMFRecModel, data: PreparedData, n: int | None) -> Validation:
     """The first n validation rows' ``Validation``: scores over the catalogue with neither inference term,
-    content cosines (``similarity_scores``), targets, seen items, candidate sets and slices."""
+    content cosines (``similarity_scores``), targets, seen items, candidate sets and slices. Under torchrun
+    each rank scores its share of the rows (``rank_share``) and every rank gets them all (``gather_rows``)."""
     part = data.valid.head(n)
+    ranks = from_env()
+    mine = part.subset(rank_share(ranks, len(part)))
     catalogue = torch.arange(1, data.n_items + 1).unsqueeze(0)  # (1, n_items)
-    order = prompt_order(model, part)  # (N,) as `amfrec evaluate --protocol full` batches its rows
+    order = prompt_order(model, mine)  # (N_rank,) as `amfrec evaluate --protocol full` batches its rows
     kept = model.new_item_offset, model.content_similarity, model.new_item_order
     model.new_item_offset, model.content_similarity, model.new_item_order = 0.0, 0.0, 0.0
     try:
         scores, cosines = [], []
-        batches = range(0, len(part), EVAL_BATCH_ITEM_TOKEN)
+        batches = range(0, len(mine), EVAL_BATCH_ITEM_TOKEN)
         for start in tqdm(batches, desc="calibrate", leave=False, disable=None):
-            history = part.history[order[start : start + EVAL_BATCH_ITEM_TOKEN]]  # (B, L)
+            history = mine.history[order[start : start + EVAL_BATCH_ITEM_TOKEN]]  # (B, L)
             cands = catalogue.expand(len(history), -1)  # (B, n_items)
             scores.append(model.score(history, cands).float().cpu())  # (B, n_items)
             cosines.append(similarity_scores(model.item_encoder, history, None).float().cpu())
     finally:
         model.new_item_offset, model.content_similarity, model.new_item_order = kept
-    back = torch.argsort(order)  # (N,) split order again
+    back = torch.argsort(order)  # (N_rank,) this rank's rows in split order again
+    empty = torch.empty(0, data.n_items)
+    scores, cosines = (torch.cat(t)[back] if t else empty for t in (scores, cosines))  # (N_rank, n_items)
+    scores, cosines = gather_rows(ranks, scores, len(part)), gather_rows(ranks, cosines, len(part))  # (N, ..)
     rows, items = data.seen_items("valid")
     seen = seen_mask(rows, items, torch.arange(len(part)), data.n_items)  # (N, n_items + 1)
     slices = {name: mask.numpy() for name, mask in data.slices(part).items()}
-    scores, cosines = torch.cat(scores)[back], torch.cat(cosines)[back]
     return Validation(scores, cosines, part.target, seen, part.candidates, slices, part.history)
 
 
@@ -213,13 +219,23 @@ def choose_offset(
 def calibrate(model: AMFRecModel, data: PreparedData, n: int | None) -> dict[str, float]:
     """Choose and set ``model.content_similarity`` and, when some item has no trained id (with
     ``new_item_control``), ``model.new_item_order`` and ``model.new_item_offset`` on the first n validation
-    users (None = all); returns what was chosen (field name -> value)."""
+    users (None = all); returns what was chosen (field name -> value). Under torchrun every rank scores its
+    share of the users, rank 0 chooses and every rank sets its choice."""
     v = catalogue_scores(model, data, n)
+    ranks = from_env()
+    chosen = from_main(ranks, choose_terms(model, v) if ranks.is_main else None)
+    for name, value in chosen.items():
+        setattr(model, name, value)
+    return chosen
+
+
+def choose_terms(model: AMFRecModel, v: Validation) -> dict[str, float]:
+    """The inference terms for `v` (field name -> value), each chosen with the earlier ones in place, and
+    what each value gave logged."""
     weight, found, refused = choose_similarity(v)
     log.info("content similarity on %d validation users (full ndcg@10): %s -> %.3f", len(v.target),
              ", ".join(f"{w:.3f}: {m:.4f}" for w, m in found.items()), weight)  # fmt: skip
     _log_refused("content similarity", refused)
-    model.content_similarity = weight
     chosen = {"content_similarity": weight}
     fresh = model.fresh_items()  # (n_items + 1,) bool | None
     if fresh is None or not bool(fresh[1:].any()):
@@ -228,10 +244,10 @@ def calibrate(model: AMFRecModel, data: PreparedData, n: int | None) -> dict[str
     fresh = fresh[1:].cpu()
     order, found_orders, refused = choose_order(v, fresh, weight)
     _log_found("new items' order", len(v.target), found_orders, order, refused)
-    model.new_item_order = chosen["new_item_order"] = order
+    chosen["new_item_order"] = order
     best, found_offsets, refused = choose_offset(v, fresh, weight, order)
     _log_found("new-item offset", len(v.target), found_offsets, best, refused)
-    model.new_item_offset = chosen["new_item_offset"] = best
+    chosen["new_item_offset"] = best
     return chosen
 
 

@@ -79,14 +79,25 @@ BLEND_GRID = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)  # the content term's weight 
 def blend_on_valid(model: AMFRecModel, split: Split, grid: tuple[float, ...] = BLEND_GRID) -> float:
     """Stacking: the weight lam of the content term (score = lam * content + the others) with the best ndcg@10
     on `split` (validation; ties keep the weight nearest 1), folded into the cosine scale s; returns lam."""
+    lam = choose_blend(model, split, grid)
+    fold_blend(model, lam)
+    return lam
+
+
+def choose_blend(model: AMFRecModel, split: Split, grid: tuple[float, ...] = BLEND_GRID) -> float:
+    """``blend_on_valid``'s choice alone: the content term's weight lam with the best ndcg@10 on `split`."""
     parts = part_scores(model, split)  # (N, C) each
     rest = parts.total - parts.content  # (N, C) the collaborative term (and the similarity)
     found = {lam: score_metrics(lam * parts.content + rest, split)["ndcg@10"] for lam in grid}
     best = max(found, key=lambda lam: (found[lam], -abs(math.log(lam))))
     log.info("content weight on %d validation users: %s -> %g", len(split),
              ", ".join(f"{lam:g}: {v:.4f}" for lam, v in found.items()), best)  # fmt: skip
+    return best
+
+
+def fold_blend(model: AMFRecModel, lam: float) -> None:
+    """Multiply the content term by lam: its log cosine scale(s) grow by log(lam)."""
     with torch.no_grad():
         for scale in (model.adapter.log_scale, model.adapter.new_log_scale):
             if scale is not None:  # new_item_control: the control's content term is scaled alike
-                scale.add_(math.log(best))
-    return best
+                scale.add_(math.log(lam))

@@ -3,7 +3,9 @@ reads its slice of each global batch, and the adapter's gradients are averaged a
 identical optimiser step on every rank (what DistributedDataParallel does; it is done here by hand because
 the adapter is not called through one `forward` that DDP could wrap: the model reads its item table, user
 projector and head at several places). Each rank validates its share of the validation users
-(`rank_share`), and the metric is their mean over every rank (`mean_over_ranks`); only rank 0 writes files.
+(`rank_share`), and the metric is their mean over every rank (`mean_over_ranks`). After training, every rank
+scores its share of the calibration and test users too and the rows are gathered (`gather_rows`); choices
+are made on rank 0 and sent to every rank (`from_main`); only rank 0 writes files.
 
 `train.batch_size` stays the global batch: with W ranks each reads batch_size / W rows, so a W-process run
 takes the same steps as one process (equal to float rounding). Backend: gloo on CPU, nccl on CUDA.
@@ -75,12 +77,38 @@ def rank_share(ranks: Ranks, n: int) -> torch.Tensor:
     return torch.arange(ranks.rank, n, ranks.world)
 
 
+def gather_rows(ranks: Ranks, part: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, ...) on every rank: the rows of n that each rank computed for its ``rank_share``, put back in
+    order. part: this rank's (len(rank_share(ranks, n)), ...) rows. One process: ``part``."""
+    if ranks.world == 1:
+        return part
+    per_rank = -(-n // ranks.world)  # the largest share; the others are padded to it for all_gather
+    padded = torch.zeros((per_rank, *part.shape[1:]), dtype=part.dtype, device=_comm_device())
+    padded[: len(part)] = part
+    gathered = [torch.empty_like(padded) for _ in range(ranks.world)]
+    dist.all_gather(gathered, padded)
+    full = part.new_empty((n, *part.shape[1:]))
+    for r, rows in enumerate(gathered):
+        share = len(range(r, n, ranks.world))
+        full[r : n : ranks.world] = rows[:share].to(part.device)
+    return full
+
+
+def from_main(ranks: Ranks, value: object) -> object:
+    """Rank 0's `value` on every rank (a choice made once, so that every rank applies the same one)."""
+    if ranks.world == 1:
+        return value
+    box = [value if ranks.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def mean_over_ranks(ranks: Ranks, value: float, n: int) -> float:
     """The mean over every rank's examples of a per-example mean: ``value`` over this rank's ``n`` examples
     (ignored when n is 0), weighted by n, summed in float64. One process: ``value``."""
     if ranks.world == 1:
         return value
-    total = torch.tensor([value * n if n else 0.0, float(n)], dtype=torch.float64)
+    total = torch.tensor([value * n if n else 0.0, float(n)], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return float(total[0] / total[1])
 
@@ -98,6 +126,23 @@ def average_gradients(ranks: Ranks, params: list[nn.Parameter]) -> None:
         n = g.numel()
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n
+
+
+def _comm_device() -> torch.device:
+    """Where collective tensors must live: this rank's GPU under nccl (which moves no CPU tensor), else the
+    CPU (gloo)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def leave_process_group() -> None:
+    """The end of a torchrun command: wait for every rank, then close the process group. (A rank that
+    exits while another still uses the group can abort in gloo's teardown: "terminate called without an
+    active exception".) Nothing without a process group."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier(ranks: Ranks) -> None:
