@@ -110,13 +110,16 @@ def cmd_calibrate(a: argparse.Namespace) -> None:
     from amfrec.config.model import AnswerHead
     from amfrec.runs.amfrec_run import load_run
     from amfrec.runs.calibrate import calibrate, write_calibration
+    from amfrec.training.distributed import from_env
 
     model, data, run_cfg = load_run(Path(a.run))
     if model.answer is not AnswerHead.ITEM_TOKEN:
         raise AmfrecError(
             f"{a.run}: calibrate needs the item_token head (this run's answer is {model.answer})"
         )
-    chosen = calibrate(model, data, a.examples)
+    chosen = calibrate(model, data, a.examples)  # under torchrun: every rank scores its share of the users
+    if not from_env().is_main:
+        return
     write_calibration(Path(a.run), model, run_cfg, chosen)
     values = ", ".join(f"model.{k} = {v:+.4f}" for k, v in chosen.items())
     print(
