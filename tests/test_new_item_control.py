@@ -101,6 +101,30 @@ def test_fresh_items_are_the_untrained_and_in_training_the_id_dropped() -> None:
     assert fresh_items(3, None, None, ["id"]).tolist() == [False, False, False]
 
 
+@pytest.mark.parametrize("control", [True, False])
+def test_the_offset_and_order_move_the_new_items_with_or_without_the_control(backbone, control: bool) -> None:
+    """The inference terms act on the items without a trained id whichever query scores them: the offset
+    adds to exactly their scores; the order hands their places among themselves and leaves the others'."""
+    model = build(backbone, no_llm=False, new_item_control=control)
+    catalogue = torch.arange(1, N_ITEMS + 1).expand(len(HISTORY), -1)  # (B, n_items)
+    is_new = torch.zeros(N_ITEMS, dtype=torch.bool)
+    is_new[[i - 1 for i in NEW]] = True  # by hand: the items built without a training interaction
+    assert model.fresh_items()[1:].cpu().tolist() == is_new.tolist()
+    before = model.score(HISTORY, catalogue)
+    model.new_item_offset = 2.5
+    shifted = model.score(HISTORY, catalogue)
+    torch.testing.assert_close(shifted - before, 2.5 * is_new.float().expand(len(HISTORY), -1))
+    moved = []
+    for order in (50.0, -50.0):  # by the cosine, then against it: one of them moves some new item's place
+        model.new_item_offset, model.new_item_order = 0.0, order
+        ordered = model.score(HISTORY, catalogue)
+        moved.append(not torch.allclose(ordered[:, is_new], before[:, is_new]))
+    torch.testing.assert_close(ordered[:, ~is_new], before[:, ~is_new])  # (B, n_items) vs (B, C) paths
+    new_scores = lambda s: torch.sort(s[:, is_new], dim=1).values  # noqa: E731
+    torch.testing.assert_close(new_scores(ordered), new_scores(before))  # the same places, as a group
+    assert any(moved)
+
+
 def test_only_id_dropped_items_teach_the_controls_query_in_training(backbone) -> None:
     grads = {}
     for rate in (0.0, 0.5):  # never-trained items are no class of the softmax: only dropped ids reach it

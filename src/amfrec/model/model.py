@@ -268,10 +268,9 @@ class AMFRecModel(nn.Module, Recommender):
         return batch, self.inject(batch.input_ids, vectors, user), aux, weights
 
     # ----------------------------------------------------------------- item_token head
-    def fresh_items(self, drop: torch.Tensor | None = None) -> torch.Tensor | None:
-        """(n_items + 1,) bool, the items the control's query scores (``new_item_control``), or None."""
-        if self.adapter.new_query is None:
-            return None
+    def fresh_items(self, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """(n_items + 1,) bool: the items without a trained id, which the control's query scores
+        (``new_item_control``) and the offset and order terms move, with or without it."""
         mods = self.item_encoder.modalities
         return fresh_items(len(self.titles), self.train_items, drop, mods, self.device)
 
@@ -289,16 +288,18 @@ class AMFRecModel(nn.Module, Recommender):
         = 1..n_items; known (n_items + 1,) bool, the items whose collaborative logit counts (None = those the
         collaborative net trained on; the others get the user's mean logit, see ``CollaborativeNet``). Terms:
         content s * cos(W q + b, out[c]), collab w * collab(rep, c) (None without the collaborative score),
-        each (B, C) or (B, n_items); W q + b only with the query map (``query_head``), else q itself. With
-        ``new_item_control`` the items in fresh ((n_items + 1,) bool) get s' * cos(W' q_new + b', out[c]) + o.
-        """
+        each (B, C) or (B, n_items); W q + b only with the query map (``query_head``), else q itself. Items in
+        fresh ((n_items + 1,) bool) get + o (``new_item_offset``), with ``new_item_control`` the content
+        s' * cos(W' q_new + b', out[c]) instead."""
         if self.adapter.query is not None:
             q = self.adapter.query(q)  # (B, d)
         content = self.adapter.log_scale.exp() * cosine_scores(q, out, items)  # (B, n_items) or (B, C)
-        if q_new is not None and fresh is not None:
+        is_new = None if fresh is None else fresh[1:] if items is None else fresh[items]  # (n_items,)|(B, C)
+        if q_new is not None and is_new is not None:
             new = self.adapter.new_log_scale.exp() * cosine_scores(self.adapter.new_query(q_new), out, items)
-            new = new + self.new_item_offset  # o: the new items' calibration against the warm ones
-            content = torch.where(fresh[1:] if items is None else fresh[items], new, content)
+            content = torch.where(is_new, new, content)
+        if self.new_item_offset and is_new is not None:  # o: the new items' calibration against the warm ones
+            content = content + self.new_item_offset * is_new
         collab = None
         if self.adapter.collab_weight is not None:
             logits = self.collab.item_logits(rep, items, known, self.new_item_collab)
@@ -315,14 +316,10 @@ class AMFRecModel(nn.Module, Recommender):
         drop = self.item_encoder.draw_dropout(len(self.titles)) if self.training else None  # (R, M) | None
         tokens, aux, weights = self.item_table(drop)  # (n_items + 1, T, d)
         q, q_new, rep, n_tokens = query(self, history, candidates, tokens, lengths)
-        fresh = self.fresh_items(drop)  # (n_items + 1,) bool | None
+        fresh = self.fresh_items(drop)  # (n_items + 1,) bool: never trained, or the id dropped
         out = tokens.mean(1)  # (n_items + 1, d): an item's output vector = its (mean) soft token
         target = target.to(self.device)
-        known = None  # an item whose id is dropped is scored as a new item: no collaborative logit either
-        if drop is not None and "id" in self.item_encoder.modalities:
-            known = ~drop[:, self.item_encoder.modalities.index("id")]
-        if fresh is not None:
-            known = ~fresh
+        known = ~fresh  # an item whose id is dropped is scored as a new item: no collaborative logit either
         if self.loss_items is LossItems.CATALOGUE:
             parts = self.item_logits(q, rep, out, None, known, q_new, fresh)  # each (B, n_items)
             label = target - 1
@@ -377,11 +374,10 @@ class AMFRecModel(nn.Module, Recommender):
             raise ValueError("score parts exist for answer 'item_token' only")
         tokens, _, _ = self.item_table()
         q, q_new, rep, _ = query(self, history, candidates, tokens, None)
-        fresh = self.fresh_items()  # (n_items + 1,) bool | None
-        known = None if fresh is None else ~fresh
-        reorder = bool(self.new_item_order) and fresh is not None and bool(fresh[1:].any())
+        fresh = self.fresh_items()  # (n_items + 1,) bool
+        reorder = bool(self.new_item_order) and bool(fresh[1:].any())
         items = None if reorder else candidates.to(self.device)  # reorder: the places of the whole catalogue
-        parts = self.item_logits(q, rep, tokens.mean(1), items, known, q_new, fresh)
+        parts = self.item_logits(q, rep, tokens.mean(1), items, ~fresh, q_new, fresh)
         collab = None if parts.collab is None else parts.collab.float()
         cosines = None  # content_knn's cosines, (B, C) or (B, n_items): computed once for both terms
         if self.content_similarity or reorder:

@@ -3,10 +3,10 @@
 - ``model.content_similarity`` w: w x content_knn's cosine (``model/similarity.py``) added to every item's
   score. It ranks an item by how much its text and image resemble what the user just had, the same way for
   new and warm items, which the trained content term does not (new items hardly surface in full ranking).
-- ``model.new_item_offset``: added to the score of every item without a trained id. With
-  ``new_item_control`` such an item (a new item, or one added live) is scored by the control's query and
-  scale, which nothing in training compares with the warm items' scores: the catalogue softmax has no class
-  for an item that was never a target.
+- ``model.new_item_offset``: added to the score of every item without a trained id (a new item, or one added
+  live). Nothing in training compares such an item's score with the warm items': the catalogue softmax has
+  no class for an item that was never a target (and with ``new_item_control`` it is scored by the control's
+  query and scale).
 
 - ``model.new_item_order``: the items without a trained id keep the places the score gives them as a group,
   and are ordered among themselves by score + this weight x the cosine (``reorder_new_items``): the content
@@ -217,8 +217,8 @@ def choose_offset(
 
 
 def calibrate(model: AMFRecModel, data: PreparedData, n: int | None) -> dict[str, float]:
-    """Choose and set ``model.content_similarity`` and, when some item has no trained id (with
-    ``new_item_control``), ``model.new_item_order`` and ``model.new_item_offset`` on the first n validation
+    """Choose and set ``model.content_similarity`` and, when some item has no trained id,
+    ``model.new_item_order`` and ``model.new_item_offset`` on the first n validation
     users (None = all); returns what was chosen (field name -> value). Under torchrun every rank scores its
     share of the users, rank 0 chooses and every rank sets its choice."""
     v = catalogue_scores(model, data, n)
@@ -237,8 +237,8 @@ def choose_terms(model: AMFRecModel, v: Validation) -> dict[str, float]:
              ", ".join(f"{w:.3f}: {m:.4f}" for w, m in found.items()), weight)  # fmt: skip
     _log_refused("content similarity", refused)
     chosen = {"content_similarity": weight}
-    fresh = model.fresh_items()  # (n_items + 1,) bool | None
-    if fresh is None or not bool(fresh[1:].any()):
+    fresh = model.fresh_items()  # (n_items + 1,) bool: with or without new_item_control
+    if not bool(fresh[1:].any()):
         log.info("new items' order and offset: no item without a trained id, nothing to calibrate")
         return chosen
     fresh = fresh[1:].cpu()
