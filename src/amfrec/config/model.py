@@ -168,7 +168,7 @@ class ModelConfig:
     # 1: chosen on validation against 0 (RESULTS, "The recipe").
     new_item_collab: float = 1.0
     # Added at inference, chosen on validation after training (train.calibrate_examples): new_item_offset to
-    # items without a trained id (with or without new_item_control); content_similarity x content_knn's cosine;
+    # items without a trained id (with or without new_item_control); content_similarity x content_knn cosine;
     # new_item_order: items without a trained id keep their places as a group, taken in the order of score +
     # new_item_order x the cosine (runs/calibrate.py; RESULTS, "New items take their places").
     new_item_offset: float = 0.0
