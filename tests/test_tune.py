@@ -99,3 +99,63 @@ def test_the_packaged_tuned_configs_build_their_models() -> None:
         settings = baseline_settings(f.stem, str(f), None)
         model, config = BUILDERS[f.stem](settings)
         assert config["max_len"] == settings["max_len"]
+
+
+def _tuned_folder(root: Path, inter: Path, hidden: int) -> Path:
+    """A configs/tuned/<data set>/ folder tuned on `inter`: its sha256 (hashlib, read here) and a sasrec.yaml."""
+    import hashlib
+
+    folder = root / "tiny-set"
+    folder.mkdir(parents=True)
+    (folder / "inter.sha256").write_text(hashlib.sha256(inter.read_bytes()).hexdigest() + "\n")
+    (folder / "sasrec.yaml").write_text(f"hidden: {hidden}\nmax_epochs: 1\n")
+    return folder
+
+
+def test_a_baseline_trains_with_the_config_tuned_on_its_data_unless_one_is_named(
+    tiny_atomic_dir: Path, tiny_prepared: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """No --config: the data was prepared from the interactions file a tuned folder names -> its settings,
+    and the run's config.yaml names the file; another file, or a named config, -> not the tuned one."""
+    from amfrec.runs import rundir
+    from amfrec.runs.baseline_run import train_baseline
+
+    inter = next(tiny_atomic_dir.glob("*.inter"))
+    folder = _tuned_folder(tmp_path / "tuned", inter, hidden=24)
+    monkeypatch.setattr(rundir, "TUNED_CONFIGS", tmp_path / "tuned")
+    train_baseline("sasrec", tiny_prepared, 1, tmp_path / "tuned_run")
+    cfg = yaml.safe_load((tmp_path / "tuned_run" / "config.yaml").read_text())
+    assert cfg["model"]["hidden"] == 24 and cfg["model"]["max_epochs"] == 1
+    assert cfg["run"]["config_file"] == str(folder / "sasrec.yaml")
+
+    named = tmp_path / "named.yaml"
+    named.write_text("hidden: 8\nmax_epochs: 1\n")
+    train_baseline("sasrec", tiny_prepared, 1, tmp_path / "named_run", config=named)
+    cfg = yaml.safe_load((tmp_path / "named_run" / "config.yaml").read_text())
+    assert cfg["model"]["hidden"] == 8 and cfg["run"]["config_file"] == str(named)
+
+    (folder / "inter.sha256").write_text("0" * 64 + "\n")  # tuned on another file: the packaged defaults
+    train_baseline("sasrec", tiny_prepared, 1, tmp_path / "default_run", {"max_epochs": 1})
+    cfg = yaml.safe_load((tmp_path / "default_run" / "config.yaml").read_text())
+    packaged = yaml.safe_load((rundir.PACKAGED_CONFIGS / "sasrec.yaml").read_text())
+    assert cfg["model"]["hidden"] == packaged["hidden"] != 24
+    assert cfg["run"]["config_file"] == str(rundir.PACKAGED_CONFIGS / "sasrec.yaml")
+
+
+@pytest.mark.parametrize("name", ["ml-100k", "amazon-scientific"])
+def test_the_packaged_tuned_folders_name_the_shared_data_sets_they_were_tuned_on(name: str) -> None:
+    """configs/tuned/<name>/inter.sha256 is the sha256 of ../shared/data/<name>/<name>.inter (hashlib), so a
+    folder prepared from that file trains its baselines with the tuned settings."""
+    import hashlib
+
+    from amfrec.runs.rundir import PACKAGED_CONFIGS, tuned_config
+
+    inter = Path(__file__).resolve().parents[1].parent / "shared" / "data" / name / f"{name}.inter"
+    if not inter.is_file():
+        pytest.skip(f"real data not found at {inter}")
+    sha = hashlib.sha256(inter.read_bytes()).hexdigest()
+    inputs = {"inter": {"path": str(inter), "sha256": sha}}
+    for model in ("sasrec", "sasrec_content"):
+        assert tuned_config(model, inputs) == PACKAGED_CONFIGS / "tuned" / name / f"{model}.yaml"
+    assert tuned_config("gru4rec", inputs) is None  # not tuned: the packaged defaults
+    assert tuned_config("sasrec", {"inter": {"sha256": "0" * 64}}) is None

@@ -42,6 +42,7 @@ from amfrec.runs.rundir import (
     resolve_config,
     run_info,
     run_log,
+    tuned_config,
     write_run,
 )
 
@@ -95,16 +96,28 @@ BUILDERS: dict[str, Callable[[Mapping[str, Any]], tuple[Recommender, dict]]] = {
 }
 
 
+def baseline_config(
+    name: str, config: str | Path | None, inputs: Mapping[str, Any] | None = None
+) -> Path | None:
+    """The YAML baseline `name` reads: `config` when named; else the one tuned on the interactions file the
+    data was prepared from (`inputs`, a prepared manifest's; ``tuned_config``); else the packaged
+    `configs/<name>.yaml`; None when there is none (popularity, content_knn)."""
+    if config is not None:
+        return resolve_config(config, default=name)
+    if (tuned := tuned_config(name, inputs)) is not None:
+        return tuned
+    return PACKAGED_CONFIGS / f"{name}.yaml" if (PACKAGED_CONFIGS / f"{name}.yaml").is_file() else None
+
+
 def baseline_settings(
     name: str, config: str | Path | None, overrides: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     """The config fields of baseline `name`: its YAML (`config`, else the packaged one if any) + overrides."""
-    settings: dict[str, Any] = {}
-    if config is not None or (PACKAGED_CONFIGS / f"{name}.yaml").is_file():
-        path = resolve_config(config, default=name)
-        settings = read_yaml_mapping(path)
-        log.info("%s config: %s", name, path)
-    return {**settings, **dict(overrides or {})}
+    path = baseline_config(name, config)
+    if path is None:
+        return dict(overrides or {})
+    log.info("%s config: %s", name, path)
+    return {**read_yaml_mapping(path), **dict(overrides or {})}
 
 
 def ensure_sasrec_run(data_dir: Path, seed: int, run: Path, limit: int | None = None) -> Path:
@@ -130,10 +143,12 @@ def train_baseline(
     evaluator, and write the run directory `out` atomically (config.yaml, metrics.json,
     valid_metrics.json, train.log, model weights; SASRec also item_embeddings.npy).
 
-    `config`: a YAML file of config fields (or a packaged name); None = the packaged `configs/<name>.yaml`
-    where there is one. `overrides` set fields on top; string values (from the command line) are parsed as
-    YAML scalars and converted to the field's type. `limit`: evaluate on the first `limit` valid/test
-    examples only. `features`: the feature folder of a content baseline (required for those, else unused).
+    `config`: a YAML file of config fields (or a packaged name); None = the config tuned on the data set the
+    data was prepared from, else the packaged `configs/<name>.yaml`, where there is one (``baseline_config``;
+    the run's config.yaml names the file). `overrides` set fields on top; string values (from the command
+    line) are parsed as YAML scalars and converted to the field's type. `limit`: evaluate on the first
+    `limit` valid/test examples only. `features`: the feature folder of a content baseline (required for
+    those, else unused).
     Returns {"test": test record, "valid": valid record, "info": training info, "out": out}.
     """
     if name not in BUILDERS:
@@ -142,13 +157,14 @@ def train_baseline(
         raise AmfrecError(
             f"--features is required for --model {name} (a feature folder with text/image vectors)"
         )
-    model, model_config = BUILDERS[name](baseline_settings(name, config, overrides))
+    t0 = time.perf_counter()
     data_dir, out = Path(data_dir), Path(out)
+    data = PreparedData.load(data_dir)
+    config_file = baseline_config(name, config, data.manifest.get("inputs"))
+    model, model_config = BUILDERS[name](baseline_settings(name, config_file, overrides))
     with atomic_dir(out) as tmp, run_log(tmp):
-        t0 = time.perf_counter()
-        data = PreparedData.load(data_dir)
-        log.info("train %s seed %d on %s (%d train windows, %d items)", name, seed, data_dir,
-                 len(data.train), data.n_items)  # fmt: skip
+        log.info("train %s seed %d on %s (%d train windows, %d items), config %s", name, seed, data_dir,
+                 len(data.train), data.n_items, config_file)  # fmt: skip
         if name in CONTENT_BASELINES:
             model.use_features(load_content(features, data.n_items, model.config.modalities))  # type: ignore[attr-defined]
         info = model.fit(data, seed)
@@ -172,6 +188,7 @@ def train_baseline(
                 "max_len": data.max_len,
                 "n_candidates": data.manifest.get("n_candidates"),
                 "inputs": data.manifest.get("inputs"),
+                "config_file": None if config_file is None else str(config_file),
                 "eval_limit": limit,
                 "amfrec_version": __version__,
                 **({"features": str(Path(features).resolve())} if name in CONTENT_BASELINES else {}),

@@ -32,6 +32,11 @@ METRIC_KEYS: tuple[str, ...] = (
 )
 GEN_METRIC_KEYS: tuple[str, ...] = ("gen_hr@1", "valid_ratio")
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# configs/tuned/<data set>/: the baselines' settings chosen on that data set's validation (`amfrec tune`), and
+# `inter.sha256`, the sha256 of the interactions file they were tuned on: a prepared folder made from that
+# very file (its manifest's `inputs`) trains a baseline with them unless a config is named.
+TUNED_CONFIGS = PACKAGED_CONFIGS / "tuned"
+TUNED_DATA_FILE = "inter.sha256"
 
 
 def metrics_record(
@@ -172,3 +177,17 @@ def resolve_config(config: str | Path | None, default: str = "amfrec") -> Path:
         return packaged
     names = sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml"))
     raise AmfrecError(f"{config}: config file not found (packaged configs: {', '.join(names)})")
+
+
+def tuned_config(model: str, inputs: Mapping[str, Any] | None) -> Path | None:
+    """configs/tuned/<data set>/<model>.yaml of the data set whose `inter.sha256` is the sha256 of the
+    interactions file a prepared folder was made from (`inputs`: its manifest's record of its source files);
+    None when no folder was tuned on that file or it holds no config of `model`."""
+    sha = ((inputs or {}).get("inter") or {}).get("sha256")
+    if not sha or not TUNED_CONFIGS.is_dir():
+        return None
+    for folder in sorted(TUNED_CONFIGS.iterdir()):
+        mark, path = folder / TUNED_DATA_FILE, folder / f"{model}.yaml"
+        if path.is_file() and mark.is_file() and mark.read_text(encoding="utf-8").split()[:1] == [sha]:
+            return path
+    return None
