@@ -7,6 +7,8 @@
   per user, titles/years/genres), for fast unit tests.
 - `tiny_prepared` (session): `prepare(tiny_atomic_dir, seed=1)` (max_len 10, 20 candidates); load it with
   `PreparedData.load(tiny_prepared)`.
+- `one_cpu`: the test's child processes run on one CPU (one torch thread each), for tests that compare
+  trained weights across processes.
 Do not modify the directories these fixtures return; copy them first.
 
 `--auto-dtype {measure,float32,bfloat16}` (or the environment variable `AMFREC_TEST_AUTO_DTYPE`) forces what
@@ -17,6 +19,7 @@ unforced test in bfloat16 (`make test-bf16`). Tests that check exact math pin `d
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +162,17 @@ def tiny_amfrec_run(tiny_prepared: Path, tmp_path_factory: pytest.TempPathFactor
     features, config = make_tiny_amfrec_inputs(tiny_prepared, root)
     train_amfrec(tiny_prepared, features, config, 1, root / "run", SMALL, limit=4)
     return root / "run"
+
+
+@pytest.fixture
+def one_cpu() -> Iterator[None]:
+    """The test's child processes start on one of the CPUs this thread may use (they inherit its affinity, and
+    the library then runs one torch thread each); the affinity is restored after. For tests that compare
+    trained weights across processes: at two threads an AMX Xeon's training kernels parted now and then
+    (docs/RESULTS.md, "Repeatable training")."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)

@@ -31,6 +31,7 @@ def command(prepared: Path, features: Path, config: Path, out: Path, positions: 
     return argv
 
 
+@pytest.mark.usefixtures("one_cpu")  # one thread per process: two-thread kernels parted now and then on AMX
 @pytest.mark.parametrize("positions", ["all", "last"])  # all: the ranks' chunks hold unequal target counts
 def test_two_processes_equal_one(tiny_prepared: Path, tmp_path: Path, positions: str) -> None:
     features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path, dtype="float32")

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,18 +32,6 @@ def train_command(prepared: Path, features: Path, config: Path, out: Path, resum
     for key, value in sets.items():
         argv += ["--set", f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"]
     return [*argv, "--resume"] if resume else argv
-
-
-@pytest.fixture
-def one_cpu() -> Iterator[None]:
-    """The test's children start on one of the CPUs this thread may use (they inherit its affinity, and the
-    library then runs one torch thread); the affinity is restored after."""
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 @pytest.mark.usefixtures("one_cpu")

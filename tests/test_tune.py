@@ -102,7 +102,7 @@ def test_the_packaged_tuned_configs_build_their_models() -> None:
 
 
 def _tuned_folder(root: Path, inter: Path, hidden: int) -> Path:
-    """A configs/tuned/<data set>/ folder tuned on `inter`: its sha256 (hashlib, read here) and a sasrec.yaml."""
+    """A configs/tuned/<data set>/ folder tuned on `inter`: its sha256 (hashlib, here) and a sasrec.yaml."""
     import hashlib
 
     folder = root / "tiny-set"
