@@ -18,6 +18,10 @@ import yaml
 from llm_fixtures import SMALL, make_tiny_amfrec_inputs
 from safetensors.torch import load_file
 
+# Every training process runs on one CPU (one thread): on an AMX Xeon two-thread training parted now and then
+# (docs/RESULTS.md, "Repeatable training"); the sharding is what these tests are about.
+pytestmark = pytest.mark.usefixtures("one_cpu")
+
 SETTINGS = {**SMALL, "train.max_steps": 6, "train.batch_size": 4, "train.eval_every": 3, "train.patience": 0,
             "train.eval_examples": 5}  # fmt: skip
 
@@ -31,7 +35,6 @@ def command(prepared: Path, features: Path, config: Path, out: Path, positions: 
     return argv
 
 
-@pytest.mark.usefixtures("one_cpu")  # one thread per process: two-thread kernels parted now and then on AMX
 @pytest.mark.parametrize("positions", ["all", "last"])  # all: the ranks' chunks hold unequal target counts
 def test_two_processes_equal_one(tiny_prepared: Path, tmp_path: Path, positions: str) -> None:
     features, config = make_tiny_amfrec_inputs(tiny_prepared, tmp_path, dtype="float32")
